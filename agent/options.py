@@ -1,0 +1,216 @@
+"""Typed options from plain mappings (TOML tables, CLI flags) with one-line errors.
+
+Probes, classifier thresholds and the agent config all declare their options
+as frozen dataclasses; ``parse_options`` checks a mapping against one and
+names the key and the problem. Unknown keys are errors, never ignored.
+
+Field metadata (see ``bounds``) adds ranges. A float field also accepts a
+duration string ("500ms", "10s", "2m", "1h") and a ratio field a percentage
+string ("30%"); a field named ``*_bits_per_second`` accepts "10mbit",
+"1gbit", "5 Mbit/s".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+
+class OptionError(ValueError):
+    """A value does not fit its option. ``key`` is the dotted path to it."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+def bounds(
+    *, min: float | None = None, max: float | None = None, doc: str = ""  # noqa: A002
+) -> dict[str, Any]:
+    """Metadata for dataclasses.field(): an inclusive range and a description."""
+    return {"min": min, "max": max, "doc": doc}
+
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
+_DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(bit|bps|b)?(?:/s)?\s*$", re.IGNORECASE)
+_RATE_SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """'500ms' -> 0.5, '10s' -> 10, '2m' -> 120, '1h' -> 3600, '7' -> 7."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 10s, 2m, 1h)")
+    return float(m.group(1)) * _DURATION_SCALE[m.group(2)]
+
+
+def parse_rate(text: str) -> float:
+    """'10mbit' -> 1e7 bits per second; '1gbit', '5 Mbit/s', '2500' also work."""
+    m = _RATE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a bit rate (examples: 5mbit, 1gbit, 100kbit)")
+    return float(m.group(1)) * _RATE_SCALE[m.group(2).lower()]
+
+
+def parse_bytes(text: str) -> float:
+    """'5MB' -> 5e6, '5MiB' -> 5*2**20, '512k' -> 512e3."""
+    m = _BYTES.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (examples: 512k, 5MB, 2MiB)")
+    unit = m.group(2).lower()
+    base = 1024.0 if m.group(3) else 1000.0
+    power = " kmgt".index(unit) if unit else 0
+    return float(m.group(1)) * base**power
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if tp is type(None):
+        return "nothing"
+    if origin is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin in (dict, Mapping):
+        return "a table"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            Path: "a path"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(tp: Any, value: Any, key: str, name: str) -> Any:
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key, name)
+            except OptionError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise OptionError(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise OptionError(key, f"must be one of {', '.join(repr(a) for a in args)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise OptionError(key, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and name.endswith("bytes"):
+            try:
+                return int(parse_bytes(value))
+            except ValueError as exc:
+                raise OptionError(key, str(exc)) from None
+        raise OptionError(key, f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                if name.endswith("bits_per_second"):
+                    return parse_rate(value)
+                if name.endswith("bytes"):
+                    return parse_bytes(value)
+                if value.strip().endswith("%"):
+                    return float(value.strip()[:-1]) / 100.0
+                return parse_duration(value)
+            except ValueError as exc:
+                raise OptionError(key, str(exc)) from None
+        raise OptionError(key, f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise OptionError(key, f"expected a string, got {value!r}")
+    if tp is Path:
+        if isinstance(value, str | Path):
+            return Path(value)
+        raise OptionError(key, f"expected a path, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise OptionError(key, f"expected a list, got {value!r}")
+        item_tp = args[0] if args else Any
+        items = [_convert(item_tp, v, f"{key}[{i}]", name) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise OptionError(key, f"expected a table, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _convert(vt, v, f"{key}.{k}", str(k)) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            raise OptionError(key, f"expected a table, got {value!r}")
+        return parse_options(tp, value, prefix=key)
+    if tp is Any:
+        return value
+    raise OptionError(key, f"unsupported option type {tp!r}")  # a bug in a declaration
+
+
+def parse_options(cls: type[T], options: Mapping[str, Any] | None, *, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``options``; raise OptionError naming the bad key."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    options = dict(options or {})
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        known = ", ".join(sorted(fields)) or "none"
+        raise OptionError(where, f"unknown key (known keys: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in options:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise OptionError(key, "required key is missing")
+            continue
+        value = _convert(hints[name], options[name], key, name)
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if lo is not None and value < lo:
+                raise OptionError(key, f"must be >= {lo}, got {options[name]!r}")
+            if hi is not None and value > hi:
+                raise OptionError(key, f"must be <= {hi}, got {options[name]!r}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # __post_init__ cross-field checks
+        raise OptionError(prefix, str(exc)) from None
+
+
+def describe_options(cls: type[Any]) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, doc) for each option: used by docs and `probes`."""
+    hints = get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("doc", "")))
+    return rows

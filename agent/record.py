@@ -1,0 +1,183 @@
+"""Record format v1: JSON Lines, a header line, then one sample per line.
+
+See docs/record-format.md. The reader is forgiving by contract: a malformed
+line is counted and skipped with a warning naming its line number; unknown
+probes and values are kept; a file that is not a recording at all gives one
+clear RecordError.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from agent import __version__
+from agent.samples import Sample, SampleError
+
+FORMAT_NAME = "ai-bottleneck-record"
+FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
+
+
+class RecordError(Exception):
+    """The file cannot be read as a recording at all (one line, names the file)."""
+
+
+@dataclass
+class ReadStats:
+    lines: int = 0
+    samples: int = 0
+    malformed: int = 0
+    first_bad_lines: list[int] = field(default_factory=list)
+
+
+def make_header(**extra: Any) -> dict[str, Any]:
+    header: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "created": time.time(),
+        "writer": f"ai-bottleneck {__version__}",
+        "host": socket.gethostname(),
+    }
+    header.update(extra)
+    return header
+
+
+def _open_text(path: Path, mode: str) -> IO[str]:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, mode + "b"), encoding="utf-8")  # type: ignore[arg-type]
+    return open(path, mode, encoding="utf-8")  # noqa: SIM115
+
+
+class RecordWriter:
+    """Append samples to a recording; every line is flushed so a crash loses at most one sample."""
+
+    def __init__(self, path: str | os.PathLike[str], header: Mapping[str, Any] | None = None):
+        self.path = Path(path)
+        try:
+            self._fh = _open_text(self.path, "w")
+        except OSError as exc:
+            raise RecordError(f"{self.path}: cannot write recording: {exc.strerror}") from None
+        self._write(dict(header) if header is not None else make_header())
+        self.count = 0
+
+    def _write(self, obj: Mapping[str, Any]) -> None:
+        self._fh.write(json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n")
+
+    def write(self, sample: Sample) -> None:
+        self._write(sample.to_json())
+        self.count += 1
+
+    def write_many(self, samples: Iterable[Sample]) -> None:
+        for s in samples:
+            self.write(s)
+        self.flush()
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+            self._fh.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RecordReader:
+    """Iterate the samples of a recording.
+
+    ``header`` is available after construction; ``stats`` fills in as the
+    samples are read.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, warn_limit: int = 10):
+        self.path = Path(path)
+        self.stats = ReadStats()
+        self._warn_limit = warn_limit
+        try:
+            self._fh = _open_text(self.path, "r")
+            first = self._fh.readline()
+        except FileNotFoundError:
+            raise RecordError(f"{self.path}: no such file") from None
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise RecordError(f"{self.path}: cannot read recording: {exc}") from None
+        self.stats.lines = 1
+        if not first.strip():
+            self._fh.close()
+            raise RecordError(f"{self.path}: empty file, not an ai-bottleneck recording")
+        try:
+            header = json.loads(first)
+        except json.JSONDecodeError:
+            self._fh.close()
+            raise RecordError(
+                f"{self.path}: line 1 is not JSON; not an ai-bottleneck recording"
+            ) from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+            self._fh.close()
+            raise RecordError(
+                f"{self.path}: line 1 is not an ai-bottleneck-record header"
+            )
+        version = header.get("version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            self._fh.close()
+            raise RecordError(
+                f"{self.path}: record format version {version!r} is newer than this "
+                f"reader understands ({FORMAT_VERSION}); upgrade ai-bottleneck"
+            )
+        self.header: dict[str, Any] = header
+
+    def _bad(self, lineno: int, why: str) -> None:
+        self.stats.malformed += 1
+        if len(self.stats.first_bad_lines) < self._warn_limit:
+            self.stats.first_bad_lines.append(lineno)
+            log.warning("%s: line %d skipped: %s", self.path, lineno, why)
+
+    def __iter__(self) -> Iterator[Sample]:
+        lineno = 1
+        try:
+            for line in self._fh:
+                lineno += 1
+                self.stats.lines = lineno
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    self._bad(lineno, f"not JSON ({exc.msg})")
+                    continue
+                try:
+                    sample = Sample.from_json(obj)
+                except SampleError as exc:
+                    self._bad(lineno, str(exc))
+                    continue
+                self.stats.samples += 1
+                yield sample
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            # A truncated gzip stream or a bad byte mid-file: keep what was read.
+            self._bad(lineno + 1, f"unreadable from here on ({exc})")
+        finally:
+            self._fh.close()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_record(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Sample], ReadStats]:
+    reader = RecordReader(path)
+    samples = list(reader)
+    return reader.header, samples, reader.stats
