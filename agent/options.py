@@ -33,7 +33,7 @@ class OptionError(ValueError):
 
 
 def bounds(
-    *, min: float | None = None, max: float | None = None, doc: str = ""  # noqa: A002
+    *, min: float | None = None, max: float | None = None, doc: str = ""
 ) -> dict[str, Any]:
     """Metadata for dataclasses.field(): an inclusive range and a description."""
     return {"min": min, "max": max, "doc": doc}

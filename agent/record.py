@@ -9,12 +9,12 @@ clear RecordError.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import logging
 import os
 import socket
 import time
+import typing
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +55,8 @@ def make_header(**extra: Any) -> dict[str, Any]:
 
 def _open_text(path: Path, mode: str) -> IO[str]:
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, mode + "b"), encoding="utf-8")  # type: ignore[arg-type]
-    return open(path, mode, encoding="utf-8")  # noqa: SIM115
+        return typing.cast(IO[str], gzip.open(path, mode + "t", encoding="utf-8"))
+    return open(path, mode, encoding="utf-8")
 
 
 class RecordWriter:
