@@ -1,0 +1,137 @@
+"""Real test hosts: a network namespace joined to this one by a veth pair, with
+real rate limits (tc tbf) on each direction.
+
+Addresses come from 198.18.0.0/15, the range RFC 2544 reserves for network
+benchmark tests, so they can never be anybody's real host. Everything made
+here is removed on exit, also when the test fails: the namespace (which takes
+its veth end with it), the host-side veth, and every process left in the
+namespace.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+_counter = itertools.count(1)
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True, timeout=10)
+
+
+def _tc(*args: str) -> None:
+    subprocess.run(["tc", *args], check=True, capture_output=True, text=True, timeout=10)
+
+
+def tbf_args(rate_bits_per_second: float) -> list[str]:
+    """tbf parameters for a rate: a burst of ~10 ms at that rate (at least 3 MTUs) and a
+    queue of 0.5 s; short bursts keep the measured rate close to the configured one."""
+    rate_bytes = rate_bits_per_second / 8
+    burst = max(int(rate_bytes / 100), 3 * 1514)
+    return ["rate", f"{int(rate_bits_per_second)}bit", "burst", str(burst),
+            "latency", "500ms"]
+
+
+@dataclass
+class Link:
+    """A namespace ``ns`` at ``ns_addr``, reachable from here through ``host_dev``
+    (address ``host_addr``). ``rate_in``: limit from here into the namespace
+    (uploads to a server in it); ``rate_out``: from the namespace to here (downloads)."""
+
+    ns: str
+    host_dev: str
+    ns_dev: str
+    host_addr: str
+    ns_addr: str
+    rate_in_bits_per_second: float | None
+    rate_out_bits_per_second: float | None
+
+    def cmd(self, argv: Sequence[str]) -> list[str]:
+        """argv run inside the namespace."""
+        return ["ip", "netns", "exec", self.ns, *argv]
+
+    def popen(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.cmd(argv), **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    def run(self, argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.cmd(argv), capture_output=True, text=True, timeout=timeout,
+                              check=False)
+
+    def set_rate(self, rate_in: float | None = None, rate_out: float | None = None) -> None:
+        """Change the limits while running (None leaves a direction as it is)."""
+        if rate_in is not None:
+            _tc("qdisc", "replace", "dev", self.host_dev, "root", "tbf", *tbf_args(rate_in))
+            self.rate_in_bits_per_second = rate_in
+        if rate_out is not None:
+            _tc("-n", self.ns, "qdisc", "replace", "dev", self.ns_dev, "root", "tbf",
+                *tbf_args(rate_out))
+            self.rate_out_bits_per_second = rate_out
+
+
+def _kill_namespace_processes(ns: str) -> None:
+    res = _ip("netns", "pids", ns, check=False)
+    pids = [int(p) for p in res.stdout.split() if p.strip().isdigit()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 2
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if os.path.exists(f"/proc/{p}")]
+            time.sleep(0.05)
+        if not pids:
+            return
+
+
+@contextmanager
+def netns_link(rate_in_bits_per_second: float | None = None,
+               rate_out_bits_per_second: float | None = None) -> Iterator[Link]:
+    """Make a namespace + veth pair with optional tbf limits; remove all of it on exit."""
+    n = next(_counter)
+    tag = f"{os.getpid() % 100000}x{n}"
+    ns = f"abt{tag}"
+    host_dev, ns_dev = f"abh{tag}", f"abn{tag}"
+    subnet = (os.getpid() + n) % 250 + 1
+    host_addr, ns_addr = f"198.18.{subnet}.1", f"198.18.{subnet}.2"
+    link = Link(ns, host_dev, ns_dev, host_addr, ns_addr, None, None)
+    try:
+        _ip("netns", "add", ns)
+        _ip("link", "add", host_dev, "type", "veth", "peer", "name", ns_dev)
+        _ip("link", "set", ns_dev, "netns", ns)
+        _ip("addr", "add", f"{host_addr}/30", "dev", host_dev)
+        _ip("link", "set", host_dev, "up")
+        _ip("-n", ns, "addr", "add", f"{ns_addr}/30", "dev", ns_dev)
+        _ip("-n", ns, "link", "set", ns_dev, "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        link.set_rate(rate_in_bits_per_second, rate_out_bits_per_second)
+        yield link
+    finally:
+        _kill_namespace_processes(ns)
+        _ip("netns", "del", ns, check=False)
+        _ip("link", "del", host_dev, check=False)  # gone with the namespace, normally
+
+
+def wait_for_port(link: Link | None, host: str, port: int, timeout: float = 10.0) -> None:
+    """Wait until a TCP server answers at host:port (inside ``link``'s namespace's view
+    if the server runs there, tested from here)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    last: OSError | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError as exc:
+            last = exc
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s: {last}")
