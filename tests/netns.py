@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 _counter = itertools.count(1)
@@ -80,10 +80,8 @@ def _kill_namespace_processes(ns: str) -> None:
     pids = [int(p) for p in res.stdout.split() if p.strip().isdigit()]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 2
         while pids and time.monotonic() < deadline:
             pids = [p for p in pids if os.path.exists(f"/proc/{p}")]

@@ -24,6 +24,8 @@ def test_link_pings_and_is_removed_after() -> None:
                              "18080"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(link, link.ns_addr, 18080)
         assert server.poll() is None
+        server.terminate()
+        server.wait(timeout=5)
         qd = subprocess.run(["tc", "qdisc", "show", "dev", link.host_dev], capture_output=True,
                             text=True, check=True).stdout
         assert "tbf" in qd and "10Mbit" in qd
