@@ -1,0 +1,275 @@
+"""The sampling loop: calls each probe on its schedule, each call under a time limit.
+
+Every probe call runs on that probe's own worker thread, so a probe that hangs
+or crashes never stalls the loop, the other probes or the endpoint: a call
+that overruns its ``timeout_seconds`` is reported as a failed sample once, and
+the probe is not called again until the hung call returns. Samples are handed
+to the sinks on the loop's own thread, in the order they were gathered, so
+sinks (recording, windows, exporter state) need no locks of their own.
+
+Active probes (traffic generators) run under the traffic budget: never two at
+once, skipped with a recorded reason when the budget or a busy NIC says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.samples import Sample, one_line
+from probes.base import Probe
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Sequence[Sample]], None]
+
+
+class Budget(Protocol):
+    """What the sampler asks of the active-probe traffic budget (agent.budget)."""
+
+    def permit(self, probe_name: str, expected_bytes: float,
+               nic_utilization_ratio: float | None) -> str | None: ...
+
+    def spend(self, probe_name: str, bytes_used: float) -> None: ...
+
+
+@dataclass
+class ProbeHealth:
+    """What the exporter says about a probe: up, and failures counted by reason."""
+
+    up: bool = True
+    calls_total: int = 0
+    samples_total: int = 0
+    errors_total: dict[str, int] = field(default_factory=dict)  # reason -> count
+    last_error: str | None = None
+    last_success: float | None = None
+    last_duration_seconds: float | None = None
+
+    def count_error(self, reason: str, message: str) -> None:
+        self.errors_total[reason] = self.errors_total.get(reason, 0) + 1
+        self.last_error = message
+
+
+class _Worker:
+    """One daemon thread per probe. Daemon, so that a call that never returns cannot
+    keep the process alive at exit (a ThreadPoolExecutor joins its threads at exit)."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[list[Sample]], Callable[[], list[Sample]]]
+                                      | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=f"probe-{name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fut, fn = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed to the loop thread, which reports it
+                fut.set_exception(exc)
+
+    def submit(self, fn: Callable[[], list[Sample]]) -> Future[list[Sample]]:
+        fut: Future[list[Sample]] = Future()
+        self._jobs.put((fut, fn))
+        return fut
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+
+@dataclass
+class _Slot:
+    probe: Probe
+    executor: _Worker
+    interval: float
+    next_due: float = 0.0
+    future: Future[list[Sample]] | None = None
+    started: float = 0.0
+    timed_out: bool = False
+
+
+def _bytes_of(samples: Sequence[Sample]) -> float:
+    return sum(s.values.get("bytes", 0.0) for s in samples)
+
+
+class Sampler:
+    """Run probes on a schedule and hand every sample to the sinks."""
+
+    def __init__(
+        self,
+        probes: Sequence[Probe],
+        interval_seconds: float,
+        sinks: Sequence[Sink] = (),
+        *,
+        budget: Budget | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        active_interval_override: float | None = None,
+    ) -> None:
+        if interval_seconds <= 0:
+            raise ValueError("interval_seconds must be > 0")
+        self.interval = interval_seconds
+        self.sinks = list(sinks)
+        self.budget = budget
+        self._wall = wall_clock
+        self._mono = monotonic
+        self._active_lock = threading.Lock()
+        self._nic_utilization: float | None = None
+        self.health: dict[str, ProbeHealth] = {}
+        self._slots: list[_Slot] = []
+        start = monotonic()
+        for p in probes:
+            interval = p.interval_seconds or interval_seconds
+            if p.active and active_interval_override is not None:
+                interval = active_interval_override
+            self._slots.append(_Slot(p, _Worker(p.name), interval, next_due=start))
+            self.health[p.name] = ProbeHealth()
+        self.samples_total = 0
+
+    # -- the worker side -------------------------------------------------
+
+    def _call(self, probe: Probe) -> list[Sample]:
+        """Runs on the probe's worker thread."""
+        if not probe.active:
+            return list(probe.sample())
+        if not self._active_lock.acquire(blocking=False):
+            return []  # another active probe is running: try again next tick
+        try:
+            if self.budget is not None:
+                expected = float(getattr(probe, "expected_bytes", lambda: 0.0)())
+                reason = self.budget.permit(probe.name, expected, self._nic_utilization)
+                if reason is not None:
+                    return [Sample(t=self._wall(), probe=probe.name,
+                                   labels={"skip_reason": reason}, values={"skipped": 1.0})]
+            samples = list(probe.sample())
+            if self.budget is not None:
+                self.budget.spend(probe.name, _bytes_of(samples))
+            return samples
+        finally:
+            self._active_lock.release()
+
+    # -- the loop side ---------------------------------------------------
+
+    def _submit_due(self, now: float) -> None:
+        for slot in self._slots:
+            if slot.future is None and now >= slot.next_due:
+                slot.started = now
+                slot.timed_out = False
+                probe = slot.probe
+                slot.future = slot.executor.submit(functools.partial(self._call, probe))
+                slot.next_due = max(slot.next_due + slot.interval, now)
+
+    def _collect(self, now: float) -> list[Sample]:
+        out: list[Sample] = []
+        for slot in self._slots:
+            fut = slot.future
+            if fut is None:
+                continue
+            name = slot.probe.name
+            health = self.health[name]
+            if fut.done():
+                slot.future = None
+                duration = now - slot.started
+                if slot.timed_out:
+                    log.info("probe %s: late call returned after %.1fs (discarded)", name, duration)
+                    continue
+                health.calls_total += 1
+                health.last_duration_seconds = duration
+                try:
+                    samples = fut.result()
+                except Exception as exc:  # a probe bug: counted, recorded, never fatal
+                    msg = f"probe crashed: {type(exc).__name__}: {one_line(exc)}"
+                    log.warning("probe %s: %s", name, msg)
+                    health.count_error("crash", msg)
+                    health.up = False
+                    out.append(Sample(t=self._wall(), probe=name, error=msg))
+                    continue
+                if not samples:
+                    continue
+                self._observe(name, health, samples)
+                out.extend(samples)
+            elif not slot.timed_out and now - slot.started > slot.probe.timeout_seconds:
+                slot.timed_out = True
+                msg = f"timed out after {slot.probe.timeout_seconds:g}s"
+                log.warning("probe %s: %s", name, msg)
+                health.calls_total += 1
+                health.count_error("timeout", msg)
+                health.up = False
+                out.append(Sample(t=self._wall(), probe=name, error=msg))
+        return out
+
+    def _observe(self, name: str, health: ProbeHealth, samples: Sequence[Sample]) -> None:
+        measured = [s for s in samples if s.ok and "skipped" not in s.values]
+        errors = [s for s in samples if not s.ok]
+        health.samples_total += len(samples)
+        for s in errors:
+            health.count_error("error", s.error or "")
+        if measured or (not errors):
+            health.up = True
+            health.last_success = self._wall()
+        else:
+            health.up = False
+        if name == "nic":
+            ratios = [v for s in measured for k, v in s.values.items()
+                      if k in ("rx_utilization_ratio", "tx_utilization_ratio")]
+            self._nic_utilization = max(ratios) if ratios else None
+
+    def tick(self) -> list[Sample]:
+        """One pass: start the due calls, wait (bounded) for them, collect what finished."""
+        now = self._mono()
+        self._submit_due(now)
+        deadline = now + self.interval * 0.9
+        pending = [s.future for s in self._slots if s.future is not None and not s.timed_out]
+        for fut in pending:
+            remaining = deadline - self._mono()
+            if remaining <= 0:
+                break
+            try:
+                fut.exception(timeout=remaining)
+            except TimeoutError:
+                break
+        samples = self._collect(self._mono())
+        if samples:
+            self.samples_total += len(samples)
+            for sink in self.sinks:
+                sink(samples)
+        return samples
+
+    def run(self, stop: threading.Event, duration_seconds: float | None = None,
+            on_tick: Callable[[], None] | None = None) -> None:
+        """Tick every interval until ``stop`` is set or the duration has passed."""
+        start = self._mono()
+        n = 0
+        while not stop.is_set():
+            self.tick()
+            if on_tick is not None:
+                on_tick()
+            n += 1
+            if duration_seconds is not None and self._mono() - start >= duration_seconds - 1e-6:
+                break
+            next_at = start + n * self.interval
+            delay = next_at - self._mono()
+            if delay > 0:
+                stop.wait(delay)
+
+    def close(self) -> None:
+        """Stop the workers and close the probes; hung calls are abandoned, not joined."""
+        for slot in self._slots:
+            slot.executor.stop()
+            if slot.future is None or slot.future.done():
+                try:
+                    slot.probe.close()
+                except Exception:
+                    log.debug("probe %s: close raised", slot.probe.name, exc_info=True)

@@ -1,0 +1,115 @@
+"""The sampling loop: time limits, crashes, the active-probe lock and budget."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from agent.sampler import Sampler
+from agent.samples import Sample
+from tests.plugin_probes import ActiveProbe, CounterProbe, CrashingProbe, HangingProbe
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.samples: list[Sample] = []
+
+    def __call__(self, samples: Sequence[Sample]) -> None:
+        self.samples.extend(samples)
+
+
+def test_hanging_probe_never_stalls_the_others() -> None:
+    hanging, counter, sink = HangingProbe(), CounterProbe(), Collect()
+    sampler = Sampler([hanging, counter], interval_seconds=0.1, sinks=[sink])
+    try:
+        started = time.monotonic()
+        sampler.run(threading.Event(), duration_seconds=1.0)
+        elapsed = time.monotonic() - started
+    finally:
+        hanging.release.set()
+        sampler.close()
+    counts = [s for s in sink.samples if s.probe == "counter"]
+    timeouts = [s for s in sink.samples if s.probe == "hanging"]
+    assert elapsed < 2.5  # the hung call held nothing up
+    assert len(counts) >= 6
+    assert len(timeouts) == 1 and timeouts[0].error == "timed out after 0.3s"
+    health = sampler.health["hanging"]
+    assert not health.up and health.errors_total == {"timeout": 1}
+    assert sampler.health["counter"].up
+
+
+def test_crash_is_a_failed_sample_and_the_loop_goes_on() -> None:
+    sink = Collect()
+    sampler = Sampler([CrashingProbe(), CounterProbe()], interval_seconds=0.05, sinks=[sink])
+    try:
+        for _ in range(3):
+            sampler.tick()
+            time.sleep(0.06)  # the next call is due one interval later
+    finally:
+        sampler.close()
+    crashes = [s for s in sink.samples if s.probe == "crashing"]
+    assert len(crashes) == 3
+    assert crashes[0].error == "probe crashed: ZeroDivisionError: bug in probe"
+    assert sampler.health["crashing"].errors_total == {"crash": 3}
+    assert [s.values["count"] for s in sink.samples if s.probe == "counter"] == [1, 2, 3]
+
+
+class RecordingBudget:
+    def __init__(self, refuse: str | None = None) -> None:
+        self.refuse = refuse
+        self.spent: list[tuple[str, float]] = []
+        self.asked: list[tuple[str, float, float | None]] = []
+
+    def permit(self, probe_name: str, expected_bytes: float,
+               nic_utilization_ratio: float | None) -> str | None:
+        self.asked.append((probe_name, expected_bytes, nic_utilization_ratio))
+        return self.refuse
+
+    def spend(self, probe_name: str, bytes_used: float) -> None:
+        self.spent.append((probe_name, bytes_used))
+
+
+def test_active_probes_never_overlap_and_spend_the_budget() -> None:
+    a, b = ActiveProbe("a", 0.15, 1000), ActiveProbe("b", 0.15, 2000)
+    budget, sink = RecordingBudget(), Collect()
+    sampler = Sampler([a, b], interval_seconds=0.05, sinks=[sink], budget=budget)
+    try:
+        sampler.run(threading.Event(), duration_seconds=1.2)
+    finally:
+        sampler.close()
+    runs = sorted(a.running + b.running)
+    assert len(a.running) >= 1 and len(b.running) >= 1
+    for (s1, e1), (s2, _e2) in zip(runs, runs[1:], strict=False):
+        assert s2 >= e1 - 1e-3, "two active probes ran at the same time"
+    assert ("a", 1000) in budget.spent and ("b", 2000) in budget.spent
+
+
+def test_refused_active_probe_records_a_skip() -> None:
+    probe, sink = ActiveProbe("a", 0.0, 10), Collect()
+    sampler = Sampler([probe], interval_seconds=0.05, sinks=[sink],
+                      budget=RecordingBudget(refuse="traffic budget used up"))
+    try:
+        sampler.tick()
+    finally:
+        sampler.close()
+    assert probe.running == []
+    assert sink.samples[0].values == {"skipped": 1.0}
+    assert sink.samples[0].labels == {"skip_reason": "traffic budget used up"}
+    assert sampler.health["a"].up
+
+
+def test_probe_interval_is_honoured() -> None:
+    slow = CounterProbe()
+    slow.interval_seconds = 0.5
+    fast, sink = CounterProbe(), Collect()
+    fast.name = "fast"
+    sampler = Sampler([slow, fast], interval_seconds=0.1, sinks=[sink])
+    try:
+        sampler.run(threading.Event(), duration_seconds=1.0)
+    finally:
+        sampler.close()
+    n_slow = sum(1 for s in sink.samples if s.probe == "counter")
+    n_fast = sum(1 for s in sink.samples if s.probe == "fast")
+    assert 2 <= n_slow <= 3
+    assert n_fast >= 8
