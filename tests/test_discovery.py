@@ -38,7 +38,8 @@ def test_broken_plugins_are_reported_and_the_rest_go_on(plugin_dist: Path) -> No
         only=["counter", "missing_module", "raises", "unusable", "host"])}
     assert found["counter"].usable and found["counter"].probe is not None
     assert not found["missing_module"].usable
-    assert "failed to load tests.no_such_module:create" in found["missing_module"].availability.reason
+    reason = found["missing_module"].availability.reason
+    assert "failed to load tests.no_such_module:create" in reason
     assert found["raises"].availability.reason == "failed to start: cannot open the widget"
     assert found["unusable"].availability.reason == "no widget on this host"
     assert found["unusable"].probe is None

@@ -62,7 +62,7 @@ def test_malformed_lines_are_counted_and_named(tmp_path: Path,
         good,
     ]) + "\n")
     with caplog.at_level(logging.WARNING):
-        header, samples, stats = read_record(path)
+        _header, samples, stats = read_record(path)
     assert [s.probe for s in samples] == ["host", "future_probe", "host"]
     assert samples[1].values == {"x_ratio": 0.5}  # unknown probe kept, non-numeric value dropped
     assert stats.malformed == 3

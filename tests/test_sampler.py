@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Sequence
@@ -80,7 +81,7 @@ def test_active_probes_never_overlap_and_spend_the_budget() -> None:
         sampler.close()
     runs = sorted(a.running + b.running)
     assert len(a.running) >= 1 and len(b.running) >= 1
-    for (s1, e1), (s2, _e2) in zip(runs, runs[1:], strict=False):
+    for (_s1, e1), (s2, _e2) in itertools.pairwise(runs):
         assert s2 >= e1 - 1e-3, "two active probes ran at the same time"
     assert ("a", 1000) in budget.spent and ("b", 2000) in budget.spent
 
