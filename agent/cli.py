@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import click
 
 from agent import __version__
-
-
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+from agent.logs import setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +13,7 @@ def _setup_logging(verbose: int) -> None:
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 def main(verbose: int) -> None:
     """What is holding this AI service back right now: the GPU, the network, or neither?"""
-    _setup_logging(verbose)
+    setup_logging(verbose)
 
 
 @main.command("probes")

@@ -1,0 +1,45 @@
+"""Logging to stderr in a form journald reads well.
+
+Under systemd (JOURNAL_STREAM is set) each line starts with the sd-daemon
+priority prefix ``<N>`` so journald files it at the right level, and carries
+no timestamp of its own (journald adds one). On a terminal, lines carry a
+local timestamp instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+_SD_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _SD_PRIORITY.get(record.levelno, 6)
+        text = super().format(record)
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+
+
+def setup_logging(verbose: int = 0, *, daemon: bool = False) -> None:
+    """Level WARNING by default (INFO for the daemon); -v raises one step, -vv to DEBUG."""
+    base = logging.INFO if daemon else logging.WARNING
+    level = max(logging.DEBUG, base - 10 * verbose)
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
