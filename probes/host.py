@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -109,7 +110,10 @@ class HostProbe:
         values: dict[str, float | None] = {}
         problems: list[str] = []
         # _cpu first: load1_per_cpu divides by the CPU count it finds
-        for part in (self._cpu, self._memory, self._load, self._pressure):
+        parts: list[Callable[[], dict[str, float | None]]] = [
+            self._cpu, self._memory, self._load,
+            *(partial(self._pressure, r) for r in PSI_RESOURCES)]
+        for part in parts:
             try:
                 values.update(part())
             except _Unreadable as exc:
@@ -156,23 +160,22 @@ class HostProbe:
         load1 = _parsed(self._proc / "loadavg", parse_load1)
         return {"load1_per_cpu": load1 / self._cpu_count if self._cpu_count else None}
 
-    def _pressure(self) -> dict[str, float | None]:
+    def _pressure(self, resource: str) -> dict[str, float | None]:
+        path = self._proc / "pressure" / resource
+        text = read_optional(path)
+        if text is None:  # no PSI in this kernel, or disabled: absent, never zero
+            return {}
+        at = self._clock()
+        try:
+            lines = parse_psi(text)
+        except ValueError as exc:
+            raise _Unreadable(f"{path}: {exc}") from None
         out: dict[str, float | None] = {}
-        for resource in PSI_RESOURCES:
-            path = self._proc / "pressure" / resource
-            text = read_optional(path)
-            if text is None:  # no PSI in this kernel: absent, never zero
-                continue
-            at = self._clock()
-            try:
-                lines = parse_psi(text)
-            except ValueError as exc:
-                raise _Unreadable(f"{path}: {exc}") from None
-            for kind in PSI_KINDS:
-                line = lines.get(kind)
-                if line is not None:
-                    out[f"{resource}_pressure_{kind}_ratio"] = self._stall_ratio(
-                        resource, kind, line, at)
+        for kind in PSI_KINDS:
+            line = lines.get(kind)
+            if line is not None:
+                out[f"{resource}_pressure_{kind}_ratio"] = self._stall_ratio(
+                    resource, kind, line, at)
         return out
 
     def _stall_ratio(self, resource: str, kind: str, line: PsiLine, at: float) -> float:
