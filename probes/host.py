@@ -60,7 +60,11 @@ class _Unreadable(Exception):
     """A /proc file could not be read or parsed; the message is one line naming it."""
 
 
-def _parsed(path: Path, parse: Callable[[str], T]) -> T:
+def _parse_memory(text: str) -> dict[str, int]:
+    return parse_meminfo(text, ("MemTotal", "MemAvailable"))
+
+
+def _parsed(path: str, parse: Callable[[str], T]) -> T:
     try:
         return parse(read_text(path))
     except OSError as exc:
@@ -85,7 +89,10 @@ class HostProbe:
     def __init__(self, options: Options | None = None, *, proc_root: str | Path = "/proc",
                  clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
         self.options = options or Options()
-        self._proc = Path(proc_root)
+        root = str(Path(proc_root))  # plain strings: pathlib costs more than the reads
+        self._stat, self._meminfo, self._loadavg = (
+            f"{root}/stat", f"{root}/meminfo", f"{root}/loadavg")
+        self._pressure_files = {r: f"{root}/pressure/{r}" for r in PSI_RESOURCES}
         self._clock = clock
         self._wall_clock = wall_clock
         self._cpu_before: dict[str, tuple[int, ...]] | None = None
@@ -94,11 +101,11 @@ class HostProbe:
 
     def check(self) -> Availability:
         try:
-            _parsed(self._proc / "stat", parse_cpu_ticks)
+            _parsed(self._stat, parse_cpu_ticks)
         except _Unreadable as exc:
             return Availability.no(f"{exc}: no CPU utilization without it")
         missing = [r for r in PSI_RESOURCES
-                   if read_optional(self._proc / "pressure" / r) is None]
+                   if read_optional(self._pressure_files[r]) is None]
         if missing:
             return Availability.yes(
                 f"no pressure stall information for {', '.join(missing)} "
@@ -132,7 +139,7 @@ class HostProbe:
     def _cpu(self) -> dict[str, float | None]:
         self._cpu_count = None
         try:
-            now = _parsed(self._proc / "stat", parse_cpu_ticks)
+            now = _parsed(self._stat, parse_cpu_ticks)
         except _Unreadable:
             self._cpu_before = None
             raise
@@ -150,18 +157,18 @@ class HostProbe:
         return out
 
     def _memory(self) -> dict[str, float | None]:
-        info = _parsed(self._proc / "meminfo", parse_meminfo)
+        info = _parsed(self._meminfo, _parse_memory)
         total, available = info.get("MemTotal"), info.get("MemAvailable")
         if not total or available is None:  # MemAvailable exists since Linux 3.14
             return {}
         return {"memory_used_ratio": min(1.0, max(0.0, (total - available) / total))}
 
     def _load(self) -> dict[str, float | None]:
-        load1 = _parsed(self._proc / "loadavg", parse_load1)
+        load1 = _parsed(self._loadavg, parse_load1)
         return {"load1_per_cpu": load1 / self._cpu_count if self._cpu_count else None}
 
     def _pressure(self, resource: str) -> dict[str, float | None]:
-        path = self._proc / "pressure" / resource
+        path = self._pressure_files[resource]
         text = read_optional(path)
         if text is None:  # no PSI in this kernel, or disabled: absent, never zero
             return {}

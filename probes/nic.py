@@ -49,6 +49,12 @@ HOST_LABELS = {"scope": "host"}
 #: SPEED_UNKNOWN (-1) and how older drivers spelled it (0xFFFF, 0xFFFFFFFF).
 _UNKNOWN_SPEEDS = {65535, 4294967295}
 
+#: How long a choice of interfaces is reused while the set of interface names
+#: stays the same: classifying costs a few sysfs lookups per interface (tens of
+#: them on a container host). A new or vanished name is seen at once; a NIC
+#: enslaved to a bond in place is seen within this time.
+RECLASSIFY_SECONDS = 10.0
+
 #: A wrapped byte counter is believed only if the increase it implies fits the
 #: link with this much headroom (timing jitter between counter and clock reads).
 _WRAP_HEADROOM = 2.0
@@ -87,7 +93,7 @@ class Kind(enum.Enum):
     VIRTUAL = "virtual"
 
 
-def classify(sys_net: Path, name: str) -> Kind:
+def classify(sys_net: str, name: str) -> Kind:
     """Kind of interface ``name`` from its sysfs directory (a few stat calls)."""
     d = f"{sys_net}/{name}"
     if os.path.isdir(f"{d}/bonding"):
@@ -128,6 +134,13 @@ class _NicReading:
 
 
 @dataclass(frozen=True, slots=True)
+class _Choice:
+    names: frozenset[str]
+    chosen: tuple[str, ...]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class _TcpReading:
     retransmits: int
     out_segments: int
@@ -152,12 +165,15 @@ class NicProbe:
                  sys_root: str | Path = "/sys", clock: Clock = time.monotonic,
                  wall_clock: Clock = time.time) -> None:
         self.options = options or Options()
-        self._proc = Path(proc_root)
-        self._sys_net = Path(sys_root) / "class" / "net"
+        proc = str(Path(proc_root))  # plain strings: pathlib costs more than the reads
+        self._net_dev, self._snmp = f"{proc}/net/dev", f"{proc}/net/snmp"
+        self._routes = (f"{proc}/net/route", f"{proc}/net/ipv6_route")
+        self._sys_net = f"{Path(sys_root)}/class/net"
         self._clock = clock
         self._wall_clock = wall_clock
         self._nic_before: dict[str, _NicReading] = {}
         self._tcp_before: _TcpReading | None = None
+        self._choice: _Choice | None = None
 
     # --- choosing interfaces ----------------------------------------------------
 
@@ -168,8 +184,7 @@ class NicProbe:
         uplinks = {Kind.PHYSICAL, Kind.BOND, Kind.BOND_SLAVE}
         fallback: set[str] = set()
         if not any(k in uplinks for k in kinds.values()):
-            fallback = default_route_interfaces(read_optional(self._proc / "net" / "route"),
-                                                read_optional(self._proc / "net" / "ipv6_route"))
+            fallback = default_route_interfaces(*(read_optional(p) for p in self._routes))
         chosen: list[str] = []
         left_out: dict[str, str] = {}
         for name, kind in kinds.items():
@@ -186,7 +201,7 @@ class NicProbe:
     # --- the probe protocol -----------------------------------------------------
 
     def check(self) -> Availability:
-        path = self._proc / "net" / "dev"
+        path = self._net_dev
         try:
             names = list(parse_net_dev(read_text(path)))
         except OSError as exc:
@@ -205,7 +220,7 @@ class NicProbe:
 
     def sample(self) -> Sequence[Sample]:
         t = self._wall_clock()
-        path = self._proc / "net" / "dev"
+        path = self._net_dev
         try:
             counters = parse_net_dev(read_text(path))
         except OSError as exc:
@@ -213,7 +228,7 @@ class NicProbe:
         except ValueError as exc:
             return [failed(PROBE_NAME, f"{path}: {exc}", t=t)]
         now = self._clock()
-        chosen, _ = self.choose(counters)
+        chosen = self._chosen(counters, now)
         for gone in set(self._nic_before) - set(chosen):
             del self._nic_before[gone]
         samples: list[Sample | None] = [
@@ -225,12 +240,21 @@ class NicProbe:
     def close(self) -> None:
         self._nic_before.clear()
         self._tcp_before = None
+        self._choice = None
+
+    def _chosen(self, names: Iterable[str], now: float) -> tuple[str, ...]:
+        listed = list(names)  # kernel order, so samples come in a stable order
+        key = frozenset(listed)
+        c = self._choice
+        if c is None or c.names != key or not 0 <= now - c.at < RECLASSIFY_SECONDS:
+            c = self._choice = _Choice(key, tuple(self.choose(listed)[0]), now)
+        return c.chosen
 
     # --- values -------------------------------------------------------------------
 
     def _nic_sample(self, t: float, now: float, name: str, cur: NetDevCounters) -> Sample:
-        ifindex = read_optional(self._sys_net / name / "ifindex")
-        speed = link_speed_bits_per_second(read_optional(self._sys_net / name / "speed"))
+        ifindex = read_optional(f"{self._sys_net}/{name}/ifindex")
+        speed = link_speed_bits_per_second(read_optional(f"{self._sys_net}/{name}/speed"))
         before = self._nic_before.get(name)
         self._nic_before[name] = _NicReading(ifindex, cur, now)
         values: dict[str, float | None] = {"link_speed_bits_per_second": speed}
@@ -255,7 +279,7 @@ class NicProbe:
         return Sample(t=t, probe=PROBE_NAME, labels={"nic": name}, values=clean_values(values))
 
     def _tcp_sample(self, t: float) -> Sample | None:
-        path = self._proc / "net" / "snmp"
+        path = self._snmp
         text = read_optional(path)
         if text is None:  # no IPv4 stack in this namespace: nothing to say
             self._tcp_before = None
