@@ -234,7 +234,8 @@ class NicProbe:
         samples: list[Sample | None] = [
             self._nic_sample(t, now, name, counters[name]) for name in chosen]
         samples.append(self._tcp_sample(t))
-        # The priming pass has nothing to say about an interface of unknown speed.
+        # An interface with nothing to say this pass (the priming pass with an unknown
+        # link speed) gives no sample rather than an empty one.
         return [s for s in samples if s is not None and (s.values or s.error)]
 
     def close(self) -> None:
