@@ -21,7 +21,6 @@ is left out, logged once (probes/nvml.py).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -35,12 +34,12 @@ from agent.samples import Sample, one_line
 
 from probes import nvml
 from probes.base import Availability, Clock, failed
+from probes.gpm import GpmReader
 
 NAME = "gpu"
 log = logging.getLogger(__name__)
 
 _START_RETRY_SECONDS = 30.0  # how often to retry NVML on a host where it failed to start
-_GPM_MIN_GAP_SECONDS = 0.1  # NVML: GPM samples closer than 100 ms give no meaningful metrics
 
 # Functions per value, newest first; older ones are fallbacks for older drivers.
 _POWER_LIMIT = ("nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetPowerManagementLimit")
@@ -52,12 +51,6 @@ _PROCESSES = ("nvmlDeviceGetComputeRunningProcesses",
               "nvmlDeviceGetComputeRunningProcesses_v2")
 
 _FLAGS = tuple((f"clocks_event_{name}_flag", bit) for name, bit in nvml.CLOCKS_EVENT_REASONS)
-_GPM_METRICS = (
-    ("sm_active_ratio", nvml.GPM_METRIC_SM_UTIL),
-    ("sm_occupancy_ratio", nvml.GPM_METRIC_SM_OCCUPANCY),
-    ("tensor_active_ratio", nvml.GPM_METRIC_ANY_TENSOR_UTIL),
-    ("dram_active_ratio", nvml.GPM_METRIC_DRAM_BW_UTIL),
-)
 _ABSENT_FOR_GOOD = frozenset({nvml.NOT_SUPPORTED, nvml.NO_PERMISSION})
 _KIB = 1024.0  # NVML's PCIe "KB/s" are KiB/s
 
@@ -79,18 +72,6 @@ class Options:
         doc="list compute processes and the GPU memory each uses"))
 
 
-class _Gpm:
-    """Two GPM sample buffers used in turn, and the metrics request between them."""
-
-    __slots__ = ("buffers", "metrics_get", "newest", "taken_at")
-
-    def __init__(self, buffers: list[Any], metrics_get: Any) -> None:
-        self.buffers = buffers
-        self.metrics_get = metrics_get
-        self.newest = 0
-        self.taken_at: float | None = None
-
-
 class _Device:
     """What the probe keeps about one GPU between passes."""
 
@@ -106,7 +87,7 @@ class _Device:
         self.cursor = 0  # newest driver sample timestamp seen (microseconds)
         self.sample_buffer = sample_buffer
         self.sm_clock_max_hertz: float | None = None
-        self.gpm: _Gpm | None = None
+        self.gpm: GpmReader | None = None
 
     @property
     def error_labels(self) -> dict[str, str]:
@@ -117,14 +98,6 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return str(value).strip("\x00 ")
-
-
-def _percent_ratio(value: Any) -> float | None:
-    """A 0..100 percent as a 0..1 ratio; out-of-range readings (driver glitches) are dropped."""
-    f = float(value)
-    if not math.isfinite(f) or f < 0 or f > 100.5:
-        return None
-    return min(f, 100.0) / 100.0
 
 
 class GpuProbe:
@@ -223,23 +196,24 @@ class GpuProbe:
         except (nvml.NVMLError, nvml.FunctionMissing) as exc:
             dev.error = nvml.describe(exc)
             return
-        if uuid is not None:
-            dev.labels["uuid"] = _text(uuid)
+        # A new dict, never changed afterwards: samples already out keep theirs.
+        labels = {"gpu": str(dev.index), "uuid": _text(uuid) if uuid is not None else ""}
         if name is not None:
-            dev.labels["name"] = _text(name)
+            labels["name"] = _text(name)
         bus_id = getattr(pci, "busId", None) if pci is not None else None
         if bus_id:
-            dev.labels["pci_bus_id"] = _text(bus_id)
+            labels["pci_bus_id"] = _text(bus_id)
+        dev.labels = labels
         if max_mhz is not None and max_mhz > 0:
             dev.sm_clock_max_hertz = float(max_mhz) * 1e6
         dev.handle = handle
         dev.error = ""
-        try:
-            self._start_gpm(dev)
-        except nvml.NVMLError as exc:  # the GPU went away between calls
-            self._drop_gpm(dev)
-            dev.handle = None
-            dev.error = nvml.describe(exc)
+        if self.options.gpm:
+            try:
+                dev.gpm = GpmReader.open(self._nvml, handle, dev.index, self._monotonic)
+            except nvml.NVMLError as exc:  # the GPU went away between calls
+                dev.handle = None
+                dev.error = nvml.describe(exc)
 
     def _static(self, function: str, *args: Any) -> Any:
         try:
@@ -317,7 +291,10 @@ class GpuProbe:
                              nvml.PCIE_UTIL_TX_BYTES)
             if tx is not None:
                 values["pcie_tx_bytes_per_second"] = tx * _KIB
-        values["gpm_available"] = 1.0 if self._read_gpm(dev, values) else 0.0
+        gpm = dev.gpm
+        values["gpm_available"] = 1.0 if gpm is not None and gpm.read(values) else 0.0
+        if gpm is not None and gpm.closed:
+            dev.gpm = None
         processes = self._read_processes(dev, values, t, pids) if self.options.processes else []
         return [Sample(t=t, probe=NAME, labels=dev.labels, values=values), *processes]
 
@@ -375,7 +352,7 @@ class GpuProbe:
                     return
         rates = self._value(dev, "utilization", ("nvmlDeviceGetUtilizationRates",), dev.handle)
         if rates is not None:
-            ratio = _percent_ratio(rates.gpu)
+            ratio = nvml.percent_ratio(rates.gpu)
             if ratio is not None:
                 values["utilization_ratio"] = ratio
 
@@ -442,91 +419,10 @@ class GpuProbe:
             self._process_names[pid] = name
         return name
 
-    # -- GPM ------------------------------------------------------------------------------
-
-    def _start_gpm(self, dev: _Device) -> None:
-        if not self.options.gpm:
-            return
-        support = self._value(dev, "gpm", ("nvmlGpmQueryDeviceSupport",), dev.handle)
-        if support is None or not getattr(support, "isSupportedDevice", 0):
-            return
-        buffers: list[Any] = []
-        try:
-            for _ in range(2):
-                buffers.append(self._nvml.call("nvmlGpmSampleAlloc"))
-            request = self._nvml.backend.c_nvmlGpmMetricsGet_t()
-            request.version = nvml.GPM_METRICS_GET_VERSION
-            request.numMetrics = len(_GPM_METRICS)
-            for i, (_, metric_id) in enumerate(_GPM_METRICS):
-                request.metrics[i].metricId = metric_id
-        except (nvml.FunctionMissing, nvml.NVMLError, AttributeError) as exc:
-            self._nvml.log_once(f"gpm-alloc:{dev.index}", "gpu %d: GPM left out: %s",
-                                dev.index, nvml.describe(exc))
-            for buffer in buffers:
-                self._free_gpm_buffer(buffer)
-            return
-        dev.gpm = _Gpm(buffers, request)
-        # A first GPM sample now, so that the first pass already has an interval.
-        self._read_gpm(dev, {})
-
-    def _read_gpm(self, dev: _Device, values: dict[str, float]) -> bool:
-        """Take a GPM sample and put the metrics since the previous one into ``values``."""
-        gpm = dev.gpm
-        if gpm is None:
-            return False
-        now = self._monotonic()
-        if gpm.taken_at is not None and now - gpm.taken_at < _GPM_MIN_GAP_SECONDS:
-            return False
-        previous = gpm.newest
-        current = 1 - previous
-        if not self._gpm_call(dev, "nvmlGpmSampleGet", dev.handle, gpm.buffers[current]):
-            return False
-        first = gpm.taken_at is None
-        gpm.newest, gpm.taken_at = current, now
-        if first:
-            return False
-        request = gpm.metrics_get
-        request.sample1 = gpm.buffers[previous]
-        request.sample2 = gpm.buffers[current]
-        if not self._gpm_call(dev, "nvmlGpmMetricsGet", request):
-            return False
-        read = False
-        for i, (key, _) in enumerate(_GPM_METRICS):
-            metric = request.metrics[i]
-            if metric.nvmlReturn == 0:
-                ratio = _percent_ratio(metric.value)
-                if ratio is not None:
-                    values[key] = ratio
-                    read = True
-        return read
-
-    def _gpm_call(self, dev: _Device, function: str, *args: Any) -> bool:
-        try:
-            self._nvml.call(function, *args)
-            return True
-        except nvml.FunctionMissing:
-            self._drop_gpm(dev)
-        except nvml.NVMLError as exc:
-            if nvml.is_gpu_fatal(exc):
-                raise
-            code = nvml.error_code(exc)
-            if code in _ABSENT_FOR_GOOD:
-                self._drop_gpm(dev)
-            self._nvml.log_once(f"gpm:{dev.index}:{code}", "gpu %d: GPM %s: %s",
-                                dev.index, function, nvml.describe(exc))
-        return False
-
     def _drop_gpm(self, dev: _Device) -> None:
-        gpm, dev.gpm = dev.gpm, None
-        if gpm is not None:
-            for buffer in gpm.buffers:
-                self._free_gpm_buffer(buffer)
-
-    def _free_gpm_buffer(self, buffer: Any) -> None:
-        try:
-            self._nvml.call("nvmlGpmSampleFree", buffer)
-        except Exception as exc:  # nothing to do about it; the driver frees at shutdown
-            log.debug("gpu: nvmlGpmSampleFree failed: %s", exc)
+        if dev.gpm is not None:
+            dev.gpm.close()
+            dev.gpm = None
 
 
 def create(options: Mapping[str, Any]) -> GpuProbe:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -123,6 +124,9 @@ _ADVICE = {
 }
 
 
+_MISSING_IN_DRIVER = (NVMLError, pynvml.NVMLLibraryMismatchError)
+
+
 class NvmlUnavailable(Exception):
     """NVML cannot be used here; the message is one line a person can act on."""
 
@@ -152,6 +156,14 @@ def describe(exc: BaseException) -> str:
     if code is not None:
         return f"NVML error: {one_line(exc)}"
     return one_line(f"{type(exc).__name__}: {exc}")
+
+
+def percent_ratio(value: Any) -> float | None:
+    """An NVML percent (0..100) as a 0..1 ratio; None for out-of-range driver glitches."""
+    f = float(value)
+    if not math.isfinite(f) or f < 0 or f > 100.5:
+        return None
+    return min(f, 100.0) / 100.0
 
 
 def load_backend() -> Any:
@@ -244,17 +256,16 @@ class NvmlSession:
 
     def mark_missing(self, name: str, why: str) -> None:
         """Remember that ``name`` (a function or a variant of one) cannot be used here."""
+        self._functions.pop(name, None)
         if name not in self._missing:
             self._missing.add(name)
             self.log_once(f"missing:{name}", "NVML: %s is not available (%s); "
                           "falling back or leaving its value out", name, why)
 
     def function(self, name: str) -> Callable[..., Any] | None:
-        """The backend's function ``name``, or None where the binding lacks it."""
-        if name in self._missing:
-            return None
+        """The backend's function ``name``, or None where the binding or driver lacks it."""
         fn = self._functions.get(name)
-        if fn is not None:
+        if fn is not None or name in self._missing:
             return fn
         found: Callable[..., Any] | None = getattr(self.backend, name, None)
         if found is None or not callable(found):
@@ -265,41 +276,50 @@ class NvmlSession:
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call one NVML function; FunctionMissing where binding or driver lacks it."""
-        return self._invoke(name, name, args, kwargs)
-
-    def call_variant(self, variant: str, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``name`` in a form the driver may lack (``variant``, e.g. the C symbol
-        ``nvmlDeviceGetMemoryInfo_v2`` behind a ``version=`` argument). Where the
-        driver lacks it, ``variant`` is marked missing, not the function itself."""
-        return self._invoke(name, variant, args, kwargs)
-
-    def _invoke(self, name: str, variant: str, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> Any:
-        if variant in self._missing:
-            raise FunctionMissing(variant)
+        # Hot path: a dict lookup and the call; resolving and fallbacks only on a miss.
         fn = self._functions.get(name) or self.function(name)
         if fn is None:
             raise FunctionMissing(name)
         try:
             return fn(*args, **kwargs)
-        except pynvml.NVMLLibraryMismatchError:
-            # pynvml's unversioned wrappers raise this when the driver lacks the
-            # versioned symbol behind them.
-            self.mark_missing(variant, "the NVIDIA driver is older than this nvidia-ml-py")
+        except _MISSING_IN_DRIVER as exc:
+            self._missing_in_driver(name, exc)
+            raise FunctionMissing(name) from None
+
+    def call_variant(self, variant: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``name`` in a form the driver may lack (``variant``, e.g. the C symbol
+        ``nvmlDeviceGetMemoryInfo_v2`` behind a ``version=`` argument). Where the
+        driver lacks it, ``variant`` is marked missing, not the function itself."""
+        if variant in self._missing:
+            raise FunctionMissing(variant)
+        fn = self.function(name)
+        if fn is None:
+            raise FunctionMissing(name)
+        try:
+            return fn(*args, **kwargs)
+        except _MISSING_IN_DRIVER as exc:
+            self._missing_in_driver(variant, exc)
             raise FunctionMissing(variant) from None
-        except NVMLError as exc:
-            if error_code(exc) == FUNCTION_NOT_FOUND:
-                self.mark_missing(variant, "the NVIDIA driver does not have it")
-                raise FunctionMissing(variant) from None
-            raise
 
     def call_first(self, names: Sequence[str], *args: Any) -> Any:
         """Call the first of ``names`` that exists here (newest first, older fallbacks after)."""
         for name in names:
-            if name in self._missing:
+            fn = self._functions.get(name) or self.function(name)
+            if fn is None:
                 continue
             try:
-                return self.call(name, *args)
-            except FunctionMissing:
-                continue
+                return fn(*args)
+            except _MISSING_IN_DRIVER as exc:
+                self._missing_in_driver(name, exc)
         raise FunctionMissing(", ".join(names))
+
+    def _missing_in_driver(self, name: str, exc: Exception) -> None:
+        """Mark ``name`` missing if ``exc`` says the driver lacks it; else re-raise ``exc``."""
+        if isinstance(exc, pynvml.NVMLLibraryMismatchError):
+            # pynvml's unversioned wrappers raise this when the driver lacks the
+            # versioned symbol behind them.
+            self.mark_missing(name, "the NVIDIA driver is older than this nvidia-ml-py")
+        elif error_code(exc) == FUNCTION_NOT_FOUND:
+            self.mark_missing(name, "the NVIDIA driver does not have it")
+        else:
+            raise exc
