@@ -7,6 +7,7 @@ GPM unsupported; the library missing.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from tests.fakes.fake_nvml import (
     BACKEND_SPEC,
     STATE_ENV,
     FakeClock,
+    FakeGpmMetricsGet,
     FakeGpu,
     FakeNvml,
     FakeProcess,
@@ -117,6 +119,92 @@ def test_every_gpu_reports_its_own_readings(count: int) -> None:
     probe.close()
     assert fake.init_count == 0
     assert not fake.gpm_samples_live
+
+
+class RealStructs(FakeNvml):
+    """The fake's readings handed out in the real pynvml ctypes structures."""
+
+    c_nvmlGpmMetricsGet_t = pynvml.c_nvmlGpmMetricsGet_t
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gpm_by_address: dict[int, Any] = {}
+
+    def nvmlDeviceGetPciInfo(self, handle: Any) -> Any:
+        fake = super().nvmlDeviceGetPciInfo(handle)
+        info = pynvml.nvmlPciInfo_t()
+        info.busId = fake.busId
+        return info
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
+        fake = super().nvmlDeviceGetMemoryInfo(handle, version)
+        real = pynvml.c_nvmlMemory_v2_t() if version else pynvml.c_nvmlMemory_t()
+        for name, *_ in real._fields_:
+            setattr(real, name, getattr(fake, name))
+        return real
+
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any:
+        fake = super().nvmlDeviceGetUtilizationRates(handle)
+        real = pynvml.c_nvmlUtilization_t()
+        real.gpu, real.memory = fake.gpu, fake.memory
+        return real
+
+    def nvmlDeviceGetSamples(self, handle: Any, sampling_type: int,
+                             last_seen_time_stamp: int) -> Any:
+        value_type, fake = super().nvmlDeviceGetSamples(handle, sampling_type,
+                                                        last_seen_time_stamp)
+        real = (pynvml.c_nvmlSample_t * len(fake))()
+        for r, f in zip(real, fake, strict=True):
+            r.timeStamp, r.sampleValue.uiVal = f.timeStamp, f.sampleValue.uiVal
+        return value_type, real[0:len(fake)]
+
+    def nvmlGpmSampleAlloc(self) -> Any:
+        fake = super().nvmlGpmSampleAlloc()
+        struct = pynvml.struct_c_nvmlGpmSample_t()
+        self.gpm_by_address[ctypes.addressof(struct)] = (struct, fake)
+        return pynvml.c_nvmlGpmSample_t(struct)
+
+    def _fake_gpm(self, pointer: Any) -> Any:
+        return self.gpm_by_address[ctypes.addressof(pointer.contents)][1]
+
+    def nvmlGpmSampleFree(self, sample: Any) -> None:
+        super().nvmlGpmSampleFree(self._fake_gpm(sample))
+
+    def nvmlGpmSampleGet(self, handle: Any, sample: Any) -> Any:
+        super().nvmlGpmSampleGet(handle, self._fake_gpm(sample))
+        return sample
+
+    def nvmlGpmMetricsGet(self, metrics_get: Any) -> Any:
+        fake = FakeGpmMetricsGet()
+        fake.version, fake.numMetrics = metrics_get.version, metrics_get.numMetrics
+        fake.sample1 = self._fake_gpm(metrics_get.sample1)
+        fake.sample2 = self._fake_gpm(metrics_get.sample2)
+        for i in range(fake.numMetrics):
+            fake.metrics[i].metricId = metrics_get.metrics[i].metricId
+        super().nvmlGpmMetricsGet(fake)
+        for i in range(fake.numMetrics):
+            metrics_get.metrics[i].nvmlReturn = fake.metrics[i].nvmlReturn
+            metrics_get.metrics[i].value = fake.metrics[i].value
+        return metrics_get
+
+
+def test_the_probe_reads_the_real_pynvml_structures() -> None:
+    readings: dict[str, Any] = {}
+    for backend in (FakeNvml, RealStructs):
+        clock = FakeClock()
+        fake = backend(scripted(2), clock=clock)
+        fake.push_utilization(1, [20, 40])
+        probe = probe_for(fake, clock)
+        probe.check()
+        clock.advance(1.0)
+        readings[backend.__name__] = [(s.labels, s.values) for s in probe.sample()]
+        probe.close()
+        assert not fake.gpm_samples_live
+    assert readings["RealStructs"] == readings["FakeNvml"]
+    (gpu1,) = [v for labels, v in readings["RealStructs"] if labels.get("name")
+               and labels["gpu"] == "1"]
+    assert gpu1["utilization_samples"] == 2 and gpu1["gpm_available"] == 1
+    assert gpu1["memory_reserved_bytes"] == 512 * 2**20
 
 
 def test_clocks_event_reasons_as_bitmask_and_named_flags() -> None:

@@ -71,8 +71,9 @@ from tests.fakes.nvml_state import (
 )
 
 __all__ = [
-    "BACKEND_SPEC", "STATE_ENV", "FakeClock", "FakeGpu", "FakeHandle", "FakeNvml",
-    "FakeProcess", "from_env", "make_gpus", "read_state", "update_gpu", "write_state",
+    "BACKEND_SPEC", "STATE_ENV", "FakeClock", "FakeGpmMetricsGet", "FakeGpmSample", "FakeGpu",
+    "FakeHandle", "FakeNvml", "FakeProcess", "from_env", "make_gpus", "read_state",
+    "update_gpu", "write_state",
 ]
 
 BACKEND_SPEC = "tests.fakes.fake_nvml:from_env"
