@@ -30,7 +30,7 @@ from agent.options import bounds, parse_options
 from agent.samples import Sample, clean_values
 
 from probes.base import Availability, Clock, failed
-from probes.http import check_url
+from probes.http import check_url, host_and_port
 from probes.httptiming import (
     CallTimer,
     TimingBackend,
@@ -138,8 +138,7 @@ class DownloadProbe:
     def _download(self, url: str) -> Sample:
         opts = self.options
         labels = {"url": url}
-        parsed = httpx.URL(url)
-        where = f"{parsed.host}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
+        where = host_and_port(url)
         timer = CallTimer(deadline=0.0, clock=self._clock)
         try:
             client = self._get_client()

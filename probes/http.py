@@ -54,6 +54,13 @@ def check_url(url: str) -> None:
         raise ValueError(f"url must be an http:// or https:// URL with a host, got {url!r}")
 
 
+def host_and_port(url: str) -> str:
+    """'host:port' of a URL for messages ('[::1]:80' for IPv6)."""
+    parsed = httpx.URL(url)
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    return f"{host}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
+
+
 @dataclass(frozen=True)
 class Target:
     """One URL to call."""
@@ -188,29 +195,32 @@ class HttpProbe:
         if n == 1:
             return [self._call(client, target, body, headers, None)]
         start_together = threading.Barrier(n)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=n,
-                                                   thread_name_prefix="http-probe") as pool:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=n,
+                                                     thread_name_prefix="http-probe")
+        try:
             futures = [pool.submit(self._call, client, target, body, headers, start_together)
                        for _ in range(n)]
             done, _ = concurrent.futures.wait(futures,
                                               timeout=target.timeout_seconds + _GRACE_SECONDS)
-            results = []
-            for future in futures:
-                if future in done:
-                    results.append(future.result())
-                else:  # cannot happen unless a socket ignores its timeout; never wait on it
-                    results.append(failed(self.name, f"call did not finish within "
-                                          f"{target.timeout_seconds:g}s", labels,
-                                          t=self._wall_clock()))
+        finally:
+            # Never wait here for a call that is still running: every call is held
+            # to its deadline by its socket timeouts, so a straggler ends on its own.
             pool.shutdown(wait=False, cancel_futures=True)
+        results = []
+        for future in futures:
+            if future in done:
+                results.append(future.result())
+            else:
+                results.append(failed(self.name, f"call did not finish within "
+                                      f"{target.timeout_seconds:g}s", labels,
+                                      t=self._wall_clock()))
         return results
 
     def _call(self, client: httpx.Client, target: Target, body: bytes | None,
               headers: Mapping[str, str], start_together: threading.Barrier | None) -> Sample:
         labels = {"target": target.label}
         timer = CallTimer(deadline=0.0, clock=self._clock)
-        url = httpx.URL(target.url)
-        where = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+        where = host_and_port(target.url)
         try:
             if start_together is not None:
                 start_together.wait(timeout=target.timeout_seconds)

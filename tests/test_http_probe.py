@@ -153,6 +153,18 @@ def test_connection_reset() -> None:
     assert sample.values == {}
 
 
+def test_ipv6_loopback() -> None:
+    try:
+        server = HttpServer(ServerConfig("delay"), bind="::1")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with server, probe(targets=[{"url": server.url("/")}, {"url": "http://[::1]:1/"}]) as p:
+        good, refused = p.sample()
+    assert server.url("/").startswith("http://[::1]:")
+    assert ok(good)["status"] == 200
+    assert refused.error == "cannot connect to [::1]:1: connection refused"
+
+
 def test_refused(closed_port: int) -> None:
     with probe(targets=[{"url": f"http://127.0.0.1:{closed_port}/"}]) as p:
         sample = one(p.sample())
