@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _counter = itertools.count(1)
 
@@ -52,13 +52,19 @@ class Link:
     ns_addr: str
     rate_in_bits_per_second: float | None
     rate_out_bits_per_second: float | None
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def cmd(self, argv: Sequence[str]) -> list[str]:
         """argv run inside the namespace."""
         return ["ip", "netns", "exec", self.ns, *argv]
 
     def popen(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.cmd(argv), **kwargs)  # type: ignore[call-overload, no-any-return]
+        """Start argv in the namespace; it is killed and reaped when the link is removed
+        (also if it had not yet entered the namespace when cleanup ran)."""
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            self.cmd(argv), **kwargs)
+        self.procs.append(proc)
+        return proc
 
     def run(self, argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.cmd(argv), capture_output=True, text=True, timeout=timeout,
@@ -113,6 +119,11 @@ def netns_link(rate_in_bits_per_second: float | None = None,
         link.set_rate(rate_in_bits_per_second, rate_out_bits_per_second)
         yield link
     finally:
+        for proc in link.procs:
+            if proc.poll() is None:
+                proc.kill()
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
         _kill_namespace_processes(ns)
         _ip("netns", "del", ns, check=False)
         _ip("link", "del", host_dev, check=False)  # gone with the namespace, normally
