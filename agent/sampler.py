@@ -125,7 +125,6 @@ class Sampler:
         self.budget = budget
         self._wall = wall_clock
         self._mono = monotonic
-        self._active_lock = threading.Lock()
         self._nic_utilization: float | None = None
         self.health: dict[str, ProbeHealth] = {}
         self._slots: list[_Slot] = []
@@ -142,34 +141,37 @@ class Sampler:
 
     def _call(self, probe: Probe) -> list[Sample]:
         """Runs on the probe's worker thread."""
-        if not probe.active:
+        if not probe.active or self.budget is None:
             return list(probe.sample())
-        if not self._active_lock.acquire(blocking=False):
-            return []  # another active probe is running: try again next tick
-        try:
-            if self.budget is not None:
-                expected = float(getattr(probe, "expected_bytes", lambda: 0.0)())
-                reason = self.budget.permit(probe.name, expected, self._nic_utilization)
-                if reason is not None:
-                    return [Sample(t=self._wall(), probe=probe.name,
-                                   labels={"skip_reason": reason}, values={"skipped": 1.0})]
-            samples = list(probe.sample())
-            if self.budget is not None:
-                self.budget.spend(probe.name, _bytes_of(samples))
-            return samples
-        finally:
-            self._active_lock.release()
+        expected = float(getattr(probe, "expected_bytes", lambda: 0.0)())
+        reason = self.budget.permit(probe.name, expected, self._nic_utilization)
+        if reason is not None:
+            return [Sample(t=self._wall(), probe=probe.name,
+                           labels={"skip_reason": reason}, values={"skipped": 1.0})]
+        samples = list(probe.sample())
+        self.budget.spend(probe.name, _bytes_of(samples))
+        return samples
 
     # -- the loop side ---------------------------------------------------
 
+    def _start(self, slot: _Slot, now: float) -> None:
+        slot.started = now
+        slot.timed_out = False
+        slot.future = slot.executor.submit(functools.partial(self._call, slot.probe))
+        slot.next_due = max(slot.next_due + slot.interval, now)
+
     def _submit_due(self, now: float) -> None:
         for slot in self._slots:
-            if slot.future is None and now >= slot.next_due:
-                slot.started = now
-                slot.timed_out = False
-                probe = slot.probe
-                slot.future = slot.executor.submit(functools.partial(self._call, probe))
-                slot.next_due = max(slot.next_due + slot.interval, now)
+            if not slot.probe.active and slot.future is None and now >= slot.next_due:
+                self._start(slot, now)
+        # Active probes never overlap: one in flight at a time (a hung one still counts,
+        # it may still be sending). A due probe that has to wait stays due and goes first
+        # once the link is free, the longest-waiting first.
+        if any(s.probe.active and s.future is not None for s in self._slots):
+            return
+        due = [s for s in self._slots if s.probe.active and now >= s.next_due]
+        if due:
+            self._start(min(due, key=lambda s: s.next_due), now)
 
     def _collect(self, now: float) -> list[Sample]:
         out: list[Sample] = []
