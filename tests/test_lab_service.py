@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -89,6 +91,20 @@ def test_infer_answers_with_timing_and_the_configured_size(service: ServiceHandl
     assert float(timing["gpu"]) >= 50.0  # milliseconds: the compute step was taken
     assert missing.status_code == 404
     assert chunked.status_code == 411
+
+
+def test_a_client_leaving_mid_upload_costs_one_log_line(service: ServiceHandle) -> None:
+    log_before = service.log.stat().st_size
+    url = urlsplit(service.url)
+    assert url.hostname is not None and url.port is not None
+    with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+        sock.sendall(b"POST /infer HTTP/1.1\r\nHost: lab\r\nContent-Length: 1000000\r\n\r\n"
+                     + b"x" * 1000)
+    ended, _ = _poll(lambda: {"log": service.log.read_text()[log_before:]},
+                     lambda r: "client left after 1000 of 1000000 bytes" in r["log"], 5)
+    assert ended
+    assert "Traceback" not in service.log.read_text()
+    assert service.health()["status"] == "ok"
 
 
 def test_control_token_and_request_size_limit(tmp_path: Path) -> None:

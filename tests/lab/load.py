@@ -121,7 +121,7 @@ class _Run:
                 self.result.failed += 1
 
     def client_loop(self, first_at: float, interval: float | None) -> None:
-        if self.stop.wait(max(first_at - time.monotonic(), 0.0)):
+        if first_at >= self.deadline or self.stop.wait(max(first_at - time.monotonic(), 0.0)):
             return
         next_at = first_at
         with httpx.Client(limits=httpx.Limits(max_connections=1)) as client:
