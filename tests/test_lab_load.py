@@ -162,9 +162,9 @@ def test_deadline_abandons_a_response_that_never_comes(
 
 
 def test_bad_arguments_are_refused() -> None:
-    for kwargs in ({"clients": 0, "payload_bytes": 1}, {"clients": 1, "payload_bytes": -1}):
+    for clients, payload_bytes in ((0, 1), (1, -1)):
         with pytest.raises(ValueError, match="clients >= 1"):
-            run_load("http://127.0.0.1:9/", duration_seconds=1, **kwargs)
+            run_load("http://127.0.0.1:9/", clients, payload_bytes, duration_seconds=1)
     with pytest.raises(ValueError, match="rate_per_client"):
         run_load("http://127.0.0.1:9/", 1, 1, rate_per_client=0)
 
