@@ -119,10 +119,10 @@ def test_rate_per_client_is_an_upper_bound(service: ServiceHandle) -> None:
 
 
 def test_ramp_staggers_the_clients(service: ServiceHandle) -> None:
-    # Client 1 of 2 starts after half the 1 s ramp; at one request per second each,
-    # only client 0 sends inside the first 0.4 s.
-    result = run_load(service.infer_url, 2, 1_000, rate_per_client=1, duration_seconds=0.4,
-                      ramp_seconds=1.0, timeout_seconds=10)
+    # Client 1 of 2 starts after half the 2 s ramp plus half its 1 s interval (1.5 s); at
+    # one request per second each, only client 0 sends inside the first 0.9 s.
+    result = run_load(service.infer_url, 2, 1_000, rate_per_client=1, duration_seconds=0.9,
+                      ramp_seconds=2.0, timeout_seconds=10)
     assert result.started == 1
 
 
@@ -140,7 +140,9 @@ def test_stop_abandons_a_stalled_upload(silent_server: type[SilentServer]) -> No
     server = silent_server(read_delay=0.05)  # ~300 KiB/s: 20 MB would take a minute
     load = BackgroundLoad(f"http://127.0.0.1:{server.port}/infer", 1, 20_000_000,
                           duration_seconds=60, timeout_seconds=60).start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while server.received == 0 and time.monotonic() < deadline:  # the upload is under way
+        time.sleep(0.05)
     stopped = time.monotonic()
     result = load.finish(timeout=20)
     took = time.monotonic() - stopped
@@ -155,9 +157,9 @@ def test_deadline_abandons_a_response_that_never_comes(
         silent_server: type[SilentServer]) -> None:
     server = silent_server(read_delay=0.0)
     result = run_load(f"http://127.0.0.1:{server.port}/infer", 3, 10_000,
-                      duration_seconds=0.5, timeout_seconds=60, abandon_grace_seconds=0.5)
-    assert result.abandoned == 3 and result.failed == 0
-    assert result.wall_seconds < 0.5 + 0.5 + 5  # deadline + grace, far from the 60 s timeout
+                      duration_seconds=1.0, timeout_seconds=60, abandon_grace_seconds=0.5)
+    assert result.abandoned == result.started >= 1 and result.failed == 0
+    assert result.wall_seconds < 1.0 + 0.5 + 5  # deadline + grace, far from the 60 s timeout
     assert server.closed_by_client.wait(5)
 
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import hmac
 import itertools
 import json
-import logging
 import multiprocessing
 import os
 import selectors
@@ -126,23 +126,24 @@ class ServiceLog:
     detection reads it while the service runs)."""
 
     def __init__(self, path: Path):
-        self._logger = logging.getLogger(f"lab-service.{id(self)}")
-        self._logger.propagate = False
-        self._logger.setLevel(logging.INFO)
-        self._handler = logging.FileHandler(path, encoding="utf-8")
-        self._handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s lab-service[%(process)d]: %(message)s"))
-        self._logger.addHandler(self._handler)
+        self._file = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def _write(self, level: str, message: str) -> None:
+        stamp = datetime.datetime.now().isoformat(sep=" ", timespec="milliseconds")
+        with self._lock:
+            self._file.write(f"{stamp} {level} lab-service[{os.getpid()}]: {message}\n")
+            self._file.flush()
 
     def info(self, message: str) -> None:
-        self._logger.info(message)
+        self._write("INFO", message)
 
     def error(self, message: str) -> None:
-        self._logger.error(message)
+        self._write("ERROR", message)
 
     def close(self) -> None:
-        self._logger.removeHandler(self._handler)
-        self._handler.close()
+        with self._lock:
+            self._file.close()
 
 
 class LabService:
@@ -157,7 +158,7 @@ class LabService:
         self._params = params
         self._lock = threading.Lock()
         self._request_ids = itertools.count(1)
-        self.gpu = SimGpu(params.gpu(), self._log_oom)
+        self.gpu = SimGpu(params.gpu(), log.error)
         self.publisher = Publisher(self.gpu, gpu_state, model=gpu_model)
         # spawn, not fork: forking a threaded server is unsafe.
         self.cpu_workers = cpu_workers
@@ -184,9 +185,6 @@ class LabService:
     def next_request_id(self) -> int:
         with self._lock:
             return next(self._request_ids)
-
-    def _log_oom(self, message: str) -> None:
-        self.log.error(message)
 
     def control(self, changes: Mapping[str, Any]) -> ServiceParams:
         with self._lock:
