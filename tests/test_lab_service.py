@@ -69,7 +69,7 @@ def test_health_and_live_control(service: ServiceHandle) -> None:
                           (b'{"compute_seconds": "fast"}', "compute_seconds"),
                           (b"not json", "body is not JSON"),
                           (b"[1]", "body must be a JSON object")):
-        answer = httpx.post(f"{service.url}/control", content=body, timeout=10)
+        answer = httpx.post(f"{service.url}/control", content=body, timeout=10, trust_env=False)
         assert answer.status_code == 400, body
         error = answer.json()["error"]
         assert problem in error and "\n" not in error
@@ -78,7 +78,7 @@ def test_health_and_live_control(service: ServiceHandle) -> None:
 
 def test_infer_answers_with_timing_and_the_configured_size(service: ServiceHandle) -> None:
     service.control(response_bytes=12_345, compute_seconds=0.05)
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=10, trust_env=False) as client:
         answer = client.post(service.infer_url, content=b"x" * 300_000)
         missing = client.post(f"{service.url}/nothing", content=b"")
         chunked = client.post(service.infer_url, content=iter([b"a", b"b"]))
@@ -110,13 +110,15 @@ def test_a_client_leaving_mid_upload_costs_one_log_line(service: ServiceHandle) 
 def test_control_token_and_request_size_limit(tmp_path: Path) -> None:
     with start_service(tmp_path / "gpu.json", tmp_path / "service.log", cpu_workers=0,
                        control_token="s3cret", max_request_bytes=100_000) as svc:
-        refused = httpx.post(f"{svc.url}/control", json={"gpu_slots": 2}, timeout=10)
+        refused = httpx.post(f"{svc.url}/control", json={"gpu_slots": 2}, timeout=10,
+                             trust_env=False)
         assert refused.status_code == 403
         assert svc.control(gpu_slots=2)["gpu_slots"] == 2  # the handle sends the token
-        too_big = httpx.post(svc.infer_url, content=b"x" * 100_001, timeout=10)
+        too_big = httpx.post(svc.infer_url, content=b"x" * 100_001, timeout=10, trust_env=False)
         assert too_big.status_code == 413
         assert "over the limit of 100000" in too_big.json()["error"]
-        assert httpx.post(svc.infer_url, content=b"x" * 100_000, timeout=10).status_code == 200
+        fits = httpx.post(svc.infer_url, content=b"x" * 100_000, timeout=10, trust_env=False)
+        assert fits.status_code == 200
     assert svc.process.returncode == 0  # SIGTERM stops it cleanly
     assert "stopped" in (tmp_path / "service.log").read_text()
 

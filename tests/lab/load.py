@@ -124,7 +124,7 @@ class _Run:
         if first_at >= self.deadline or self.stop.wait(max(first_at - time.monotonic(), 0.0)):
             return
         next_at = first_at
-        with httpx.Client(limits=httpx.Limits(max_connections=1)) as client:
+        with httpx.Client(limits=httpx.Limits(max_connections=1), trust_env=False) as client:
             while self.claim():
                 self.one_request(client)
                 if interval is None:

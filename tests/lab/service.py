@@ -424,13 +424,13 @@ class ServiceHandle:
     def control(self, **changes: Any) -> dict[str, Any]:
         headers = {TOKEN_HEADER: self.control_token} if self.control_token else {}
         response = httpx.post(f"{self.url}/control", json=changes, headers=headers,
-                              timeout=10.0)
+                              timeout=10.0, trust_env=False)
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
 
     def health(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/health", timeout=10.0)
+        response = httpx.get(f"{self.url}/health", timeout=10.0, trust_env=False)
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
