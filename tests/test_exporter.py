@@ -354,6 +354,33 @@ def test_scrapes_while_the_writer_writes() -> None:
     assert not errors
 
 
+def _samples(families: object) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    return {(s.name, tuple(sorted(s.labels.items())), s.value)
+            for f in families for s in f.samples}  # type: ignore[attr-defined]
+
+
+def test_direct_rendering_equals_prometheus_clients_encoders() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.openmetrics import exposition as om_exposition
+    from prometheus_client.openmetrics import parser as om_parser
+
+    state = full_state(Clock(), gpus=3)
+    state.record_samples("http", [Sample(Clock()(), "http", {"target": 'a "quoted"\\ \nname'},
+                                         {"total_seconds": float("inf")})])
+    collector = Collector(state)
+    registry = registry_for(state)
+    fast_text = collector.render()
+    assert _samples(text_string_to_metric_families(fast_text)) == _samples(
+        text_string_to_metric_families(generate_latest(registry).decode()))
+    fast_om = collector.render(openmetrics=True) + "# EOF\n"
+    reference_om = om_exposition.generate_latest(registry).decode()
+    assert _samples(om_parser.text_string_to_metric_families(fast_om)) == _samples(
+        om_parser.text_string_to_metric_families(reference_om))
+    # Same families, same HELP and TYPE lines, same order.
+    assert [line for line in fast_om.splitlines() if line.startswith("#")] == [
+        line for line in reference_om.splitlines() if line.startswith("#")]
+
+
 def test_docs_list_every_metric() -> None:
     text = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
     begin, end = "<!-- BEGIN METRICS TABLE -->\n", "<!-- END METRICS TABLE -->"
