@@ -1,0 +1,494 @@
+"""The Prometheus endpoint: a collector over AgentState and the HTTP server for it.
+
+``Collector.collect()`` builds fresh metric families from the latest
+snapshot at each scrape, so a label value exists only while its source
+reports it. The metric table (names, help, labels, how sample values map)
+is agent.exporter_metrics.
+
+``MetricsServer`` serves ``/metrics``, a landing page at ``/`` and
+``/healthz`` over HTTP/1.1 with keep-alive, one thread per connection,
+with TLS and basic auth from an exporter web config file (agent.webconfig).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector as CollectorBase
+from prometheus_client.registry import CollectorRegistry
+
+from agent import __version__
+from agent import exporter_metrics as m
+from agent.config import DEFAULT_LISTEN, parse_listen
+from agent.state import ERROR_REASONS, LABELS, AgentState, Series, Snapshot
+from agent.webconfig import WebGuard, peer_sans
+
+log = logging.getLogger(__name__)
+
+Plan = tuple[tuple[bool, str], ...]
+_Points = dict[m.Metric, dict[tuple[str, ...], tuple[float, float]]]
+
+
+def _compile(route: m.Route) -> tuple[m.Metric, float, Plan]:
+    return route.metric, route.scale, route.label_plan()
+
+
+_ROUTES = {probe: {value: _compile(r) for value, r in table.items()}
+           for probe, table in m.ROUTES.items()}
+_PROCESS_ROUTES = {value: _compile(r) for value, r in m.GPU_PROCESS_ROUTES.items()}
+_UP_ROUTES = {probe: _compile(r) for probe, r in m.UP_ROUTES.items()}
+_GPU_INFO = _compile(m.Route(m.GPU_INFO))
+_CLOCKS_EVENT_PLAN = m.Route(m.GPU_CLOCKS_EVENT).label_plan()
+
+
+def _labels(plan: Plan, labels: Any) -> tuple[str, ...]:
+    return tuple(text if const else labels.get(text, "") for const, text in plan)
+
+
+def _put(points: _Points, metric: m.Metric, labelvalues: tuple[str, ...], t: float,
+         value: float) -> None:
+    # Two series can land on one label set (a GPU's failed sample and its last good
+    # one, for a moment): the newer sample wins, so the output has no duplicates.
+    bucket = points.setdefault(metric, {})
+    old = bucket.get(labelvalues)
+    if old is None or old[0] <= t:
+        bucket[labelvalues] = (t, value)
+
+
+def _series_points(series: Iterator[Series]) -> _Points:
+    points: _Points = {}
+    for s in series:
+        labels, t = s.labels, s.t
+        if s.probe == "gpu" and "pid" in labels:
+            routes = _PROCESS_ROUTES
+        else:
+            routes = _ROUTES.get(s.probe, {})
+            up = _UP_ROUTES.get(s.probe)
+            if up is not None:
+                _put(points, up[0], _labels(up[2], labels), t, 0.0 if s.error else 1.0)
+            if s.probe == "gpu" and s.error is None:
+                _put(points, _GPU_INFO[0], _labels(_GPU_INFO[2], labels), t, 1.0)
+        for name, value in s.values.items():
+            route = routes.get(name)
+            if route is not None:
+                metric, scale, plan = route
+                _put(points, metric, _labels(plan, labels), t, value * scale)
+            elif (s.probe == "gpu" and name.startswith(m.CLOCKS_EVENT_PREFIX)
+                  and name.endswith(m.CLOCKS_EVENT_SUFFIX) and routes is not _PROCESS_ROUTES):
+                reason = name[len(m.CLOCKS_EVENT_PREFIX):-len(m.CLOCKS_EVENT_SUFFIX)]
+                lv = tuple(reason if label == "reason" else labels.get(label, "")
+                           for _const, label in _CLOCKS_EVENT_PLAN)
+                _put(points, m.GPU_CLOCKS_EVENT, lv, t, value)
+    return points
+
+
+def _agent_points(points: _Points, snap: Snapshot, now: float) -> None:
+    _put(points, m.BUILD_INFO, tuple(snap.build_info.get(k, "") for k in m.BUILD_INFO.labels),
+         0.0, 1.0)
+    _put(points, m.START_TIME, (), 0.0, snap.start_time)
+    _put(points, m.SAMPLING_INTERVAL, (), 0.0, snap.interval_seconds)
+    _put(points, m.WINDOW_LENGTH, (), 0.0, snap.window_seconds)
+    for label in LABELS:
+        _put(points, m.WINDOWS_TOTAL, (label,), 0.0, float(snap.windows_total.get(label, 0)))
+    window = snap.window
+    if window is None:
+        return
+    for label in LABELS:
+        _put(points, m.WINDOW_LABEL, (label,), 0.0, 1.0 if label == window.label else 0.0)
+    for metric, value in ((m.WINDOW_CONFIDENCE, window.confidence),
+                          (m.WINDOW_START, window.start), (m.WINDOW_END, window.end),
+                          (m.WINDOW_EVIDENCE, float(window.evidence_items)),
+                          (m.LAST_WINDOW_AGE, max(0.0, now - window.end))):
+        _put(points, metric, (), 0.0, value)
+
+
+def _probe_points(points: _Points, snap: Snapshot) -> None:
+    for name in sorted(snap.probes):
+        h = snap.probes[name]
+        _put(points, m.PROBE_USABLE, (name,), 0.0, 1.0 if h.usable else 0.0)
+        if not h.usable:
+            continue  # not running: no health figures to give
+        if h.up is not None:
+            _put(points, m.PROBE_UP, (name,), 0.0, 1.0 if h.up else 0.0)
+        for reason in ERROR_REASONS:
+            _put(points, m.PROBE_ERRORS, (name, reason), 0.0,
+                 float(h.errors_total.get(reason, 0)))
+        _put(points, m.PROBE_SAMPLES, (name,), 0.0, float(h.samples_total))
+        for reason, count in sorted(h.skips_total.items()):
+            _put(points, m.PROBE_SKIPS, (name, reason), 0.0, float(count))
+        if h.last_success is not None:
+            _put(points, m.PROBE_LAST_SUCCESS, (name,), 0.0, h.last_success)
+        if h.last_duration_seconds is not None:
+            _put(points, m.PROBE_DURATION, (name,), 0.0, h.last_duration_seconds)
+
+
+Families = list[tuple[m.Metric, list[tuple[tuple[str, ...], float]]]]
+
+
+def _family(metric: m.Metric) -> GaugeMetricFamily | CounterMetricFamily:
+    if metric.kind == "counter":
+        return CounterMetricFamily(metric.name, metric.help, labels=metric.labels)
+    return GaugeMetricFamily(metric.name, metric.help, labels=metric.labels)
+
+
+class Collector(CollectorBase):
+    """Builds every ai_bottleneck_* family from ``state.snapshot()`` at each scrape.
+
+    ``collect()`` gives prometheus_client families (registries, tests,
+    ``get_sample_value``); ``render()`` writes the same points straight to
+    the exposition formats, several times faster than the generic encoder,
+    which is what keeps a scrape of an 8-GPU host cheap.
+    """
+
+    def __init__(self, state: AgentState, clock: Callable[[], float] | None = None):
+        self._state = state
+        self._clock = clock or state.clock
+
+    def describe(self) -> list[Metric]:
+        # Registration must not run collect(): the families vary with the state.
+        return []
+
+    def families(self) -> Families:
+        """Every family with points, in the metric table's order."""
+        snap = self._state.snapshot()
+        now = self._clock()
+        points = _series_points(snap.live_series(now))
+        _agent_points(points, snap, now)
+        _probe_points(points, snap)
+        out: Families = []
+        for metric in m.METRICS:
+            bucket = points.get(metric)
+            if bucket:
+                out.append((metric, [(lv, v) for lv, (_t, v) in bucket.items()]))
+        return out
+
+    def collect(self) -> Iterator[Metric]:
+        for metric, samples in self.families():
+            family = _family(metric)
+            for labelvalues, value in samples:
+                family.add_metric(labelvalues, value)
+            yield family
+
+    def render(self, openmetrics: bool = False) -> str:
+        """The families as Prometheus text format 0.0.4, or OpenMetrics 1.0 without
+        the closing ``# EOF`` (the caller appends more families, then that)."""
+        headers = _OM_HEADERS if openmetrics else _TEXT_HEADERS
+        out: list[str] = []
+        for metric, samples in self.families():
+            out.append(headers[metric])
+            template = _LINE_TEMPLATES[metric]
+            for lv, value in samples:
+                out.append(template % (*map(_escape, lv), _number(value)))
+        return "".join(out)
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+def _number(value: float) -> str:
+    if math.isfinite(value):
+        return repr(value)
+    if math.isnan(value):
+        return "NaN"
+    return "+Inf" if value > 0 else "-Inf"
+
+
+def _help(text: str, openmetrics: bool) -> str:
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return text.replace('"', '\\"') if openmetrics else text
+
+
+# Per metric, computed once: the HELP and TYPE lines of each format and a %-template
+# of its sample line. OpenMetrics names a counter family without "_total"; its samples
+# keep it.
+_LINE_TEMPLATES = {
+    metric: metric.name + ("{" + ",".join(f'{label}="%s"' for label in metric.labels) + "}"
+                           if metric.labels else "") + " %s\n"
+    for metric in m.METRICS}
+_TEXT_HEADERS = {metric: f"# HELP {metric.name} {_help(metric.help, False)}\n"
+                         f"# TYPE {metric.name} {metric.kind}\n" for metric in m.METRICS}
+_OM_HEADERS = {metric: f"# HELP {metric.name.removesuffix('_total')} {_help(metric.help, True)}\n"
+                       f"# TYPE {metric.name.removesuffix('_total')} {metric.kind}\n"
+               for metric in m.METRICS}
+
+
+def build_registry(state: AgentState, *, process_metrics: bool = True) -> CollectorRegistry:
+    """A registry of its own (never the global one) with the agent's collector and,
+    as every exporter has, the process_* metrics of the agent itself."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(state))
+    if process_metrics:
+        ProcessCollector(registry=registry)
+    return registry
+
+
+class Exposition:
+    """What /metrics serves: the agent's families, rendered directly, then the
+    process_* families through prometheus_client, in the format the scraper asks
+    for (Prometheus asks for OpenMetrics; text 0.0.4 otherwise)."""
+
+    def __init__(self, state: AgentState, *, process_metrics: bool = True):
+        self.collector = Collector(state)
+        self._process = CollectorRegistry(auto_describe=False)
+        if process_metrics:
+            ProcessCollector(registry=self._process)
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        openmetrics = content_type.startswith("application/openmetrics-text")
+        # The process part ends an OpenMetrics exposition with its "# EOF" line.
+        return self.collector.render(openmetrics).encode() + encoder(self._process), content_type
+
+
+# -- HTTP ---------------------------------------------------------------------------------
+
+
+class ListenError(RuntimeError):
+    """The endpoint cannot bind its address (one line naming it)."""
+
+
+_LANDING = """<!doctype html>
+<html><head><meta charset="utf-8"><title>ai-bottleneck</title></head>
+<body><h1>ai-bottleneck {version}</h1>
+<p>What is holding this AI service back right now: the GPU, the network, or neither?</p>
+<ul><li><a href="metrics">metrics</a></li><li><a href="healthz">healthz</a></li></ul>
+</body></html>
+"""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
+    server_version = f"ai-bottleneck/{__version__}"
+    sys_version = ""
+    server: _HTTPServer
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def _serve(self, head: bool) -> None:
+        loaded = self.server.guard.current()
+        headers = dict(loaded.config.headers)
+        path = self.path.split("?", 1)[0]
+        if loaded.error is not None:
+            self._send(500, b"web config invalid; see the agent's log\n", headers, head)
+        elif loaded.limiter is not None and not loaded.limiter.allow():
+            self._send(429, b"too many requests\n", headers, head)
+        elif path == "/healthz":  # liveness without credentials: it tells nothing
+            self._send(200, b"ok\n", headers, head)
+        elif loaded.auth.enabled and loaded.auth.check(self.headers.get("Authorization")) is None:
+            headers["WWW-Authenticate"] = 'Basic realm="ai-bottleneck", charset="UTF-8"'
+            self._send(401, b"unauthorized\n", headers, head)
+        elif path == "/metrics":
+            body, content_type = self.server.exposition.render(self.headers.get("Accept", ""))
+            self._send(200, body, headers, head, content_type)
+        elif path == "/":
+            page = _LANDING.format(version=html.escape(__version__)).encode()
+            self._send(200, page, headers, head, "text/html; charset=utf-8")
+        else:
+            self._send(404, b"not found\n", headers, head)
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool,
+              content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 64
+
+    def __init__(self, sock: socket.socket, guard: WebGuard, exposition: Exposition, *,
+                 max_connections: int, idle_timeout: float, handshake_timeout: float):
+        super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()[:2]
+        self.guard, self.exposition = guard, exposition
+        self.max_connections, self.handshake_timeout = max_connections, handshake_timeout
+        self.idle_timeout = idle_timeout
+        # Per accepted socket: its thread and the socket it speaks on (the TLS one
+        # once wrapped), so stop() can end keep-alive connections at once.
+        self._live: dict[Any, tuple[threading.Thread, Any]] = {}
+        self._live_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._live_lock:
+            if len(self._live) >= self.max_connections:
+                log.warning("refusing %s: %d connections open", client_address[0],
+                            self.max_connections)
+                self.shutdown_request(request)
+                return
+            thread = threading.Thread(target=self.process_request_thread,
+                                      args=(request, client_address), daemon=True,
+                                      name=f"scrape-{client_address[0]}")
+            self._live[request] = (thread, request)
+        thread.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._live_lock:
+                self._live.pop(request, None)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # Headers and body leave in separate writes; without this, Nagle's algorithm
+        # holds the body until the client's delayed ACK (~40 ms per scrape).
+        with contextlib.suppress(OSError):
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ctx = self.guard.current().config.ssl_context
+        if ctx is None:
+            request.settimeout(self.idle_timeout)
+            _Handler(request, client_address, self)
+            return
+        request.settimeout(self.handshake_timeout)
+        try:
+            conn = ctx.wrap_socket(request, server_side=True)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+            return
+        with self._live_lock:
+            if request in self._live:
+                self._live[request] = (self._live[request][0], conn)
+        try:
+            allowed = self.guard.current().config.allowed_sans
+            if allowed and not (peer_sans(conn.getpeercert()) & allowed):
+                log.info("refusing %s: client certificate names none of client_allowed_sans",
+                         client_address[0])
+                return
+            conn.settimeout(self.idle_timeout)
+            _Handler(conn, client_address, self)
+        finally:
+            conn.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-request is normal; never a traceback on stderr.
+        log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+
+    def close_connections(self, timeout: float) -> None:
+        with self._live_lock:
+            live = list(self._live.values())
+        for _thread, sock in live:
+            with contextlib.suppress(OSError):  # already closed by its own thread
+                sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
+        for thread, _sock in live:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """Bind ``host:port``; '' is every interface, IPv6 and IPv4 where the host has both."""
+    if host == "":
+        if socket.has_dualstack_ipv6():
+            return socket.create_server(("::", port), family=socket.AF_INET6,
+                                        dualstack_ipv6=True, backlog=64)
+        return socket.create_server(("0.0.0.0", port), backlog=64)
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, _type, _proto, _name, address = infos[0]
+    return socket.create_server(address[:2], family=family, backlog=64)
+
+
+class MetricsServer:
+    """The HTTP endpoint. ``start()`` binds and serves in a thread; ``stop()`` ends it.
+
+    ``listen`` is HOST:PORT (agent.config.parse_listen; port 0 picks a free
+    one, see ``port``). ``web_config_file`` is an exporter web config (TLS,
+    basic auth); a bad one raises agent.webconfig.WebConfigError here, at
+    construction; it is looked at again for changes (new certificates,
+    users) at most every ``web_config_check_seconds``. Binding failures raise
+    ListenError from ``start()``.
+    """
+
+    def __init__(self, state: AgentState, listen: str = DEFAULT_LISTEN,
+                 web_config_file: Path | str | None = None, *,
+                 process_metrics: bool = True, max_connections: int = 64,
+                 idle_timeout: float = 120.0, handshake_timeout: float = 10.0,
+                 web_config_check_seconds: float = 1.0):
+        self.listen = listen
+        self._host, self._port = parse_listen(listen)
+        self.exposition = Exposition(state, process_metrics=process_metrics)
+        self.guard = WebGuard(web_config_file, check_every=web_config_check_seconds)
+        self._max_connections = max_connections
+        self._timeouts = (idle_timeout, handshake_timeout)
+        self._server: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        try:
+            sock = _listen_socket(self._host, self._port)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {self.listen}: "
+                              f"{exc.strerror or exc}") from None
+        self._server = _HTTPServer(sock, self.guard, self.exposition,
+                                   max_connections=self._max_connections,
+                                   idle_timeout=self._timeouts[0],
+                                   handshake_timeout=self._timeouts[1])
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                         kwargs={"poll_interval": 0.2},
+                                         name="metrics-server", daemon=True)
+        self._thread.start()
+        log.info("serving metrics on %s", self.url)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, close open connections, wait for their threads."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.shutdown()
+        thread.join(timeout)
+        server.server_close()
+        server.close_connections(timeout)
+        self._server = self._thread = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL for this host's own clients (loopback when bound to every interface)."""
+        scheme = "https" if self.guard.current().config.tls else "http"
+        host = self._host or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"
+
+    def __enter__(self) -> MetricsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

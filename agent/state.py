@@ -1,0 +1,313 @@
+"""What the agent knows right now, shared by the sampling loop and the scrapes.
+
+One writer side (the daemon's loop: ``register_probe``, ``record_samples``,
+``record_failure``, ``record_window``) and any number of readers
+(``snapshot``). Every write builds a new immutable ``Snapshot`` and swaps one
+reference, so a scrape only reads that reference: it never takes the writer's
+lock and never waits for a probe.
+
+Only the latest value of each series is kept. A series is one probe's
+samples with one label set (one GPU, one NIC, one HTTP target). It leaves the
+snapshot when its probe has not reported it for ``stale_after_intervals`` of
+that probe's intervals, so a GPU that vanished or a target removed from the
+config does not linger in /metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from agent import __version__
+from agent.samples import Sample, one_line
+
+Clock = Callable[[], float]
+
+#: Every window label, in the order the exporter lists them (DESIGN.md).
+LABELS = ("gpu_bound", "vram_bound", "network_bound", "cpu_bound", "balanced", "idle", "unknown")
+#: Why a probe round failed: a failed sample it returned, a time-out waiting
+#: for it, or an exception out of it (a probe bug).
+ERROR_REASONS = ("error", "timeout", "crash")
+FailureReason = Literal["timeout", "crash"]
+#: A skipped run of an active probe: values {"skipped": 1}, label skip_reason.
+SKIPPED_VALUE = "skipped"
+SKIP_REASON_LABEL = "skip_reason"
+#: Skip reasons are free text (they carry figures); the exporter counts them by
+#: class so a label value never holds a number. Matched on the text's start.
+_SKIP_CLASSES = (("traffic budget", "budget"), ("nic busy", "nic_busy"),
+                 ("another active probe", "overlap"))
+
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def skip_class(reason: str) -> str:
+    """'traffic budget: 1.2 GB of ...' -> 'budget'; unknown text -> 'other'."""
+    text = reason.strip().lower()
+    for prefix, name in _SKIP_CLASSES:
+        if text.startswith(prefix):
+            return name
+    return "other"
+
+
+def _is_skip(sample: Sample) -> bool:
+    return sample.values.get(SKIPPED_VALUE) == 1.0 and SKIP_REASON_LABEL in sample.labels
+
+
+def series_key(probe: str, labels: Mapping[str, str]) -> SeriesKey:
+    return probe, tuple(sorted(labels.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """The latest sample of one series; ``expires_at`` is on the state's clock."""
+
+    probe: str
+    labels: Mapping[str, str]
+    values: Mapping[str, float]
+    error: str | None
+    t: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeHealth:
+    """How one probe is doing. ``up`` is None until its first round ended."""
+
+    name: str
+    usable: bool = True
+    reason: str = ""
+    interval_seconds: float = 1.0
+    active: bool = False
+    up: bool | None = None
+    samples_total: int = 0
+    errors_total: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType(dict.fromkeys(ERROR_REASONS, 0)))
+    skips_total: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    last_success: float | None = None
+    last_duration_seconds: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSummary:
+    """The latest labelled window."""
+
+    label: str
+    confidence: float
+    start: float
+    end: float
+    evidence_items: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a scrape needs, immutable; ``AgentState.snapshot()`` returns it."""
+
+    series: Mapping[SeriesKey, Series]
+    probes: Mapping[str, ProbeHealth]
+    window: WindowSummary | None
+    windows_total: Mapping[str, int]
+    build_info: Mapping[str, str]
+    start_time: float
+    interval_seconds: float
+    window_seconds: float
+
+    def live_series(self, now: float) -> Iterator[Series]:
+        """Series not yet stale at ``now`` (also checked here: the writer may be stuck)."""
+        for s in self.series.values():
+            if s.expires_at >= now:
+                yield s
+
+
+def default_build_info() -> dict[str, str]:
+    return {"version": __version__, "python_version": platform.python_version()}
+
+
+class AgentState:
+    """The shared state. Writers serialise on a lock; readers take ``snapshot()``."""
+
+    def __init__(self, *, interval_seconds: float = 1.0, window_seconds: float = 10.0,
+                 stale_after_intervals: int = 3, clock: Clock = time.time,
+                 build_info: Mapping[str, str] | None = None):
+        if not (interval_seconds > 0 and window_seconds > 0 and stale_after_intervals >= 1):
+            raise ValueError("intervals must be positive and stale_after_intervals >= 1")
+        self._clock = clock
+        self._interval = float(interval_seconds)
+        self._stale_after = int(stale_after_intervals)
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot(
+            series=MappingProxyType({}),
+            probes=MappingProxyType({}),
+            window=None,
+            windows_total=MappingProxyType(dict.fromkeys(LABELS, 0)),
+            build_info=MappingProxyType(dict(build_info or default_build_info())),
+            start_time=clock(),
+            interval_seconds=float(interval_seconds),
+            window_seconds=float(window_seconds),
+        )
+
+    @classmethod
+    def from_config(cls, agent: Any, *, clock: Clock = time.time,
+                    build_info: Mapping[str, str] | None = None) -> AgentState:
+        """From agent.config.AgentOptions (the ``[agent]`` table)."""
+        return cls(interval_seconds=agent.interval_seconds, window_seconds=agent.window_seconds,
+                   stale_after_intervals=agent.stale_after_intervals, clock=clock,
+                   build_info=build_info)
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def snapshot(self) -> Snapshot:
+        """The latest state: one reference read, no lock, never blocks."""
+        return self._snapshot
+
+    # -- writers --------------------------------------------------------------------
+
+    def register_probe(self, name: str, *, usable: bool = True, reason: str = "",
+                       interval_seconds: float | None = None, active: bool = False) -> None:
+        """Declare a probe at start: usable or not (and why), how often it samples
+        (None = every agent interval), whether it makes traffic of its own."""
+        interval = self._interval if interval_seconds is None else max(
+            float(interval_seconds), self._interval)
+        with self._lock:
+            snap = self._snapshot
+            old = snap.probes.get(name)
+            base = old if old is not None else ProbeHealth(name=name)
+            health = dataclasses.replace(base, usable=usable, reason=one_line(reason),
+                                         interval_seconds=interval, active=active)
+            self._publish(snap, probes=self._with(snap.probes, name, health))
+
+    def record_samples(self, probe: str, samples: Iterable[Sample], *,
+                       duration_seconds: float | None = None) -> None:
+        """One finished round of ``probe``: what its ``sample()`` returned.
+
+        Failed samples count as errors (reason "error"); skip records of
+        active probes count as skips and leave the series alone. The probe is
+        up when the round produced at least one good sample, or nothing at all
+        to report; a round of only skips leaves ``up`` as it was.
+        """
+        now = self._clock()
+        samples = list(samples)
+        with self._lock:
+            snap = self._snapshot
+            health = snap.probes.get(probe) or ProbeHealth(name=probe,
+                                                           interval_seconds=self._interval)
+            expires_at = now + self._stale_after * health.interval_seconds
+            series = dict(snap.series)
+            skips = dict(health.skips_total)
+            measured = ok = failed = skipped = 0
+            last_error = health.last_error
+            for sample in samples:
+                if _is_skip(sample):
+                    skipped += 1
+                    cls = skip_class(sample.labels[SKIP_REASON_LABEL])
+                    skips[cls] = skips.get(cls, 0) + 1
+                    continue
+                measured += 1
+                labels = dict(sample.labels)
+                key = series_key(probe, labels)
+                if sample.ok:
+                    ok += 1
+                else:
+                    failed += 1
+                    last_error = sample.error
+                    _drop_covered(series, probe, labels, keep=key)
+                series[key] = Series(probe=probe, labels=MappingProxyType(labels),
+                                     values=MappingProxyType(dict(sample.values)),
+                                     error=sample.error, t=sample.t, expires_at=expires_at)
+            _drop_expired(series, now)
+            if measured == 0 and skipped > 0:
+                up, answered = health.up, False  # skipped: neither a measurement nor a failure
+            else:
+                up = answered = ok > 0 or measured == 0
+            errors = dict(health.errors_total)
+            errors["error"] = errors.get("error", 0) + failed
+            new_health = dataclasses.replace(
+                health, up=up, samples_total=health.samples_total + measured,
+                errors_total=MappingProxyType(errors), skips_total=MappingProxyType(skips),
+                last_success=now if answered else health.last_success,
+                last_duration_seconds=_duration(duration_seconds, health.last_duration_seconds),
+                last_error=last_error)
+            self._publish(snap, series=MappingProxyType(series),
+                          probes=self._with(snap.probes, probe, new_health))
+
+    def record_failure(self, probe: str, reason: FailureReason, message: str = "", *,
+                       duration_seconds: float | None = None) -> None:
+        """A round of ``probe`` that returned nothing: it timed out, or raised."""
+        if reason not in ("timeout", "crash"):
+            raise ValueError(f"reason must be 'timeout' or 'crash', not {reason!r}")
+        now = self._clock()
+        with self._lock:
+            snap = self._snapshot
+            health = snap.probes.get(probe) or ProbeHealth(name=probe,
+                                                           interval_seconds=self._interval)
+            errors = dict(health.errors_total)
+            errors[reason] = errors.get(reason, 0) + 1
+            new_health = dataclasses.replace(
+                health, up=False, errors_total=MappingProxyType(errors),
+                last_duration_seconds=_duration(duration_seconds, health.last_duration_seconds),
+                last_error=one_line(message or reason))
+            series = dict(snap.series)
+            _drop_expired(series, now)
+            self._publish(snap, series=MappingProxyType(series),
+                          probes=self._with(snap.probes, probe, new_health))
+
+    def record_window(self, label: object, confidence: float, start: float, end: float,
+                      evidence_items: int = 0) -> None:
+        """A labelled window. ``label`` is one of LABELS (a str or a str-valued Enum)."""
+        name = str(getattr(label, "value", label))
+        if name not in LABELS:
+            raise ValueError(f"unknown window label {name!r}; expected one of {', '.join(LABELS)}")
+        if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
+            raise ValueError(f"confidence must be within 0..1, got {confidence!r}")
+        if not (math.isfinite(start) and math.isfinite(end) and start <= end):
+            raise ValueError(f"window start {start!r} must be <= end {end!r}")
+        window = WindowSummary(label=name, confidence=float(confidence), start=float(start),
+                               end=float(end), evidence_items=int(evidence_items))
+        with self._lock:
+            snap = self._snapshot
+            totals = dict(snap.windows_total)
+            totals[name] += 1
+            self._publish(snap, window=window, windows_total=MappingProxyType(totals))
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _publish(self, snap: Snapshot, **changes: Any) -> None:
+        # One reference assignment: readers see the old snapshot or the new one.
+        self._snapshot = dataclasses.replace(snap, **changes)
+
+    @staticmethod
+    def _with(probes: Mapping[str, ProbeHealth], name: str,
+              health: ProbeHealth) -> Mapping[str, ProbeHealth]:
+        updated = dict(probes)
+        updated[name] = health
+        return MappingProxyType(updated)
+
+
+def _duration(new: float | None, old: float | None) -> float | None:
+    if new is None or not math.isfinite(new) or new < 0:
+        return old
+    return float(new)
+
+
+def _drop_expired(series: dict[SeriesKey, Series], now: float) -> None:
+    for key in [k for k, s in series.items() if s.expires_at < now]:
+        del series[key]
+
+
+def _drop_covered(series: dict[SeriesKey, Series], probe: str, labels: Mapping[str, str],
+                  keep: SeriesKey) -> None:
+    """A failed sample for {gpu=0} ends the good series {gpu=0, name=...} of that GPU at
+    once: its last values no longer describe anything that answers."""
+    wanted = set(labels.items())
+    for key in [k for k in series if k[0] == probe and k != keep and wanted <= set(k[1])]:
+        del series[key]
