@@ -171,9 +171,14 @@ class ActiveBudget:
         total = sum(b for _, b in in_window)
         for at, b in in_window:
             total -= b
-            if total + needed <= self.bytes_per_hour:
+            if self._fits(total, needed):
                 return at + self.window_seconds - now
         return None
+
+    def _fits(self, used: float, needed: float) -> bool:
+        # An exhausted budget admits nothing, not even a run that gives no estimate.
+        assert self.bytes_per_hour is not None
+        return used < self.bytes_per_hour and used + needed <= self.bytes_per_hour
 
     # -- the decision -------------------------------------------------------------------
 
@@ -204,7 +209,7 @@ class ActiveBudget:
         needed = expected_bytes if math.isfinite(expected_bytes) and expected_bytes > 0 else 0.0
         self._expire(now)
         used = self._sum_in_window(now)
-        if used + needed <= self.bytes_per_hour:
+        if self._fits(used, needed):
             return None
         hour = f"{self.window_seconds / 3600:g} h" if self.window_seconds != 3600 else "hour"
         if needed > self.bytes_per_hour:

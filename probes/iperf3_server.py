@@ -99,7 +99,9 @@ class Iperf3Server:
             proc = self._proc
             if proc is not None and proc.poll() is None:
                 return None
-            why = "not started" if proc is None else self._exit_reason(proc)
+            if proc is None:
+                return self._start()
+            why = self._exit_reason(proc)
             if (self._last_start is not None
                     and self._clock() - self._last_start < self.options.restart_delay_seconds):
                 return f"iperf3 server {why}; restart held back for a moment"

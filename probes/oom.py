@@ -110,6 +110,10 @@ class Options:
         for path in self.files:
             if not path.strip():
                 raise ValueError("files: an empty path")
+        for name, items in (("files", self.files), ("units", self.units)):
+            repeated = sorted({x for x in items if items.count(x) > 1})
+            if repeated:
+                raise ValueError(f"{name}: {repeated[0]!r} is listed twice")
 
 
 class Classifier:

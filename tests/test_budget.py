@@ -66,6 +66,16 @@ def test_spend_at_explicit_times_and_small_runs_fit() -> None:
     assert budget.spent() == pytest.approx(50 * MB)
 
 
+def test_exhausted_budget_admits_not_even_a_run_without_estimate() -> None:
+    clock = FakeClock(0.0)
+    budget = ActiveBudget(bytes_per_hour=100 * MB, busy_nic_ratio=None, clock=clock)
+    budget.spend("download", 100 * MB)
+    clock.now = 10.0
+    reason = budget.permit("download", 0.0, None)
+    assert reason is not None and "room again in 3590 s" in reason
+    assert ActiveBudget(bytes_per_hour=0, clock=clock).permit("iperf3", 0.0, None) is not None
+
+
 def test_run_larger_than_whole_budget_says_so() -> None:
     budget = ActiveBudget(bytes_per_hour=10 * MB, clock=FakeClock())
     reason = budget.permit("download", 25 * MB, None)

@@ -68,6 +68,8 @@ def test_bad_options_name_the_key() -> None:
         create({"extra_oom_patterns": ["ok", "(unclosed"]})
     with pytest.raises(OptionError, match="units"):
         create({"units": ["two words"]})
+    with pytest.raises(OptionError, match="listed twice"):
+        create({"files": ["/var/log/a.log", "/var/log/a.log"]})
     with pytest.raises(OptionError, match="max_read_bytes"):
         create({"max_read_bytes": 10})
     assert create({"max_read_bytes": "1MiB"}).options.max_read_bytes == 2**20
