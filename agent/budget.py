@@ -1,0 +1,264 @@
+"""The active-probe budget: a diagnostic agent must not become the bottleneck it reports.
+
+Active probes (iperf3, downloads) make traffic of their own. Before one runs,
+the scheduler asks an ``ActiveBudget``:
+
+- is another active probe in flight? Active probes never overlap: two at once
+  would measure each other.
+- would this run push the traffic of the last hour (a sliding window) over
+  ``bytes_per_hour``?
+- is the NIC already busier than ``busy_nic_ratio`` of its link speed? A test
+  on a busy link measures what is left over and takes it from the service.
+
+Each "no" is a one-line reason. The probe is then skipped, and the skip is
+recorded as a Sample of that probe with values ``{"skipped": 1}`` and the
+label ``skip_reason`` (see ``skipped_sample``): it is neither a measurement
+nor a failure.
+
+The class is pure apart from a lock: the clock is injected, nothing sleeps,
+nothing reads the network.
+
+Typical use by the scheduler::
+
+    with budget.slot(probe.name, expected_bytes_of(probe), nic_ratio) as skip:
+        if skip is not None:
+            samples = [skipped_sample(probe.name, skip)]
+        else:
+            samples = probe.sample()
+            budget.spend(probe.name, bytes_in_samples(samples))
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from agent.options import bounds
+from agent.samples import Sample
+
+Clock = Callable[[], float]
+
+#: The value and label that mark a skipped run of an active probe.
+SKIPPED_VALUE = "skipped"
+SKIP_REASON_LABEL = "skip_reason"
+
+
+@dataclass(frozen=True)
+class BudgetOptions:
+    """The ``[budget]`` table of the agent config."""
+
+    hourly_traffic_bytes: float | None = field(default=2e9, metadata=bounds(
+        min=0, doc="traffic all active probes together may make in any hour "
+                   "(sliding window); none = no limit"))
+    busy_nic_ratio: float | None = field(default=0.5, metadata=bounds(
+        min=0, max=1, doc="skip active probes while the NIC's rx or tx is at or above "
+                          "this share of its link speed; none = never skip for this"))
+
+
+@runtime_checkable
+class TrafficEstimate(Protocol):
+    """An active probe that can say how many bytes its next run will move."""
+
+    def expected_bytes(self) -> float: ...
+
+
+def expected_bytes_of(probe: object) -> float:
+    """The probe's own estimate of its next run's traffic; 0 when it offers none."""
+    if isinstance(probe, TrafficEstimate):
+        value = float(probe.expected_bytes())
+        return value if math.isfinite(value) and value > 0 else 0.0
+    return 0.0
+
+
+def bytes_in_samples(samples: Iterable[Sample]) -> float:
+    """The traffic a run made, as its samples report it (the ``bytes`` value of each)."""
+    return float(sum(s.values.get("bytes", 0.0) for s in samples))
+
+
+def skipped_sample(probe: str, reason: str, labels: Mapping[str, str] | None = None,
+                   t: float | None = None) -> Sample:
+    """The record of a run that did not happen, and why (one line)."""
+    from agent.samples import one_line
+
+    all_labels = dict(labels or {})
+    all_labels[SKIP_REASON_LABEL] = one_line(reason)
+    return Sample(t=time.time() if t is None else t, probe=probe, labels=all_labels,
+                  values={SKIPPED_VALUE: 1.0})
+
+
+def is_skipped(sample: Sample) -> bool:
+    """True for a skip record: windows must count it neither as a value nor a failure."""
+    return sample.values.get(SKIPPED_VALUE) == 1.0 and SKIP_REASON_LABEL in sample.labels
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+class ActiveBudget:
+    """Traffic budget over a sliding window, busy-NIC guard, and one-at-a-time slot.
+
+    Times are in the injected clock's seconds (monotonic by default); ``at``
+    arguments default to ``clock()``. Thread-safe.
+    """
+
+    def __init__(self, bytes_per_hour: float | None, busy_nic_ratio: float | None = 0.5,
+                 clock: Clock = time.monotonic, window_seconds: float = 3600.0):
+        if bytes_per_hour is not None and bytes_per_hour < 0:
+            raise ValueError("bytes_per_hour must be >= 0")
+        if busy_nic_ratio is not None and not 0 <= busy_nic_ratio <= 1:
+            raise ValueError("busy_nic_ratio must be between 0 and 1")
+        if window_seconds <= 0:
+            raise ValueError("window_seconds must be > 0")
+        self.bytes_per_hour = bytes_per_hour
+        self.busy_nic_ratio = busy_nic_ratio
+        self.window_seconds = window_seconds
+        self._clock = clock
+        self._spent: deque[tuple[float, float]] = deque()  # (at, bytes), oldest first
+        self._lock = threading.Lock()
+        self._in_flight: str | None = None
+
+    @classmethod
+    def from_options(cls, options: BudgetOptions, clock: Clock = time.monotonic) -> ActiveBudget:
+        return cls(options.hourly_traffic_bytes, options.busy_nic_ratio, clock)
+
+    # -- traffic accounting -------------------------------------------------------------
+
+    def spend(self, probe: str, bytes_used: float, at: float | None = None) -> None:
+        """Record traffic a run of ``probe`` made (call it also for failed runs that moved
+        data). Non-finite or negative amounts are ignored."""
+        if not math.isfinite(bytes_used) or bytes_used <= 0:
+            return
+        with self._lock:
+            when = self._clock() if at is None else at
+            self._spent.append((when, float(bytes_used)))
+            self._expire(self._clock())
+
+    def spent(self, at: float | None = None) -> float:
+        """Bytes spent in the window that ends at ``at``."""
+        with self._lock:
+            now = self._clock() if at is None else at
+            self._expire(now)
+            return self._sum_in_window(now)
+
+    def remaining(self, at: float | None = None) -> float | None:
+        """Bytes still allowed in the window ending at ``at``; None when there is no limit."""
+        if self.bytes_per_hour is None:
+            return None
+        return max(0.0, self.bytes_per_hour - self.spent(at))
+
+    def _expire(self, now: float) -> None:
+        # Entries are appended in call order; an ``at`` in the past may sit behind a newer
+        # one, so only drop from the left while the head is out of the window.
+        while self._spent and self._spent[0][0] <= now - self.window_seconds:
+            self._spent.popleft()
+
+    def _sum_in_window(self, now: float) -> float:
+        start = now - self.window_seconds
+        return sum(b for at, b in self._spent if start < at <= now)
+
+    def _seconds_until_room(self, now: float, needed: float) -> float | None:
+        """How long until enough old spending leaves the window to fit ``needed`` more."""
+        assert self.bytes_per_hour is not None
+        start = now - self.window_seconds
+        in_window = sorted((at, b) for at, b in self._spent if start < at <= now)
+        total = sum(b for _, b in in_window)
+        for at, b in in_window:
+            total -= b
+            if self._fits(total, needed):
+                return at + self.window_seconds - now
+        return None
+
+    def _fits(self, used: float, needed: float) -> bool:
+        # An exhausted budget admits nothing, not even a run that gives no estimate.
+        assert self.bytes_per_hour is not None
+        return used < self.bytes_per_hour and used + needed <= self.bytes_per_hour
+
+    # -- the decision -------------------------------------------------------------------
+
+    def permit(self, probe: str, expected_bytes: float,
+               nic_utilization_ratio: float | None, at: float | None = None) -> str | None:
+        """None if ``probe`` may run now, else the reason it is skipped (one line).
+
+        ``nic_utilization_ratio`` is the busier direction (rx or tx) of the NIC the
+        probe will use, as a share of link speed; None when unknown (link speed not
+        reported), in which case the NIC check cannot apply and does not block.
+        This does not take the slot; see ``acquire``.
+        """
+        with self._lock:
+            return self._permit(probe, expected_bytes, nic_utilization_ratio,
+                                self._clock() if at is None else at)
+
+    def _permit(self, probe: str, expected_bytes: float,
+                nic_utilization_ratio: float | None, now: float) -> str | None:
+        if self._in_flight is not None:
+            return f"another active probe ({self._in_flight}) is running"
+        if (self.busy_nic_ratio is not None and nic_utilization_ratio is not None
+                and math.isfinite(nic_utilization_ratio)
+                and nic_utilization_ratio >= self.busy_nic_ratio):
+            return (f"NIC busy: {nic_utilization_ratio:.0%} of link speed in use, at or above "
+                    f"the {self.busy_nic_ratio:.0%} limit for active probes")
+        if self.bytes_per_hour is None:
+            return None
+        needed = expected_bytes if math.isfinite(expected_bytes) and expected_bytes > 0 else 0.0
+        self._expire(now)
+        used = self._sum_in_window(now)
+        if self._fits(used, needed):
+            return None
+        hour = f"{self.window_seconds / 3600:g} h" if self.window_seconds != 3600 else "hour"
+        if needed > self.bytes_per_hour:
+            return (f"traffic budget: {probe} expects ~{_megabytes(needed)}, more than the "
+                    f"whole budget of {_megabytes(self.bytes_per_hour)} per {hour}")
+        wait = self._seconds_until_room(now, needed)
+        when = f"; room again in {math.ceil(wait)} s" if wait is not None else ""
+        return (f"traffic budget: {_megabytes(used)} of {_megabytes(self.bytes_per_hour)} per "
+                f"{hour} used, {probe} expects ~{_megabytes(needed)}{when}")
+
+    # -- one at a time ------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> str | None:
+        """The active probe holding the slot, if any."""
+        with self._lock:
+            return self._in_flight
+
+    def acquire(self, probe: str, expected_bytes: float,
+                nic_utilization_ratio: float | None, at: float | None = None) -> str | None:
+        """Check ``permit`` and take the slot in one step; never waits.
+
+        Returns None when ``probe`` now holds the slot (call ``release`` when it is
+        done), else the skip reason.
+        """
+        with self._lock:
+            reason = self._permit(probe, expected_bytes, nic_utilization_ratio,
+                                  self._clock() if at is None else at)
+            if reason is None:
+                self._in_flight = probe
+            return reason
+
+    def release(self, probe: str) -> None:
+        """Give back the slot taken by ``acquire``. Releasing a slot one does not hold is
+        a bug in the caller and raises RuntimeError."""
+        with self._lock:
+            if self._in_flight != probe:
+                raise RuntimeError(
+                    f"{probe} releases the active-probe slot held by {self._in_flight}")
+            self._in_flight = None
+
+    @contextmanager
+    def slot(self, probe: str, expected_bytes: float,
+             nic_utilization_ratio: float | None) -> Iterator[str | None]:
+        """``acquire`` on entry, ``release`` on exit (also on error) if it was granted.
+        Yields the skip reason, or None when the probe may run."""
+        reason = self.acquire(probe, expected_bytes, nic_utilization_ratio)
+        try:
+            yield reason
+        finally:
+            if reason is None:
+                self.release(probe)

@@ -1,0 +1,200 @@
+"""The active-probe budget: sliding traffic window, busy-NIC skip, never two at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from agent.budget import (
+    ActiveBudget,
+    BudgetOptions,
+    bytes_in_samples,
+    expected_bytes_of,
+    is_skipped,
+    skipped_sample,
+)
+from agent.options import OptionError, parse_options
+from agent.samples import Sample
+
+MB = 1e6
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_window_slides_old_spending_out() -> None:
+    clock = FakeClock(0.0)
+    budget = ActiveBudget(bytes_per_hour=1000 * MB, busy_nic_ratio=None, clock=clock)
+    budget.spend("iperf3", 600 * MB)
+    clock.now = 1800.0
+    budget.spend("download", 300 * MB)
+    clock.now = 1900.0
+    assert budget.spent() == pytest.approx(900 * MB)
+    assert budget.remaining() == pytest.approx(100 * MB)
+    reason = budget.permit("iperf3", 200 * MB, None)
+    assert reason is not None
+    assert "traffic budget" in reason and "900.0 MB of 1000.0 MB" in reason
+    # The 600 MB from t=0 leaves the window at t=3600, i.e. 1700 s from now.
+    assert "room again in 1700 s" in reason
+    clock.now = 3599.0
+    assert budget.permit("iperf3", 200 * MB, None) is not None
+    clock.now = 3600.0
+    assert budget.permit("iperf3", 200 * MB, None) is None
+    assert budget.spent() == pytest.approx(300 * MB)
+    clock.now = 1800.0 + 3600.0
+    assert budget.spent() == 0.0
+
+
+def test_spend_at_explicit_times_and_small_runs_fit() -> None:
+    clock = FakeClock(10_000.0)
+    budget = ActiveBudget(bytes_per_hour=100 * MB, busy_nic_ratio=0.5, clock=clock)
+    budget.spend("iperf3", 50 * MB, at=10_000.0 - 3700)  # already outside the window
+    budget.spend("iperf3", 50 * MB, at=10_000.0 - 100)
+    assert budget.spent() == pytest.approx(50 * MB)
+    assert budget.permit("iperf3", 50 * MB, 0.1) is None
+    assert budget.permit("iperf3", 51 * MB, 0.1) is not None
+    # Nonsense amounts never count.
+    budget.spend("iperf3", float("nan"))
+    budget.spend("iperf3", -5.0)
+    assert budget.spent() == pytest.approx(50 * MB)
+
+
+def test_exhausted_budget_admits_not_even_a_run_without_estimate() -> None:
+    clock = FakeClock(0.0)
+    budget = ActiveBudget(bytes_per_hour=100 * MB, busy_nic_ratio=None, clock=clock)
+    budget.spend("download", 100 * MB)
+    clock.now = 10.0
+    reason = budget.permit("download", 0.0, None)
+    assert reason is not None and "room again in 3590 s" in reason
+    assert ActiveBudget(bytes_per_hour=0, clock=clock).permit("iperf3", 0.0, None) is not None
+
+
+def test_run_larger_than_whole_budget_says_so() -> None:
+    budget = ActiveBudget(bytes_per_hour=10 * MB, clock=FakeClock())
+    reason = budget.permit("download", 25 * MB, None)
+    assert reason is not None and "more than the whole budget" in reason
+
+
+def test_no_limit_means_traffic_never_blocks() -> None:
+    budget = ActiveBudget(bytes_per_hour=None, busy_nic_ratio=None, clock=FakeClock())
+    budget.spend("iperf3", 1e15)
+    assert budget.permit("iperf3", 1e15, 0.99) is None
+    assert budget.remaining() is None
+
+
+def test_busy_nic_skips_with_reason() -> None:
+    budget = ActiveBudget(bytes_per_hour=None, busy_nic_ratio=0.5, clock=FakeClock())
+    reason = budget.permit("iperf3", 0.0, 0.83)
+    assert reason is not None and "NIC busy: 83%" in reason and "50%" in reason
+    assert budget.permit("iperf3", 0.0, 0.5) is not None  # at the limit counts as busy
+    assert budget.permit("iperf3", 0.0, 0.49) is None
+    # Unknown utilization (no link speed): the check cannot apply.
+    assert budget.permit("iperf3", 0.0, None) is None
+    assert budget.permit("iperf3", 0.0, float("nan")) is None
+
+
+def test_slot_blocks_a_second_probe_and_is_released_on_error() -> None:
+    budget = ActiveBudget(bytes_per_hour=None, clock=FakeClock())
+    with pytest.raises(RuntimeError, match="boom"), budget.slot("iperf3", 0, None) as skip:
+        assert skip is None
+        assert budget.in_flight == "iperf3"
+        assert budget.acquire("download", 0, None) == "another active probe (iperf3) is running"
+        with budget.slot("download", 0, None) as inner:
+            assert inner is not None and "iperf3" in inner
+        assert budget.in_flight == "iperf3"  # a refused slot releases nothing
+        raise RuntimeError("boom")
+    assert budget.in_flight is None
+    assert budget.acquire("download", 0, None) is None
+    with pytest.raises(RuntimeError, match="held by download"):
+        budget.release("iperf3")
+    budget.release("download")
+
+
+def test_no_overlap_across_threads() -> None:
+    budget = ActiveBudget(bytes_per_hour=None, busy_nic_ratio=None)
+    lock = threading.Lock()
+    holders = 0
+    max_holders = 0
+    ran = 0
+    skips: list[str] = []
+    start = threading.Barrier(4)
+
+    def worker(name: str) -> None:
+        nonlocal holders, max_holders, ran
+        start.wait(timeout=10)
+        for _ in range(200):
+            with budget.slot(name, 0, None) as skip:
+                if skip is not None:
+                    with lock:
+                        skips.append(skip)
+                    continue
+                with lock:
+                    holders += 1
+                    max_holders = max(max_holders, holders)
+                    ran += 1
+                time.sleep(0.0005)  # hold the slot long enough for the others to try
+                with lock:
+                    holders -= 1
+
+    threads = [threading.Thread(target=worker, args=(f"probe{i}",)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=30)
+    assert not any(th.is_alive() for th in threads)
+    assert max_holders == 1
+    assert ran > 0 and skips
+    assert all(s.startswith("another active probe (probe") for s in skips)
+    assert ran + len(skips) == 800
+    assert budget.in_flight is None
+
+
+def test_skipped_sample_is_neither_value_nor_failure() -> None:
+    s = skipped_sample("iperf3", "NIC busy:\n 83% in use", labels={"target": "a:5201"}, t=5.0)
+    assert s.ok
+    assert dict(s.values) == {"skipped": 1.0}
+    assert s.labels == {"target": "a:5201", "skip_reason": "NIC busy: 83% in use"}
+    assert is_skipped(s)
+    assert is_skipped(Sample.from_json(s.to_json()))
+    assert not is_skipped(Sample(t=1.0, probe="iperf3", values={"bits_per_second": 1.0}))
+
+
+def test_traffic_helpers() -> None:
+    class Estimating:
+        def expected_bytes(self) -> float:
+            return 5e6
+
+    class Silent:
+        pass
+
+    class Broken:
+        def expected_bytes(self) -> float:
+            return float("inf")
+
+    assert expected_bytes_of(Estimating()) == 5e6
+    assert expected_bytes_of(Silent()) == 0.0
+    assert expected_bytes_of(Broken()) == 0.0
+    samples = [Sample(t=1.0, probe="iperf3", values={"bytes": 100.0}),
+               Sample(t=1.0, probe="iperf3", error="unable to connect to server"),
+               Sample(t=1.0, probe="iperf3", values={"bytes": 50.0})]
+    assert bytes_in_samples(samples) == 150.0
+
+
+def test_options_parse_units_and_reject_nonsense() -> None:
+    opts = parse_options(BudgetOptions, {"hourly_traffic_bytes": "1.5GB",
+                                          "busy_nic_ratio": "70%"})
+    assert opts.hourly_traffic_bytes == 1.5e9 and opts.busy_nic_ratio == pytest.approx(0.7)
+    budget = ActiveBudget.from_options(opts, clock=FakeClock())
+    assert budget.bytes_per_hour == 1.5e9
+    assert parse_options(BudgetOptions, {"hourly_traffic_bytes": None}).hourly_traffic_bytes is None
+    with pytest.raises(OptionError, match="busy_nic_ratio"):
+        parse_options(BudgetOptions, {"busy_nic_ratio": 1.5})
+    with pytest.raises(ValueError, match="window_seconds"):
+        ActiveBudget(1.0, window_seconds=0)
