@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.budget import bytes_in_samples, expected_bytes_of, is_skipped, skipped_sample
 from agent.samples import Sample, one_line
 from probes.base import Probe
 
@@ -34,10 +35,10 @@ Sink = Callable[[Sequence[Sample]], None]
 class Budget(Protocol):
     """What the sampler asks of the active-probe traffic budget (agent.budget)."""
 
-    def permit(self, probe_name: str, expected_bytes: float,
-               nic_utilization_ratio: float | None) -> str | None: ...
+    def permit(self, probe: str, expected_bytes: float,
+               nic_utilization_ratio: float | None, /) -> str | None: ...
 
-    def spend(self, probe_name: str, bytes_used: float) -> None: ...
+    def spend(self, probe: str, bytes_used: float, /) -> None: ...
 
 
 @dataclass
@@ -100,10 +101,6 @@ class _Slot:
     timed_out: bool = False
 
 
-def _bytes_of(samples: Sequence[Sample]) -> float:
-    return sum(s.values.get("bytes", 0.0) for s in samples)
-
-
 class Sampler:
     """Run probes on a schedule and hand every sample to the sinks."""
 
@@ -143,13 +140,11 @@ class Sampler:
         """Runs on the probe's worker thread."""
         if not probe.active or self.budget is None:
             return list(probe.sample())
-        expected = float(getattr(probe, "expected_bytes", lambda: 0.0)())
-        reason = self.budget.permit(probe.name, expected, self._nic_utilization)
+        reason = self.budget.permit(probe.name, expected_bytes_of(probe), self._nic_utilization)
         if reason is not None:
-            return [Sample(t=self._wall(), probe=probe.name,
-                           labels={"skip_reason": reason}, values={"skipped": 1.0})]
+            return [skipped_sample(probe.name, reason, t=self._wall())]
         samples = list(probe.sample())
-        self.budget.spend(probe.name, _bytes_of(samples))
+        self.budget.spend(probe.name, bytes_in_samples(samples))
         return samples
 
     # -- the loop side ---------------------------------------------------
@@ -213,7 +208,7 @@ class Sampler:
         return out
 
     def _observe(self, name: str, health: ProbeHealth, samples: Sequence[Sample]) -> None:
-        measured = [s for s in samples if s.ok and "skipped" not in s.values]
+        measured = [s for s in samples if s.ok and not is_skipped(s)]
         errors = [s for s in samples if not s.ok]
         health.samples_total += len(samples)
         for s in errors:

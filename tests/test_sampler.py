@@ -116,3 +116,20 @@ def test_probe_interval_is_honoured() -> None:
     n_fast = sum(1 for s in sink.samples if s.probe == "fast")
     assert 2 <= n_slow <= 3
     assert n_fast >= 8
+
+
+def test_real_budget_skips_when_the_hour_is_spent() -> None:
+    from agent.budget import ActiveBudget
+
+    probe, sink = ActiveProbe("a", 0.0, 600), Collect()
+    budget = ActiveBudget(bytes_per_hour=1000, busy_nic_ratio=0.5)
+    sampler = Sampler([probe], interval_seconds=0.05, sinks=[sink], budget=budget)
+    try:
+        for _ in range(3):
+            sampler.tick()
+            time.sleep(0.06)
+    finally:
+        sampler.close()
+    assert len(probe.running) == 1  # 600 bytes spent; another 600 would exceed 1000
+    skips = [s for s in sink.samples if "skipped" in s.values]
+    assert len(skips) == 2 and "traffic" in skips[0].labels["skip_reason"]
