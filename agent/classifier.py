@@ -640,6 +640,9 @@ def warnings(f: Facts, label: Label, window: Window) -> list[str]:
     rt = f.retransmit_ratio
     if rt is not None and rt > th.retransmit_high_ratio and label is not Label.NETWORK_BOUND:
         out.append(f"TCP retransmits {pct(rt, 1)} of sent segments")
+    if f.working_http:
+        out += [f"every call to {h.target} failed ({h.failures}): "
+                f"{h.errors[0] if h.errors else 'no answer'}" for h in f.down_http]
     for name, status in f.r.status.items():
         if status.state not in (ProbeState.OK, ProbeState.ABSENT):
             out.append(f"probe {name} {status}")

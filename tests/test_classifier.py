@@ -233,6 +233,14 @@ def test_high_memory_warns_without_changing_the_label() -> None:
     assert any("pre-reserve" in w for w in result.warnings)
 
 
+def test_a_second_target_that_is_down_is_reported_while_the_first_decides() -> None:
+    result = run(case(gpu(util=0.5, sm=0.4), host(cpu=0.3), FAST,
+                      http_down("http://other.test/health", error="connection refused"),
+                      label=Label.BALANCED))
+    assert result.label is Label.BALANCED
+    assert any("every call to http://other.test/health failed" in w for w in result.warnings)
+
+
 def test_tiny_kernels_are_named() -> None:
     result = run(CASES["utilization 100% but SMs 5%: tiny kernels, not saturated"])
     assert any("SM activity only 5%" in w and "not saturated" in w for w in result.warnings)
