@@ -18,6 +18,9 @@ NETWORK_PHASES = ("dns_seconds", "connect_seconds", "tls_seconds", "upload_secon
 #: Clock-event reasons that are not a slowdown (idle clocks, user-set clocks).
 BENIGN_CLOCK_EVENTS = frozenset({"gpu_idle", "applications_clocks_setting",
                                  "display_clock_setting", "sync_boost"})
+#: The same reasons as NVML clock-event bits (nvmlClocksEventReason*: GpuIdle 0x1,
+#: ApplicationsClocksSetting 0x2, SyncBoost 0x10, DisplayClockSetting 0x100).
+BENIGN_CLOCK_BITS = 0x1 | 0x2 | 0x10 | 0x100
 #: Answers that mean "too busy, come back later": queueing made visible.
 OVERLOAD_STATUSES = frozenset({429.0, 503.0, 504.0})
 
@@ -195,6 +198,16 @@ class Readings:
         return self.status[name]
 
 
+def _slowdowns(sw: SeriesWindow) -> list[tuple[str, float]]:
+    out = []
+    for name in sw.ok_samples[-1].values:
+        if name.startswith("clocks_event_") and name.endswith("_flag"):
+            reason = name[len("clocks_event_"):-len("_flag")]
+            if reason not in BENIGN_CLOCK_EVENTS and sw.any_nonzero(name):
+                out.append((reason, _mean(sw, name) or 0.0))
+    return out
+
+
 def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
     devices: dict[str, list[SeriesWindow]] = {}
     errors: list[str] = []
@@ -215,12 +228,10 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
         if not measured:
             continue
         sw = max(measured, key=lambda s: s.count)
-        slowdowns = []
-        for name in sw.ok_samples[-1].values:
-            if name.startswith("clocks_event_") and name.endswith("_flag"):
-                reason = name[len("clocks_event_"):-len("_flag")]
-                if reason not in BENIGN_CLOCK_EVENTS and sw.any_nonzero(name):
-                    slowdowns.append((reason, _mean(sw, name) or 0.0))
+        bitmask = sw.values("clocks_event_reasons_bitmask")
+        # Nothing but idle or user-set clocks in the bitmask: no need to read every flag.
+        quiet = bool(bitmask) and not any(int(v) & ~BENIGN_CLOCK_BITS for v in bitmask)
+        slowdowns = [] if quiet else _slowdowns(sw)
         oom = sum(v for v in (sw.increase("oom_events_total"),
                               sw.increase("load_failure_events_total")) if v)
         out.append(GpuReading(

@@ -93,30 +93,24 @@ class SeriesWindow:
                  previous: SeriesWindow | None = None) -> None:
         self.probe = probe
         self.labels = labels
-        last = -math.inf
-        for s in samples:
-            if s.t < last:
-                samples.sort(key=_by_time)
-                break
-            last = s.t
+        times = [s.t for s in samples]
+        if times != sorted(times):
+            samples.sort(key=_by_time)
         self.samples: Sequence[Sample] = samples
         #: The same series in the window before (for counter increases), or None.
         self.previous = previous
-        ok: list[Sample] = []
-        failed: list[Sample] = []
-        skipped = 0
-        for s in samples:
-            if s.error is not None:
-                failed.append(s)
-            elif SKIPPED_VALUE in s.values:
-                skipped += 1
-            else:
-                ok.append(s)
+        # List comprehensions rather than one loop: this runs for every series of
+        # every window, and the common case (all measured) is one C-speed pass.
+        ok = [s for s in samples if s.error is None]
+        failed = [s for s in samples if s.error is not None] if len(ok) < len(samples) else []
+        skipped = [s for s in ok if SKIPPED_VALUE in s.values]
+        if skipped:
+            ok = [s for s in ok if SKIPPED_VALUE not in s.values]
         self.ok_samples: Sequence[Sample] = ok
         self.failed_samples: Sequence[Sample] = failed
         self.count = len(ok)
         self.failures = len(failed)
-        self.skipped = skipped
+        self.skipped = len(skipped)
         self._rows = [s.values for s in ok]
         self._stats: dict[str, Stats | None] = {}
 

@@ -25,8 +25,9 @@ T0 = 1_700_000_000.0
 GiB = 2**30
 A100 = "NVIDIA A100-SXM4-80GB"
 H100 = "NVIDIA H100 80GB HBM3"
-CLOCK_EVENTS = ("gpu_idle", "sw_power_cap", "hw_slowdown", "sw_thermal_slowdown",
-                "hw_thermal_slowdown")
+#: Clock-event reasons and their NVML bits.
+CLOCK_EVENTS = {"gpu_idle": 0x1, "sw_power_cap": 0x4, "hw_slowdown": 0x8,
+                "sw_thermal_slowdown": 0x20, "hw_thermal_slowdown": 0x40}
 
 Part = Callable[[float], Sample | Sequence[Sample] | None]
 
@@ -61,7 +62,8 @@ def gpu_sample(t: float, index: int = 0, *, util: float, sm: float | None = None
             "memory_reserved_bytes": 0.01 * total, "temperature_celsius": 40 + 40 * util,
             "power_watts": power if power is not None else 80 + 300 * util,
             "power_limit_watts": power_limit or 400.0, "sm_clock_hertz": 1.41e9,
-            "sm_clock_max_hertz": 1.41e9, "clocks_event_reasons_bitmask": 0.0,
+            "sm_clock_max_hertz": 1.41e9,
+            "clocks_event_reasons_bitmask": float(CLOCK_EVENTS.get(slowdown or "", 0)),
             "pcie_rx_bytes_per_second": 2e9 * util, "pcie_tx_bytes_per_second": 1e9 * util,
             "sm_occupancy_ratio": (sm or util) * 0.5, "tensor_active_ratio": (sm or util) * 0.4,
             "utilization_samples": 6.0, "process_memory_used_bytes": mem * total * 0.98,

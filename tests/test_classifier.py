@@ -241,6 +241,21 @@ def test_a_second_target_that_is_down_is_reported_while_the_first_decides() -> N
     assert any("every call to http://other.test/health failed" in w for w in result.warnings)
 
 
+@pytest.mark.parametrize(("slowdown", "full", "warned"), [
+    ("sw_thermal_slowdown", False, True),   # flags only
+    ("sw_thermal_slowdown", True, True),    # flags and the NVML bitmask
+    ("hw_slowdown", True, True),
+    ("gpu_idle", True, False),              # idle clocks are not a slowdown
+    (None, True, False),
+])
+def test_clock_slowdowns_are_warned(slowdown: str | None, full: bool, warned: bool) -> None:
+    result = run(case(gpu(util=0.9, sm=0.85, slowdown=slowdown, full=full), host(cpu=0.3),
+                      label=Label.GPU_BOUND))
+    assert any("clocks held back" in w for w in result.warnings) is warned
+    if warned:
+        assert any(f"clocks held back by {slowdown} 100%" in w for w in result.warnings)
+
+
 def test_tiny_kernels_are_named() -> None:
     result = run(CASES["utilization 100% but SMs 5%: tiny kernels, not saturated"])
     assert any("SM activity only 5%" in w and "not saturated" in w for w in result.warnings)
