@@ -1,106 +1,18 @@
-"""Plain-words numbers and the advice for each label, made concrete with the
-window's measurements. Advice starts from the source article's guidance
-(docs/classifier.md cites each piece).
+"""The advice for each label, made concrete with the window's measurements, and the
+warnings that did not decide the label. Advice starts from the source article's
+guidance (docs/classifier.md cites each piece).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.signals import HttpReading
-from agent.thresholds import Thresholds
-from agent.windows import ProbeState
+from agent.facts import Facts, memory_text, need, observed_transfer_rate, transfer
+from agent.windows import ProbeState, Window
+from agent.words import bits, pct, secs, size
 
 if TYPE_CHECKING:
-    from agent.classifier import Facts, Finding
-
-
-# -- numbers in words --------------------------------------------------------------
-
-def pct(ratio: float | None, digits: int = 0) -> str:
-    if ratio is None:
-        return "?"
-    return f"{ratio * 100:.{digits}f}%"
-
-
-def secs(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 10:
-        return f"{seconds:.3g} s"
-    return f"{seconds:.0f} s"
-
-
-def bits(bps: float) -> str:
-    for scale, unit in ((1e9, "Gbit/s"), (1e6, "Mbit/s"), (1e3, "kbit/s")):
-        if bps >= scale:
-            return f"{bps / scale:.3g} {unit}"
-    return f"{bps:.3g} bit/s"
-
-
-def size(nbytes: float | None) -> str:
-    n = nbytes or 0.0
-    for scale, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n:.0f} B"
-
-
-# -- bandwidth arithmetic ------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Need:
-    """The bandwidth that brings a request's transfer under the latency objective."""
-
-    direction: str          # "upload" or "download"
-    payload_bytes: float
-    budget_seconds: float   # objective minus the server's time
-    concurrency: int
-    per_call_bits_per_second: float
-
-    @property
-    def total_bits_per_second(self) -> float:
-        return self.per_call_bits_per_second * self.concurrency
-
-
-def transfer(h: HttpReading | None) -> tuple[str, float, float] | None:
-    """(direction, payload bytes, mean seconds) of the larger transfer phase."""
-    if h is None:
-        return None
-    up = h.phases.get("upload_seconds")
-    down = h.phases.get("download_seconds")
-    if up is not None and h.request_bytes and (down is None or up >= down):
-        return "upload", h.request_bytes, up
-    if down is not None and h.response_bytes:
-        return "download", h.response_bytes, down
-    return None
-
-
-def need(h: HttpReading | None, th: Thresholds) -> Need | None:
-    moved = transfer(h)
-    if moved is None or h is None:
-        return None
-    direction, payload, _ = moved
-    objective = th.latency_objective_seconds
-    budget = objective - h.phases.get("server_seconds", 0.0)
-    if budget < 0.1 * objective:
-        budget = objective  # the server alone uses the objective up; say what the link needs
-    concurrency = max(1, round(h.concurrency or 1))
-    return Need(direction, payload, budget, concurrency, payload * 8 / budget)
-
-
-def needed_bits_per_second(h: HttpReading | None, th: Thresholds) -> tuple[float, Need] | None:
-    n = need(h, th)
-    return None if n is None else (n.total_bits_per_second, n)
-
-
-def observed_transfer_rate(h: HttpReading | None) -> float | None:
-    """How fast the requests' payloads actually moved, all concurrent calls together."""
-    moved = transfer(h)
-    if moved is None or h is None or moved[2] <= 0:
-        return None
-    return moved[1] * 8 / moved[2] * max(1, round(h.concurrency or 1))
+    from agent.classifier import Finding, Label
 
 
 # -- advice per label ----------------------------------------------------------------
@@ -245,3 +157,48 @@ def _unknown(f: Facts) -> list[str]:
     if not f.r.http:
         out.append("Add an HTTP target (--url) so request latency can be judged.")
     return out or ["Not enough evidence for a label in this window."]
+
+
+def warnings_for(f: Facts, label: Label, window: Window) -> list[str]:
+    """Facts worth knowing that did not decide the label."""
+    from agent.classifier import Label
+
+    th = f.th
+    out = []
+    for g in f.gpus:
+        m = g.memory_used_ratio
+        if m is not None and m >= th.vram_warning_ratio and label is not Label.VRAM_BOUND:
+            out.append(memory_text(g) + ": normal for servers that pre-reserve memory (vLLM "
+                       "reserves 90% by default); a fault only with OOM or failed loads")
+        if (g.gpm and g.utilization is not None and g.sm_active is not None
+                and g.utilization >= th.gpu_busy_utilization_ratio
+                and g.sm_active < th.gpm_ineffective_ratio):
+            out.append(f"{g.title} utilization {pct(g.utilization)} but SM activity only "
+                       f"{pct(g.sm_active)}: small kernels or gaps between them; the GPU is "
+                       "not saturated (a bigger GPU will not help)")
+        out += [f"{g.title} clocks held back by {reason} {pct(share)} of the window"
+                for reason, share in g.slowdowns]
+    if f.coarse_only and (f.gpu_activity or 0.0) >= th.gpu_idle_ratio:
+        out.append("GPU activity from the coarse utilization only (no GPM metrics): it says "
+                   "a kernel was running, not how much of the GPU it used")
+    for t in f.r.throughputs:
+        floor = (th.internal_bandwidth_min_bits_per_second if t.internal
+                 else th.public_bandwidth_min_bits_per_second)
+        if t.age_seconds <= th.active_measurement_max_age_seconds and t.bits_per_second < floor:
+            out.append(f"{t.probe} {t.target}: {bits(t.bits_per_second)}, under the article's "
+                       f"{'internal' if t.internal else 'public'} minimum of {bits(floor)}")
+    rt = f.retransmit_ratio
+    if rt is not None and rt > th.retransmit_high_ratio and label is not Label.NETWORK_BOUND:
+        out.append(f"TCP retransmits {pct(rt, 1)} of sent segments")
+    if f.working_http:
+        out += [f"every call to {h.target} failed ({h.failures}): "
+                f"{h.errors[0] if h.errors else 'no answer'}" for h in f.down_http]
+    for name, status in f.r.status.items():
+        if status.state not in (ProbeState.OK, ProbeState.ABSENT):
+            out.append(f"probe {name} {status}")
+    if f.r.probe("gpu").state is ProbeState.PARTIAL:
+        out += f.r.gpu_errors[:3]  # which GPU failed
+    if window.late_samples:
+        out.append(f"{window.late_samples} sample(s) arrived after their window closed and "
+                   "were counted in this one")
+    return list(dict.fromkeys(out))

@@ -16,10 +16,11 @@ from enum import StrEnum
 from typing import Any
 
 from agent import advice
-from agent.advice import bits, pct, secs, size
-from agent.signals import GpuReading, HttpReading, Readings, ThroughputReading, read, summary
+from agent.facts import Facts, Signal, above, below, memory_text
+from agent.signals import read, summary
 from agent.thresholds import Thresholds
-from agent.windows import ProbeState, Window
+from agent.windows import Window
+from agent.words import bits, pct, secs, size
 
 DEFAULT_THRESHOLDS = Thresholds()
 #: How much one fully convincing signal contributes to confidence (noisy-OR).
@@ -34,26 +35,6 @@ class Label(StrEnum):
     BALANCED = "balanced"
     IDLE = "idle"
     UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class Signal:
-    """One fact that supports a label; strength 0.5 at its threshold, 1 well past it."""
-
-    strength: float
-    text: str
-
-
-def above(value: float, threshold: float, top: float = 1.0) -> float:
-    if top <= threshold:
-        return 1.0
-    return 0.5 + 0.5 * min(1.0, max(0.0, (value - threshold) / (top - threshold)))
-
-
-def below(value: float, threshold: float) -> float:
-    if threshold <= 0:
-        return 1.0
-    return 0.5 + 0.5 * min(1.0, max(0.0, (threshold - value) / threshold))
 
 
 @dataclass
@@ -93,189 +74,6 @@ class Classification:
     hard: bool = False
 
 
-class Facts:
-    """What the rules ask of a window, derived once from its readings."""
-
-    def __init__(self, r: Readings, th: Thresholds) -> None:
-        self.r = r
-        self.th = th
-        self.gpus = r.gpus
-        gpu_state = r.probe("gpu").state
-        #: No GPU data because this host has no usable GPU (a CPU-only host).
-        self.no_gpu = not self.gpus and gpu_state in (ProbeState.UNAVAILABLE, ProbeState.ABSENT)
-        #: GPU state unknowable in this window (probe failing or missing on a GPU host).
-        self.gpu_blind = not self.gpus and not self.no_gpu
-        busy = [g for g in self.gpus if g.busy is not None]
-        self.top_gpu: GpuReading | None = max(busy, key=lambda g: g.busy or 0.0) if busy else None
-        self.gpu_busy = self.top_gpu.busy if self.top_gpu else None
-        activity = [a for g in self.gpus if (a := g.activity) is not None]
-        self.gpu_activity = max(activity) if activity else None
-        self.coarse_only = bool(self.gpus) and not any(g.gpm for g in self.gpus)
-        g = self.top_gpu
-        busy_threshold = (th.gpm_busy_ratio if g is not None and g.gpm
-                          else th.gpu_busy_utilization_ratio)
-        self.gpu_busy_threshold = busy_threshold
-        self.gpu_saturated = self.gpu_busy is not None and self.gpu_busy >= busy_threshold
-        #: True: GPU under-used or no GPU at all; None: cannot tell.
-        self.gpu_under: bool | None = (
-            True if self.no_gpu else
-            None if self.gpu_busy is None else self.gpu_busy < th.gpu_low_utilization_ratio)
-        self.host = r.host
-        self.nics = [n for n in r.nics if not n.loopback]
-        self.saturated_nics = [(n, p) for n in self.nics
-                               if (p := n.peak) is not None and p[1] >= th.nic_saturation_ratio]
-        self.retransmit_ratio = r.tcp.retransmit_ratio if r.tcp else None
-        self.working_http = [h for h in r.http if h.calls > 0 or h.overload_answers]
-        self.down_http = [h for h in r.http if h.calls == 0 and h.failures > 0
-                          and h.overload_answers * 2 < h.failures]
-        self.worst = max(self.working_http, key=self._badness, default=None)
-        self.slow = self.worst is not None and self._badness(self.worst) > 1.0
-        self.latency_ok = self.worst is not None and not self.slow
-        w = self.worst
-        self.net_share = w.network_share if w is not None else None
-        self.server_share = w.server_share if w is not None else None
-        self.net_dominant = (self.net_share is not None
-                             and self.net_share >= th.network_phase_dominant_ratio)
-        self.server_dominant = (self.server_share is not None
-                                and self.server_share >= th.server_phase_dominant_ratio)
-
-    def _badness(self, h: HttpReading) -> float:
-        """p95 over the objective (> 1 misses it); failures past the limit miss it too."""
-        th = self.th
-        ratio = h.total.p95 / th.latency_objective_seconds if h.total else 0.0
-        if h.failures and h.failure_ratio >= th.http_failure_high_ratio:
-            ratio = max(ratio, 1.0 + h.failure_ratio)
-        return ratio
-
-    # -- signals the rules share -------------------------------------------------
-
-    def slow_signals(self) -> list[Signal]:
-        w = self.worst
-        if w is None or not self.slow:
-            return []
-        th = self.th
-        out = []
-        if w.total is not None and w.total.p95 > th.latency_objective_seconds:
-            out.append(Signal(above(w.total.p95 / th.latency_objective_seconds, 1.0, 2.0),
-                              f"{w.target}: p95 request {secs(w.total.p95)} > objective "
-                              f"{secs(th.latency_objective_seconds)} ({w.calls} calls)"))
-        if w.failures and w.failure_ratio >= th.http_failure_high_ratio:
-            how = (f"{w.overload_answers} answered 'too busy' (429/503/504)"
-                   if w.overload_answers else (w.errors[0] if w.errors else "failed"))
-            out.append(Signal(above(w.failure_ratio, th.http_failure_high_ratio),
-                              f"{w.target}: {w.failures} of {w.calls + w.failures} calls "
-                              f"failed ({how})"))
-        return out
-
-    def phase_text(self, h: HttpReading) -> str:
-        if h.total is None:
-            return ""
-        parts = ", ".join(f"{k.removesuffix('_seconds')} {secs(v)}"
-                          for k, v in sorted(h.phases.items(), key=lambda kv: -kv[1])
-                          if v >= 0.05 * h.total.mean)
-        return f"on average {secs(h.total.mean)} per request: {parts}" if parts else ""
-
-    def gpu_text(self, g: GpuReading) -> str:
-        assert g.busy is not None
-        text = f"{g.title} {g.busy_signal} {pct(g.busy)}"
-        if g.gpm and g.dram_active is not None and g.dram_active > (g.sm_active or 0.0):
-            text = f"{g.title} memory-bandwidth activity {pct(g.busy)} (DRAM, GPM)"
-        return text
-
-    def gpu_under_signal(self) -> Signal | None:
-        g = self.top_gpu
-        if g is None or g.busy is None or not self.gpu_under:
-            return None
-        th = self.th.gpu_low_utilization_ratio
-        every = " on every GPU" if len(self.gpus) > 1 else ""
-        return Signal(below(g.busy, th), f"{self.gpu_text(g)} (< {pct(th)}){every}")
-
-    def network_signals(self, *, phases: bool) -> list[Signal]:
-        """Positive network evidence: phases, a full NIC, retransmits, slow measurements."""
-        th = self.th
-        out: list[Signal] = []
-        w = self.worst
-        if phases and w is not None and self.net_dominant and self.net_share is not None:
-            out.append(Signal(above(self.net_share, th.network_phase_dominant_ratio),
-                              f"{w.target}: network is {pct(self.net_share)} of request time "
-                              f"({self.phase_text(w)})"))
-        for nic, (direction, util) in self.saturated_nics:
-            out.append(Signal(above(util, th.nic_saturation_ratio),
-                              f"{nic.name} {direction} at {pct(util)} of "
-                              f"{bits(nic.link_bits_per_second or 0)}"))
-        rt = self.retransmit_ratio
-        if rt is not None and rt > th.retransmit_high_ratio:
-            out.append(Signal(above(rt, th.retransmit_high_ratio, 5 * th.retransmit_high_ratio),
-                              f"TCP retransmits {pct(rt, 1)} of sent segments "
-                              f"(> {pct(th.retransmit_high_ratio)})"))
-        for t, need, why in self.shortfalls():
-            out.append(Signal(below(t.bits_per_second, need),
-                              f"{t.probe} {t.target}: {bits(t.bits_per_second)}, under "
-                              f"{pct(th.bandwidth_shortfall_ratio)} of {bits(need)} ({why}), "
-                              f"measured {secs(t.age_seconds)} before the window end"))
-        return out
-
-    def shortfalls(self) -> list[tuple[ThroughputReading, float, str]]:
-        """Recent throughput measurements far under what the service needs."""
-        th = self.th
-        out = []
-        needed = advice.needed_bits_per_second(self.worst, th) if self.slow else None
-        for t in self.r.throughputs:
-            if t.age_seconds > th.active_measurement_max_age_seconds:
-                continue
-            need, why = ((th.internal_bandwidth_min_bits_per_second, "internal minimum")
-                         if t.internal else
-                         (th.public_bandwidth_min_bits_per_second, "public minimum"))
-            if needed is not None and needed[0] > need:
-                need, why = needed[0], "what the requests need"
-            if t.bits_per_second < th.bandwidth_shortfall_ratio * need:
-                out.append((t, need, why))
-        return out
-
-    def cpu_signals(self) -> list[Signal]:
-        h = self.host
-        th = self.th
-        if h is None:
-            return []
-        out = []
-        if h.cpu_pressure is not None and h.cpu_pressure >= th.cpu_pressure_high_ratio:
-            out.append(Signal(above(h.cpu_pressure, th.cpu_pressure_high_ratio),
-                              f"CPU pressure: tasks waited for a CPU {pct(h.cpu_pressure)} of "
-                              f"the time (PSI some, >= {pct(th.cpu_pressure_high_ratio)})"))
-        if h.cpu is not None and h.cpu >= th.cpu_saturated_ratio:
-            out.append(Signal(above(h.cpu, th.cpu_saturated_ratio),
-                              f"CPU {pct(h.cpu)} busy (>= {pct(th.cpu_saturated_ratio)})"))
-        if h.busiest_core is not None and h.busiest_core >= th.cpu_saturated_ratio:
-            out.append(Signal(above(h.busiest_core, th.cpu_saturated_ratio),
-                              f"busiest core {pct(h.busiest_core)} busy "
-                              f"(>= {pct(th.cpu_saturated_ratio)})"))
-        return out
-
-    def load_present(self) -> bool:
-        th = self.th
-        if self.gpu_activity is not None and self.gpu_activity >= th.gpu_idle_ratio:
-            return True
-        cpu = self.host.cpu if self.host is not None else None
-        if cpu is not None and cpu >= th.cpu_idle_ratio:
-            return True
-        return any(n.traffic_bits_per_second >= th.nic_idle_bits_per_second for n in self.nics)
-
-    def context(self) -> list[str]:
-        """One line per resource, for labels that explain what was ruled out."""
-        out = []
-        if self.top_gpu is not None and self.top_gpu.busy is not None:
-            out.append(self.gpu_text(self.top_gpu))
-        h = self.host
-        if h is not None and h.cpu is not None:
-            extra = f", busiest core {pct(h.busiest_core)}" if h.busiest_core is not None else ""
-            out.append(f"CPU {pct(h.cpu)}{extra}")
-        busiest = max(self.nics, key=lambda n: n.peak[1] if n.peak else -1.0, default=None)
-        if busiest is not None and busiest.peak is not None:
-            out.append(f"{busiest.name} {busiest.peak[0]} at {pct(busiest.peak[1])} of "
-                       f"{bits(busiest.link_bits_per_second or 0)}")
-        return out
-
-
 # -- the rules, in order -------------------------------------------------------------
 
 Rule = Callable[[Facts], Finding | None]
@@ -292,7 +90,7 @@ def out_of_memory(f: Facts) -> Finding | None:
         what.append(f"{r.load_failures:.0f} model-load failure(s)")
     found = Finding(Label.VRAM_BOUND, hard=True, signals=[Signal(1.0, (
         " and ".join(what) + f" in this window ({', '.join(r.event_sources)})"))])
-    found.notes += [_memory_text(g) for g in f.gpus if g.memory_used_ratio is not None]
+    found.notes += [memory_text(g) for g in f.gpus if g.memory_used_ratio is not None]
     return found
 
 
@@ -314,7 +112,7 @@ def memory_full_and_failing(f: Facts) -> Finding | None:
     g, h = full[0], failing[0]
     assert g.memory_used_ratio is not None
     return Finding(Label.VRAM_BOUND, signals=[
-        Signal(above(g.memory_used_ratio, th.vram_high_ratio), _memory_text(g)),
+        Signal(above(g.memory_used_ratio, th.vram_high_ratio), memory_text(g)),
         Signal(0.5, f"{h.target}: {h.server_errors} server error(s) (5xx) while memory is full"),
     ], notes=["no out-of-memory event was seen: memory this full is normal for servers that "
               "pre-reserve it, so this is likely, not certain"], factors=[(0.8, "soft evidence")])
@@ -555,17 +353,11 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
     return Classification(
         label=found.label, confidence=found.confidence(), evidence=tuple(evidence),
         advice=tuple(advice.advice_for(found, f)),
-        warnings=tuple(warnings(f, found.label, window)), summary=summary(r),
+        warnings=tuple(advice.warnings_for(f, found.label, window)), summary=summary(r),
         probes={name: str(st) for name, st in r.status.items()}, hard=found.hard)
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def _memory_text(g: GpuReading) -> str:
-    assert g.memory_used_ratio is not None
-    return (f"{g.title} memory {pct(g.memory_used_ratio)} used "
-            f"({size(g.memory_used_bytes or 0)} of {size(g.memory_total_bytes or 0)})")
 
 
 def _within_objective(f: Facts) -> str:
@@ -582,27 +374,10 @@ def _add_small_sample_factor(f: Facts, found: Finding) -> None:
         found.factors.append((0.7, f"only {min(counts)} sample(s) of a resource in the window"))
 
 
-def _thin_pipe(f: Facts) -> str | None:
-    """The thin link in front of the GPU, in words, when one was measured: payloads
-    moving under the article's public minimum, a throughput test far under need, or a
-    full NIC slower than the internal minimum."""
-    th = f.th
-    rate = advice.observed_transfer_rate(f.worst) if f.slow else None
-    if rate is not None and rate < th.public_bandwidth_min_bits_per_second:
-        return f"a link moving {bits(rate)}"
-    for t, _, _ in f.shortfalls():
-        return f"{t.probe} {t.target} at {bits(t.bits_per_second)}"
-    for nic, _ in f.saturated_nics:
-        link = nic.link_bits_per_second
-        if link and link < th.internal_bandwidth_min_bits_per_second:
-            return f"a full {bits(link)} {nic.name}"
-    return None
-
-
 def _add_mismatch(f: Facts, found: Finding) -> None:
     """The article's A100-behind-5-Mbit/s case: name it where it is measured."""
     g = f.top_gpu
-    pipe = _thin_pipe(f)
+    pipe = f.thin_pipe()
     if g is None or g.busy is None or not f.gpu_under or pipe is None:
         return
     found.notes.append(f"resource mismatch: {g.title}"
@@ -610,48 +385,6 @@ def _add_mismatch(f: Facts, found: Finding) -> None:
                        + f" is only {pct(g.busy)} busy behind {pipe}"
                        + (" while requests queue" if f.slow else ""))
     found.mismatch = True
-
-
-def warnings(f: Facts, label: Label, window: Window) -> list[str]:
-    th = f.th
-    out = []
-    for g in f.gpus:
-        m = g.memory_used_ratio
-        if m is not None and m >= th.vram_warning_ratio and label is not Label.VRAM_BOUND:
-            out.append(_memory_text(g) + ": normal for servers that pre-reserve memory (vLLM "
-                       "reserves 90% by default); a fault only with OOM or failed loads")
-        if (g.gpm and g.utilization is not None and g.sm_active is not None
-                and g.utilization >= th.gpu_busy_utilization_ratio
-                and g.sm_active < th.gpm_ineffective_ratio):
-            out.append(f"{g.title} utilization {pct(g.utilization)} but SM activity only "
-                       f"{pct(g.sm_active)}: small kernels or gaps between them; the GPU is "
-                       "not saturated (a bigger GPU will not help)")
-        out += [f"{g.title} clocks held back by {reason} {pct(share)} of the window"
-                for reason, share in g.slowdowns]
-    if f.coarse_only and (f.gpu_activity or 0.0) >= th.gpu_idle_ratio:
-        out.append("GPU activity from the coarse utilization only (no GPM metrics): it says "
-                   "a kernel was running, not how much of the GPU it used")
-    for t in f.r.throughputs:
-        floor = (th.internal_bandwidth_min_bits_per_second if t.internal
-                 else th.public_bandwidth_min_bits_per_second)
-        if t.age_seconds <= th.active_measurement_max_age_seconds and t.bits_per_second < floor:
-            out.append(f"{t.probe} {t.target}: {bits(t.bits_per_second)}, under the article's "
-                       f"{'internal' if t.internal else 'public'} minimum of {bits(floor)}")
-    rt = f.retransmit_ratio
-    if rt is not None and rt > th.retransmit_high_ratio and label is not Label.NETWORK_BOUND:
-        out.append(f"TCP retransmits {pct(rt, 1)} of sent segments")
-    if f.working_http:
-        out += [f"every call to {h.target} failed ({h.failures}): "
-                f"{h.errors[0] if h.errors else 'no answer'}" for h in f.down_http]
-    for name, status in f.r.status.items():
-        if status.state not in (ProbeState.OK, ProbeState.ABSENT):
-            out.append(f"probe {name} {status}")
-    if f.r.probe("gpu").state is ProbeState.PARTIAL:
-        out += f.r.gpu_errors[:3]  # which GPU failed
-    if window.late_samples:
-        out.append(f"{window.late_samples} sample(s) arrived after their window closed and "
-                   "were counted in this one")
-    return list(dict.fromkeys(out))
 
 
 def label_names() -> Sequence[str]:
