@@ -83,7 +83,17 @@ class WindowResult:
 
 
 class Labeller:
-    """Feed samples, get labelled windows as they close."""
+    """Feed samples, get labelled windows as they close.
+
+    ``unavailable``: probe name -> why it cannot run here (discovery's
+    ``check()`` reasons), so a window says "gpu unavailable: no driver" and the
+    rules treat the host as having no GPU. ``expected_probes``: the probes this
+    run built and uses; one of them with no sample in a window is ``missing``
+    (probes seen earlier in the stream count as expected too). ``origin``:
+    where windows start (default: the first sample's time). ``reorder_seconds``:
+    how late a sample may arrive and still land in its own window. Not thread
+    safe: feed it from one thread (the sampler calls its sinks in order on one).
+    """
 
     def __init__(self, window_seconds: float = DEFAULT_WINDOW_SECONDS,
                  thresholds: Thresholds | None = None, *,
