@@ -19,7 +19,7 @@ from agent import advice
 from agent.facts import Facts, Signal, above, below, memory_text
 from agent.signals import read, summary
 from agent.thresholds import Thresholds
-from agent.windows import Window
+from agent.windows import ProbeState, Window
 from agent.words import bits, pct, secs, size
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -177,7 +177,7 @@ def gpu_saturated(f: Facts) -> Finding | None:
         found.notes.append("no HTTP target measured: judged from the GPU alone")
     if f.coarse_only:
         found.factors.append((0.85, "only coarse GPU utilization"))
-    _add_small_sample_factor(f, found)
+    _add_coverage_factors(f, found)
     return found
 
 
@@ -201,7 +201,7 @@ def cpu_saturated(f: Facts) -> Finding | None:
     if f.latency_ok:
         found.notes.append(_within_objective(f))
         found.factors.append((0.75, "requests still within the objective"))
-    _add_small_sample_factor(f, found)
+    _add_coverage_factors(f, found)
     return found
 
 
@@ -223,7 +223,7 @@ def network_evidence_gpu_under_used(f: Facts) -> Finding | None:
         found.notes.append("no HTTP target measured: a job waiting on network input "
                            "(dataset, checkpoints, remote storage)")
     _add_mismatch(f, found)
-    _add_small_sample_factor(f, found)
+    _add_coverage_factors(f, found)
     return found
 
 
@@ -294,7 +294,7 @@ def balanced(f: Facts) -> Finding | None:
     if peak is not None:
         found.signals.append(Signal(below(peak, th.nic_saturation_ratio),
                                     f"busiest NIC at {pct(peak)} of its link"))
-    _add_small_sample_factor(f, found)
+    _add_coverage_factors(f, found)
     return found
 
 
@@ -316,7 +316,7 @@ def idle(f: Facts) -> Finding:
                                     f"(< {bits(th.nic_idle_bits_per_second)})"))
     if f.latency_ok:
         found.notes.append(_within_objective(f))
-    _add_small_sample_factor(f, found)
+    _add_coverage_factors(f, found)
     return found
 
 
@@ -368,10 +368,15 @@ def _within_objective(f: Facts) -> str:
             f"{secs(f.th.latency_objective_seconds)}")
 
 
-def _add_small_sample_factor(f: Facts, found: Finding) -> None:
+def _add_coverage_factors(f: Facts, found: Finding) -> None:
+    """Doubt from thin data: few readings, or a GPU that could not be read (it may be
+    the busy one) behind a label that says the GPUs are not busy."""
     counts = [g.samples for g in f.gpus] + ([f.host.samples] if f.host else [])
     if counts and min(counts) < f.th.window_min_samples:
         found.factors.append((0.7, f"only {min(counts)} sample(s) of a resource in the window"))
+    if (found.label is not Label.GPU_BOUND and f.r.gpu_errors
+            and f.r.probe("gpu").state is ProbeState.PARTIAL):
+        found.factors.append((0.8, "a GPU could not be read"))
 
 
 def _add_mismatch(f: Facts, found: Finding) -> None:

@@ -166,6 +166,14 @@ CASES: dict[str, Case] = {
     "CPU at 21% is load": case(
         gpu(util=0.0), host(cpu=0.21, busiest=0.3), QUIET_NIC, label=Label.BALANCED),
     "GPU at 5% is load": case(gpu(util=0.05), QUIET_HOST, QUIET_NIC, label=Label.BALANCED),
+    "one of four GPUs saturated": case(
+        gpu(0, util=0.02, sm=0.01), gpu(1, util=0.02, sm=0.01), gpu(2, util=1.0, sm=0.9),
+        gpu(3, util=0.02, sm=0.01), host(cpu=0.3), label=Label.GPU_BOUND,
+        evidence=("GPU 2", "SM activity 90%")),
+    "four GPUs waiting on a full link": case(
+        *(gpu(i, util=0.1, sm=0.05) for i in range(4)), QUIET_HOST, nic(rx=0.95e9),
+        http(total=3.0), label=Label.NETWORK_BOUND,
+        evidence=("SM activity 5% (< 30%) on every GPU", "eth0 rx at 95%")),
     "no GPU on this host and nothing running": case(
         QUIET_HOST, QUIET_NIC, label=Label.IDLE, unavailable=NO_GPU),
     # -- the article's scenarios ---------------------------------------------------
@@ -254,6 +262,16 @@ def test_clock_slowdowns_are_warned(slowdown: str | None, full: bool, warned: bo
     assert any("clocks held back" in w for w in result.warnings) is warned
     if warned:
         assert any(f"clocks held back by {slowdown} 100%" in w for w in result.warnings)
+
+
+def test_a_gpu_that_cannot_be_read_lowers_confidence_in_quiet_labels() -> None:
+    parts = (gpu(0, util=0.0), QUIET_HOST, QUIET_NIC)
+    whole = run(case(*parts, label=Label.IDLE))
+    lost = run(case(*parts, lambda t: gpu_failure(t, 1, "GPU is lost"), label=Label.IDLE))
+    assert whole.label is lost.label is Label.IDLE
+    assert lost.confidence < whole.confidence
+    assert "GPU 1: GPU is lost" in lost.warnings
+    assert "confidence lowered: a GPU could not be read" in lost.evidence
 
 
 def test_tiny_kernels_are_named() -> None:
