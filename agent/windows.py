@@ -43,6 +43,11 @@ SKIPPED_VALUE = "skipped"
 CARRY_PROBES = frozenset({"iperf3", "download"})
 
 _by_time = attrgetter("t")
+#: Per-series memory (last window, carried results) is dropped for series not
+#: seen for this long; checked every PRUNE_EVERY_WINDOWS windows. A day, so an
+#: active probe's last result outlives any sensible max-age threshold.
+FORGET_AFTER_SECONDS = 86400.0
+PRUNE_EVERY_WINDOWS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +315,7 @@ class WindowBuilder:
         self._canonical: dict[_Key, tuple[_Key, Mapping[str, str]]] = {}
         self._previous: dict[_Key, SeriesWindow] = {}
         self._carried: dict[_Key, SeriesWindow] = {}
+        self._built = 0
         self.late_samples = 0
         # The window the last on-time sample went to: most samples go there too.
         self._cur = _Open()
@@ -448,8 +454,29 @@ class WindowBuilder:
                     self._carried[key] = sw
             else:
                 self._expected.add(probe)
+        self._built += 1
+        if self._built % PRUNE_EVERY_WINDOWS == 0:
+            self._forget_before(start - FORGET_AFTER_SECONDS)
         this_window = {id(sw) for group in series.values() for sw in group}
         carried = [sw for sw in self._carried.values() if id(sw) not in this_window]
         return Window(start, end, series, unavailable=self.unavailable,
                       expected=self._expected, carried=carried, sample_count=acc.count,
                       late_samples=acc.late)
+
+    def _forget_before(self, cutoff: float) -> None:
+        """Drop what is kept per series for series not seen since ``cutoff``: a daemon
+        that runs for weeks sees processes (per-pid GPU entries) come and go."""
+        gone = {key for key, sw in self._previous.items() if sw.samples[-1].t < cutoff}
+        gone |= {key for key, sw in self._carried.items() if sw.samples[-1].t < cutoff}
+        if not gone:
+            return
+        for key in gone:
+            self._previous.pop(key, None)
+            self._carried.pop(key, None)
+        self._canonical = {raw: canon for raw, canon in self._canonical.items()
+                           if canon[0] not in gone}
+
+    @property
+    def tracked_series(self) -> int:
+        """How many series the builder remembers between windows."""
+        return len(self._previous)

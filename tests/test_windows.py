@@ -216,3 +216,19 @@ def test_active_probe_results_are_carried_into_later_windows_with_their_age() ->
     assert t.age_seconds == pytest.approx(35.0)  # from T0+5 to the end of window 3 (T0+40)
     assert ws[2].status("iperf3").state is ProbeState.FAILING  # the failed run is reported
     assert ws[3].status("iperf3").state is ProbeState.ABSENT  # periodic: absence is normal
+
+
+def test_series_that_went_away_are_forgotten_after_a_day() -> None:
+    b = WindowBuilder(600.0, origin=T0, reorder_seconds=0.0)
+    hour = 3600.0
+    # 30 GPU processes come and go in the first 30 hours, one an hour; the host
+    # reports for 60 hours.
+    samples = [gpu_process_sample(T0 + i * hour, 0, 1000 + i, 1e9) for i in range(30)]
+    samples += [host_at(T0 + i * 600.0) for i in range(60 * 6)]
+    samples.sort(key=lambda s: s.t)
+    b.add_many([s for s in samples if s.t < T0 + 30 * hour])
+    assert b.tracked_series == 31  # every process so far, and the host
+    b.add_many([s for s in samples if s.t >= T0 + 30 * hour])
+    b.flush()
+    # Pruned at window 320 (53 h): every process was last seen more than a day before.
+    assert b.tracked_series == 1
