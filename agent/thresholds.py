@@ -36,3 +36,44 @@ class Thresholds:
         min=0, doc="article: >= 1 Gbit/s between front end and GPU workers"))
     hysteresis_windows: int = field(default=2, metadata=bounds(
         min=1, max=100, doc="windows a new label must hold before it replaces the current one"))
+    # Added with the classifier; see docs/classifier.md for the reasoning behind each.
+    gpu_idle_ratio: float = field(default=0.05, metadata=bounds(
+        min=0, max=1, doc="GPU activity below this on every GPU counts as no GPU load"))
+    gpm_busy_ratio: float = field(default=0.80, metadata=bounds(
+        min=0, max=1, doc="GPM SM (or DRAM) activity at or above this is busy "
+                          "(NVIDIA DCGM: >= 0.8 needed for effective use)"))
+    gpm_ineffective_ratio: float = field(default=0.50, metadata=bounds(
+        min=0, max=1, doc="GPM SM activity below this while coarse utilization is busy means "
+                          "small kernels, not a saturated GPU (NVIDIA DCGM: < 0.5 ineffective)"))
+    vram_warning_ratio: float = field(default=0.90, metadata=bounds(
+        min=0, max=1, doc="memory used / total at or above this is worth a warning (servers "
+                          "that pre-reserve memory sit here; not a fault by itself)"))
+    server_phase_dominant_ratio: float = field(default=0.5, metadata=bounds(
+        min=0, max=1, doc="server share of request time at or above this is server-dominated"))
+    http_failure_high_ratio: float = field(default=0.10, metadata=bounds(
+        min=0, max=1, doc="failed calls / all calls at or above this misses the objective too"))
+    cpu_idle_ratio: float = field(default=0.20, metadata=bounds(
+        min=0, max=1, doc="CPU utilization below this counts as no CPU load"))
+    nic_idle_bits_per_second: float = field(default=1e6, metadata=bounds(
+        min=0, doc="NIC traffic (rx+tx) below this on every NIC counts as no network load"))
+    bandwidth_shortfall_ratio: float = field(default=0.5, metadata=bounds(
+        min=0, max=1, doc="measured throughput below this share of what the requests need is "
+                          "network evidence"))
+    active_measurement_max_age_seconds: float = field(default=900.0, metadata=bounds(
+        min=0, doc="iperf3/download results older than this are no longer evidence"))
+    window_min_samples: int = field(default=3, metadata=bounds(
+        min=1, max=10000, doc="a resource read fewer times than this in a window lowers the "
+                              "confidence"))
+
+    def __post_init__(self) -> None:
+        # Cross-field order the rules rely on; parse_options turns this into one line.
+        if not self.gpu_idle_ratio <= self.gpu_low_utilization_ratio:
+            raise ValueError("gpu_idle_ratio must be <= gpu_low_utilization_ratio")
+        if not self.gpu_low_utilization_ratio < self.gpu_busy_utilization_ratio:
+            raise ValueError("gpu_low_utilization_ratio must be < gpu_busy_utilization_ratio")
+        if not self.gpm_ineffective_ratio <= self.gpm_busy_ratio:
+            raise ValueError("gpm_ineffective_ratio must be <= gpm_busy_ratio")
+        if not self.vram_warning_ratio <= self.vram_high_ratio:
+            raise ValueError("vram_warning_ratio must be <= vram_high_ratio")
+        if not self.cpu_idle_ratio < self.cpu_saturated_ratio:
+            raise ValueError("cpu_idle_ratio must be < cpu_saturated_ratio")

@@ -1,0 +1,204 @@
+"""The advice for each label, made concrete with the window's measurements, and the
+warnings that did not decide the label. Advice starts from the source article's
+guidance (docs/classifier.md cites each piece).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.facts import Facts, memory_text, need, observed_transfer_rate, transfer
+from agent.windows import ProbeState, Window
+from agent.words import bits, pct, secs, size
+
+if TYPE_CHECKING:
+    from agent.classifier import Finding, Label
+
+
+# -- advice per label ----------------------------------------------------------------
+
+def advice_for(found: Finding, f: Facts) -> list[str]:
+    from agent.classifier import Label
+
+    if found.label is Label.NETWORK_BOUND:
+        return _network(f, found.mismatch)
+    builders = {
+        Label.VRAM_BOUND: _vram, Label.GPU_BOUND: _gpu, Label.CPU_BOUND: _cpu,
+        Label.BALANCED: _balanced, Label.IDLE: _idle, Label.UNKNOWN: _unknown,
+    }
+    return builders[found.label](f)
+
+
+def _vram(f: Facts) -> list[str]:
+    out = ["The model does not fit in GPU memory; until it does nothing else matters "
+           "(VRAM is the hard threshold)."]
+    sizes = ", ".join(f"{g.title} has {size(g.memory_total_bytes)}" for g in f.gpus
+                      if g.memory_total_bytes)
+    out.append("Use a GPU with more memory" + (f" ({sizes})" if sizes else "") + ", quantize "
+               "(a 7B model needs about 12 GB or more served in 16-bit, about 8 GB at 4 bit), "
+               "lower batch size or context length, or lower the server's memory reservation.")
+    if not (f.r.oom_events or f.r.load_failures):
+        out.append("Confirm in the server log (CUDA out of memory, failed allocation) before "
+                   "buying memory: a full GPU alone is normal for servers that pre-reserve it.")
+    return out
+
+
+def _gpu(f: Facts) -> list[str]:
+    th = f.th
+    g = f.top_gpu
+    out = [f"The GPU is the limit ({g.title if g else 'GPU'}); more bandwidth will not help."]
+    w = f.worst
+    if w is not None and w.total is not None and w.total.p95 > th.latency_objective_seconds:
+        factor = w.total.p95 / th.latency_objective_seconds
+        out.append(f"p95 {secs(w.total.p95)} is {factor:.3g}x the "
+                   f"{secs(th.latency_objective_seconds)} objective: the GPU work per request "
+                   f"must get about {factor:.3g}x faster, or be spread over more GPUs.")
+    out.append("Do more per GPU pass: batch requests (continuous batching), lower precision "
+               "(16-bit, 8-bit), a smaller or distilled model; for training, mixed precision "
+               "and the largest batch that fits.")
+    if f.coarse_only:
+        out.append("Only the coarse utilization was available: confirm with SM activity "
+                   "(DCGM or GPM on Hopper and newer) that the SMs, not just a kernel, are busy.")
+    return out
+
+
+def _network(f: Facts, mismatch: bool) -> list[str]:
+    th = f.th
+    out = []
+    n = need(f.worst, th)
+    moved = transfer(f.worst)
+    if n is not None and moved is not None:
+        together = (f" ({bits(n.total_bits_per_second)} for {n.concurrency} at once)"
+                    if n.concurrency > 1 else "")
+        out.append(f"A {size(n.payload_bytes)} {n.direction} took {secs(moved[2])}; to finish "
+                   f"within {secs(n.budget_seconds)} (the objective less the server's time) it "
+                   f"needs at least {bits(n.per_call_bits_per_second)} per request{together}.")
+        rate = observed_transfer_rate(f.worst)
+        if rate:
+            out.append(f"The {n.direction}s moved at about {bits(rate)} in all.")
+    out.append(f"Article: at least {bits(th.public_bandwidth_min_bits_per_second)} public for a "
+               f"concurrent API service, {bits(th.internal_bandwidth_min_bits_per_second)} "
+               "between front end and GPU workers; a 5 MB upload takes about 40 s at 1 Mbit/s "
+               "and 0.4 s at 100 Mbit/s.")
+    out.append("Send less over the link: compress or resize inputs before upload, pass "
+               "references to object storage instead of payloads, stream results.")
+    for nic, (direction, _) in f.saturated_nics:
+        out.append(f"{nic.name} {direction} is full: a faster link or NIC, or spread the "
+                   "traffic over more hosts.")
+    rt = f.retransmit_ratio
+    if rt is not None and rt > th.retransmit_high_ratio:
+        out.append("Retransmits mean loss or congestion on the path: check MTU, duplex, "
+                   "shapers and the busiest hop.")
+    if mismatch:
+        out.append("Resource mismatch: the GPU waits for data. Fix the link first; a bigger "
+                   "GPU buys nothing here, and a smaller one would do until data arrives "
+                   "faster.")
+    if not f.r.throughputs:
+        out.append("Measure the path: iperf3 between front end and GPU workers (--iperf3), a "
+                   "large download for public bandwidth (--download).")
+    return out
+
+
+def _cpu(f: Facts) -> list[str]:
+    out = ["The CPU is the limit" + ("" if f.no_gpu else "; the GPU waits for it") + "."]
+    if f.no_gpu:
+        out.append("A CPU-only workload (small models such as XGBoost): more or faster cores; a "
+                   "GPU helps only if the model can use one.")
+    else:
+        out.append("Feed the GPU faster: more data-loader workers, move decoding, resizing and "
+                   "tokenizing to the GPU or a separate pool, pinned memory, more cores.")
+    h = f.host
+    if h is not None and h.busiest_core is not None and h.cpu is not None and h.cpu < 0.5 \
+            and h.busiest_core >= f.th.cpu_saturated_ratio:
+        out.append("One core does the work: split that step across processes (threads do not "
+                   "help Python code).")
+    return out
+
+
+def _balanced(f: Facts) -> list[str]:
+    closest = []
+    if f.gpu_busy is not None:
+        closest.append((f.gpu_busy / f.gpu_busy_threshold, f"GPU {pct(f.gpu_busy)}"))
+    if f.host is not None and f.host.cpu is not None:
+        closest.append((f.host.cpu / f.th.cpu_saturated_ratio, f"CPU {pct(f.host.cpu)}"))
+    for nic in f.nics:
+        if nic.peak is not None:
+            closest.append((nic.peak[1] / f.th.nic_saturation_ratio,
+                            f"{nic.name} {pct(nic.peak[1])} of its link"))
+    text = "Load is served without a saturated resource; nothing to fix now."
+    if closest:
+        text += f" Closest to its limit: {max(closest)[1]}."
+    return [text]
+
+
+def _idle(f: Facts) -> list[str]:
+    return ["No meaningful load: nothing to diagnose now. Run the diagnosis while the service "
+            "is under real load, or send it representative requests (--url)."]
+
+
+def _unknown(f: Facts) -> list[str]:
+    out = []
+    for h in f.down_http:
+        out.append(f"Check that the service at {h.target} is up and reachable (see the error).")
+    for name in ("gpu", "host", "nic", "http"):
+        status = f.r.probe(name)
+        if name == "http" and f.down_http:
+            continue  # said above, with the target
+        if status.state in (ProbeState.FAILING, ProbeState.MISSING):
+            out.append(f"Make the {name} probe work: {status}.")
+    if f.slow:
+        io = f.host.io_pressure if f.host is not None else None
+        out.append("Requests are slow with no resource saturated: look inside the service "
+                   "(queue length, batch size, locks, slow storage"
+                   + (f"; I/O pressure {pct(io)}" if io else "") + ").")
+        if f.worst is not None and not f.worst.phases:
+            out.append("Phase timings (upload, server, download) would tell the network from "
+                       "the server.")
+    if not f.r.http:
+        out.append("Add an HTTP target (--url) so request latency can be judged.")
+    return out or ["Not enough evidence for a label in this window."]
+
+
+def warnings_for(f: Facts, label: Label, window: Window) -> list[str]:
+    """Facts worth knowing that did not decide the label."""
+    from agent.classifier import Label
+
+    th = f.th
+    out = []
+    for g in f.gpus:
+        m = g.memory_used_ratio
+        if m is not None and m >= th.vram_warning_ratio and label is not Label.VRAM_BOUND:
+            out.append(memory_text(g) + ": normal for servers that pre-reserve memory (vLLM "
+                       "reserves 90% by default); a fault only with OOM or failed loads")
+        if (g.gpm and g.utilization is not None and g.sm_active is not None
+                and g.utilization >= th.gpu_busy_utilization_ratio
+                and g.sm_active < th.gpm_ineffective_ratio):
+            out.append(f"{g.title} utilization {pct(g.utilization)} but SM activity only "
+                       f"{pct(g.sm_active)}: small kernels or gaps between them; the GPU is "
+                       "not saturated (a bigger GPU will not help)")
+        out += [f"{g.title} clocks held back by {reason} {pct(share)} of the window"
+                for reason, share in g.slowdowns]
+    if f.coarse_only and (f.gpu_activity or 0.0) >= th.gpu_idle_ratio:
+        out.append("GPU activity from the coarse utilization only (no GPM metrics): it says "
+                   "a kernel was running, not how much of the GPU it used")
+    for t in f.r.throughputs:
+        floor = (th.internal_bandwidth_min_bits_per_second if t.internal
+                 else th.public_bandwidth_min_bits_per_second)
+        if t.age_seconds <= th.active_measurement_max_age_seconds and t.bits_per_second < floor:
+            out.append(f"{t.probe} {t.target}: {bits(t.bits_per_second)}, under the article's "
+                       f"{'internal' if t.internal else 'public'} minimum of {bits(floor)}")
+    rt = f.retransmit_ratio
+    if rt is not None and rt > th.retransmit_high_ratio and label is not Label.NETWORK_BOUND:
+        out.append(f"TCP retransmits {pct(rt, 1)} of sent segments")
+    if f.working_http:
+        out += [f"every call to {h.target} failed ({h.failures}): "
+                f"{h.errors[0] if h.errors else 'no answer'}" for h in f.down_http]
+    for name, status in f.r.status.items():
+        if status.state not in (ProbeState.OK, ProbeState.ABSENT):
+            out.append(f"probe {name} {status}")
+    if f.r.probe("gpu").state is ProbeState.PARTIAL:
+        out += f.r.gpu_errors[:3]  # which GPU failed
+    if window.late_samples:
+        out.append(f"{window.late_samples} sample(s) arrived after their window closed and "
+                   "were counted in this one")
+    return list(dict.fromkeys(out))

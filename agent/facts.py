@@ -1,0 +1,295 @@
+"""What the classifier's rules ask of a window, derived once from its readings, and
+the signals (facts with a strength) that support a label.
+
+Pure: no I/O, no clock. See docs/classifier.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.signals import GpuReading, HttpReading, Readings, ThroughputReading
+from agent.thresholds import Thresholds
+from agent.windows import ProbeState
+from agent.words import bits, pct, secs, size
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One fact that supports a label; strength 0.5 at its threshold, 1 well past it."""
+
+    strength: float
+    text: str
+
+
+def above(value: float, threshold: float, top: float = 1.0) -> float:
+    if top <= threshold:
+        return 1.0
+    return 0.5 + 0.5 * min(1.0, max(0.0, (value - threshold) / (top - threshold)))
+
+
+def below(value: float, threshold: float) -> float:
+    if threshold <= 0:
+        return 1.0
+    return 0.5 + 0.5 * min(1.0, max(0.0, (threshold - value) / threshold))
+
+
+class Facts:
+    """What the rules ask of a window, derived once from its readings."""
+
+    def __init__(self, r: Readings, th: Thresholds) -> None:
+        self.r = r
+        self.th = th
+        self.gpus = r.gpus
+        gpu_state = r.probe("gpu").state
+        #: No GPU data because this host has no usable GPU (a CPU-only host).
+        self.no_gpu = not self.gpus and gpu_state in (ProbeState.UNAVAILABLE, ProbeState.ABSENT)
+        #: GPU state unknowable in this window (probe failing or missing on a GPU host).
+        self.gpu_blind = not self.gpus and not self.no_gpu
+        busy = [g for g in self.gpus if g.busy is not None]
+        self.top_gpu: GpuReading | None = max(busy, key=lambda g: g.busy or 0.0) if busy else None
+        self.gpu_busy = self.top_gpu.busy if self.top_gpu else None
+        activity = [a for g in self.gpus if (a := g.activity) is not None]
+        self.gpu_activity = max(activity) if activity else None
+        self.coarse_only = bool(self.gpus) and not any(g.gpm for g in self.gpus)
+        g = self.top_gpu
+        busy_threshold = (th.gpm_busy_ratio if g is not None and g.gpm
+                          else th.gpu_busy_utilization_ratio)
+        self.gpu_busy_threshold = busy_threshold
+        self.gpu_saturated = self.gpu_busy is not None and self.gpu_busy >= busy_threshold
+        #: True: GPU under-used or no GPU at all; None: cannot tell.
+        self.gpu_under: bool | None = (
+            True if self.no_gpu else
+            None if self.gpu_busy is None else self.gpu_busy < th.gpu_low_utilization_ratio)
+        self.host = r.host
+        self.nics = [n for n in r.nics if not n.loopback]
+        self.saturated_nics = [(n, p) for n in self.nics
+                               if (p := n.peak) is not None and p[1] >= th.nic_saturation_ratio]
+        self.retransmit_ratio = r.tcp.retransmit_ratio if r.tcp else None
+        self.working_http = [h for h in r.http if h.calls > 0 or h.overload_answers]
+        self.down_http = [h for h in r.http if h.calls == 0 and h.failures > 0
+                          and h.overload_answers * 2 < h.failures]
+        self.worst = max(self.working_http, key=self._badness, default=None)
+        self.slow = self.worst is not None and self._badness(self.worst) > 1.0
+        self.latency_ok = self.worst is not None and not self.slow
+        w = self.worst
+        self.net_share = w.network_share if w is not None else None
+        self.server_share = w.server_share if w is not None else None
+        self.net_dominant = (self.net_share is not None
+                             and self.net_share >= th.network_phase_dominant_ratio)
+        self.server_dominant = (self.server_share is not None
+                                and self.server_share >= th.server_phase_dominant_ratio)
+
+    def _badness(self, h: HttpReading) -> float:
+        """p95 over the objective (> 1 misses it); failures past the limit miss it too."""
+        th = self.th
+        ratio = h.total.p95 / th.latency_objective_seconds if h.total else 0.0
+        if h.failures and h.failure_ratio >= th.http_failure_high_ratio:
+            ratio = max(ratio, 1.0 + h.failure_ratio)
+        return ratio
+
+    # -- signals the rules share -------------------------------------------------
+
+    def slow_signals(self) -> list[Signal]:
+        w = self.worst
+        if w is None or not self.slow:
+            return []
+        th = self.th
+        out = []
+        if w.total is not None and w.total.p95 > th.latency_objective_seconds:
+            out.append(Signal(above(w.total.p95 / th.latency_objective_seconds, 1.0, 2.0),
+                              f"{w.target}: p95 request {secs(w.total.p95)} > objective "
+                              f"{secs(th.latency_objective_seconds)} ({w.calls} calls)"))
+        if w.failures and w.failure_ratio >= th.http_failure_high_ratio:
+            how = (f"{w.overload_answers} answered 'too busy' (429/503/504)"
+                   if w.overload_answers else (w.errors[0] if w.errors else "failed"))
+            out.append(Signal(above(w.failure_ratio, th.http_failure_high_ratio),
+                              f"{w.target}: {w.failures} of {w.calls + w.failures} calls "
+                              f"failed ({how})"))
+        return out
+
+    def phase_text(self, h: HttpReading) -> str:
+        if h.total is None:
+            return ""
+        parts = ", ".join(f"{k.removesuffix('_seconds')} {secs(v)}"
+                          for k, v in sorted(h.phases.items(), key=lambda kv: -kv[1])
+                          if v >= 0.05 * h.total.mean)
+        return f"on average {secs(h.total.mean)} per request: {parts}" if parts else ""
+
+    def gpu_text(self, g: GpuReading) -> str:
+        assert g.busy is not None
+        text = f"{g.title} {g.busy_signal} {pct(g.busy)}"
+        if g.gpm and g.dram_active is not None and g.dram_active > (g.sm_active or 0.0):
+            text = f"{g.title} memory-bandwidth activity {pct(g.busy)} (DRAM, GPM)"
+        return text
+
+    def gpu_under_signal(self) -> Signal | None:
+        g = self.top_gpu
+        if g is None or g.busy is None or not self.gpu_under:
+            return None
+        th = self.th.gpu_low_utilization_ratio
+        every = " on every GPU" if len(self.gpus) > 1 else ""
+        return Signal(below(g.busy, th), f"{self.gpu_text(g)} (< {pct(th)}){every}")
+
+    def network_signals(self, *, phases: bool) -> list[Signal]:
+        """Positive network evidence: phases, a full NIC, retransmits, slow measurements."""
+        th = self.th
+        out: list[Signal] = []
+        w = self.worst
+        if phases and w is not None and self.net_dominant and self.net_share is not None:
+            out.append(Signal(above(self.net_share, th.network_phase_dominant_ratio),
+                              f"{w.target}: network is {pct(self.net_share)} of request time "
+                              f"({self.phase_text(w)})"))
+        for nic, (direction, util) in self.saturated_nics:
+            out.append(Signal(above(util, th.nic_saturation_ratio),
+                              f"{nic.name} {direction} at {pct(util)} of "
+                              f"{bits(nic.link_bits_per_second or 0)}"))
+        rt = self.retransmit_ratio
+        if rt is not None and rt > th.retransmit_high_ratio:
+            out.append(Signal(above(rt, th.retransmit_high_ratio, 5 * th.retransmit_high_ratio),
+                              f"TCP retransmits {pct(rt, 1)} of sent segments "
+                              f"(> {pct(th.retransmit_high_ratio)})"))
+        for t, need, why in self.shortfalls():
+            out.append(Signal(below(t.bits_per_second, need),
+                              f"{t.probe} {t.target}: {bits(t.bits_per_second)}, under "
+                              f"{pct(th.bandwidth_shortfall_ratio)} of {bits(need)} ({why}), "
+                              f"measured {secs(t.age_seconds)} before the window end"))
+        return out
+
+    def shortfalls(self) -> list[tuple[ThroughputReading, float, str]]:
+        """Recent throughput measurements far under what the service needs."""
+        th = self.th
+        out = []
+        needed = needed_bits_per_second(self.worst, th) if self.slow else None
+        for t in self.r.throughputs:
+            if t.age_seconds > th.active_measurement_max_age_seconds:
+                continue
+            need, why = ((th.internal_bandwidth_min_bits_per_second, "internal minimum")
+                         if t.internal else
+                         (th.public_bandwidth_min_bits_per_second, "public minimum"))
+            if needed is not None and needed[0] > need:
+                need, why = needed[0], "what the requests need"
+            if t.bits_per_second < th.bandwidth_shortfall_ratio * need:
+                out.append((t, need, why))
+        return out
+
+    def cpu_signals(self) -> list[Signal]:
+        h = self.host
+        th = self.th
+        if h is None:
+            return []
+        out = []
+        if h.cpu_pressure is not None and h.cpu_pressure >= th.cpu_pressure_high_ratio:
+            out.append(Signal(above(h.cpu_pressure, th.cpu_pressure_high_ratio),
+                              f"CPU pressure: tasks waited for a CPU {pct(h.cpu_pressure)} of "
+                              f"the time (PSI some, >= {pct(th.cpu_pressure_high_ratio)})"))
+        if h.cpu is not None and h.cpu >= th.cpu_saturated_ratio:
+            out.append(Signal(above(h.cpu, th.cpu_saturated_ratio),
+                              f"CPU {pct(h.cpu)} busy (>= {pct(th.cpu_saturated_ratio)})"))
+        if h.busiest_core is not None and h.busiest_core >= th.cpu_saturated_ratio:
+            out.append(Signal(above(h.busiest_core, th.cpu_saturated_ratio),
+                              f"busiest core {pct(h.busiest_core)} busy "
+                              f"(>= {pct(th.cpu_saturated_ratio)})"))
+        return out
+
+    def load_present(self) -> bool:
+        th = self.th
+        if self.gpu_activity is not None and self.gpu_activity >= th.gpu_idle_ratio:
+            return True
+        cpu = self.host.cpu if self.host is not None else None
+        if cpu is not None and cpu >= th.cpu_idle_ratio:
+            return True
+        return any(n.traffic_bits_per_second >= th.nic_idle_bits_per_second for n in self.nics)
+
+    def context(self) -> list[str]:
+        """One line per resource, for labels that explain what was ruled out."""
+        out = []
+        if self.top_gpu is not None and self.top_gpu.busy is not None:
+            out.append(self.gpu_text(self.top_gpu))
+        h = self.host
+        if h is not None and h.cpu is not None:
+            extra = f", busiest core {pct(h.busiest_core)}" if h.busiest_core is not None else ""
+            out.append(f"CPU {pct(h.cpu)}{extra}")
+        busiest = max(self.nics, key=lambda n: n.peak[1] if n.peak else -1.0, default=None)
+        if busiest is not None and busiest.peak is not None:
+            out.append(f"{busiest.name} {busiest.peak[0]} at {pct(busiest.peak[1])} of "
+                       f"{bits(busiest.link_bits_per_second or 0)}")
+        return out
+
+    def thin_pipe(self) -> str | None:
+        """The thin link in front of the GPU, in words, when one was measured: payloads
+        moving under the article's public minimum, a throughput test far under need, or
+        a full NIC slower than the internal minimum."""
+        th = self.th
+        rate = observed_transfer_rate(self.worst) if self.slow else None
+        if rate is not None and rate < th.public_bandwidth_min_bits_per_second:
+            return f"a link moving {bits(rate)}"
+        for t, _, _ in self.shortfalls():
+            return f"{t.probe} {t.target} at {bits(t.bits_per_second)}"
+        for nic, _ in self.saturated_nics:
+            link = nic.link_bits_per_second
+            if link and link < th.internal_bandwidth_min_bits_per_second:
+                return f"a full {bits(link)} {nic.name}"
+        return None
+
+
+def memory_text(g: GpuReading) -> str:
+    assert g.memory_used_ratio is not None
+    return (f"{g.title} memory {pct(g.memory_used_ratio)} used "
+            f"({size(g.memory_used_bytes or 0)} of {size(g.memory_total_bytes or 0)})")
+
+
+# -- bandwidth arithmetic ------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """The bandwidth that brings a request's transfer under the latency objective."""
+
+    direction: str          # "upload" or "download"
+    payload_bytes: float
+    budget_seconds: float   # objective minus the server's time
+    concurrency: int
+    per_call_bits_per_second: float
+
+    @property
+    def total_bits_per_second(self) -> float:
+        return self.per_call_bits_per_second * self.concurrency
+
+
+def transfer(h: HttpReading | None) -> tuple[str, float, float] | None:
+    """(direction, payload bytes, mean seconds) of the larger transfer phase."""
+    if h is None:
+        return None
+    up = h.phases.get("upload_seconds")
+    down = h.phases.get("download_seconds")
+    if up is not None and h.request_bytes and (down is None or up >= down):
+        return "upload", h.request_bytes, up
+    if down is not None and h.response_bytes:
+        return "download", h.response_bytes, down
+    return None
+
+
+def need(h: HttpReading | None, th: Thresholds) -> Need | None:
+    moved = transfer(h)
+    if moved is None or h is None:
+        return None
+    direction, payload, _ = moved
+    objective = th.latency_objective_seconds
+    budget = objective - h.phases.get("server_seconds", 0.0)
+    if budget < 0.1 * objective:
+        budget = objective  # the server alone uses the objective up; say what the link needs
+    concurrency = max(1, round(h.concurrency or 1))
+    return Need(direction, payload, budget, concurrency, payload * 8 / budget)
+
+
+def needed_bits_per_second(h: HttpReading | None, th: Thresholds) -> tuple[float, Need] | None:
+    n = need(h, th)
+    return None if n is None else (n.total_bits_per_second, n)
+
+
+def observed_transfer_rate(h: HttpReading | None) -> float | None:
+    """How fast the requests' payloads actually moved, all concurrent calls together."""
+    moved = transfer(h)
+    if moved is None or h is None or moved[2] <= 0:
+        return None
+    return moved[1] * 8 / moved[2] * max(1, round(h.concurrency or 1))

@@ -1,0 +1,294 @@
+"""Samples -> windows -> labelled windows: the one code path behind `diagnose`,
+`replay` and the daemon.
+
+A live run feeds samples as the sampler hands them over; a replay feeds the
+samples of a recording in file order. Both go through the same WindowBuilder,
+classifier and hysteresis, so a recording written in the order its samples
+were fed (the sampler's sinks are called in order) replays to the same labels.
+
+    labeller = Labeller(window_seconds=10, thresholds=th, unavailable=reasons)
+    for sample in stream:
+        for result in labeller.feed(sample):
+            print(json.dumps(result.to_json()))
+    for result in labeller.finish():
+        ...
+    verdict = overall_verdict(all_results)
+
+Recordings: put ``labeller.header_fields()`` into the record header
+(``make_header(**labeller.header_fields())``) and ``Labeller.from_header``
+restores the window length, thresholds, unavailable probes and configured
+probes on replay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.classifier import Classification, Label, classify
+from agent.hysteresis import Hysteresis, Transition
+from agent.record import ReadStats, RecordReader
+from agent.samples import Sample
+from agent.thresholds import Thresholds
+from agent.windows import WindowBuilder
+
+DEFAULT_WINDOW_SECONDS = 10.0
+DEFAULT_REORDER_SECONDS = 2.0
+#: Labels that say "no bottleneck found"; an overall verdict prefers a bottleneck
+#: seen in a good share of the windows over these.
+QUIET_LABELS = frozenset({Label.IDLE.value, Label.UNKNOWN.value})
+#: Share of the windows a bottleneck label needs to be the overall verdict
+#: over idle/unknown windows.
+OVERALL_MIN_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """One labelled window, as `replay --json` prints it (see ``to_json``)."""
+
+    start: float
+    end: float
+    label: str                 # after hysteresis: what to show and export
+    confidence: float
+    raw_label: str             # this window's own label, before hysteresis
+    raw_confidence: float
+    evidence: tuple[str, ...]
+    advice: tuple[str, ...]
+    warnings: tuple[str, ...]
+    summary: dict[str, Any]
+    probes: dict[str, str]     # probe -> "ok" / "failing: ..." / "unavailable: ..."
+    samples: int
+    late_samples: int = 0
+    hard: bool = False         # hard evidence (OOM): switched at once
+    held: bool = False         # the raw label disagreed and hysteresis kept the label
+    pending: tuple[str, int] | None = None
+    transition: Transition | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start": self.start, "end": self.end, "label": self.label,
+            "confidence": self.confidence, "evidence": list(self.evidence),
+            "raw_label": self.raw_label, "raw_confidence": self.raw_confidence,
+            "advice": list(self.advice), "warnings": list(self.warnings),
+            "summary": self.summary, "probes": self.probes, "samples": self.samples,
+            "late_samples": self.late_samples, "hard": self.hard, "held": self.held,
+            "pending": ({"label": self.pending[0], "windows": self.pending[1]}
+                        if self.pending else None),
+            "transition": self.transition.to_json() if self.transition else None,
+        }
+
+
+class Labeller:
+    """Feed samples, get labelled windows as they close.
+
+    ``unavailable``: probe name -> why it cannot run here (discovery's
+    ``check()`` reasons), so a window says "gpu unavailable: no driver" and the
+    rules treat the host as having no GPU. ``expected_probes``: the probes this
+    run built and uses; one of them with no sample in a window is ``missing``
+    (probes seen earlier in the stream count as expected too). ``origin``:
+    where windows start (default: the first sample's time). ``reorder_seconds``:
+    how late a sample may arrive and still land in its own window. Not thread
+    safe: feed it from one thread (the sampler calls its sinks in order on one).
+    """
+
+    def __init__(self, window_seconds: float = DEFAULT_WINDOW_SECONDS,
+                 thresholds: Thresholds | None = None, *,
+                 unavailable: Mapping[str, str] | None = None,
+                 expected_probes: Collection[str] = (), origin: float | None = None,
+                 reorder_seconds: float = DEFAULT_REORDER_SECONDS) -> None:
+        self.thresholds = thresholds if thresholds is not None else Thresholds()
+        self.unavailable = dict(unavailable or {})
+        self.expected_probes = tuple(sorted(expected_probes))
+        self._builder = WindowBuilder(window_seconds, origin=origin,
+                                      reorder_seconds=reorder_seconds,
+                                      unavailable=self.unavailable,
+                                      expected=self.expected_probes)
+        self._hysteresis = Hysteresis(self.thresholds.hysteresis_windows)
+        self._current_advice: tuple[str, ...] = ()
+
+    @property
+    def window_seconds(self) -> float:
+        return self._builder.window_seconds
+
+    @property
+    def transitions(self) -> list[Transition]:
+        return list(self._hysteresis.transitions)
+
+    @property
+    def late_samples(self) -> int:
+        return self._builder.late_samples
+
+    @property
+    def samples_seen(self) -> int:
+        return self._builder.samples_seen
+
+    def feed(self, sample: Sample) -> list[WindowResult]:
+        closed = self._builder.add(sample)
+        return [self._label(w) for w in closed] if closed else []
+
+    def feed_many(self, samples: Iterable[Sample]) -> list[WindowResult]:
+        """Feed a batch (the sampler's sink signature); return the windows it closed."""
+        return [self._label(w) for w in self._builder.add_many(samples)]
+
+    def finish(self) -> list[WindowResult]:
+        """Close and label every window still open (end of a run or a file)."""
+        return [self._label(w) for w in self._builder.flush()]
+
+    def run(self, samples: Iterable[Sample]) -> Iterator[WindowResult]:
+        """Label a whole stream: every window, in order, as it closes."""
+        for window in self._builder.add_iter(samples):
+            yield self._label(window)
+        yield from self.finish()
+
+    def _label(self, window: Any) -> WindowResult:
+        c: Classification = classify(window, self.thresholds)
+        d = self._hysteresis.update(c.label.value, c.confidence, window.start, c.hard)
+        evidence = c.evidence
+        advice = c.advice
+        if d.held and d.pending is not None:
+            evidence = (f"holding {d.label}: {d.pending[0]} seen in {d.pending[1]} of the "
+                        f"{self._hysteresis.hold_windows} windows needed to change",
+                        *evidence)
+            advice = self._current_advice
+        else:
+            self._current_advice = c.advice
+        return WindowResult(
+            start=window.start, end=window.end, label=d.label, confidence=d.confidence,
+            raw_label=c.label.value, raw_confidence=c.confidence, evidence=evidence,
+            advice=advice, warnings=c.warnings, summary=c.summary, probes=c.probes,
+            samples=window.sample_count, late_samples=window.late_samples, hard=c.hard,
+            held=d.held, pending=d.pending, transition=d.transition)
+
+    # -- recordings -------------------------------------------------------------------
+
+    def header_fields(self) -> dict[str, Any]:
+        """What a recording's header needs so a replay labels it the same way."""
+        return {"window_seconds": self.window_seconds,
+                "thresholds": dataclasses.asdict(self.thresholds),
+                "unavailable": dict(self.unavailable),
+                "probes": list(self.expected_probes)}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], *, window_seconds: float | None = None,
+                    thresholds: Thresholds | None = None) -> Labeller:
+        """A labeller set up as the run that wrote ``header`` was; arguments override.
+
+        Header fields this version does not know are ignored, as the record format
+        asks; a malformed known field raises agent.options.OptionError (one line).
+        """
+        from agent.options import OptionError, parse_options
+
+        if window_seconds is None:
+            raw = header.get("window_seconds", DEFAULT_WINDOW_SECONDS)
+            if isinstance(raw, bool) or not isinstance(raw, int | float) or not raw > 0:
+                raise OptionError("header.window_seconds", f"must be a positive number, got "
+                                                           f"{raw!r}")
+            window_seconds = float(raw)
+        if thresholds is None:
+            raw_th = header.get("thresholds") or {}
+            if not isinstance(raw_th, Mapping):
+                raise OptionError("header.thresholds", "must be an object")
+            known = {f.name for f in dataclasses.fields(Thresholds)}
+            thresholds = parse_options(Thresholds, {k: v for k, v in raw_th.items()
+                                                    if k in known}, prefix="header.thresholds")
+        unavailable = header.get("unavailable") or {}
+        probes = header.get("probes") or []
+        return cls(window_seconds, thresholds,
+                   unavailable={str(k): str(v) for k, v in unavailable.items()}
+                   if isinstance(unavailable, Mapping) else {},
+                   expected_probes=[str(p) for p in probes] if isinstance(probes, list) else [])
+
+
+@dataclass
+class Replay:
+    """A recording being labelled: iterate ``results``; ``stats`` fills in as it reads."""
+
+    header: dict[str, Any]
+    labeller: Labeller
+    results: Iterator[WindowResult]
+    stats: ReadStats = field(default_factory=ReadStats)
+
+
+def replay(path: str | os.PathLike[str], *, window_seconds: float | None = None,
+           thresholds: Thresholds | None = None) -> Replay:
+    """Label a recording with the same code path as a live run.
+
+    Raises agent.record.RecordError (the file is not a recording) or
+    agent.options.OptionError (its header is malformed), each one line.
+    """
+    reader = RecordReader(path)
+    try:
+        labeller = Labeller.from_header(reader.header, window_seconds=window_seconds,
+                                        thresholds=thresholds)
+    except Exception:
+        reader.close()
+        raise
+    return Replay(reader.header, labeller, labeller.run(reader), reader.stats)
+
+
+# -- the overall verdict ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verdict:
+    """One label for a whole run (`diagnose --json`'s "verdict")."""
+
+    label: str
+    confidence: float
+    reasons: tuple[str, ...]
+    advice: tuple[str, ...]
+    warnings: tuple[str, ...]
+    windows: int
+    label_windows: dict[str, int]
+    transitions: tuple[Transition, ...]
+    start: float | None
+    end: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "confidence": self.confidence,
+                "reasons": list(self.reasons), "advice": list(self.advice),
+                "warnings": list(self.warnings), "windows": self.windows,
+                "label_windows": dict(self.label_windows),
+                "transitions": [t.to_json() for t in self.transitions],
+                "start": self.start, "end": self.end}
+
+
+def overall_verdict(results: Sequence[WindowResult],
+                    transitions: Sequence[Transition] | None = None) -> Verdict:
+    """The label of a run: hard evidence (OOM) in any window wins; otherwise the
+    most frequent bottleneck label if it held in at least a quarter of the windows,
+    else the most frequent label. Confidence is the label's mean window confidence
+    times the share of windows it held."""
+    if transitions is None:
+        transitions = [r.transition for r in results if r.transition is not None]
+    if not results:
+        return Verdict(Label.UNKNOWN.value, 0.0, ("no window: no samples were labelled",),
+                       (), (), 0, {}, tuple(transitions), None, None)
+    counts = Counter(r.label for r in results)
+    weight: dict[str, float] = {}
+    for r in results:
+        weight[r.label] = weight.get(r.label, 0.0) + r.confidence
+    n = len(results)
+    hard = [r for r in results if r.hard]
+    if hard:
+        label = hard[0].raw_label
+        chosen = hard
+    else:
+        busy = [lbl for lbl in counts if lbl not in QUIET_LABELS]
+        pool = [lbl for lbl in busy if counts[lbl] >= OVERALL_MIN_SHARE * n] or list(counts)
+        label = max(pool, key=lambda lbl: (counts[lbl], weight[lbl]))
+        chosen = [r for r in results if r.label == label]
+    own = [r for r in chosen if r.raw_label == label] or chosen
+    best = max(own, key=lambda r: r.raw_confidence)
+    if hard:
+        confidence = 1.0
+        share = f"hard evidence in {len(hard)} of {n} windows"
+    else:
+        confidence = round(weight[label] / n, 2)  # mean confidence x share of windows
+        share = f"{label} in {counts[label]} of {n} windows"
+    evidence = [e for e in best.evidence if not e.startswith("holding ")][:5]
+    return Verdict(label, confidence, (share, *evidence), best.advice, best.warnings, n,
+                   dict(counts), tuple(transitions), results[0].start, results[-1].end)

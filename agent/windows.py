@@ -1,0 +1,482 @@
+"""Cut the sample stream into fixed windows and aggregate each series in a window.
+
+A *series* is one probe with one set of labels (GPU 0, NIC eth0, one HTTP
+target). For each series a window knows its samples and gives, on demand,
+count / mean / p95 / min / max / sum / last of any value, how many samples
+failed (and why) and how many active-probe runs were skipped. A window also
+knows which probes were unavailable on this host, missing from the window or
+only failing, so the classifier can say ``unknown`` honestly instead of
+guessing.
+
+Alignment and ordering (the same code for live runs and replays, so both give
+the same windows from the same sample sequence):
+
+- Window ``k`` covers ``[origin + k*w, origin + (k+1)*w)``; ``origin`` is the
+  time of the first sample fed unless given.
+- Samples may arrive out of time order (probe threads finish at different
+  times; files may be concatenated). A window stays open until the newest
+  time seen is ``reorder_seconds`` past its end, so samples up to that late
+  still land in their own window. A sample later than that, or earlier than
+  ``origin``, is counted as late and folded into the oldest window still open:
+  a slow HTTP call that reports late is still evidence, never dropped.
+- A window in which no sample fell is not emitted (nothing ran).
+
+Aggregation is lazy: a window keeps references to its samples and computes a
+value's statistics the first time someone asks, because the classifier reads a
+few dozen of the hundreds of values a window holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from operator import attrgetter
+
+from agent.samples import Sample
+
+PERCENTILE = 0.95
+SKIPPED_VALUE = "skipped"
+#: Active probes run every few minutes, not every window: their latest result
+#: is carried into later windows (with its age) instead of reported missing.
+CARRY_PROBES = frozenset({"iperf3", "download"})
+
+_by_time = attrgetter("t")
+#: Per-series memory (last window, carried results) is dropped for series not
+#: seen for this long; checked every PRUNE_EVERY_WINDOWS windows. A day, so an
+#: active probe's last result outlives any sensible max-age threshold.
+FORGET_AFTER_SECONDS = 86400.0
+PRUNE_EVERY_WINDOWS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Aggregates of one value of one series over one window."""
+
+    count: int
+    mean: float
+    p95: float
+    min: float
+    max: float
+    sum: float
+    last: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stats:
+        """Aggregate ``values`` given in time order (non-empty)."""
+        n = len(values)
+        if n == 1:
+            v = values[0]
+            return cls(1, v, v, v, v, v, v)
+        total = math.fsum(values)  # exact: ten readings of 0.8 average to 0.8, not 0.7999...
+        ordered = sorted(values)
+        return cls(n, total / n, ordered[max(1, math.ceil(PERCENTILE * n - 1e-9)) - 1],
+                   ordered[0], ordered[-1], total, values[-1])
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values: the smallest value with at least
+    ``q`` of the values at or below it. No interpolation, so it is always a value
+    that was measured (with 10 samples, p95 is the maximum)."""
+    rank = max(1, math.ceil(q * len(ordered) - 1e-9))
+    return ordered[rank - 1]
+
+
+class SeriesWindow:
+    """One series (a probe plus one set of labels) within one window.
+
+    ``samples`` are all of its samples in time order; ``ok_samples`` the
+    measurements (neither failed nor skipped); ``failed_samples`` those with an
+    error; ``skipped`` how many active-probe runs were skipped.
+    """
+
+    __slots__ = ("_rows", "_stats", "count", "failed_samples", "failures", "labels",
+                 "ok_samples", "previous", "probe", "samples", "skipped")
+
+    def __init__(self, probe: str, labels: Mapping[str, str], samples: list[Sample],
+                 previous: SeriesWindow | None = None) -> None:
+        self.probe = probe
+        self.labels = labels
+        times = [s.t for s in samples]
+        if times != sorted(times):
+            samples.sort(key=_by_time)
+        self.samples: Sequence[Sample] = samples
+        #: The same series in the window before (for counter increases), or None.
+        self.previous = previous
+        # List comprehensions rather than one loop: this runs for every series of
+        # every window, and the common case (all measured) is one C-speed pass.
+        ok = [s for s in samples if s.error is None]
+        failed = [s for s in samples if s.error is not None] if len(ok) < len(samples) else []
+        skipped = [s for s in ok if SKIPPED_VALUE in s.values]
+        if skipped:
+            ok = [s for s in ok if SKIPPED_VALUE not in s.values]
+        self.ok_samples: Sequence[Sample] = ok
+        self.failed_samples: Sequence[Sample] = failed
+        self.count = len(ok)
+        self.failures = len(failed)
+        self.skipped = len(skipped)
+        self._rows = [s.values for s in ok]
+        self._stats: dict[str, Stats | None] = {}
+
+    def errors(self, limit: int = 3) -> list[str]:
+        """Distinct error texts, most recent first."""
+        out: list[str] = []
+        for s in reversed(self.failed_samples):
+            if s.error is not None and s.error not in out:
+                out.append(s.error)
+                if len(out) >= limit:
+                    break
+        return out
+
+    @property
+    def last_t(self) -> float:
+        return (self.ok_samples or self.samples)[-1].t
+
+    def values(self, name: str) -> list[float]:
+        """The value ``name`` from every measurement that has it, in time order."""
+        rows = self._rows
+        if rows and name in rows[0] and name in rows[-1]:
+            try:
+                return [v[name] for v in rows]
+            except KeyError:
+                pass
+        return [v[name] for v in rows if name in v]  # not every measurement carries it
+
+    def stats(self, name: str) -> Stats | None:
+        """Aggregates of value ``name``; None when no measurement carried it."""
+        try:
+            return self._stats[name]
+        except KeyError:
+            pass
+        vals = self.values(name)
+        st = Stats.of(vals) if vals else None
+        self._stats[name] = st
+        return st
+
+    def mean(self, name: str) -> float | None:
+        st = self._stats.get(name)
+        if st is not None:
+            return st.mean
+        vals = self.values(name)  # no sort needed for a mean alone
+        return math.fsum(vals) / len(vals) if vals else None
+
+    def any_nonzero(self, name: str) -> bool:
+        return any(self.values(name))
+
+    def last(self, name: str) -> float | None:
+        st = self.stats(name)
+        return None if st is None else st.last
+
+    def failed_values(self, name: str) -> list[float]:
+        """Values carried by failed samples (an HTTP status that came back with an error)."""
+        return [v for s in self.failed_samples if (v := s.values.get(name)) is not None]
+
+    def increase(self, name: str) -> float | None:
+        """How much counter ``name`` grew in this window, counting from the last value
+        of the window before; a drop is a counter reset (the new value is the growth).
+        The first value ever seen is a baseline, not growth."""
+        vals = self.values(name)
+        if not vals:
+            return None
+        prev = self.previous.last(name) if self.previous is not None else None
+        grown = 0.0
+        for v in vals:
+            if prev is not None:
+                grown += v - prev if v >= prev else v
+            prev = v
+        return grown
+
+
+class ProbeState(StrEnum):
+    OK = "ok"
+    PARTIAL = "partial"          # some samples or series failed, some measured
+    FAILING = "failing"          # samples came, every one failed
+    SKIPPED = "skipped"          # an active probe that was skipped (budget, busy NIC)
+    MISSING = "missing"          # expected but no sample in this window
+    UNAVAILABLE = "unavailable"  # cannot run on this host (reason from check())
+    ABSENT = "absent"            # not configured and never seen
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeStatus:
+    state: ProbeState
+    detail: str = ""
+
+    @property
+    def has_data(self) -> bool:
+        return self.state in (ProbeState.OK, ProbeState.PARTIAL)
+
+    def __str__(self) -> str:
+        return f"{self.state.value}: {self.detail}" if self.detail else self.state.value
+
+
+class Window:
+    """All series of one window, plus what the classifier needs to know about the
+    probes that gave nothing."""
+
+    def __init__(self, start: float, end: float, series: Mapping[str, Sequence[SeriesWindow]],
+                 *, unavailable: Mapping[str, str] | None = None,
+                 expected: Collection[str] = (), carried: Sequence[SeriesWindow] = (),
+                 sample_count: int | None = None, late_samples: int = 0) -> None:
+        self.start = start
+        self.end = end
+        self.series = series
+        self.unavailable = dict(unavailable or {})
+        self.expected = frozenset(expected)
+        #: Latest results of active probes from earlier windows (see CARRY_PROBES).
+        self.carried = tuple(carried)
+        self.sample_count = (sum(len(sw.samples) for group in series.values() for sw in group)
+                             if sample_count is None else sample_count)
+        self.late_samples = late_samples
+
+    @classmethod
+    def from_samples(cls, samples: Iterable[Sample], start: float, end: float,
+                     **kwargs: object) -> Window:
+        """A window of exactly these samples (tests and one-off use)."""
+        groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[Sample]] = {}
+        for s in samples:
+            groups.setdefault((s.probe, tuple(sorted(s.labels.items()))), []).append(s)
+        series: dict[str, list[SeriesWindow]] = {}
+        for (probe, labels), group in groups.items():
+            series.setdefault(probe, []).append(SeriesWindow(probe, dict(labels), group))
+        return cls(start, end, series, **kwargs)  # type: ignore[arg-type]
+
+    def of(self, probe: str) -> Sequence[SeriesWindow]:
+        return self.series.get(probe, ())
+
+    def status(self, probe: str) -> ProbeStatus:
+        group = self.series.get(probe, ())
+        if not group:
+            if probe in self.unavailable:
+                return ProbeStatus(ProbeState.UNAVAILABLE, self.unavailable[probe])
+            if probe in self.expected:
+                return ProbeStatus(ProbeState.MISSING, "no sample in this window")
+            return ProbeStatus(ProbeState.ABSENT)
+        ok = sum(sw.count for sw in group)
+        failed = sum(sw.failures for sw in group)
+        skipped = sum(sw.skipped for sw in group)
+        errors = [e for sw in group for e in sw.errors(1)]
+        first_error = errors[0] if errors else ""
+        if ok == 0 and failed == 0:
+            return ProbeStatus(ProbeState.SKIPPED, f"{skipped} run(s) skipped")
+        if ok == 0:
+            return ProbeStatus(ProbeState.FAILING, f"{failed} of {failed} failed: {first_error}")
+        if failed:
+            return ProbeStatus(ProbeState.PARTIAL,
+                               f"{failed} of {ok + failed} failed: {first_error}")
+        return ProbeStatus(ProbeState.OK)
+
+    def statuses(self) -> dict[str, ProbeStatus]:
+        """The status of every probe this window knows of, by name."""
+        names = set(self.series) | set(self.unavailable) | self.expected
+        return {name: self.status(name) for name in sorted(names)}
+
+
+_Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class _Open:
+    __slots__ = ("count", "late", "series")
+
+    def __init__(self) -> None:
+        self.series: dict[_Key, list[Sample]] = {}
+        self.count = 0
+        self.late = 0
+
+
+class WindowBuilder:
+    """Feed samples in arrival order; get windows back as they close.
+
+    Deterministic in the sequence of samples fed: the live pipeline and a
+    replay of its recording (written in the order fed) give the same windows.
+    """
+
+    def __init__(self, window_seconds: float, *, origin: float | None = None,
+                 reorder_seconds: float = 2.0, unavailable: Mapping[str, str] | None = None,
+                 expected: Collection[str] = (),
+                 carry_probes: Collection[str] = CARRY_PROBES) -> None:
+        if not window_seconds > 0:
+            raise ValueError("window_seconds must be > 0")
+        if not reorder_seconds >= 0:
+            raise ValueError("reorder_seconds must be >= 0")
+        self.window_seconds = float(window_seconds)
+        self.reorder_seconds = float(reorder_seconds)
+        self.origin = origin
+        self.unavailable = dict(unavailable or {})
+        self._carry_probes = frozenset(carry_probes)
+        self._expected = set(expected) - self._carry_probes
+        self._open: dict[int, _Open] = {}
+        self._floor = 0                  # windows below this index are closed
+        self._watermark = -math.inf      # newest sample time seen
+        # The watermark at which window _floor closes (known once the origin is).
+        self._close_at = (math.inf if origin is None
+                          else origin + self.window_seconds + self.reorder_seconds)
+        self._canonical: dict[_Key, tuple[_Key, Mapping[str, str]]] = {}
+        self._previous: dict[_Key, SeriesWindow] = {}
+        self._carried: dict[_Key, SeriesWindow] = {}
+        self._built = 0
+        self.late_samples = 0
+        # The window the last on-time sample went to: most samples go there too.
+        self._cur = _Open()
+        self._cur_index = -1
+        self._closed_samples = 0
+        self._cur_lo = math.inf
+        self._cur_hi = -math.inf
+
+    def add(self, sample: Sample) -> list[Window]:
+        """Take one sample; return the windows this closed (usually none)."""
+        t = sample.t
+        # The common case first: the same window as the sample before.
+        acc = self._cur if self._cur_lo <= t < self._cur_hi else self._slot(t)
+        acc.count += 1
+        key = (sample.probe, tuple(sample.labels.items()))
+        group = acc.series.get(key)
+        if group is None:
+            acc.series[key] = [sample]
+        else:
+            group.append(sample)
+        if t > self._watermark:
+            self._watermark = t
+            if t >= self._close_at:
+                assert self.origin is not None
+                return self._close_before(
+                    int((t - self.reorder_seconds - self.origin) // self.window_seconds))
+        return []
+
+    def _slot(self, t: float) -> _Open:
+        """The open window a sample at ``t`` goes to, made if new."""
+        origin = self.origin
+        if origin is None:
+            origin = self.origin = t
+            self._close_at = t + self.window_seconds + self.reorder_seconds
+        index = int((t - origin) // self.window_seconds)
+        late = index < self._floor
+        if late:
+            index = self._floor
+        acc = self._open.get(index)
+        if acc is None:
+            acc = self._open[index] = _Open()
+        if late:
+            acc.late += 1
+            self.late_samples += 1
+        else:
+            self._cur = acc
+            self._cur_index = index
+            self._cur_lo = origin + index * self.window_seconds
+            self._cur_hi = self._cur_lo + self.window_seconds
+        return acc
+
+    @property
+    def samples_seen(self) -> int:
+        return self._closed_samples + sum(acc.count for acc in self._open.values())
+
+    def add_many(self, samples: Iterable[Sample]) -> list[Window]:
+        return list(self.add_iter(samples))
+
+    def add_iter(self, samples: Iterable[Sample]) -> Iterator[Window]:
+        """``add`` for a whole stream, yielding windows as they close. The same steps
+        as ``add`` with the hot state in local variables: replaying a day of samples
+        spends most of its time here."""
+        cur, lo, hi = self._cur, self._cur_lo, self._cur_hi
+        watermark, close_at = self._watermark, self._close_at
+        for sample in samples:
+            t = sample.t
+            if not lo <= t < hi:
+                self._watermark = watermark
+                acc = self._slot(t)
+                cur, lo, hi, close_at = self._cur, self._cur_lo, self._cur_hi, self._close_at
+            else:
+                acc = cur
+            acc.count += 1
+            key = (sample.probe, tuple(sample.labels.items()))
+            group = acc.series.get(key)
+            if group is None:
+                acc.series[key] = [sample]
+            else:
+                group.append(sample)
+            if t > watermark:
+                watermark = t
+                if t >= close_at:
+                    assert self.origin is not None
+                    self._watermark = watermark
+                    yield from self._close_before(
+                        int((t - self.reorder_seconds - self.origin) // self.window_seconds))
+                    cur, lo, hi = self._cur, self._cur_lo, self._cur_hi
+                    close_at = self._close_at
+        self._watermark = watermark
+
+    def flush(self) -> list[Window]:
+        """Close every open window (end of a run or of a file)."""
+        if not self._open:
+            return []
+        return self._close_before(max(self._open) + 1)
+
+    def _close_before(self, floor: int) -> list[Window]:
+        if floor <= self._floor:
+            return []
+        due = sorted(i for i in self._open if i < floor)
+        self._floor = floor
+        if self._cur_index < floor:
+            self._cur_lo, self._cur_hi = math.inf, -math.inf  # closed: stop appending to it
+        assert self.origin is not None
+        self._close_at = (self.origin + (floor + 1) * self.window_seconds
+                          + self.reorder_seconds)
+        return [self._build(i, self._open.pop(i)) for i in due]
+
+    def _build(self, index: int, acc: _Open) -> Window:
+        assert self.origin is not None
+        self._closed_samples += acc.count
+        start = self.origin + index * self.window_seconds
+        end = start + self.window_seconds
+        merged: dict[_Key, tuple[Mapping[str, str], list[Sample]]] = {}
+        for raw_key, samples in acc.series.items():
+            canon = self._canonical.get(raw_key)
+            if canon is None:
+                canon = self._canonical[raw_key] = (
+                    (raw_key[0], tuple(sorted(raw_key[1]))), dict(raw_key[1]))
+            key, labels = canon
+            if key in merged:
+                merged[key][1].extend(samples)
+            else:
+                merged[key] = (labels, samples)
+        series: dict[str, list[SeriesWindow]] = {}
+        for key, (labels, samples) in merged.items():
+            probe = key[0]
+            prev = self._previous.get(key)
+            if prev is not None:
+                prev.previous = None  # keep one window of history, not a chain
+            sw = SeriesWindow(probe, labels, samples, prev)
+            self._previous[key] = sw
+            series.setdefault(probe, []).append(sw)
+            if probe in self._carry_probes:
+                if sw.count:  # a failed or skipped run does not erase the last result
+                    self._carried[key] = sw
+            else:
+                self._expected.add(probe)
+        self._built += 1
+        if self._built % PRUNE_EVERY_WINDOWS == 0:
+            self._forget_before(start - FORGET_AFTER_SECONDS)
+        this_window = {id(sw) for group in series.values() for sw in group}
+        carried = [sw for sw in self._carried.values() if id(sw) not in this_window]
+        return Window(start, end, series, unavailable=self.unavailable,
+                      expected=self._expected, carried=carried, sample_count=acc.count,
+                      late_samples=acc.late)
+
+    def _forget_before(self, cutoff: float) -> None:
+        """Drop what is kept per series for series not seen since ``cutoff``: a daemon
+        that runs for weeks sees processes (per-pid GPU entries) come and go."""
+        gone = {key for key, sw in self._previous.items() if sw.samples[-1].t < cutoff}
+        gone |= {key for key, sw in self._carried.items() if sw.samples[-1].t < cutoff}
+        if not gone:
+            return
+        for key in gone:
+            self._previous.pop(key, None)
+            self._carried.pop(key, None)
+        self._canonical = {raw: canon for raw, canon in self._canonical.items()
+                           if canon[0] not in gone}
+
+    @property
+    def tracked_series(self) -> int:
+        """How many series the builder remembers between windows."""
+        return len(self._previous)

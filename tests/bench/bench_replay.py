@@ -1,0 +1,80 @@
+"""How fast `replay` labels a day: a synthetic 24-hour recording at 1 Hz.
+
+    python -m tests.bench.bench_replay [--hours 24] [--gpus 4] [--no-processes]
+
+Writes the recording with the real RecordWriter (not timed), then times the
+real reader alone and the whole replay (reader + windows + classifier +
+hysteresis) through agent.pipeline.replay, and prints samples per second and
+seconds per day next to the target: the whole day in under 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from agent.pipeline import replay
+from agent.record import RecordReader
+from tests.synth import write_day
+
+TARGET_SECONDS_PER_DAY = 10.0
+
+
+def _timed(fn: object) -> tuple[float, float, object]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()  # type: ignore[operator]
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hours", type=float, default=24.0)
+    ap.add_argument("--gpus", type=int, default=4)
+    ap.add_argument("--no-processes", action="store_true",
+                    help="leave out the per-process GPU samples (one per GPU per second)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs; the best is reported")
+    ap.add_argument("--keep", type=Path, help="write the recording here and keep it")
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.keep or Path(tmp) / "day.jsonl"
+        t0 = time.perf_counter()
+        n = write_day(path, hours=args.hours, gpus=args.gpus, processes=not args.no_processes)
+        per_second = n / (args.hours * 3600)
+        print(f"recording: {args.hours:g} h at 1 Hz, {args.gpus} GPUs"
+              f"{'' if args.no_processes else ' (+1 process each)'}, host, 2 NICs + TCP, "
+              f"1 HTTP call/s: {n:,} samples ({per_second:.0f}/s), "
+              f"{path.stat().st_size / 1e6:.0f} MB, written in {time.perf_counter() - t0:.1f} s")
+
+        read_runs = []
+        full_runs = []
+        labels: Counter[str] = Counter()
+        for _ in range(args.repeat):
+            read_runs.append(_timed(lambda: sum(1 for _ in RecordReader(path)))[:2])
+            # Streamed, as `replay --json` prints each window and lets it go.
+            wall, cpu, counted = _timed(lambda: Counter(r.label for r in replay(path).results))
+            full_runs.append((wall, cpu))
+            labels = counted  # type: ignore[assignment]
+
+    scale = 24.0 / args.hours
+    read_wall, read_cpu = min(read_runs)
+    full_wall, full_cpu = min(full_runs)
+    label_wall = max(0.0, full_wall - read_wall)
+    print(f"{'stage':<28}{'seconds':>9}{'samples/s':>12}{'s per day':>11}{'target':>9}")
+    for name, wall in (("reader only", read_wall), ("labelling (replay - reader)", label_wall),
+                       ("replay: reader + labelling", full_wall)):
+        print(f"{name:<28}{wall:>9.2f}{n / wall if wall else float('inf'):>12,.0f}"
+              f"{wall * scale:>11.2f}{'':>9}")
+    verdict = "met" if full_wall * scale < TARGET_SECONDS_PER_DAY else "NOT met"
+    print(f"whole day: {full_wall * scale:.2f} s (cpu {full_cpu * scale:.2f} s; reader "
+          f"cpu {read_cpu * scale:.2f} s) vs target < {TARGET_SECONDS_PER_DAY:.0f} s: {verdict}")
+    print(f"best of {args.repeat}; windows by label: {dict(sorted(labels.items()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
