@@ -20,10 +20,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-from agent.budget import bytes_in_samples, expected_bytes_of, is_skipped, skipped_sample
+from agent.budget import bytes_in_samples, expected_bytes_of, skipped_sample
 from agent.samples import Sample, one_line
 from probes.base import Probe
 
@@ -41,21 +41,23 @@ class Budget(Protocol):
     def spend(self, probe: str, bytes_used: float, /) -> None: ...
 
 
-@dataclass
-class ProbeHealth:
-    """What the exporter says about a probe: up, and failures counted by reason."""
+@dataclass(frozen=True)
+class Round:
+    """One finished (or given-up) call of one probe, for health bookkeeping.
 
-    up: bool = True
-    calls_total: int = 0
-    samples_total: int = 0
-    errors_total: dict[str, int] = field(default_factory=dict)  # reason -> count
-    last_error: str | None = None
-    last_success: float | None = None
-    last_duration_seconds: float | None = None
+    ``failure`` is None when ``sample()`` returned (its samples may still be
+    failed samples), "timeout" when the call overran its time limit, "crash"
+    when it raised.
+    """
 
-    def count_error(self, reason: str, message: str) -> None:
-        self.errors_total[reason] = self.errors_total.get(reason, 0) + 1
-        self.last_error = message
+    probe: str
+    samples: Sequence[Sample]
+    duration_seconds: float
+    failure: str | None = None
+    message: str = ""
+
+
+RoundObserver = Callable[[Round], None]
 
 
 class _Worker:
@@ -114,6 +116,7 @@ class Sampler:
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         active_interval_override: float | None = None,
+        on_round: RoundObserver | None = None,
     ) -> None:
         if interval_seconds <= 0:
             raise ValueError("interval_seconds must be > 0")
@@ -123,7 +126,7 @@ class Sampler:
         self._wall = wall_clock
         self._mono = monotonic
         self._nic_utilization: float | None = None
-        self.health: dict[str, ProbeHealth] = {}
+        self._on_round = on_round
         self._slots: list[_Slot] = []
         start = monotonic()
         for p in probes:
@@ -131,7 +134,6 @@ class Sampler:
             if p.active and active_interval_override is not None:
                 interval = active_interval_override
             self._slots.append(_Slot(p, _Worker(p.name), interval, next_due=start))
-            self.health[p.name] = ProbeHealth()
         self.samples_total = 0
 
     # -- the worker side -------------------------------------------------
@@ -175,53 +177,40 @@ class Sampler:
             if fut is None:
                 continue
             name = slot.probe.name
-            health = self.health[name]
+            duration = now - slot.started
             if fut.done():
                 slot.future = None
-                duration = now - slot.started
                 if slot.timed_out:
                     log.info("probe %s: late call returned after %.1fs (discarded)", name, duration)
                     continue
-                health.calls_total += 1
-                health.last_duration_seconds = duration
                 try:
                     samples = fut.result()
                 except Exception as exc:  # a probe bug: counted, recorded, never fatal
                     msg = f"probe crashed: {type(exc).__name__}: {one_line(exc)}"
                     log.warning("probe %s: %s", name, msg)
-                    health.count_error("crash", msg)
-                    health.up = False
                     out.append(Sample(t=self._wall(), probe=name, error=msg))
+                    self._round(Round(name, (), duration, "crash", msg))
                     continue
-                if not samples:
-                    continue
-                self._observe(name, health, samples)
+                if name == "nic":
+                    self._note_nic(samples)
+                self._round(Round(name, samples, duration))
                 out.extend(samples)
-            elif not slot.timed_out and now - slot.started > slot.probe.timeout_seconds:
+            elif not slot.timed_out and duration > slot.probe.timeout_seconds:
                 slot.timed_out = True
                 msg = f"timed out after {slot.probe.timeout_seconds:g}s"
                 log.warning("probe %s: %s", name, msg)
-                health.calls_total += 1
-                health.count_error("timeout", msg)
-                health.up = False
                 out.append(Sample(t=self._wall(), probe=name, error=msg))
+                self._round(Round(name, (), duration, "timeout", msg))
         return out
 
-    def _observe(self, name: str, health: ProbeHealth, samples: Sequence[Sample]) -> None:
-        measured = [s for s in samples if s.ok and not is_skipped(s)]
-        errors = [s for s in samples if not s.ok]
-        health.samples_total += len(samples)
-        for s in errors:
-            health.count_error("error", s.error or "")
-        if measured or (not errors):
-            health.up = True
-            health.last_success = self._wall()
-        else:
-            health.up = False
-        if name == "nic":
-            ratios = [v for s in measured for k, v in s.values.items()
-                      if k in ("rx_utilization_ratio", "tx_utilization_ratio")]
-            self._nic_utilization = max(ratios) if ratios else None
+    def _round(self, r: Round) -> None:
+        if self._on_round is not None:
+            self._on_round(r)
+
+    def _note_nic(self, samples: Sequence[Sample]) -> None:
+        ratios = [v for s in samples if s.ok for k, v in s.values.items()
+                  if k in ("rx_utilization_ratio", "tx_utilization_ratio")]
+        self._nic_utilization = max(ratios) if ratios else None
 
     def tick(self) -> list[Sample]:
         """One pass: start the due calls, wait (bounded) for them, collect what finished."""

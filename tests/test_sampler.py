@@ -7,9 +7,28 @@ import threading
 import time
 from collections.abc import Sequence
 
-from agent.sampler import Sampler
+from agent.sampler import Round, Sampler
 from agent.samples import Sample
+from agent.state import AgentState
 from tests.plugin_probes import ActiveProbe, CounterProbe, CrashingProbe, HangingProbe
+
+
+class Health:
+    """Feeds the exporter's real AgentState the way the daemon does."""
+
+    def __init__(self) -> None:
+        self.state = AgentState(interval_seconds=0.05)
+        self.rounds: list[Round] = []
+
+    def __call__(self, r: Round) -> None:
+        self.rounds.append(r)
+        if r.failure in ("timeout", "crash"):
+            self.state.record_failure(r.probe, r.failure, r.message)  # type: ignore[arg-type]
+        else:
+            self.state.record_samples(r.probe, r.samples, duration_seconds=r.duration_seconds)
+
+    def __getitem__(self, probe: str):  # type: ignore[no-untyped-def]
+        return self.state.snapshot().probes[probe]
 
 
 class Collect:
@@ -21,8 +40,8 @@ class Collect:
 
 
 def test_hanging_probe_never_stalls_the_others() -> None:
-    hanging, counter, sink = HangingProbe(), CounterProbe(), Collect()
-    sampler = Sampler([hanging, counter], interval_seconds=0.1, sinks=[sink])
+    hanging, counter, sink, health = HangingProbe(), CounterProbe(), Collect(), Health()
+    sampler = Sampler([hanging, counter], interval_seconds=0.1, sinks=[sink], on_round=health)
     try:
         started = time.monotonic()
         sampler.run(threading.Event(), duration_seconds=1.0)
@@ -35,14 +54,14 @@ def test_hanging_probe_never_stalls_the_others() -> None:
     assert elapsed < 2.5  # the hung call held nothing up
     assert len(counts) >= 6
     assert len(timeouts) == 1 and timeouts[0].error == "timed out after 0.3s"
-    health = sampler.health["hanging"]
-    assert not health.up and health.errors_total == {"timeout": 1}
-    assert sampler.health["counter"].up
+    assert not health["hanging"].up and health["hanging"].errors_total["timeout"] == 1
+    assert health["counter"].up
 
 
 def test_crash_is_a_failed_sample_and_the_loop_goes_on() -> None:
-    sink = Collect()
-    sampler = Sampler([CrashingProbe(), CounterProbe()], interval_seconds=0.05, sinks=[sink])
+    sink, health = Collect(), Health()
+    sampler = Sampler([CrashingProbe(), CounterProbe()], interval_seconds=0.05, sinks=[sink],
+                      on_round=health)
     try:
         for _ in range(3):
             sampler.tick()
@@ -52,7 +71,7 @@ def test_crash_is_a_failed_sample_and_the_loop_goes_on() -> None:
     crashes = [s for s in sink.samples if s.probe == "crashing"]
     assert len(crashes) == 3
     assert crashes[0].error == "probe crashed: ZeroDivisionError: bug in probe"
-    assert sampler.health["crashing"].errors_total == {"crash": 3}
+    assert health["crashing"].errors_total["crash"] == 3
     assert [s.values["count"] for s in sink.samples if s.probe == "counter"] == [1, 2, 3]
 
 
@@ -89,9 +108,9 @@ def test_active_probes_never_overlap_and_spend_the_budget() -> None:
 
 
 def test_refused_active_probe_records_a_skip() -> None:
-    probe, sink = ActiveProbe("a", 0.0, 10), Collect()
+    probe, sink, health = ActiveProbe("a", 0.0, 10), Collect(), Health()
     sampler = Sampler([probe], interval_seconds=0.05, sinks=[sink],
-                      budget=RecordingBudget(refuse="traffic budget used up"))
+                      budget=RecordingBudget(refuse="traffic budget used up"), on_round=health)
     try:
         sampler.tick()
     finally:
@@ -99,7 +118,8 @@ def test_refused_active_probe_records_a_skip() -> None:
     assert probe.running == []
     assert sink.samples[0].values == {"skipped": 1.0}
     assert sink.samples[0].labels == {"skip_reason": "traffic budget used up"}
-    assert sampler.health["a"].up
+    # A skip is neither a measurement nor a failure: the probe is not marked down.
+    assert health["a"].up is not False and health["a"].skips_total == {"budget": 1}
 
 
 def test_probe_interval_is_honoured() -> None:
