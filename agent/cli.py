@@ -1,27 +1,75 @@
-"""The `ai-bottleneck` command line."""
+"""The `ai-bottleneck` command line.
+
+Exit codes: 0 ok; 2 bad usage, config or input file (one clear line, no
+traceback); 1 only for real failures at run time.
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
 from agent import __version__
 from agent.logs import setup_logging
+from agent.options import parse_duration
+
+
+class Duration(click.ParamType[float]):
+    """A duration such as 20s, 500ms, 2m, 1h (a bare number is seconds)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        else:
+            try:
+                seconds = parse_duration(str(value))
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        if seconds <= 0:
+            self.fail(f"{value!r} must be longer than zero", param, ctx)
+        return seconds
+
+
+DURATION = Duration()
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"ai-bottleneck: error: {message}", err=True)
+    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ai-bottleneck")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
-def main(verbose: int) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
     """What is holding this AI service back right now: the GPU, the network, or neither?"""
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
     setup_logging(verbose)
 
 
 @main.command("probes")
-def probes_cmd() -> None:
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config file (default: $AI_BOTTLENECK_CONFIG or "
+                   "/etc/ai-bottleneck/config.toml when present).")
+def probes_cmd(config_path: Path | None) -> None:
     """List every discovered probe: usable on this host or not, and why not."""
+    from agent.config import ConfigError, load_config
     from agent.discovery import discover
 
-    found = discover(strict_options=False)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    found = discover(config.probe_option_tables, strict_options=False)
     width = max((len(d.name) for d in found), default=5)
     click.echo(f"{'PROBE':<{width}}  {'STATUS':<10}  DETAIL")
     for d in found:
@@ -29,3 +77,145 @@ def probes_cmd() -> None:
         click.echo(f"{d.name:<{width}}  {status:<10}  {d.availability.reason}")
         if d.probe is not None:
             d.probe.close()
+
+
+def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str | None,
+                   config: Any) -> dict[str, dict[str, Any]]:
+    """Command-line targets replace the config's targets for that probe."""
+    out: dict[str, dict[str, Any]] = {}
+    if urls:
+        out["http"] = {"targets": [{"url": u} for u in urls]}
+    if iperf3:
+        out["iperf3"] = {"targets": list(iperf3)}
+    if download:
+        out["download"] = {"url": download}
+    # A short diagnosis needs denser HTTP calls than the daemon's default, unless the
+    # config chose an interval itself.
+    if "interval_seconds" not in config.probe_options("http"):
+        out.setdefault("http", {})["interval_seconds"] = config.agent.interval_seconds
+    return out
+
+
+class _ProgressLine:
+    """One self-rewriting line on stderr while sampling (only on a terminal)."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, elapsed: float, total: float, last: Any) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        done = min(1.0, elapsed / total)
+        bar = "#" * int(done * width) + "-" * (width - int(done * width))
+        label = (f"{last.label} ({last.confidence:.2f})" if last is not None
+                 else "first window pending")
+        sys.stderr.write(f"\rsampling [{bar}] {elapsed:4.0f}/{total:.0f} s  current: {label}   ")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 100 + "\r")
+            sys.stderr.flush()
+
+
+@main.command("diagnose")
+@click.option("--duration", type=DURATION, default="60s", show_default=True,
+              help="How long to sample.")
+@click.option("--window", type=DURATION, default=None,
+              help="Window length (default: the config's, 10s).")
+@click.option("--url", "urls", multiple=True, metavar="URL",
+              help="Time HTTP calls to this URL (repeatable).")
+@click.option("--iperf3", "iperf3", multiple=True, metavar="HOST",
+              help="Measure throughput to this iperf3 server (repeatable).")
+@click.option("--download", metavar="URL", help="Measure download throughput from this URL.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config file (default: $AI_BOTTLENECK_CONFIG or "
+                   "/etc/ai-bottleneck/config.toml when present).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--record", "record_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keep the raw samples in this file (JSON Lines; .gz compresses).")
+def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
+                 iperf3: tuple[str, ...], download: str | None, config_path: Path | None,
+                 as_json: bool, record_path: Path | None) -> None:
+    """Sample this host for a while and say what holds the service back."""
+    from agent.config import ConfigError, load_config
+    from agent.diagnose import run_diagnose
+    from agent.record import RecordError
+    from agent.report import render
+    from agent.session import build_probes
+
+    try:
+        config = load_config(config_path)
+        window_seconds = window or config.agent.window_seconds
+        if window_seconds > duration:
+            raise click.BadParameter(
+                f"the window ({window_seconds:g}s) is longer than the duration "
+                f"({duration:g}s)", param_hint="--window")
+        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config))
+    except ConfigError as exc:
+        _fail(str(exc))
+    progress = _ProgressLine() if not as_json else None
+    try:
+        result = run_diagnose(config, probe_set, duration_seconds=duration,
+                              window_seconds=window_seconds, record_path=record_path,
+                              progress=progress)
+    except RecordError as exc:
+        _fail(str(exc))
+    finally:
+        if progress is not None:
+            progress.done()
+    windows = [w.to_json() for w in result.windows]
+    if as_json:
+        click.echo(json.dumps({"windows": windows, "verdict": result.verdict.to_json(),
+                               "not_measured": result.unavailable,
+                               "interrupted": result.interrupted}))
+    else:
+        click.echo(render(windows, result.verdict.to_json(), title=result.title(),
+                          not_measured=result.unavailable, notes=result.notes), nl=False)
+
+
+@main.command("replay")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--window", type=DURATION, default=None,
+              help="Window length (default: the recording's).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per window per line.")
+def replay_cmd(file: Path, window: float | None, as_json: bool) -> None:
+    """Label a recording with the same windows and classifier as a live run."""
+    from agent.options import OptionError
+    from agent.pipeline import overall_verdict, replay
+    from agent.record import RecordError
+    from agent.report import render
+
+    try:
+        run = replay(file, window_seconds=window)
+    except (RecordError, OptionError) as exc:
+        _fail(f"{file}: {exc}" if isinstance(exc, OptionError) else str(exc))
+    results = []
+    for r in run.results:
+        results.append(r)
+        if as_json:
+            click.echo(json.dumps(r.to_json()))
+    stats = run.stats
+    notes = []
+    if stats.malformed:
+        notes.append(f"{stats.malformed} malformed lines skipped (first at line "
+                     f"{stats.first_bad_lines[0]})")
+    if run.labeller.late_samples:
+        notes.append(f"{run.labeller.late_samples} samples out of time order were counted in "
+                     f"the oldest open window")
+    if as_json:
+        for n in notes:
+            click.echo(f"ai-bottleneck: {n}", err=True)
+        return
+    verdict = overall_verdict(results, run.labeller.transitions)
+    header = run.header
+    title = (f"ai-bottleneck replay of {file}: {stats.samples} samples, {len(results)} windows"
+             f" (recorded on {header.get('host', 'an unknown host')})")
+    click.echo(render([r.to_json() for r in results], verdict.to_json(), title=title,
+                      not_measured=run.labeller.unavailable, notes=notes), nl=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

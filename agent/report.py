@@ -191,7 +191,10 @@ def render(windows: Sequence[Mapping[str, Any]], verdict: Mapping[str, Any], *,
     advice = list(verdict.get("advice", []))
     if advice:
         out += ["", "ADVICE"] + [f"  - {a}" for a in advice]
-    warnings = list(verdict.get("warnings", []))
+    # "probe X unavailable: ..." warnings repeat the NOT MEASURED section below.
+    warnings = [w for w in verdict.get("warnings", [])
+                if not any(str(w).startswith(f"probe {name} unavailable")
+                           for name in not_measured)]
     if warnings:
         out += ["", "WARNINGS"] + [f"  - {w}" for w in warnings]
     if not_measured:

@@ -1,0 +1,125 @@
+"""`ai-bottleneck diagnose`: sample for a while, label the windows, give a verdict."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from agent.budget import ActiveBudget
+from agent.config import Config
+from agent.pipeline import Labeller, Verdict, WindowResult, overall_verdict
+from agent.record import RecordWriter, make_header
+from agent.sampler import Sampler
+from agent.samples import Sample
+from agent.session import ProbeSet
+
+Progress = Callable[[float, float, WindowResult | None], None]
+
+
+@dataclass
+class DiagnoseResult:
+    windows: list[WindowResult]
+    verdict: Verdict
+    unavailable: dict[str, str]
+    probes: list[str]
+    started: float
+    ended: float
+    samples: int
+    interrupted: bool = False
+    record_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def title(self) -> str:
+        span = self.ended - self.started
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        cut = " (ended early by Ctrl-C)" if self.interrupted else ""
+        return (f"ai-bottleneck diagnose on {socket.gethostname()}: {span:.0f} s from {when}, "
+                f"{len(self.windows)} windows{cut}; probes: {', '.join(self.probes) or 'none'}")
+
+
+class _StopOnSigint:
+    """The first Ctrl-C ends sampling early (the report still comes); a second one
+    interrupts at once."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.hit = False
+        self._old: object = None
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+        self.stop.set()
+
+    def __enter__(self) -> _StopOnSigint:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)  # type: ignore[arg-type]
+
+
+def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float,
+                 window_seconds: float, record_path: Path | None = None,
+                 progress: Progress | None = None,
+                 stop: threading.Event | None = None) -> DiagnoseResult:
+    """Run the probes for ``duration_seconds`` and label what they saw.
+
+    Active probes (iperf3, downloads) run once, at the start, under the traffic
+    budget. Samples are recorded (when asked) in exactly the order they are
+    labelled, so `replay` of the recording gives the same labels.
+    """
+    stop = stop or threading.Event()
+    labeller = Labeller(window_seconds, config.thresholds, unavailable=probe_set.unavailable,
+                        expected_probes=probe_set.names)
+    recorder = (RecordWriter(record_path, make_header(mode="diagnose",
+                                                      **labeller.header_fields()))
+                if record_path is not None else None)
+    results: list[WindowResult] = []
+    count = 0
+
+    def sink(batch: Sequence[Sample]) -> None:
+        nonlocal count
+        count += len(batch)
+        if recorder is not None:
+            recorder.write_many(batch)
+        results.extend(labeller.feed_many(batch))
+
+    budget = ActiveBudget.from_options(config.budget) if config.budget is not None else None
+    sampler = Sampler(probe_set.probes, config.agent.interval_seconds, [sink], budget=budget,
+                      active_interval_override=max(duration_seconds, 1.0))
+    started = time.time()
+
+    def tick() -> None:
+        if progress is not None:
+            progress(time.time() - started, duration_seconds, results[-1] if results else None)
+
+    guard = _StopOnSigint(stop)
+    try:
+        with guard:
+            sampler.run(stop, duration_seconds=duration_seconds, on_tick=tick)
+    finally:
+        sampler.close()
+        results.extend(labeller.finish())
+        if recorder is not None:
+            recorder.close()
+    ended = time.time()
+    notes = []
+    if labeller.late_samples:
+        notes.append(f"{labeller.late_samples} samples arrived late and were counted in the "
+                     f"oldest open window")
+    if record_path is not None:
+        notes.append(f"raw samples recorded to {record_path} (replay with "
+                     f"`ai-bottleneck replay {record_path}`)")
+    return DiagnoseResult(results, overall_verdict(results, labeller.transitions),
+                          dict(probe_set.unavailable), probe_set.names, started, ended, count,
+                          interrupted=guard.hit, record_path=record_path, notes=notes)
