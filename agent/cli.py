@@ -217,5 +217,36 @@ def replay_cmd(file: Path, window: float | None, as_json: bool) -> None:
                       not_measured=run.labeller.unavailable, notes=notes), nl=False)
 
 
+@main.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config file (default: $AI_BOTTLENECK_CONFIG or "
+                   "/etc/ai-bottleneck/config.toml when present).")
+@click.option("--listen", metavar="ADDR:PORT",
+              help="Serve /metrics here (default: the config's, :19466).")
+@click.option("--web.config.file", "web_config_file",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="TLS and basic-auth settings, in the Prometheus exporter web config format.")
+@click.pass_context
+def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
+            web_config_file: Path | None) -> None:
+    """Run the agent: sample continuously, label windows, serve Prometheus metrics."""
+    from agent.config import ConfigError
+    from agent.daemon import Agent
+    from agent.exporter import ListenError
+    from agent.webconfig import WebConfigError
+
+    setup_logging(ctx.obj.get("verbose", 0) if ctx.obj else 0, daemon=True)
+    try:
+        agent = Agent(config_path, listen=listen, web_config_file=web_config_file)
+    except (ConfigError, WebConfigError) as exc:
+        _fail(str(exc))
+    try:
+        agent.serve()
+    except (ConfigError, WebConfigError) as exc:
+        _fail(str(exc))
+    except ListenError as exc:
+        _fail(str(exc), code=1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,246 @@
+"""`ai-bottleneck run`: the always-on agent.
+
+Samples on the configured schedule in a background thread (never on scrape),
+labels each window, keeps the exporter's state current and serves /metrics.
+
+Signals: SIGTERM/SIGINT finish the open window, flush the recording and exit
+0; SIGHUP reloads the config without dropping the endpoint (a bad new config
+is refused with one log line and the old one keeps running).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from agent.budget import ActiveBudget
+from agent.config import Config, ConfigError, load_config
+from agent.exporter import MetricsServer
+from agent.pipeline import Labeller, WindowResult
+from agent.record import RecordError, RecordWriter, make_header
+from agent.sampler import Round, Sampler
+from agent.samples import Sample
+from agent.session import ProbeSet, build_probes
+from agent.state import AgentState
+from probes.iperf3_server import Iperf3Server
+
+log = logging.getLogger("ai_bottleneck.agent")
+
+
+def _fresh_record_path(path: Path) -> Path:
+    """Never overwrite an earlier recording: a taken name gets a time suffix."""
+    if not path.exists() or path.stat().st_size == 0:
+        return path
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    name = path.name
+    for ext in (".jsonl.gz", ".jsonl", ".gz"):
+        if name.endswith(ext):
+            return path.with_name(f"{name[: -len(ext)]}-{stamp}{ext}")
+    return path.with_name(f"{name}-{stamp}")
+
+
+@dataclass
+class _Run:
+    """What one config builds: probes, labeller, sampler, recorder, iperf3 server."""
+
+    config: Config
+    probes: ProbeSet
+    labeller: Labeller
+    sampler: Sampler
+    recorder: RecordWriter | None
+    servers: list[Iperf3Server]
+    thread: threading.Thread | None = None
+    stop: threading.Event | None = None
+
+
+class Agent:
+    """The daemon. ``start()`` then ``wait()``; signals drive stop and reload."""
+
+    def __init__(self, config_path: Path | None, *, listen: str | None = None,
+                 web_config_file: Path | None = None) -> None:
+        self.config_path = config_path
+        self._listen_override = listen
+        self._web_override = web_config_file
+        self.config = self._load()
+        self.state = AgentState.from_config(self.config.agent)
+        self.server = MetricsServer(self.state, self.config.agent.listen,
+                                    self.config.agent.web_config_file)
+        self._run: _Run | None = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+
+    def _load(self) -> Config:
+        config = load_config(self.config_path)
+        overrides: dict[str, object] = {}
+        if self._listen_override is not None:
+            overrides["listen"] = self._listen_override
+        if self._web_override is not None:
+            overrides["web_config_file"] = self._web_override
+        if overrides:
+            config = config.with_agent("--listen/--web.config.file", **overrides)
+        return config
+
+    # -- building and running one config -------------------------------------------
+
+    def _build(self, config: Config) -> _Run:
+        probes = build_probes(config)
+        labeller = Labeller(config.agent.window_seconds, config.thresholds,
+                            unavailable=probes.unavailable, expected_probes=probes.names)
+        recorder = None
+        if config.agent.record_file is not None:
+            path = _fresh_record_path(config.agent.record_file)
+            try:
+                recorder = RecordWriter(path, make_header(mode="run",
+                                                          **labeller.header_fields()))
+            except RecordError as exc:
+                probes.close()
+                raise ConfigError(config.source, "agent.record_file", str(exc)) from None
+            log.info("recording samples to %s", path)
+        budget = ActiveBudget.from_options(config.budget) if config.budget is not None else None
+        servers = [s for p in probes.probes
+                   if (s := getattr(p, "make_server", lambda: None)()) is not None]
+
+        def on_samples(batch: Sequence[Sample]) -> None:
+            if recorder is not None:
+                recorder.write_many(batch)
+            for result in labeller.feed_many(batch):
+                self._publish(result)
+
+        sampler = Sampler(probes.probes, config.agent.interval_seconds, [on_samples],
+                          budget=budget, on_round=self._on_round)
+        return _Run(config, probes, labeller, sampler, recorder, servers)
+
+    def _on_round(self, r: Round) -> None:
+        if r.failure == "timeout":
+            self.state.record_failure(r.probe, "timeout", r.message,
+                                      duration_seconds=r.duration_seconds)
+        elif r.failure == "crash":
+            self.state.record_failure(r.probe, "crash", r.message,
+                                      duration_seconds=r.duration_seconds)
+        else:
+            self.state.record_samples(r.probe, r.samples, duration_seconds=r.duration_seconds)
+
+    def _publish(self, result: WindowResult) -> None:
+        self.state.record_window(result.label, result.confidence, result.start, result.end,
+                                 len(result.evidence))
+        change = result.transition.to_json() if result.transition is not None else None
+        log.info("window %s..%s: %s (%.2f)%s",
+                 time.strftime("%H:%M:%S", time.localtime(result.start)),
+                 time.strftime("%H:%M:%S", time.localtime(result.end)), result.label,
+                 result.confidence,
+                 f"; changed from {change['from']}" if change and change.get("from") else "")
+
+    def _register(self, run: _Run) -> None:
+        for p in run.probes.probes:
+            self.state.register_probe(p.name, usable=True, interval_seconds=p.interval_seconds,
+                                      active=p.active)
+        for name, reason in run.probes.unavailable.items():
+            self.state.register_probe(name, usable=False, reason=reason)
+            log.info("probe %s not running: %s", name, reason)
+
+    def _launch(self, run: _Run) -> None:
+        for server in run.servers:
+            problem = server.start()
+            if problem:
+                log.warning("iperf3 server for peers: %s", problem)
+        run.stop = threading.Event()
+        stop = run.stop
+
+        def loop() -> None:
+            def tick() -> None:
+                for server in run.servers:
+                    server.ensure_running()
+            run.sampler.run(stop, on_tick=tick if run.servers else None)
+
+        run.thread = threading.Thread(target=loop, name="sampler", daemon=True)
+        run.thread.start()
+        log.info("sampling every %gs, %gs windows; probes: %s", run.config.agent.interval_seconds,
+                 run.config.agent.window_seconds, ", ".join(run.probes.names) or "none")
+
+    def _finish(self, run: _Run) -> None:
+        """Stop sampling, label the open window, flush and close the recording."""
+        if run.stop is not None:
+            run.stop.set()
+        if run.thread is not None:
+            run.thread.join(timeout=run.config.agent.interval_seconds + 5)
+            if run.thread.is_alive():
+                log.warning("sampling loop did not stop in time; finishing without it")
+        run.sampler.close()
+        for result in run.labeller.finish():
+            self._publish(result)
+        if run.recorder is not None:
+            run.recorder.close()
+        for server in run.servers:
+            server.stop()
+        run.probes.close()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the endpoint and start sampling; raises ConfigError/ListenError."""
+        run = self._build(self.config)
+        try:
+            self.server.start()
+        except Exception:
+            run.probes.close()
+            if run.recorder is not None:
+                run.recorder.close()
+            raise
+        self._register(run)
+        self._launch(run)
+        self._run = run
+        log.info("ai-bottleneck agent started; config %s", self.config.source)
+
+    def reload(self) -> bool:
+        """Re-read the config; on success swap the sampling run, keeping the endpoint."""
+        try:
+            config = self._load()
+            new = self._build(config)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return False
+        if (config.agent.listen, config.agent.web_config_file) != (
+                self.config.agent.listen, self.config.agent.web_config_file):
+            log.warning("listen address and web config change only on restart")
+        old = self._run
+        if old is not None:
+            self._finish(old)
+        self.config = config
+        self._register(new)
+        self._launch(new)
+        self._run = new
+        log.info("config reloaded from %s", config.source)
+        return True
+
+    def stop(self) -> None:
+        if self._run is not None:
+            self._finish(self._run)
+            self._run = None
+        self.server.stop()
+        log.info("ai-bottleneck agent stopped")
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+        else:
+            self._stop.set()
+
+    def serve(self) -> None:
+        """Run until SIGTERM/SIGINT; reload on SIGHUP. Call from the main thread."""
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self.start()
+        try:
+            while not self._stop.is_set():
+                self._stop.wait(0.5)
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+        finally:
+            self.stop()
