@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 NAME = "iperf3"
 DEFAULT_PORT = 5201
 BUSY_MARKER = "server is busy"
+#: Between two tests an iperf3 server closes and reopens its listener; a client that
+#: arrives then is reset. Like "busy", that is worth a retry after a back-off.
+TRANSIENT_MARKERS = (BUSY_MARKER, "Connection reset by peer")
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,8 @@ class Options:
         min=1, max=60, doc="time beyond connect + omit + duration for iperf3 to exchange "
                            "results; after it the process is killed"))
     busy_retries: int = field(default=2, metadata=bounds(
-        min=0, max=10, doc="retries when the peer is busy running another test"))
+        min=0, max=10, doc="retries when the peer is busy running another test or resets "
+            "the connection between two tests"))
     busy_backoff_seconds: float = field(default=2.0, metadata=bounds(
         min=0, max=60, doc="a busy peer is retried after a random wait between half and all "
                            "of this, doubled on each retry"))
@@ -276,11 +280,11 @@ class Iperf3Probe:
                 values = parse_result(self._run(target))
             except Iperf3Error as exc:
                 message = str(exc)
-                busy = BUSY_MARKER in message
+                busy = any(marker in message for marker in TRANSIENT_MARKERS)
                 if busy and attempts <= self.options.busy_retries:
                     wait = self._backoff(attempts)
-                    log.info("iperf3 %s: server busy, retry %d in %.1f s", target.label,
-                             attempts, wait)
+                    log.info("iperf3 %s: server busy, retry %d in %.1f s (%s)", target.label,
+                             attempts, wait, message)
                     if not self._closing.wait(wait):
                         continue
                 if busy and attempts > 1:

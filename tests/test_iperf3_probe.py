@@ -247,6 +247,35 @@ def test_busy_server_retried_then_given_up(server: Callable[[], int], spawn: Spa
     assert time.monotonic() - started < 8
 
 
+def test_a_reset_between_tests_is_retried_like_busy() -> None:
+    """A server between two tests resets new clients; that is retried, then given up."""
+    import struct
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        resets = 0
+
+        def reset_clients() -> None:
+            nonlocal resets
+            for _ in range(2):
+                with suppress(OSError):
+                    conn, _ = listener.accept()
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    conn.close()
+                    resets += 1
+
+        t = threading.Thread(target=reset_clients, daemon=True)
+        t.start()
+        [sample] = probe_for(port, busy_retries=1, busy_backoff_seconds=0.1).sample()
+        t.join(timeout=10)
+    assert not sample.ok and sample.error is not None
+    assert "Connection reset by peer" in sample.error and "(2 tries)" in sample.error
+    assert resets == 2
+
+
 def test_busy_server_retried_until_free(server: Callable[[], int], spawn: Spawn,
                                         caplog: pytest.LogCaptureFixture) -> None:
     port = server()
