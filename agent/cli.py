@@ -119,6 +119,11 @@ def probes_cmd(config_path: Path | None) -> None:
             d.probe.close()
 
 
+#: The probe option each target flag replaces, for errors that name the flag.
+FLAG_OPTIONS = {("http", "targets"): "--url", ("iperf3", "targets"): "--iperf3",
+                ("download", "url"): "--download"}
+
+
 def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str | None,
                    config: Any) -> dict[str, dict[str, Any]]:
     """Command-line targets replace the config's targets for that probe."""
@@ -194,7 +199,8 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
             raise click.BadParameter(
                 f"{whose}, {window_seconds:g}s, is longer than the duration "
                 f"({duration:g}s)", param_hint="--window")
-        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config))
+        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config),
+                                 origins=FLAG_OPTIONS)
     except ConfigError as exc:
         _fail(str(exc))
     progress = _ProgressLine() if not as_json else None
