@@ -16,6 +16,7 @@ import click
 from agent import __version__
 from agent.logs import setup_logging
 from agent.options import parse_duration
+from agent.samples import one_line
 
 
 class Duration(click.ParamType[float]):
@@ -45,7 +46,46 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _UsageLine(click.ClickException):
+    """A usage error shown as one line, like every other error of this command."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"ai-bottleneck: error: {self.format_message()}", err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    # The group with no command still shows its help (click >= 8.2 raises this for it).
+    no_args = getattr(click.exceptions, "NoArgsIsHelpError", None)
+    shows_help = no_args is not None and isinstance(exc, no_args)
+    if shows_help:
+        return exc
+    ctx = exc.ctx
+    where = f"{ctx.info_name}: " if ctx is not None and ctx.parent is not None else ""
+    see = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return _UsageLine(where + one_line(exc.format_message(), limit=500).rstrip(".") + see)
+
+
+class _Group(click.Group):
+    """Bad arguments give one line and exit 2, as the design asks of every bad input;
+    click's default prints a usage block, a hint and the error over four lines."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ai-bottleneck")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.pass_context
@@ -77,6 +117,11 @@ def probes_cmd(config_path: Path | None) -> None:
         click.echo(f"{d.name:<{width}}  {status:<10}  {d.availability.reason}")
         if d.probe is not None:
             d.probe.close()
+
+
+#: The probe option each target flag replaces, for errors that name the flag.
+FLAG_OPTIONS = {("http", "targets"): "--url", ("iperf3", "targets"): "--iperf3",
+                ("download", "url"): "--download"}
 
 
 def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str | None,
@@ -149,10 +194,13 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
         config = load_config(config_path)
         window_seconds = window or config.agent.window_seconds
         if window_seconds > duration:
+            whose = ("the window" if window else
+                     "the window from the config ([agent] window_seconds)")
             raise click.BadParameter(
-                f"the window ({window_seconds:g}s) is longer than the duration "
+                f"{whose}, {window_seconds:g}s, is longer than the duration "
                 f"({duration:g}s)", param_hint="--window")
-        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config))
+        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config),
+                                 origins=FLAG_OPTIONS)
     except ConfigError as exc:
         _fail(str(exc))
     progress = _ProgressLine() if not as_json else None

@@ -34,9 +34,13 @@ class DiagnoseResult:
     interrupted: bool = False
     record_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    duration_seconds: float | None = None
 
     def title(self) -> str:
-        span = self.ended - self.started
+        # A full run's windows cover the duration asked for; its last sampling round
+        # is one interval before the end (see run_diagnose).
+        span = (self.duration_seconds if self.duration_seconds is not None
+                and not self.interrupted else self.ended - self.started)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
         cut = " (ended early by Ctrl-C)" if self.interrupted else ""
         return (f"ai-bottleneck diagnose on {socket.gethostname()}: {span:.0f} s from {when}, "
@@ -79,8 +83,13 @@ def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float
     labelled, so `replay` of the recording gives the same labels.
     """
     stop = stop or threading.Event()
+    # Windows start when sampling starts, not at the first sample fed: the first
+    # round's samples are stamped by several probe threads, and those stamped a
+    # little before the first one handed over would count as late. The header
+    # carries the origin so a replay cuts the same windows.
+    started = time.time()
     labeller = Labeller(window_seconds, config.thresholds, unavailable=probe_set.unavailable,
-                        expected_probes=probe_set.names)
+                        expected_probes=probe_set.names, origin=started)
     recorder = (RecordWriter(record_path, make_header(mode="diagnose",
                                                       **labeller.header_fields()))
                 if record_path is not None else None)
@@ -95,9 +104,15 @@ def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float
         results.extend(labeller.feed_many(batch))
 
     budget = ActiveBudget.from_options(config.budget) if config.budget is not None else None
-    sampler = Sampler(probe_set.probes, config.agent.interval_seconds, [sink], budget=budget,
+    interval = config.agent.interval_seconds
+    sampler = Sampler(probe_set.probes, interval, [sink], budget=budget,
                       active_interval_override=max(duration_seconds, 1.0))
-    started = time.time()
+    # The sampler rounds at 0, i, 2i, ... and ends with the first round at or past
+    # the duration it is given. Given the whole duration it would sample once more
+    # at its very end, and that round opens a window past the run holding one
+    # reading per probe (8 s in 2 s windows gave 5 windows, the last judged on one
+    # sample). One interval less keeps every round inside the duration.
+    sampling_seconds = max(duration_seconds - interval, 0.0)
 
     def tick() -> None:
         if progress is not None:
@@ -106,7 +121,7 @@ def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float
     guard = _StopOnSigint(stop)
     try:
         with guard:
-            sampler.run(stop, duration_seconds=duration_seconds, on_tick=tick)
+            sampler.run(stop, duration_seconds=sampling_seconds, on_tick=tick)
     finally:
         sampler.close()
         results.extend(labeller.finish())
@@ -122,4 +137,5 @@ def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float
                      f"`ai-bottleneck replay {record_path}`)")
     return DiagnoseResult(results, overall_verdict(results, labeller.transitions),
                           dict(probe_set.unavailable), probe_set.names, started, ended, count,
-                          interrupted=guard.hit, record_path=record_path, notes=notes)
+                          interrupted=guard.hit, record_path=record_path, notes=notes,
+                          duration_seconds=duration_seconds)

@@ -16,13 +16,14 @@ were fed (the sampler's sinks are called in order) replays to the same labels.
 
 Recordings: put ``labeller.header_fields()`` into the record header
 (``make_header(**labeller.header_fields())``) and ``Labeller.from_header``
-restores the window length, thresholds, unavailable probes and configured
-probes on replay.
+restores the window length, thresholds, unavailable probes, configured
+probes and a fixed window origin on replay.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -101,6 +102,7 @@ class Labeller:
                  expected_probes: Collection[str] = (), origin: float | None = None,
                  reorder_seconds: float = DEFAULT_REORDER_SECONDS) -> None:
         self.thresholds = thresholds if thresholds is not None else Thresholds()
+        self.origin = origin
         self.unavailable = dict(unavailable or {})
         self.expected_probes = tuple(sorted(expected_probes))
         self._builder = WindowBuilder(window_seconds, origin=origin,
@@ -167,10 +169,15 @@ class Labeller:
 
     def header_fields(self) -> dict[str, Any]:
         """What a recording's header needs so a replay labels it the same way."""
-        return {"window_seconds": self.window_seconds,
-                "thresholds": dataclasses.asdict(self.thresholds),
-                "unavailable": dict(self.unavailable),
-                "probes": list(self.expected_probes)}
+        fields: dict[str, Any] = {"window_seconds": self.window_seconds,
+                                  "thresholds": dataclasses.asdict(self.thresholds),
+                                  "unavailable": dict(self.unavailable),
+                                  "probes": list(self.expected_probes)}
+        if self.origin is not None:
+            # Without it a replay starts its windows at the first sample in the file,
+            # which is not where a live run that fixed its origin started them.
+            fields["origin"] = self.origin
+        return fields
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any], *, window_seconds: float | None = None,
@@ -195,9 +202,15 @@ class Labeller:
             known = {f.name for f in dataclasses.fields(Thresholds)}
             thresholds = parse_options(Thresholds, {k: v for k, v in raw_th.items()
                                                     if k in known}, prefix="header.thresholds")
+        origin = header.get("origin")
+        if origin is not None and (isinstance(origin, bool) or not isinstance(origin, int | float)
+                                   or not math.isfinite(origin)):
+            raise OptionError("header.origin", f"must be a number of unix seconds, got "
+                                               f"{origin!r}")
         unavailable = header.get("unavailable") or {}
         probes = header.get("probes") or []
         return cls(window_seconds, thresholds,
+                   origin=float(origin) if origin is not None else None,
                    unavailable={str(k): str(v) for k, v in unavailable.items()}
                    if isinstance(unavailable, Mapping) else {},
                    expected_probes=[str(p) for p in probes] if isinstance(probes, list) else [])
