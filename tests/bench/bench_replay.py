@@ -5,12 +5,15 @@
 Writes the recording with the real RecordWriter (not timed), then times the
 real reader alone and the whole replay (reader + windows + classifier +
 hysteresis) through agent.pipeline.replay, and prints samples per second and
-seconds per day next to the target: the whole day in under 10 s.
+seconds per day next to the target: the whole day in under 10 s. The reader
+decodes lines with orjson where installed; the reader with the standard
+library's decoder (its fallback) is timed too, for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -18,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from agent.pipeline import replay
-from agent.record import RecordReader
+from agent.record import RecordReader, default_loads
 from tests.synth import write_day
 
 TARGET_SECONDS_PER_DAY = 10.0
@@ -50,11 +53,17 @@ def main(argv: list[str] | None = None) -> int:
               f"1 HTTP call/s: {n:,} samples ({per_second:.0f}/s), "
               f"{path.stat().st_size / 1e6:.0f} MB, written in {time.perf_counter() - t0:.1f} s")
 
+        loads = default_loads()
+        print(f"decoder: {getattr(loads, '__module__', '?')}.{loads.__name__}")
         read_runs = []
+        stdlib_runs = []
         full_runs = []
         labels: Counter[str] = Counter()
         for _ in range(args.repeat):
             read_runs.append(_timed(lambda: sum(1 for _ in RecordReader(path)))[:2])
+            if loads is not json.loads:
+                stdlib_runs.append(_timed(
+                    lambda: sum(1 for _ in RecordReader(path, loads=json.loads)))[:2])
             # Streamed, as `replay --json` prints each window and lets it go.
             wall, cpu, counted = _timed(lambda: Counter(r.label for r in replay(path).results))
             full_runs.append((wall, cpu))
@@ -64,9 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     read_wall, read_cpu = min(read_runs)
     full_wall, full_cpu = min(full_runs)
     label_wall = max(0.0, full_wall - read_wall)
+    rows = [("reader only", read_wall)]
+    if stdlib_runs:
+        rows.append(("reader only, stdlib json", min(stdlib_runs)[0]))
+    rows += [("labelling (replay - reader)", label_wall), ("replay: reader + labelling", full_wall)]
     print(f"{'stage':<28}{'seconds':>9}{'samples/s':>12}{'s per day':>11}{'target':>9}")
-    for name, wall in (("reader only", read_wall), ("labelling (replay - reader)", label_wall),
-                       ("replay: reader + labelling", full_wall)):
+    for name, wall in rows:
         print(f"{name:<28}{wall:>9.2f}{n / wall if wall else float('inf'):>12,.0f}"
               f"{wall * scale:>11.2f}{'':>9}")
     verdict = "met" if full_wall * scale < TARGET_SECONDS_PER_DAY else "NOT met"
