@@ -61,7 +61,9 @@ def _open_text(path: Path, mode: str) -> IO[str]:
 
 
 class RecordWriter:
-    """Append samples to a recording; every line is flushed so a crash loses at most one sample."""
+    """Append samples to a recording. ``write_many`` (what the sampling loop calls with
+    each batch) and ``flush`` push the lines to the file, so a crash loses at most the
+    batch being written."""
 
     def __init__(self, path: str | os.PathLike[str], header: Mapping[str, Any] | None = None):
         self.path = Path(path)

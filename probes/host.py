@@ -47,7 +47,7 @@ PSI_KINDS = ("some", "full")
 
 @dataclass(frozen=True)
 class Options:
-    """The host probe has no options: each pass reads five small /proc files."""
+    """The host probe has no options: each pass reads six small /proc files."""
 
 
 @dataclass(frozen=True, slots=True)
