@@ -212,6 +212,7 @@ class Agent:
         if old is not None:
             self._finish(old)
         self.config = config
+        self.state.apply_config(config.agent)
         self._register(new)
         self._launch(new)
         self._run = new

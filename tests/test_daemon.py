@@ -278,6 +278,46 @@ def test_sigterm_flushes_the_recording_and_it_replays_to_the_same_windows(
     assert windows[-1]["start"] <= last_sample <= windows[-1]["end"]
 
 
+def test_sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one(
+        start: Callable[..., Daemon], nvml_state: Path, tmp_path: Path) -> None:
+    daemon = start(FAST + QUIET, env_for(nvml_state), journal=True)
+    config = tmp_path / "config-0.toml"
+    conn = daemon.connect()  # one keep-alive connection across both reloads
+    try:
+        families = scrape_until(conn, lambda f: value(f, "ai_bottleneck_probe_up",
+                                                      probe="nic") == 1.0, "nic up")
+        assert value(families, "ai_bottleneck_sampling_interval_seconds") == 0.25
+
+        config.write_text('[agent]\ninterval_seconds = "often"\n')
+        daemon.proc.send_signal(signal.SIGHUP)
+        refused = daemon.wait_log("reload refused")
+        assert len(refused) == 1 and refused[0].startswith("<3>")
+        assert f"{config}: agent.interval_seconds:" in refused[0]
+        status, body = scrape(conn)
+        assert status == 200 and daemon.proc.poll() is None
+        assert value(parse(body), "ai_bottleneck_sampling_interval_seconds") == 0.25
+
+        config.write_text("[agent]\ninterval_seconds = 0.5\nwindow_seconds = 2\n"
+                          "[probes.nic]\nenabled = false\n" + QUIET)
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.wait_log("config reloaded")[0].startswith("<6>")
+        status, body = scrape(conn)
+        assert status == 200
+        families = parse(body)
+        assert value(families, "ai_bottleneck_probe_usable", probe="nic") == 0.0
+        assert value(families, "ai_bottleneck_probe_usable", probe="gpu") == 1.0
+        # The endpoint shows the settings it now runs with.
+        assert value(families, "ai_bottleneck_sampling_interval_seconds") == 0.5
+        assert value(families, "ai_bottleneck_window_length_seconds") == 2.0
+    finally:
+        conn.close()
+    assert daemon.stop() == 0
+    # Logs journald reads well: a priority prefix on every line, no timestamps of ours.
+    lines = daemon.log().splitlines()
+    assert lines and all(re.match(r"<[0-7]>\S", line) for line in lines), lines
+    assert not any(re.match(r"<\d>\d{4}-\d\d-\d\d", line) for line in lines)
+
+
 PASSWORD = "correct horse battery staple"
 
 
