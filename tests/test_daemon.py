@@ -420,3 +420,24 @@ def test_config_errors_are_one_line_and_exit_2(tmp_path: Path, nvml_state: Path)
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
+
+
+def test_the_error_line_carries_a_priority_under_journald(tmp_path: Path,
+                                                          nvml_state: Path) -> None:
+    def stderr_of(journal_stream: Callable[[os.stat_result], str]) -> list[str]:
+        with open(tmp_path / "stderr", "wb") as err_file:
+            env = {**env_for(nvml_state),
+                   "JOURNAL_STREAM": journal_stream(os.fstat(err_file.fileno()))}
+            result = subprocess.run([entry_point(), "run", "--config",
+                                     str(tmp_path / "absent.toml")], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err_file, timeout=60, check=False)
+        assert result.returncode == 2
+        return (tmp_path / "stderr").read_text().splitlines()
+
+    lines = stderr_of(lambda st: f"{st.st_dev}:{st.st_ino}")
+    assert len(lines) == 1 and lines[0].startswith("<3>ai-bottleneck: error: "), lines
+    # Inherited from a service but stderr is elsewhere (a shell in a desktop terminal):
+    # plain text, no priority prefix.
+    lines = stderr_of(lambda st: f"{st.st_dev}:{st.st_ino + 1}")
+    assert len(lines) == 1 and lines[0].startswith("ai-bottleneck: error: "), lines
