@@ -16,6 +16,7 @@ import contextlib
 import html
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -448,8 +449,13 @@ class MetricsServer:
         try:
             sock = _listen_socket(self._host, self._port)
         except OSError as exc:
-            raise ListenError(f"cannot listen on {self.listen}: "
-                              f"{exc.strerror or exc}") from None
+            # The plain reason: socket.create_server's own text repeats the address
+            # as a Python tuple.
+            if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+                reason = os.strerror(exc.errno)
+            else:
+                reason = exc.strerror or str(exc)
+            raise ListenError(f"cannot listen on {self.listen}: {reason}") from None
         self._server = _HTTPServer(sock, self.guard, self.exposition,
                                    max_connections=self._max_connections,
                                    idle_timeout=self._timeouts[0],

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -441,3 +442,18 @@ def test_the_error_line_carries_a_priority_under_journald(tmp_path: Path,
     # plain text, no priority prefix.
     lines = stderr_of(lambda st: f"{st.st_dev}:{st.st_ino + 1}")
     assert len(lines) == 1 and lines[0].startswith("ai-bottleneck: error: "), lines
+
+
+def test_listen_port_in_use_is_one_line_and_a_failure(tmp_path: Path,
+                                                      nvml_state: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "ok.toml").write_text(QUIET)
+        code, _out, err = finish(run_once(["--config", str(tmp_path / "ok.toml"),
+                                           "--listen", f"127.0.0.1:{port}"],
+                                          env_for(nvml_state)))
+    assert code not in (0, 2)
+    assert err.strip().splitlines() == [
+        f"ai-bottleneck: error: cannot listen on 127.0.0.1:{port}: Address already in use"]
