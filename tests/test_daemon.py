@@ -30,6 +30,7 @@ import bcrypt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.daemon import _fresh_record_path
 from agent.discovery import GROUP
 from agent.state import LABELS
 from probes.nvml import BACKEND_ENV
@@ -457,3 +458,19 @@ def test_listen_port_in_use_is_one_line_and_a_failure(tmp_path: Path,
     assert code not in (0, 2)
     assert err.strip().splitlines() == [
         f"ai-bottleneck: error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+# -- recordings never overwrite one another --------------------------------------------
+
+
+def test_a_new_recording_never_overwrites_an_earlier_one(tmp_path: Path) -> None:
+    path = tmp_path / "agent.jsonl"
+    now = 1_800_000_000.0
+    taken: set[Path] = set()
+    for _ in range(3):  # three reloads within one second
+        fresh = _fresh_record_path(path, now=now)
+        assert fresh not in taken and not fresh.exists()
+        assert fresh.name.startswith("agent") and fresh.name.endswith(".jsonl")
+        fresh.write_text("{}\n")
+        taken.add(fresh)
+
