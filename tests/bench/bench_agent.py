@@ -10,6 +10,8 @@ collectors), each on a free loopback port, and prints for each:
   same client scraping them in turn, ``--scrapes`` times each; a scrape is
   request sent to body read; Prometheus's Accept header, no compression;
 - scrapes per second on one connection, back to back, for each in turn;
+- server CPU per scrape: the endpoint's utime+stime over the scrapes in turn,
+  divided by their number (what other load on the machine does not inflate);
 - CPU seconds per hour and % of one core: utime+stime from /proc/PID/stat
   over an idle period of ``--seconds`` (no scrapes; the agent samples at 1 Hz);
 - RSS (VmRSS) at the end, from /proc/PID/status.
@@ -76,6 +78,7 @@ class Target:
     latencies: list[float] = field(default_factory=list)
     body_bytes: int = 0
     rate: float = 0.0
+    cpu_per_scrape: float = 0.0
     cpu_seconds: float = 0.0
     idle_seconds: float = 0.0
     rss_bytes: int = 0
@@ -170,11 +173,14 @@ def measure_scrapes(targets: list[Target], scrapes: int) -> None:
         for t in targets:  # open the connection, warm caches
             for _ in range(20):
                 get(conns[t.name])
+        cpu_before = {t.name: cpu_seconds(t.proc.pid) for t in targets}
         for _ in range(scrapes):  # in turn, so both see the same machine load
             for t in targets:
                 t0 = time.perf_counter()
                 t.body_bytes = get(conns[t.name])
                 t.latencies.append(time.perf_counter() - t0)
+        for t in targets:  # the server's own CPU: a figure other load does not inflate
+            t.cpu_per_scrape = (cpu_seconds(t.proc.pid) - cpu_before[t.name]) / scrapes
         for t in targets:  # back to back on one connection
             n, t0 = 0, time.perf_counter()
             while n < scrapes and time.perf_counter() - t0 < 10:
@@ -222,6 +228,8 @@ def report(agent: Target, node: Target | None, seconds: float) -> None:
         f"<= {TARGET_P99_MS:g} ms and <= {TARGET_P99_SHARE:g}x node",
         a99 <= TARGET_P99_MS and (n99 is None or a99 <= TARGET_P99_SHARE * n99))
     row("scrapes/s (one conn)", agent.rate, node.rate if node else None, ".0f", "")
+    row("server CPU per scrape (ms)", agent.cpu_per_scrape * 1e3,
+        node.cpu_per_scrape * 1e3 if node else None, ".3f", "")
     row("CPU s/hour (idle, 1 Hz)", cpu_per_hour(agent),
         cpu_per_hour(node) if node else None, ".1f", "")
     share = agent.cpu_seconds / agent.idle_seconds
