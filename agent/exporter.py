@@ -40,11 +40,17 @@ from agent.webconfig import WebGuard, peer_sans
 log = logging.getLogger(__name__)
 
 Plan = tuple[tuple[bool, str], ...]
-_Points = dict[m.Metric, dict[tuple[str, ...], tuple[float, float]]]
+# Points by metric name (a str caches its hash; the Metric dataclass hashes all its
+# fields on every lookup), then label values -> (sample time, value).
+_Points = dict[str, dict[tuple[str, ...], tuple[float, float]]]
+# One object per distinct label plan, so the routes of one series that share a plan
+# (all of a GPU's values) share its label values too (see _series_points).
+_PLANS: dict[Plan, Plan] = {}
 
 
 def _compile(route: m.Route) -> tuple[m.Metric, float, Plan]:
-    return route.metric, route.scale, route.label_plan()
+    plan = route.label_plan()
+    return route.metric, route.scale, _PLANS.setdefault(plan, plan)
 
 
 _ROUTES = {probe: {value: _compile(r) for value, r in table.items()}
@@ -53,6 +59,10 @@ _PROCESS_ROUTES = {value: _compile(r) for value, r in m.GPU_PROCESS_ROUTES.items
 _UP_ROUTES = {probe: _compile(r) for probe, r in m.UP_ROUTES.items()}
 _GPU_INFO = _compile(m.Route(m.GPU_INFO))
 _CLOCKS_EVENT_PLAN = m.Route(m.GPU_CLOCKS_EVENT).label_plan()
+# The clocks-event labels are the GPU's, with "reason" among them: split around it.
+_REASON_AT = [label for _const, label in _CLOCKS_EVENT_PLAN].index("reason")
+_CLOCKS_EVENT_HEAD = _CLOCKS_EVENT_PLAN[:_REASON_AT]
+_CLOCKS_EVENT_TAIL = _CLOCKS_EVENT_PLAN[_REASON_AT + 1:]
 
 
 def _labels(plan: Plan, labels: Any) -> tuple[str, ...]:
@@ -63,7 +73,9 @@ def _put(points: _Points, metric: m.Metric, labelvalues: tuple[str, ...], t: flo
          value: float) -> None:
     # Two series can land on one label set (a GPU's failed sample and its last good
     # one, for a moment): the newer sample wins, so the output has no duplicates.
-    bucket = points.setdefault(metric, {})
+    bucket = points.get(metric.name)
+    if bucket is None:
+        bucket = points[metric.name] = {}
     old = bucket.get(labelvalues)
     if old is None or old[0] <= t:
         bucket[labelvalues] = (t, value)
@@ -73,6 +85,8 @@ def _series_points(series: Iterator[Series]) -> _Points:
     points: _Points = {}
     for s in series:
         labels, t = s.labels, s.t
+        by_plan: dict[int, tuple[str, ...]] = {}  # id(plan) -> this series' label values
+        event_labels: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         if s.probe == "gpu" and "pid" in labels:
             routes = _PROCESS_ROUTES
         else:
@@ -86,13 +100,18 @@ def _series_points(series: Iterator[Series]) -> _Points:
             route = routes.get(name)
             if route is not None:
                 metric, scale, plan = route
-                _put(points, metric, _labels(plan, labels), t, value * scale)
+                lv = by_plan.get(id(plan))
+                if lv is None:
+                    lv = by_plan[id(plan)] = _labels(plan, labels)
+                _put(points, metric, lv, t, value * scale)
             elif (s.probe == "gpu" and name.startswith(m.CLOCKS_EVENT_PREFIX)
                   and name.endswith(m.CLOCKS_EVENT_SUFFIX) and routes is not _PROCESS_ROUTES):
                 reason = name[len(m.CLOCKS_EVENT_PREFIX):-len(m.CLOCKS_EVENT_SUFFIX)]
-                lv = tuple(reason if label == "reason" else labels.get(label, "")
-                           for _const, label in _CLOCKS_EVENT_PLAN)
-                _put(points, m.GPU_CLOCKS_EVENT, lv, t, value)
+                if event_labels is None:
+                    event_labels = (_labels(_CLOCKS_EVENT_HEAD, labels),
+                                    _labels(_CLOCKS_EVENT_TAIL, labels))
+                head, tail = event_labels
+                _put(points, m.GPU_CLOCKS_EVENT, (*head, reason, *tail), t, value)
     return points
 
 
@@ -171,7 +190,7 @@ class Collector(CollectorBase):
         _probe_points(points, snap)
         out: Families = []
         for metric in m.METRICS:
-            bucket = points.get(metric)
+            bucket = points.get(metric.name)
             if bucket:
                 out.append((metric, [(lv, v) for lv, (_t, v) in bucket.items()]))
         return out
@@ -188,11 +207,15 @@ class Collector(CollectorBase):
         the closing ``# EOF`` (the caller appends more families, then that)."""
         headers = _OM_HEADERS if openmetrics else _TEXT_HEADERS
         out: list[str] = []
+        escaped: dict[tuple[str, ...], tuple[str, ...]] = {}  # one GPU's labels: many lines
         for metric, samples in self.families():
-            out.append(headers[metric])
-            template = _LINE_TEMPLATES[metric]
+            out.append(headers[metric.name])
+            template = _LINE_TEMPLATES[metric.name]
             for lv, value in samples:
-                out.append(template % (*map(_escape, lv), _number(value)))
+                esc = escaped.get(lv)
+                if esc is None:
+                    esc = escaped[lv] = tuple(map(_escape, lv))
+                out.append(template % (*esc, _number(value)))
         return "".join(out)
 
 
@@ -219,14 +242,15 @@ def _help(text: str, openmetrics: bool) -> str:
 # of its sample line. OpenMetrics names a counter family without "_total"; its samples
 # keep it.
 _LINE_TEMPLATES = {
-    metric: metric.name + ("{" + ",".join(f'{label}="%s"' for label in metric.labels) + "}"
-                           if metric.labels else "") + " %s\n"
+    metric.name: metric.name + ("{" + ",".join(f'{label}="%s"' for label in metric.labels)
+                                + "}" if metric.labels else "") + " %s\n"
     for metric in m.METRICS}
-_TEXT_HEADERS = {metric: f"# HELP {metric.name} {_help(metric.help, False)}\n"
-                         f"# TYPE {metric.name} {metric.kind}\n" for metric in m.METRICS}
-_OM_HEADERS = {metric: f"# HELP {metric.name.removesuffix('_total')} {_help(metric.help, True)}\n"
-                       f"# TYPE {metric.name.removesuffix('_total')} {metric.kind}\n"
-               for metric in m.METRICS}
+_TEXT_HEADERS = {metric.name: f"# HELP {metric.name} {_help(metric.help, False)}\n"
+                              f"# TYPE {metric.name} {metric.kind}\n" for metric in m.METRICS}
+_OM_HEADERS = {
+    metric.name: f"# HELP {metric.name.removesuffix('_total')} {_help(metric.help, True)}\n"
+                 f"# TYPE {metric.name.removesuffix('_total')} {metric.kind}\n"
+    for metric in m.METRICS}
 
 
 def build_registry(state: AgentState, *, process_metrics: bool = True) -> CollectorRegistry:
@@ -275,6 +299,10 @@ _LANDING = """<!doctype html>
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
+    # Buffered: the status line, headers and body of a response leave in one send
+    # (handle_one_request flushes after each request) instead of one for the
+    # headers and one for the body.
+    wbufsize = 64 * 1024
     server_version = f"ai-bottleneck/{__version__}"
     sys_version = ""
     server: _HTTPServer
@@ -319,7 +347,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        if log.isEnabledFor(logging.DEBUG):  # called for every request: format only if kept
+            log.debug("%s %s", self.address_string(), format % args)
 
 
 class _HTTPServer(ThreadingHTTPServer):
