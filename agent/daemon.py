@@ -118,6 +118,8 @@ class Agent:
                 recorder.write_many(batch)
             for result in labeller.feed_many(batch):
                 self._publish(result)
+            # Render the new samples' metric lines here, once per round, not per scrape.
+            self.server.exposition.prepare()
 
         sampler = Sampler(probes.probes, config.agent.interval_seconds, [on_samples],
                           budget=budget, on_round=self._on_round)

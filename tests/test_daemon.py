@@ -32,9 +32,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.daemon import _fresh_record_path
 from agent.discovery import GROUP
+from agent.exporter import Collector
+from agent.samples import Sample
 from agent.state import LABELS
 from probes.nvml import BACKEND_ENV
 from tests.fakes.fake_nvml import BACKEND_SPEC, STATE_ENV, make_gpus, update_gpu, write_state
+from tests.test_exporter import Clock, full_state
 from tests.tlsfiles import make_pki
 
 REPO = Path(__file__).resolve().parent.parent
@@ -474,3 +477,36 @@ def test_a_new_recording_never_overwrites_an_earlier_one(tmp_path: Path) -> None
         fresh.write_text("{}\n")
         taken.add(fresh)
 
+
+
+# -- lines rendered by the sampling thread ahead of the scrapes ---------------------------
+
+
+def test_prepared_lines_render_exactly_as_lines_made_at_the_scrape() -> None:
+    clock = Clock()
+    state = full_state(clock, gpus=3)
+    state.record_window("gpu_bound", 0.8, clock() - 10, clock())
+
+    def fresh(openmetrics: bool) -> str:
+        return Collector(state).render(openmetrics)
+
+    collector = Collector(state)
+    collector.prepare()
+    for openmetrics in (False, True):
+        assert collector.render(openmetrics) == fresh(openmetrics)
+    # Recorded after prepare(): the scrape renders those series itself.
+    clock.t += 1
+    state.record_samples("host", [Sample(clock(), "host", {}, {"cpu_utilization_ratio": 0.75})])
+    assert "ai_bottleneck_host_cpu_utilization_ratio 0.75\n" in collector.render()
+    assert collector.render() == fresh(False)
+    # A GPU that fails ends its good series at once, prepared or not.
+    state.record_samples("gpu", [Sample(clock(), "gpu", {"gpu": "1", "uuid": "GPU-0001"},
+                                        error="GPU is lost")])
+    assert collector.render() == fresh(False)
+    collector.prepare()
+    assert collector.render() == fresh(False)
+    assert 'ai_bottleneck_gpu_up{gpu="1",uuid="GPU-0001"} 0.0\n' in collector.render()
+    # Series that went stale leave the output though their lines were prepared.
+    clock.t += 3600
+    assert "ai_bottleneck_gpu_memory_used_bytes" not in collector.render()
+    assert collector.render() == fresh(False)
