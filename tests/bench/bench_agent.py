@@ -9,7 +9,8 @@ collectors), each on a free loopback port, and prints for each:
 - scrape latency p50/p99: one keep-alive HTTP/1.1 connection to each, the
   same client scraping them in turn, ``--scrapes`` times each; a scrape is
   request sent to body read; Prometheus's Accept header, no compression;
-- scrapes per second on one connection, back to back, for each in turn;
+- scrapes per second on one connection, back to back, for each in turn (and
+  the latencies of those scrapes, with the other endpoint quiet);
 - server CPU per scrape: the endpoint's utime+stime over the scrapes in turn,
   divided by their number (what other load on the machine does not inflate);
 - CPU seconds per hour and % of one core: utime+stime from /proc/PID/stat
@@ -76,6 +77,7 @@ class Target:
     proc: subprocess.Popen[bytes]
     port: int
     latencies: list[float] = field(default_factory=list)
+    alone: list[float] = field(default_factory=list)
     body_bytes: int = 0
     rate: float = 0.0
     cpu_per_scrape: float = 0.0
@@ -184,7 +186,9 @@ def measure_scrapes(targets: list[Target], scrapes: int) -> None:
         for t in targets:  # back to back on one connection
             n, t0 = 0, time.perf_counter()
             while n < scrapes and time.perf_counter() - t0 < 10:
+                t1 = time.perf_counter()
                 get(conns[t.name])
+                t.alone.append(time.perf_counter() - t1)
                 n += 1
             t.rate = n / (time.perf_counter() - t0)
     finally:
@@ -228,6 +232,10 @@ def report(agent: Target, node: Target | None, seconds: float) -> None:
         f"<= {TARGET_P99_MS:g} ms and <= {TARGET_P99_SHARE:g}x node",
         a99 <= TARGET_P99_MS and (n99 is None or a99 <= TARGET_P99_SHARE * n99))
     row("scrapes/s (one conn)", agent.rate, node.rate if node else None, ".0f", "")
+    row("  p50 back to back (ms)", percentile(agent.alone, 0.5) * 1e3,
+        percentile(node.alone, 0.5) * 1e3 if node else None, ".3f", "")
+    row("  p99 back to back (ms)", percentile(agent.alone, 0.99) * 1e3,
+        percentile(node.alone, 0.99) * 1e3 if node else None, ".3f", "")
     row("server CPU per scrape (ms)", agent.cpu_per_scrape * 1e3,
         node.cpu_per_scrape * 1e3 if node else None, ".3f", "")
     row("CPU s/hour (idle, 1 Hz)", cpu_per_hour(agent),
