@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import click
 
 from agent import __version__
-from agent.logs import setup_logging
+from agent.logs import setup_logging, stderr_is_journal
 from agent.options import parse_duration
 from agent.samples import one_line
 
@@ -42,7 +42,10 @@ DURATION = Duration()
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"ai-bottleneck: error: {message}", err=True)
+    # Under systemd the line journald files is the reason the service failed: give it
+    # the error priority, as the log lines carry theirs (agent.logs).
+    priority = "<3>" if stderr_is_journal() else ""
+    click.echo(f"{priority}ai-bottleneck: error: {message}", err=True)
     sys.exit(code)
 
 

@@ -33,16 +33,23 @@ from probes.iperf3_server import Iperf3Server
 log = logging.getLogger("ai_bottleneck.agent")
 
 
-def _fresh_record_path(path: Path) -> Path:
-    """Never overwrite an earlier recording: a taken name gets a time suffix."""
+def _fresh_record_path(path: Path, now: float | None = None) -> Path:
+    """Never overwrite an earlier recording: a taken name gets a time suffix, and a
+    counter after it when that name is taken too (two reloads within one second)."""
     if not path.exists() or path.stat().st_size == 0:
         return path
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    name = path.name
-    for ext in (".jsonl.gz", ".jsonl", ".gz"):
-        if name.endswith(ext):
-            return path.with_name(f"{name[: -len(ext)]}-{stamp}{ext}")
-    return path.with_name(f"{name}-{stamp}")
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
+    stem, ext = path.name, ""
+    for known in (".jsonl.gz", ".jsonl", ".gz"):
+        if stem.endswith(known):
+            stem, ext = stem[: -len(known)], known
+            break
+    candidate = path.with_name(f"{stem}-{stamp}{ext}")
+    n = 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{stem}-{stamp}-{n}{ext}")
+    return candidate
 
 
 @dataclass
@@ -111,6 +118,8 @@ class Agent:
                 recorder.write_many(batch)
             for result in labeller.feed_many(batch):
                 self._publish(result)
+            # Render the new samples' metric lines here, once per round, not per scrape.
+            self.server.exposition.prepare()
 
         sampler = Sampler(probes.probes, config.agent.interval_seconds, [on_samples],
                           budget=budget, on_round=self._on_round)
@@ -212,6 +221,7 @@ class Agent:
         if old is not None:
             self._finish(old)
         self.config = config
+        self.state.apply_config(config.agent)
         self._register(new)
         self._launch(new)
         self._run = new

@@ -16,6 +16,7 @@ import contextlib
 import html
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -39,11 +40,17 @@ from agent.webconfig import WebGuard, peer_sans
 log = logging.getLogger(__name__)
 
 Plan = tuple[tuple[bool, str], ...]
-_Points = dict[m.Metric, dict[tuple[str, ...], tuple[float, float]]]
+# Points by metric name (a str caches its hash; the Metric dataclass hashes all its
+# fields on every lookup), then label values -> (sample time, value).
+_Points = dict[str, dict[tuple[str, ...], tuple[float, float]]]
+# One object per distinct label plan, so the routes of one series that share a plan
+# (all of a GPU's values) share its label values too (see _series_points).
+_PLANS: dict[Plan, Plan] = {}
 
 
 def _compile(route: m.Route) -> tuple[m.Metric, float, Plan]:
-    return route.metric, route.scale, route.label_plan()
+    plan = route.label_plan()
+    return route.metric, route.scale, _PLANS.setdefault(plan, plan)
 
 
 _ROUTES = {probe: {value: _compile(r) for value, r in table.items()}
@@ -52,6 +59,10 @@ _PROCESS_ROUTES = {value: _compile(r) for value, r in m.GPU_PROCESS_ROUTES.items
 _UP_ROUTES = {probe: _compile(r) for probe, r in m.UP_ROUTES.items()}
 _GPU_INFO = _compile(m.Route(m.GPU_INFO))
 _CLOCKS_EVENT_PLAN = m.Route(m.GPU_CLOCKS_EVENT).label_plan()
+# The clocks-event labels are the GPU's, with "reason" among them: split around it.
+_REASON_AT = [label for _const, label in _CLOCKS_EVENT_PLAN].index("reason")
+_CLOCKS_EVENT_HEAD = _CLOCKS_EVENT_PLAN[:_REASON_AT]
+_CLOCKS_EVENT_TAIL = _CLOCKS_EVENT_PLAN[_REASON_AT + 1:]
 
 
 def _labels(plan: Plan, labels: Any) -> tuple[str, ...]:
@@ -62,7 +73,9 @@ def _put(points: _Points, metric: m.Metric, labelvalues: tuple[str, ...], t: flo
          value: float) -> None:
     # Two series can land on one label set (a GPU's failed sample and its last good
     # one, for a moment): the newer sample wins, so the output has no duplicates.
-    bucket = points.setdefault(metric, {})
+    bucket = points.get(metric.name)
+    if bucket is None:
+        bucket = points[metric.name] = {}
     old = bucket.get(labelvalues)
     if old is None or old[0] <= t:
         bucket[labelvalues] = (t, value)
@@ -72,6 +85,8 @@ def _series_points(series: Iterator[Series]) -> _Points:
     points: _Points = {}
     for s in series:
         labels, t = s.labels, s.t
+        by_plan: dict[int, tuple[str, ...]] = {}  # id(plan) -> this series' label values
+        event_labels: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         if s.probe == "gpu" and "pid" in labels:
             routes = _PROCESS_ROUTES
         else:
@@ -85,13 +100,18 @@ def _series_points(series: Iterator[Series]) -> _Points:
             route = routes.get(name)
             if route is not None:
                 metric, scale, plan = route
-                _put(points, metric, _labels(plan, labels), t, value * scale)
+                lv = by_plan.get(id(plan))
+                if lv is None:
+                    lv = by_plan[id(plan)] = _labels(plan, labels)
+                _put(points, metric, lv, t, value * scale)
             elif (s.probe == "gpu" and name.startswith(m.CLOCKS_EVENT_PREFIX)
                   and name.endswith(m.CLOCKS_EVENT_SUFFIX) and routes is not _PROCESS_ROUTES):
                 reason = name[len(m.CLOCKS_EVENT_PREFIX):-len(m.CLOCKS_EVENT_SUFFIX)]
-                lv = tuple(reason if label == "reason" else labels.get(label, "")
-                           for _const, label in _CLOCKS_EVENT_PLAN)
-                _put(points, m.GPU_CLOCKS_EVENT, lv, t, value)
+                if event_labels is None:
+                    event_labels = (_labels(_CLOCKS_EVENT_HEAD, labels),
+                                    _labels(_CLOCKS_EVENT_TAIL, labels))
+                head, tail = event_labels
+                _put(points, m.GPU_CLOCKS_EVENT, (*head, reason, *tail), t, value)
     return points
 
 
@@ -144,18 +164,59 @@ def _family(metric: m.Metric) -> GaugeMetricFamily | CounterMetricFamily:
     return GaugeMetricFamily(metric.name, metric.help, labels=metric.labels)
 
 
+# One series' sample lines: (metric name, label values, sample time, line).
+_SeriesLines = tuple[tuple[str, tuple[str, ...], float, str], ...]
+# Lines by metric name, then label values -> (sample time, line).
+_Lines = dict[str, dict[tuple[str, ...], tuple[float, str]]]
+
+
+def _line(name: str, labelvalues: tuple[str, ...], value: float) -> str:
+    return _LINE_TEMPLATES[name] % (*map(_escape, labelvalues), _number(value))
+
+
+def _series_lines(series: Series) -> _SeriesLines:
+    points = _series_points(iter((series,)))
+    return tuple((name, lv, t, _line(name, lv, v))
+                 for name, bucket in points.items() for lv, (t, v) in bucket.items())
+
+
+def _merge(lines: _Lines, name: str, labelvalues: tuple[str, ...], t: float, line: str) -> None:
+    # As _put: where two series give one label set, the newer sample wins.
+    bucket = lines.get(name)
+    if bucket is None:
+        bucket = lines[name] = {}
+    old = bucket.get(labelvalues)
+    if old is None or old[0] <= t:
+        bucket[labelvalues] = (t, line)
+
+
 class Collector(CollectorBase):
     """Builds every ai_bottleneck_* family from ``state.snapshot()`` at each scrape.
 
     ``collect()`` gives prometheus_client families (registries, tests,
     ``get_sample_value``); ``render()`` writes the same points straight to
     the exposition formats, several times faster than the generic encoder,
-    which is what keeps a scrape of an 8-GPU host cheap.
+    which is what keeps a scrape of an 8-GPU host cheap. ``prepare()``, called
+    by the writer after it records samples, renders the new series' lines
+    ahead of the scrapes, so a scrape mostly joins text.
     """
 
     def __init__(self, state: AgentState, clock: Callable[[], float] | None = None):
         self._state = state
         self._clock = clock or state.clock
+        # id(series) -> (the series, its lines). The entry holds the series, so its id
+        # cannot be reused while the entry lives; lookups check identity anyway.
+        self._prepared: dict[int, tuple[Series, _SeriesLines]] = {}
+
+    def prepare(self) -> None:
+        """Render the lines of every series new since the last call, on the caller's
+        thread. Series recorded since then are rendered by the scrape itself."""
+        old = self._prepared
+        fresh: dict[int, tuple[Series, _SeriesLines]] = {}
+        for s in self._state.snapshot().series.values():
+            entry = old.get(id(s))
+            fresh[id(s)] = entry if entry is not None and entry[0] is s else (s, _series_lines(s))
+        self._prepared = fresh  # one reference swap: scrapes see the old dict or this one
 
     def describe(self) -> list[Metric]:
         # Registration must not run collect(): the families vary with the state.
@@ -170,7 +231,7 @@ class Collector(CollectorBase):
         _probe_points(points, snap)
         out: Families = []
         for metric in m.METRICS:
-            bucket = points.get(metric)
+            bucket = points.get(metric.name)
             if bucket:
                 out.append((metric, [(lv, v) for lv, (_t, v) in bucket.items()]))
         return out
@@ -185,13 +246,28 @@ class Collector(CollectorBase):
     def render(self, openmetrics: bool = False) -> str:
         """The families as Prometheus text format 0.0.4, or OpenMetrics 1.0 without
         the closing ``# EOF`` (the caller appends more families, then that)."""
+        snap = self._state.snapshot()
+        now = self._clock()
+        prepared = self._prepared
+        lines: _Lines = {}
+        for s in snap.live_series(now):
+            entry = prepared.get(id(s))
+            for name, lv, t, line in (entry[1] if entry is not None and entry[0] is s
+                                      else _series_lines(s)):
+                _merge(lines, name, lv, t, line)
+        points: _Points = {}
+        _agent_points(points, snap, now)
+        _probe_points(points, snap)
+        for name, bucket in points.items():
+            for lv, (t, v) in bucket.items():
+                _merge(lines, name, lv, t, _line(name, lv, v))
         headers = _OM_HEADERS if openmetrics else _TEXT_HEADERS
         out: list[str] = []
-        for metric, samples in self.families():
-            out.append(headers[metric])
-            template = _LINE_TEMPLATES[metric]
-            for lv, value in samples:
-                out.append(template % (*map(_escape, lv), _number(value)))
+        for metric in m.METRICS:
+            found = lines.get(metric.name)
+            if found:
+                out.append(headers[metric.name])
+                out.extend(line for _t, line in found.values())
         return "".join(out)
 
 
@@ -218,14 +294,15 @@ def _help(text: str, openmetrics: bool) -> str:
 # of its sample line. OpenMetrics names a counter family without "_total"; its samples
 # keep it.
 _LINE_TEMPLATES = {
-    metric: metric.name + ("{" + ",".join(f'{label}="%s"' for label in metric.labels) + "}"
-                           if metric.labels else "") + " %s\n"
+    metric.name: metric.name + ("{" + ",".join(f'{label}="%s"' for label in metric.labels)
+                                + "}" if metric.labels else "") + " %s\n"
     for metric in m.METRICS}
-_TEXT_HEADERS = {metric: f"# HELP {metric.name} {_help(metric.help, False)}\n"
-                         f"# TYPE {metric.name} {metric.kind}\n" for metric in m.METRICS}
-_OM_HEADERS = {metric: f"# HELP {metric.name.removesuffix('_total')} {_help(metric.help, True)}\n"
-                       f"# TYPE {metric.name.removesuffix('_total')} {metric.kind}\n"
-               for metric in m.METRICS}
+_TEXT_HEADERS = {metric.name: f"# HELP {metric.name} {_help(metric.help, False)}\n"
+                              f"# TYPE {metric.name} {metric.kind}\n" for metric in m.METRICS}
+_OM_HEADERS = {
+    metric.name: f"# HELP {metric.name.removesuffix('_total')} {_help(metric.help, True)}\n"
+                 f"# TYPE {metric.name.removesuffix('_total')} {metric.kind}\n"
+    for metric in m.METRICS}
 
 
 def build_registry(state: AgentState, *, process_metrics: bool = True) -> CollectorRegistry:
@@ -248,6 +325,10 @@ class Exposition:
         self._process = CollectorRegistry(auto_describe=False)
         if process_metrics:
             ProcessCollector(registry=self._process)
+
+    def prepare(self) -> None:
+        """See Collector.prepare: call after recording samples."""
+        self.collector.prepare()
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)
@@ -274,6 +355,10 @@ _LANDING = """<!doctype html>
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
+    # Buffered: the status line, headers and body of a response leave in one send
+    # (handle_one_request flushes after each request) instead of one for the
+    # headers and one for the body.
+    wbufsize = 64 * 1024
     server_version = f"ai-bottleneck/{__version__}"
     sys_version = ""
     server: _HTTPServer
@@ -318,7 +403,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        if log.isEnabledFor(logging.DEBUG):  # called for every request: format only if kept
+            log.debug("%s %s", self.address_string(), format % args)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -448,8 +534,13 @@ class MetricsServer:
         try:
             sock = _listen_socket(self._host, self._port)
         except OSError as exc:
-            raise ListenError(f"cannot listen on {self.listen}: "
-                              f"{exc.strerror or exc}") from None
+            # The plain reason: socket.create_server's own text repeats the address
+            # as a Python tuple.
+            if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+                reason = os.strerror(exc.errno)
+            else:
+                reason = exc.strerror or str(exc)
+            raise ListenError(f"cannot listen on {self.listen}: {reason}") from None
         self._server = _HTTPServer(sock, self.guard, self.exposition,
                                    max_connections=self._max_connections,
                                    idle_timeout=self._timeouts[0],

@@ -166,6 +166,23 @@ class AgentState:
     def clock(self) -> Clock:
         return self._clock
 
+    def apply_config(self, agent: Any) -> None:
+        """New ``[agent]`` settings after a reload (agent.config.AgentOptions).
+
+        /metrics shows the interval and window length the agent now runs
+        with, and series written from now on expire on the new interval.
+        Counters, health and the latest window are kept: the endpoint and its
+        series go on across a reload.
+        """
+        interval = float(agent.interval_seconds)
+        window = float(agent.window_seconds)
+        stale_after = int(agent.stale_after_intervals)
+        if not (interval > 0 and window > 0 and stale_after >= 1):
+            raise ValueError("intervals must be positive and stale_after_intervals >= 1")
+        with self._lock:
+            self._interval, self._stale_after = interval, stale_after
+            self._publish(self._snapshot, interval_seconds=interval, window_seconds=window)
+
     def snapshot(self) -> Snapshot:
         """The latest state: one reference read, no lock, never blocks."""
         return self._snapshot

@@ -15,6 +15,11 @@ from probes.base import Availability
 
 
 @dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+@dataclass(frozen=True)
 class CounterOptions:
     step: float = 1.0
 
@@ -102,3 +107,10 @@ class ActiveProbe(CounterProbe):
         time.sleep(self.seconds)
         self.running.append((start, time.monotonic()))
         return [Sample(t=time.time(), probe=self.name, values={"bytes": self.nbytes})]
+
+
+def create_hanging(options: Mapping[str, Any]) -> HangingProbe:
+    """For the daemon tests: a plugin whose every call hangs (30 s at most, then the
+    daemon's next call hangs again), installed through a real entry point."""
+    parse_options(NoOptions, options)
+    return HangingProbe()
