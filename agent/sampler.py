@@ -100,6 +100,7 @@ class _Slot:
     next_due: float = 0.0
     future: Future[list[Sample]] | None = None
     started: float = 0.0
+    call_seconds: float | None = None  # the probe's own time in its last sample() call
     timed_out: bool = False
 
 
@@ -151,10 +152,19 @@ class Sampler:
 
     # -- the loop side ---------------------------------------------------
 
+    def _timed_call(self, slot: _Slot) -> list[Sample]:
+        """Runs on the worker: the call, and how long the probe itself took."""
+        t0 = self._mono()
+        try:
+            return self._call(slot.probe)
+        finally:
+            slot.call_seconds = self._mono() - t0
+
     def _start(self, slot: _Slot, now: float) -> None:
         slot.started = now
         slot.timed_out = False
-        slot.future = slot.executor.submit(functools.partial(self._call, slot.probe))
+        slot.call_seconds = None
+        slot.future = slot.executor.submit(functools.partial(self._timed_call, slot))
         slot.next_due = max(slot.next_due + slot.interval, now)
 
     def _submit_due(self, now: float) -> None:
@@ -180,6 +190,8 @@ class Sampler:
             duration = now - slot.started
             if fut.done():
                 slot.future = None
+                if slot.call_seconds is not None:
+                    duration = slot.call_seconds
                 if slot.timed_out:
                     log.info("probe %s: late call returned after %.1fs (discarded)", name, duration)
                     continue

@@ -153,3 +153,19 @@ def test_real_budget_skips_when_the_hour_is_spent() -> None:
     assert len(probe.running) == 1  # 600 bytes spent; another 600 would exceed 1000
     skips = [s for s in sink.samples if "skipped" in s.values]
     assert len(skips) == 2 and "traffic" in skips[0].labels["skip_reason"]
+
+
+def test_round_duration_is_the_probes_own_time() -> None:
+    """Each round's duration is how long that probe's sample() took, not when the loop
+    got round to collecting it."""
+    slow = ActiveProbe("slow", 0.2, 0)
+    slow.active = False
+    quick, health = CounterProbe(), Health()
+    sampler = Sampler([slow, quick], interval_seconds=0.5, on_round=health)
+    try:
+        sampler.tick()
+    finally:
+        sampler.close()
+    durations = {r.probe: r.duration_seconds for r in health.rounds}
+    assert durations["slow"] >= 0.2
+    assert durations["counter"] < 0.1
