@@ -301,21 +301,25 @@ def balanced(f: Facts) -> Finding | None:
 def idle(f: Facts) -> Finding:
     th = f.th
     found = Finding(Label.IDLE)
-    if f.gpu_activity is not None:
-        found.signals.append(Signal(below(f.gpu_activity, th.gpu_idle_ratio),
-                                    f"GPU activity at most {pct(f.gpu_activity)} "
+    own = " beyond the agent's own calls" if f.own_load_text() else ""
+    gpu = f.gpu_activity_beyond_own
+    if gpu is not None:
+        found.signals.append(Signal(below(gpu, th.gpu_idle_ratio),
+                                    f"GPU activity{own} at most {pct(gpu)} "
                                     f"(< {pct(th.gpu_idle_ratio)})"))
     h = f.host
     if h is not None and h.cpu is not None:
         found.signals.append(Signal(below(h.cpu, th.cpu_idle_ratio),
                                     f"CPU {pct(h.cpu)} (< {pct(th.cpu_idle_ratio)})"))
-    traffic = max((n.traffic_bits_per_second for n in f.nics), default=None)
+    traffic = f.nic_traffic_beyond_own
     if traffic is not None:
         found.signals.append(Signal(below(traffic, th.nic_idle_bits_per_second),
-                                    f"network traffic at most {bits(traffic)} "
+                                    f"network traffic{own} at most {bits(traffic)} "
                                     f"(< {bits(th.nic_idle_bits_per_second)})"))
     if f.latency_ok:
         found.notes.append(_within_objective(f))
+    if (text := f.own_load_text()) is not None:
+        found.notes.append(text)
     _add_coverage_factors(f, found)
     return found
 

@@ -13,6 +13,10 @@ from agent.thresholds import Thresholds
 from agent.windows import ProbeState
 from agent.words import bits, pct, secs, size
 
+#: Bytes on the wire per payload byte over TCP/IP: headers take about 4% at a 1500-byte MTU
+#: (52 of 1500 bytes) and the ACKs coming back about 2% more; rounded up.
+WIRE_OVERHEAD_RATIO = 1.1
+
 
 @dataclass(frozen=True, slots=True)
 class Signal:
@@ -79,6 +83,24 @@ class Facts:
                              and self.net_share >= th.network_phase_dominant_ratio)
         self.server_dominant = (self.server_share is not None
                                 and self.server_share >= th.server_phase_dominant_ratio)
+        self.own_busy_share, self.own_bits_per_second = self._own_load()
+
+    def _own_load(self) -> tuple[float, float]:
+        """What the agent's own timed HTTP calls add to the readings: the share of the
+        window the service spent on them at least (answered calls x the fastest call's
+        server time, parallel calls overlapping), and the bits they moved with TCP/IP's
+        overhead. A call to an inference endpoint runs the model, so an idle GPU serving
+        only these calls shows their share as activity; they are not the service's load."""
+        seconds = self.r.window_seconds
+        if not seconds:
+            return 0.0, 0.0
+        busy = bits = 0.0
+        for h in self.r.http:
+            if h.calls and h.server_min_seconds is not None:
+                busy += h.calls * h.server_min_seconds / max(1.0, h.concurrency or 1.0)
+            if h.bytes_moved:
+                bits += h.bytes_moved * 8 * WIRE_OVERHEAD_RATIO
+        return min(1.0, busy / seconds), bits / seconds
 
     def _badness(self, h: HttpReading) -> float:
         """p95 over the objective (> 1 misses it); failures past the limit miss it too."""
@@ -192,14 +214,41 @@ class Facts:
                               f"(>= {pct(th.cpu_saturated_ratio)})"))
         return out
 
+    @property
+    def gpu_activity_beyond_own(self) -> float | None:
+        """GPU activity less what the agent's own calls can explain."""
+        if self.gpu_activity is None:
+            return None
+        return max(0.0, self.gpu_activity - self.own_busy_share)
+
+    @property
+    def nic_traffic_beyond_own(self) -> float | None:
+        """The busiest NIC's traffic (rx + tx) less the agent's own calls' bytes."""
+        traffic = max((n.traffic_bits_per_second for n in self.nics), default=None)
+        if traffic is None:
+            return None
+        return max(0.0, traffic - self.own_bits_per_second)
+
     def load_present(self) -> bool:
+        """Whether anything but the agent itself loads the host: the agent's own timed
+        calls are not load (see _own_load)."""
         th = self.th
-        if self.gpu_activity is not None and self.gpu_activity >= th.gpu_idle_ratio:
+        gpu = self.gpu_activity_beyond_own
+        if gpu is not None and gpu >= th.gpu_idle_ratio:
             return True
         cpu = self.host.cpu if self.host is not None else None
         if cpu is not None and cpu >= th.cpu_idle_ratio:
             return True
-        return any(n.traffic_bits_per_second >= th.nic_idle_bits_per_second for n in self.nics)
+        traffic = self.nic_traffic_beyond_own
+        return traffic is not None and traffic >= th.nic_idle_bits_per_second
+
+    def own_load_text(self) -> str | None:
+        """The agent's own calls in words, when they show in the readings."""
+        if self.own_busy_share <= 0 and self.own_bits_per_second <= 0:
+            return None
+        return (f"the agent's own timed calls account for up to {pct(self.own_busy_share)} of "
+                f"the service's time and {bits(self.own_bits_per_second)} of traffic "
+                "(not counted as load)")
 
     def context(self) -> list[str]:
         """One line per resource, for labels that explain what was ruled out."""

@@ -141,6 +141,8 @@ class HttpReading:
     concurrency: float | None = None
     overload_answers: int = 0       # 429/503/504 among the failures
     server_errors: int = 0          # any 5xx among the failures
+    server_min_seconds: float | None = None  # the fastest answered call's server time
+    bytes_moved: float | None = None         # request + response bytes of the answered calls
 
     @property
     def failure_ratio(self) -> float:
@@ -193,6 +195,7 @@ class Readings:
     event_sources: tuple[str, ...]
     status: dict[str, ProbeStatus]
     gpu_errors: tuple[str, ...] = ()
+    window_seconds: float | None = None
 
     def probe(self, name: str) -> ProbeStatus:
         return self.status[name]
@@ -327,13 +330,18 @@ def _http_readings(window: Window) -> list[HttpReading]:
             sw = max(measured, key=lambda s: s.count)
             phases = {p: m for p in (*NETWORK_PHASES, "server_seconds")
                       if (m := _mean(sw, p)) is not None}
+            server = sw.stats("server_seconds")
+            moved = [st.sum for name in ("request_bytes", "response_bytes")
+                     if (st := sw.stats(name)) is not None]
             reading = HttpReading(
                 target=target, calls=calls, failures=failures, errors=reading.errors,
                 total=sw.stats("total_seconds"), phases=phases,
                 request_bytes=_mean(sw, "request_bytes"),
                 response_bytes=_mean(sw, "response_bytes"),
                 concurrency=_max(sw, "concurrency"),
-                overload_answers=reading.overload_answers, server_errors=reading.server_errors)
+                overload_answers=reading.overload_answers, server_errors=reading.server_errors,
+                server_min_seconds=server.min if server is not None else None,
+                bytes_moved=sum(moved) if moved else None)
         out.append(reading)
     return out
 
@@ -388,7 +396,8 @@ def read(window: Window) -> Readings:
         gpus=tuple(gpus), host=_host_reading(window), nics=tuple(nics), tcp=tcp,
         http=tuple(_http_readings(window)), throughputs=tuple(_throughputs(window)),
         oom_events=oom, load_failures=load, event_sources=tuple(sources), status=status,
-        gpu_errors=tuple(gpu_errors))
+        gpu_errors=tuple(gpu_errors),
+        window_seconds=window.end - window.start if window.end > window.start else None)
 
 
 def summary(r: Readings) -> dict[str, Any]:

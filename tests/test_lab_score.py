@@ -24,6 +24,7 @@ from tests.lab.score import (
     parse_windows,
     quantile,
     score,
+    score_runs,
     windows_from_output,
     write_json,
 )
@@ -232,3 +233,24 @@ def test_scenarios_are_the_issue_list_and_fit_the_scoring() -> None:
     assert [p.scored_windows for p in s.phases] == [2, 1, 1, 2]
     assert s.accuracy == 1.0
     assert [p.latency_seconds for p in s.phases] == [CI_WINDOW_SECONDS] * 4
+
+
+def test_runs_scored_together_with_a_guarded_lead_in() -> None:
+    # Two runs, each watched for one window before its phase started (the runner's
+    # lead-in): the first window of each phase is a guard band, the lead-in lies outside.
+    one = [TimedPhase("gpu_bound", "gpu_bound", 10, 40)]
+    two = [TimedPhase("idle", "idle", 1000, 1030)]
+    ws_one = windows("idle", "idle", "gpu_bound", "gpu_bound")             # 0..40
+    ws_two = windows("gpu_bound", "gpu_bound", "idle", "idle", start=990)  # 990..1030
+    s = score_runs([(one, ws_one), (two, ws_two)])
+    assert (s.windows_total, s.windows_scored, s.windows_in_guard, s.windows_outside) == (
+        8, 4, 2, 2)
+    # The guard band takes the window in which each run's label was still the lead-in's.
+    assert s.confusion == {"gpu_bound": {"gpu_bound": 2, "idle": 0},
+                           "idle": {"gpu_bound": 0, "idle": 2}}
+    assert s.macro_f1 == 1.0
+    assert [p.latency_seconds for p in s.phases] == [20, 20]
+    # Without the lead-in guard the window right after the start is scored too.
+    unguarded = score_runs([(one, ws_one), (two, ws_two)], lead_in=False)
+    assert (unguarded.windows_scored, unguarded.accuracy) == (6, 4 / 6)
+    assert score(one, ws_one).windows_scored == 3

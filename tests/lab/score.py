@@ -239,36 +239,84 @@ def _summary(latencies: Sequence[float | None]) -> LatencySummary:
                           len(latencies) - len(found))
 
 
+def _as_windows(windows: Sequence[Window] | Sequence[Mapping[str, Any]]) -> list[Window]:
+    return [w if isinstance(w, Window) else parse_windows([w])[0] for w in windows]
+
+
+@dataclass
+class _Graded:
+    """One run's windows sorted into phases: scored pairs, phase scores and counts."""
+
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (truth, label given)
+    phases: list[PhaseScore] = field(default_factory=list)
+    total: int = 0
+    guarded: int = 0
+    outside: int = 0
+
+
+def _grade(phases: Sequence[TimedPhase], ws: Sequence[Window], guard_seconds: float,
+           stable: int, lead_in: bool) -> _Graded:
+    ordered_phases = sorted(phases, key=lambda p: p.start)
+    transitions = sorted({p.start for p in ordered_phases[1:]}
+                         | {p.end for p in ordered_phases[:-1]})
+    first_start = ordered_phases[0].start if lead_in and ordered_phases else None
+
+    def in_guard(w: Window) -> bool:
+        if first_start is not None and w.start < first_start + guard_seconds - _EPSILON:
+            return True  # the windows right after the load started (watched from before)
+        return any(w.start < t + guard_seconds - _EPSILON and w.end > t - guard_seconds
+                   + _EPSILON for t in transitions)
+
+    graded = _Graded(total=len(ws))
+    scored: list[list[Window]] = [[] for _ in ordered_phases]
+    for w in sorted(ws, key=lambda w: w.start):
+        index = _phase_of(w, ordered_phases)
+        if index is None:
+            graded.outside += 1
+        elif in_guard(w):
+            graded.guarded += 1
+        else:
+            scored[index].append(w)
+    graded.pairs = [(phase.label, w.label)
+                    for phase, group in zip(ordered_phases, scored, strict=True) for w in group]
+    for i, (phase, group) in enumerate(zip(ordered_phases, scored, strict=True)):
+        reset = phase.label == "idle" and i > 0 and ordered_phases[i - 1].label != "idle"
+        graded.phases.append(PhaseScore(
+            phase.name, phase.label, phase.start, phase.end, "reset" if reset else "detection",
+            _latency(phase, ws, stable), len(group),
+            sum(1 for w in group if w.label == phase.label),
+            sum(1 for a, b in itertools.pairwise(group) if a.label != b.label),
+            sum(w.seconds for w in group)))
+    return graded
+
+
 def score(phases: Sequence[TimedPhase], windows: Sequence[Window] | Sequence[Mapping[str, Any]],
           *, guard_seconds: float | None = None, stable: int = 2) -> Score:
     """Grade ``windows`` against ``phases`` (see the module docstring for definitions).
     ``guard_seconds`` defaults to the median window length."""
+    return score_runs([(phases, windows)], guard_seconds=guard_seconds, stable=stable,
+                      lead_in=False)
+
+
+def score_runs(runs: Sequence[tuple[Sequence[TimedPhase],
+                                    Sequence[Window] | Sequence[Mapping[str, Any]]]],
+               *, guard_seconds: float | None = None, stable: int = 2,
+               lead_in: bool = True) -> Score:
+    """Grade several runs (each its own phases and windows) as one score: the labels'
+    figures and latencies over all of them, each run's transitions its own.
+
+    ``lead_in``: the agent watched each run for a while before its first phase (the lab
+    runner's lead-in), so the start of the first phase is a transition too, and the
+    windows starting within one guard band after it are left out of accuracy and flaps.
+    The window before it lies outside every phase and is never scored anyway."""
     if stable < 1:
         raise ValueError("stable must be >= 1")
-    ordered_phases = sorted(phases, key=lambda p: p.start)
-    ws = [w if isinstance(w, Window) else parse_windows([w])[0] for w in windows]
+    parsed = [(phases, _as_windows(windows)) for phases, windows in runs]
     if guard_seconds is None:
-        guard_seconds = quantile([w.seconds for w in ws], 0.5) or 0.0
-    transitions = sorted({p.start for p in ordered_phases[1:]}
-                         | {p.end for p in ordered_phases[:-1]})
-
-    def in_guard(w: Window) -> bool:
-        return any(w.start < t + guard_seconds - _EPSILON and w.end > t - guard_seconds
-                   + _EPSILON for t in transitions)
-
-    scored: list[list[Window]] = [[] for _ in ordered_phases]
-    outside = guarded = 0
-    for w in sorted(ws, key=lambda w: w.start):
-        index = _phase_of(w, ordered_phases)
-        if index is None:
-            outside += 1
-        elif in_guard(w):
-            guarded += 1
-        else:
-            scored[index].append(w)
-
-    pairs = [(phase.label, w.label) for phase, group in zip(ordered_phases, scored, strict=True)
-             for w in group]
+        guard_seconds = quantile([w.seconds for _, ws in parsed for w in ws], 0.5) or 0.0
+    graded = [_grade(phases, ws, guard_seconds, stable, lead_in) for phases, ws in parsed]
+    pairs = [pair for g in graded for pair in g.pairs]
+    phase_scores = [p for g in graded for p in g.phases]
     truth_labels = {truth for truth, _ in pairs}
     labels = _ordered_labels([*truth_labels, *(given for _, given in pairs)])
     label_scores = []
@@ -282,21 +330,13 @@ def score(phases: Sequence[TimedPhase], windows: Sequence[Window] | Sequence[Map
     truth_f1 = [s.f1 for s in label_scores if s.label in truth_labels and s.f1 is not None]
     confusion = {truth: {given: sum(1 for t, g in pairs if t == truth and g == given)
                          for given in labels} for truth in _ordered_labels(truth_labels)}
-
-    phase_scores = []
-    for i, (phase, group) in enumerate(zip(ordered_phases, scored, strict=True)):
-        reset = phase.label == "idle" and i > 0 and ordered_phases[i - 1].label != "idle"
-        phase_scores.append(PhaseScore(
-            phase.name, phase.label, phase.start, phase.end, "reset" if reset else "detection",
-            _latency(phase, ws, stable), len(group),
-            sum(1 for w in group if w.label == phase.label),
-            sum(1 for a, b in itertools.pairwise(group) if a.label != b.label),
-            sum(w.seconds for w in group)))
     flaps = sum(p.flaps for p in phase_scores)
     steady = sum(p.steady_seconds for p in phase_scores)
     return Score(
-        guard_seconds=guard_seconds, stable=stable, windows_total=len(ws),
-        windows_scored=len(pairs), windows_in_guard=guarded, windows_outside=outside,
+        guard_seconds=guard_seconds, stable=stable,
+        windows_total=sum(g.total for g in graded), windows_scored=len(pairs),
+        windows_in_guard=sum(g.guarded for g in graded),
+        windows_outside=sum(g.outside for g in graded),
         accuracy=_ratio(sum(1 for t, g in pairs if t == g), len(pairs)),
         macro_f1=sum(truth_f1) / len(truth_f1) if truth_f1 else None,
         labels=tuple(label_scores), confusion=confusion, phases=tuple(phase_scores),
