@@ -283,7 +283,7 @@ def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
     """Run the agent: sample continuously, label windows, serve Prometheus metrics."""
     from agent.config import ConfigError
     from agent.daemon import Agent
-    from agent.exporter import ListenError
+    from agent.endpoint import ListenError
     from agent.webconfig import WebConfigError
 
     setup_logging(ctx.obj.get("verbose", 0) if ctx.obj else 0, daemon=True)

@@ -21,7 +21,7 @@ from types import FrameType
 
 from agent.budget import ActiveBudget
 from agent.config import Config, ConfigError, load_config
-from agent.exporter import MetricsServer
+from agent.endpoint import MetricsServer
 from agent.pipeline import Labeller, WindowResult
 from agent.record import RecordError, RecordWriter, make_header
 from agent.sampler import Round, Sampler

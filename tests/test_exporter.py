@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import exporter_metrics as em
-from agent.exporter import Collector, ListenError, MetricsServer, build_registry
+from agent.endpoint import ListenError, MetricsServer
+from agent.exporter import Collector, build_registry
 from agent.samples import Sample
 from agent.state import LABELS, AgentState
 from tests.promtool import run_promtool

@@ -13,7 +13,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from agent.exporter import MetricsServer
+from agent.endpoint import MetricsServer
 from agent.samples import Sample
 from agent.state import AgentState
 from agent.webconfig import (
