@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BANNED = ("agent.cli", "agent.exporter", "prometheus_client")
+BANNED = ("agent.cli", "agent.exporter", "agent.endpoint", "prometheus_client")
 
 
 def test_probes_do_not_import_upper_layers() -> None:
