@@ -1,9 +1,21 @@
 """Stable labels from per-window labels.
 
-A new label replaces the current one only after it has been the raw label for
-``hold_windows`` windows in a row; hard evidence (an out-of-memory event)
-replaces it at once. The first window's label is taken as it is. Every change
-is recorded as a Transition.
+A new label replaces the current one when either
+
+- it has been the raw label for ``hold_windows`` windows in a row, or
+- it is *settled*: the window it was read in no longer shows the current label
+  anywhere, and the new one already holds in its second half alone (the caller
+  judges this, see agent.pipeline). A change that happened before the window
+  began is then seen after one window instead of ``hold_windows``, while a
+  window that only straddles a change, or a burst inside one window, still has
+  to be confirmed by the next ones. A label that took over without the hold
+  (settled, or on hard evidence) must itself be the raw label for
+  ``hold_windows`` windows in a row before a settled change can replace it, so
+  regimes that alternate window by window move the label once, then hold it;
+- or it rests on hard evidence (an out-of-memory event): at once.
+
+The first window's label is taken as it is. Every change is recorded as a
+Transition.
 
 While a different label is pending, the current label is kept and its
 confidence shrinks with each disagreeing window, ``c * (1 - pending/hold)``,
@@ -23,10 +35,11 @@ class Transition:
     to_label: str
     windows: int              # windows the new label held before it took over
     hard: bool                # switched at once on hard evidence
+    settled: bool = False     # switched after one window in which the change was settled
 
     def to_json(self) -> dict[str, Any]:
         return {"at": self.at, "from": self.from_label, "to": self.to_label,
-                "windows": self.windows, "hard": self.hard}
+                "windows": self.windows, "hard": self.hard, "settled": self.settled}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,23 +59,46 @@ class Hysteresis:
         self.current: str | None = None
         self._confidence = 0.0
         self._pending: tuple[str, int] | None = None
+        # Whether the current label has held as the raw label for hold_windows windows
+        # in a row since it took over (the run's first label, which replaced nothing,
+        # counts as established), and the raw streak towards that.
+        self._established = False
+        self._streak = 0
         self.transitions: list[Transition] = []
 
+    def may_settle(self, raw_label: str, hard: bool = False) -> bool:
+        """Whether a settled window would change what ``update`` does with this label:
+        a change that the plain hold would not take yet, away from an established
+        label. The only case in which settling needs to be judged."""
+        if self.current is None or hard or raw_label == self.current:
+            return False
+        return self._established and self._count(raw_label) < self.hold_windows
+
+    def _count(self, raw_label: str) -> int:
+        pending = self._pending
+        return pending[1] + 1 if pending is not None and pending[0] == raw_label else 1
+
     def update(self, raw_label: str, confidence: float, at: float,
-               hard: bool = False) -> Decision:
+               hard: bool = False, settled: bool = False) -> Decision:
+        settled = settled and self.may_settle(raw_label, hard)
         if raw_label == self.current:
             self._pending = None
             self._confidence = confidence
+            self._streak += 1
+            self._established = self._established or self._streak >= self.hold_windows
             return Decision(raw_label, confidence, False, None, None)
-        count = (self._pending[1] + 1
-                 if self._pending is not None and self._pending[0] == raw_label else 1)
-        if self.current is None or hard or count >= self.hold_windows:
-            transition = Transition(at, self.current, raw_label, count,
-                                    hard and self.current is not None)
+        self._streak = 0
+        count = self._count(raw_label)
+        if self.current is None or hard or settled or count >= self.hold_windows:
+            first = self.current is None
+            transition = Transition(at, self.current, raw_label, count, hard and not first,
+                                    settled)
             self.transitions.append(transition)
             self.current = raw_label
             self._confidence = confidence
             self._pending = None
+            self._streak = count
+            self._established = first or count >= self.hold_windows
             return Decision(raw_label, confidence, False, None, transition)
         self._pending = (raw_label, count)
         held = round(self._confidence * (1.0 - count / self.hold_windows), 2)

@@ -35,7 +35,7 @@ from agent.hysteresis import Hysteresis, Transition
 from agent.record import ReadStats, RecordReader
 from agent.samples import Sample
 from agent.thresholds import Thresholds
-from agent.windows import WindowBuilder
+from agent.windows import Window, WindowBuilder
 
 DEFAULT_WINDOW_SECONDS = 10.0
 DEFAULT_REORDER_SECONDS = 2.0
@@ -146,24 +146,47 @@ class Labeller:
             yield self._label(window)
         yield from self.finish()
 
-    def _label(self, window: Any) -> WindowResult:
+    def _label(self, window: Window) -> WindowResult:
         c: Classification = classify(window, self.thresholds)
-        d = self._hysteresis.update(c.label.value, c.confidence, window.start, c.hard)
+        settled = (self.thresholds.hysteresis_settled_at_once
+                   and self._hysteresis.may_settle(c.label.value, c.hard)
+                   and self._settles(window, c.label.value))
+        d = self._hysteresis.update(c.label.value, c.confidence, window.start, c.hard,
+                                    settled)
         evidence = c.evidence
         advice = c.advice
         if d.held and d.pending is not None:
+            why = (" (this window did not settle it: the change may have come inside it)"
+                   if self.thresholds.hysteresis_settled_at_once else "")
             evidence = (f"holding {d.label}: {d.pending[0]} seen in {d.pending[1]} of the "
-                        f"{self._hysteresis.hold_windows} windows needed to change",
+                        f"{self._hysteresis.hold_windows} windows needed to change{why}",
                         *evidence)
             advice = self._current_advice
         else:
             self._current_advice = c.advice
+            t = d.transition
+            if t is not None and t.settled:
+                evidence = (*evidence, f"changed from {t.from_label} after one window: "
+                            f"{t.to_label} holds in its second half and {t.from_label} in "
+                            "neither half")
         return WindowResult(
             start=window.start, end=window.end, label=d.label, confidence=d.confidence,
             raw_label=c.label.value, raw_confidence=c.confidence, evidence=evidence,
             advice=advice, warnings=c.warnings, summary=c.summary, probes=c.probes,
             samples=window.sample_count, late_samples=window.late_samples, hard=c.hard,
             held=d.held, pending=d.pending, transition=d.transition)
+
+    def _settles(self, window: Window, label: str) -> bool:
+        """Whether ``window`` settles a change to ``label``: its second half alone
+        reads ``label`` and neither half still reads the current label. A window
+        that straddles a change (the old regime in its first half) or holds a burst
+        (the new label in one half only) does not; a window wholly after a change
+        does. Only asked while a change is pending, so it costs two classifications
+        at a change and nothing in steady state."""
+        first, second = window.split()
+        if classify(second, self.thresholds).label.value != label:
+            return False
+        return classify(first, self.thresholds).label.value != self._hysteresis.current
 
     # -- recordings -------------------------------------------------------------------
 

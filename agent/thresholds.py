@@ -36,6 +36,9 @@ class Thresholds:
         min=0, doc="article: >= 1 Gbit/s between front end and GPU workers"))
     hysteresis_windows: int = field(default=2, metadata=bounds(
         min=1, max=100, doc="windows a new label must hold before it replaces the current one"))
+    hysteresis_settled_at_once: bool = field(default=True, metadata=bounds(
+        doc="a new label takes over after one window when that window settles it: the "
+            "current label is gone from both its halves and the new one holds in the second"))
     # Added with the classifier; see docs/classifier.md for the reasoning behind each.
     gpu_idle_ratio: float = field(default=0.05, metadata=bounds(
         min=0, max=1, doc="GPU activity below this on every GPU counts as no GPU load"))

@@ -29,6 +29,7 @@ few dozen of the hundreds of values a window holds.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -271,6 +272,45 @@ class Window:
         """The status of every probe this window knows of, by name."""
         names = set(self.series) | set(self.unavailable) | self.expected
         return {name: self.status(name) for name in sorted(names)}
+
+    def split(self, at: float | None = None) -> tuple[Window, Window]:
+        """This window cut at ``at`` (default: its middle) into two windows of the same
+        samples, for asking whether what the whole window shows held throughout it.
+
+        Counters keep counting across the cut: the first part continues from the
+        window before, the second from the first part. An active probe's result in the
+        first part is carried into the second, as a later window would carry it.
+        """
+        if at is None:
+            at = (self.start + self.end) / 2
+        if not self.start < at < self.end:
+            raise ValueError(f"cut at {at} is not inside [{self.start}, {self.end})")
+        early: dict[str, list[SeriesWindow]] = {}
+        late: dict[str, list[SeriesWindow]] = {}
+        carried_late = list(self.carried)
+        counts = [0, 0]
+        for probe, group in self.series.items():
+            for sw in group:
+                samples = list(sw.samples)  # in time order (SeriesWindow sorts them)
+                cut = bisect_left(samples, at, key=_by_time)
+                first = None
+                if cut:
+                    first = SeriesWindow(probe, sw.labels, samples[:cut], sw.previous)
+                    early.setdefault(probe, []).append(first)
+                    counts[0] += cut
+                if cut < len(samples):
+                    late.setdefault(probe, []).append(SeriesWindow(
+                        probe, sw.labels, samples[cut:],
+                        first if first is not None else sw.previous))
+                    counts[1] += len(samples) - cut
+                elif first is not None and first.count and probe in CARRY_PROBES:
+                    carried_late.append(first)
+        return (Window(self.start, at, early, unavailable=self.unavailable,
+                       expected=self.expected, carried=self.carried,
+                       sample_count=counts[0]),
+                Window(at, self.end, late, unavailable=self.unavailable,
+                       expected=self.expected, carried=carried_late,
+                       sample_count=counts[1]))
 
 
 _Key = tuple[str, tuple[tuple[str, str], ...]]

@@ -76,6 +76,23 @@ def test_the_corpus_scores_above_the_f1_floor() -> None:
         "gpu_bound", "vram_bound", "network_bound", "cpu_bound", "balanced", "idle"}
 
 
+def test_the_corpus_is_detected_within_a_window_and_without_flaps() -> None:
+    # The lab's targets for detection latency (median <= 1.5 windows) and flaps (none
+    # in steady phases), held by the recordings so hysteresis cannot regress silently.
+    runs = []
+    window_seconds = set()
+    for schedule in SCHEDULES:
+        document, _ = _load(schedule)
+        runs.append((timeline_from_json(document), _replayed(schedule)))
+        window_seconds.add(document["settings"]["window_seconds"])
+    (window,) = window_seconds
+    s = score_runs(runs)
+    assert s.detection.missed == 0, format_table(s)
+    assert s.detection.median is not None
+    assert s.detection.median <= 1.5 * window, format_table(s)
+    assert s.flaps == 0, format_table(s)
+
+
 def test_the_replay_command_gives_the_library_labels() -> None:
     recording = CORPUS / "transitions.jsonl.gz"
     done = subprocess.run([*agent_command(), "replay", str(recording), "--json"],

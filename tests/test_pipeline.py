@@ -128,8 +128,12 @@ def test_flapping_windows_give_a_steady_label_and_an_oom_switches_at_once() -> N
     results = live(session())
     flapping = results[7:13]  # the GPU-bound / network-bound stretch, 10 s each
     assert [r.raw_label for r in flapping] == ["gpu_bound", "network_bound"] * 3
-    assert set(labels(flapping)) == {"gpu_bound"}
+    # The first whole network-bound window settles a change from the established
+    # gpu_bound; network_bound then never holds two windows in a row, so it stays.
+    assert labels(flapping) == ["gpu_bound"] + ["network_bound"] * 5
     assert all(r.held for r in flapping if r.raw_label != r.label)
+    plain = live(session(), thresholds=Thresholds(hysteresis_settled_at_once=False))
+    assert set(labels(plain[7:13])) == {"gpu_bound"}
     oom_window = next(r for r in results if r.hard)
     assert oom_window.start == T0 + 180
     assert (oom_window.raw_label, oom_window.label) == ("vram_bound", "vram_bound")
@@ -150,7 +154,7 @@ def test_window_json_carries_the_contract_fields() -> None:
     assert "iperf3" not in obj["probes"]  # periodic: named only where it ran (or skipped)
     first = json.loads(json.dumps(results[0].to_json()))
     assert first["transition"] == {"at": T0, "from": None, "to": "idle", "windows": 1,
-                                   "hard": False}
+                                   "hard": False, "settled": False}
     assert results[1].to_json()["probes"]["iperf3"].startswith("skipped")
 
 
@@ -205,3 +209,45 @@ def test_replay_of_a_file_with_a_bad_header_closes_it(tmp_path: Path) -> None:
     path.write_text(json.dumps(make_header(window_seconds=-1)) + "\n")
     with pytest.raises(OptionError):
         replay(path)  # filterwarnings=error turns an unclosed file into a failure
+
+
+# -- settling a change within one window ---------------------------------------------
+
+def ticks(plan: list[dict[str, object]]) -> list[Sample]:
+    return [s for i, phase in enumerate(plan) for s in tick(T0 + i, phase)]
+
+
+def test_a_change_before_a_window_is_published_with_that_window() -> None:
+    results = live(ticks([IDLE] * 30 + [GPU_BOUND] * 20))
+    assert [(r.raw_label, r.label) for r in results[2:5]] == [
+        ("idle", "idle"), ("gpu_bound", "gpu_bound"), ("gpu_bound", "gpu_bound")]
+    change = results[3]
+    assert change.transition is not None and change.transition.settled
+    assert change.transition.windows == 1
+    assert change.evidence[-1] == ("changed from idle after one window: gpu_bound holds in "
+                                   "its second half and idle in neither half")
+
+
+def test_a_change_inside_a_window_waits_for_the_next_one() -> None:
+    # GPU load starts at second 27: window 2 straddles it (idle in its first half) and
+    # reads as neither regime; window 3, wholly after it, settles the change.
+    results = live(ticks([IDLE] * 27 + [GPU_BOUND] * 23))
+    assert results[2].raw_label != "idle"
+    assert (results[2].label, results[2].held) == ("idle", True)
+    assert "did not settle it" in results[2].evidence[0]
+    assert (results[3].raw_label, results[3].label) == ("gpu_bound", "gpu_bound")
+    assert results[3].transition is not None and results[3].transition.settled
+
+
+def test_a_burst_in_half_a_window_does_not_change_the_label() -> None:
+    plan = [IDLE] * 30 + [GPU_BOUND] * 5 + [IDLE] * 15  # window 3: GPU-bound 5 s of 10
+    results = live(ticks(plan))
+    assert results[3].raw_label == "gpu_bound"
+    assert labels(results) == ["idle"] * len(results)
+
+
+def test_settling_can_be_turned_off() -> None:
+    plain = live(ticks([IDLE] * 30 + [GPU_BOUND] * 20),
+                 thresholds=Thresholds(hysteresis_settled_at_once=False))
+    assert labels(plain)[2:5] == ["idle", "idle", "gpu_bound"]
+    assert "did not settle" not in plain[3].evidence[0]

@@ -232,3 +232,59 @@ def test_series_that_went_away_are_forgotten_after_a_day() -> None:
     b.flush()
     # Pruned at window 320 (53 h): every process was last seen more than a day before.
     assert b.tracked_series == 1
+
+
+# -- splitting a window --------------------------------------------------------------
+
+def test_split_cuts_every_series_at_the_middle_and_keeps_counting_counters() -> None:
+    def oom_total(t: float, v: float) -> Sample:
+        return Sample(t, "oom", {"source": "kernel"}, {"oom_events_total": v})
+
+    b = WindowBuilder(10.0, origin=T0, reorder_seconds=0.0)
+    samples = [oom_total(T0 + i, 2.0) for i in range(10)]
+    samples += [oom_total(T0 + 10 + i, 2.0 if i < 7 else 4.0) for i in range(10)]
+    samples += [host_at(T0 + 10 + i, cpu=0.1 if i < 5 else 0.9) for i in range(10)]
+    samples.sort(key=lambda s: s.t)
+    first_window, window = feed(b, samples)
+    early, late = window.split()
+    assert (early.start, early.end, late.start, late.end) == (T0 + 10, T0 + 15, T0 + 15,
+                                                              T0 + 20)
+    assert (early.sample_count, late.sample_count) == (10, 10)
+    assert early.sample_count + late.sample_count == window.sample_count
+    (host_early,), (host_late,) = early.of("host"), late.of("host")
+    assert host_early.mean("cpu_utilization_ratio") == pytest.approx(0.1)
+    assert host_late.mean("cpu_utilization_ratio") == pytest.approx(0.9)
+    (oom_early,), (oom_late,) = early.of("oom"), late.of("oom")
+    # The growth (2 -> 4 at T0+17) is in the second half only, counted once overall.
+    assert oom_early.increase("oom_events_total") == 0.0
+    assert oom_late.increase("oom_events_total") == 2.0
+    (oom_whole,) = window.of("oom")
+    assert oom_whole.increase("oom_events_total") == 2.0
+    assert oom_early.previous is oom_whole.previous is first_window.of("oom")[0]
+    assert oom_late.previous is oom_early
+
+
+def test_split_keeps_probe_status_and_carries_an_active_result_into_the_second_half() -> None:
+    w = Window.from_samples(
+        [throughput_sample(T0 + 2, "iperf3", "10.0.0.2", 9e8),
+         *[host_at(T0 + i) for i in range(10)]],
+        T0, T0 + 10, unavailable={"gpu": "no NVIDIA driver"}, expected=("host", "http"))
+    early, late = w.split()
+    assert [sw.probe for sw in early.of("iperf3")] == ["iperf3"]
+    assert late.of("iperf3") == () and [sw.probe for sw in late.carried] == ["iperf3"]
+    (t,) = read(late).throughputs
+    assert t.age_seconds == pytest.approx(8.0)  # from T0+2 to the end of the second half
+    for half in (early, late):
+        assert half.status("gpu").state is ProbeState.UNAVAILABLE
+        assert half.status("http").state is ProbeState.MISSING
+        assert half.status("host").state is ProbeState.OK
+
+
+def test_split_at_a_chosen_time_and_a_cut_outside_is_refused() -> None:
+    w = Window.from_samples([host_at(T0 + i) for i in range(10)], T0, T0 + 10)
+    early, late = w.split(T0 + 3)
+    assert (early.sample_count, late.sample_count) == (3, 7)
+    assert early.status("http").state is ProbeState.ABSENT
+    for bad in (T0, T0 + 10, T0 + 11):
+        with pytest.raises(ValueError, match="not inside"):
+            w.split(bad)
