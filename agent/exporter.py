@@ -167,6 +167,20 @@ def _series_lines(series: Series) -> _SeriesLines:
                  for name, bucket in points.items() for lv, (t, v) in bucket.items())
 
 
+def _blocks(live: tuple[Series, ...],
+            prepared: dict[int, tuple[Series, _SeriesLines]]) -> dict[str, str]:
+    """The sample lines of these series, one text block per metric name, each label
+    set once (the newest sample's); lines come from ``prepared`` where rendered."""
+    lines: _Lines = {}
+    for s in live:
+        entry = prepared.get(id(s))
+        for name, lv, t, line in (entry[1] if entry is not None and entry[0] is s
+                                  else _series_lines(s)):
+            _merge(lines, name, lv, t, line)
+    return {name: "".join([line for _t, line in bucket.values()])
+            for name, bucket in lines.items()}
+
+
 def _merge(lines: _Lines, name: str, labelvalues: tuple[str, ...], t: float, line: str) -> None:
     # As _put: where two series give one label set, the newer sample wins.
     bucket = lines.get(name)
@@ -184,8 +198,11 @@ class Collector(CollectorBase):
     ``get_sample_value``); ``render()`` writes the same points straight to
     the exposition formats, several times faster than the generic encoder,
     which is what keeps a scrape of an 8-GPU host cheap. ``prepare()``, called
-    by the writer after it records samples, renders the new series' lines
-    ahead of the scrapes, so a scrape mostly joins text.
+    by the writer after it records samples, renders the series' lines and joins
+    them into one block per metric ahead of the scrapes; a scrape whose live
+    series are exactly those (the same objects: series are immutable, a new
+    sample is a new object) takes the blocks as they are and renders only the
+    agent's own figures (window, probe health), which change with time.
     """
 
     def __init__(self, state: AgentState, clock: Callable[[], float] | None = None):
@@ -194,16 +211,24 @@ class Collector(CollectorBase):
         # id(series) -> (the series, its lines). The entry holds the series, so its id
         # cannot be reused while the entry lives; lookups check identity anyway.
         self._prepared: dict[int, tuple[Series, _SeriesLines]] = {}
+        # The live series prepare() saw and their blocks (metric name -> sample lines).
+        self._blocks: tuple[tuple[Series, ...], dict[str, str]] = ((), {})
 
     def prepare(self) -> None:
-        """Render the lines of every series new since the last call, on the caller's
-        thread. Series recorded since then are rendered by the scrape itself."""
+        """Render the lines of every series new since the last call and the blocks of
+        the live ones, on the caller's thread. Scrapes that see other live series
+        (recorded since, or gone stale) render those themselves."""
         old = self._prepared
         fresh: dict[int, tuple[Series, _SeriesLines]] = {}
-        for s in self._state.snapshot().series.values():
+        snap = self._state.snapshot()
+        for s in snap.series.values():
             entry = old.get(id(s))
             fresh[id(s)] = entry if entry is not None and entry[0] is s else (s, _series_lines(s))
-        self._prepared = fresh  # one reference swap: scrapes see the old dict or this one
+        live = tuple(snap.live_series(self._clock()))
+        blocks = _blocks(live, fresh)
+        # Reference swaps: a scrape sees the old values or these, each whole.
+        self._prepared = fresh
+        self._blocks = (live, blocks)
 
     def describe(self) -> list[Metric]:
         # Registration must not run collect(): the families vary with the state.
@@ -235,26 +260,24 @@ class Collector(CollectorBase):
         the closing ``# EOF`` (the caller appends more families, then that)."""
         snap = self._state.snapshot()
         now = self._clock()
-        prepared = self._prepared
-        lines: _Lines = {}
-        for s in snap.live_series(now):
-            entry = prepared.get(id(s))
-            for name, lv, t, line in (entry[1] if entry is not None and entry[0] is s
-                                      else _series_lines(s)):
-                _merge(lines, name, lv, t, line)
+        live = tuple(snap.live_series(now))
+        seen, blocks = self._blocks
+        if len(seen) != len(live) or not all(a is b for a, b in zip(seen, live, strict=True)):
+            blocks = _blocks(live, self._prepared)
         points: _Points = {}
         _agent_points(points, snap, now)
         _probe_points(points, snap)
-        for name, bucket in points.items():
-            for lv, (t, v) in bucket.items():
-                _merge(lines, name, lv, t, _line(name, lv, v))
+        # Series metrics and the agent's own (window, probe health) are different
+        # metrics (tests/test_exporter.py checks), so the two never share a family.
+        own = {name: "".join([_line(name, lv, v) for lv, (_t, v) in bucket.items()])
+               for name, bucket in points.items()}
         headers = _OM_HEADERS if openmetrics else _TEXT_HEADERS
         out: list[str] = []
         for metric in m.METRICS:
-            found = lines.get(metric.name)
-            if found:
+            text = blocks.get(metric.name) or own.get(metric.name)
+            if text:
                 out.append(headers[metric.name])
-                out.extend(line for _t, line in found.values())
+                out.append(text)
         return "".join(out)
 
 

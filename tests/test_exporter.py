@@ -382,6 +382,46 @@ def test_direct_rendering_equals_prometheus_clients_encoders() -> None:
         line for line in reference_om.splitlines() if line.startswith("#")]
 
 
+def test_prepared_blocks_render_what_a_cold_scrape_renders_and_never_go_stale() -> None:
+    clock = Clock()
+    state = full_state(clock, gpus=3)
+    prepared, cold = Collector(state), Collector(state)
+    prepared.prepare()
+    for openmetrics in (False, True):
+        assert prepared.render(openmetrics) == cold.render(openmetrics)
+    # A sample recorded after prepare(): the scrape shows it, not the prepared value.
+    state.record_samples("host", [Sample(clock(), "host", {}, {"cpu_utilization_ratio": 0.75})])
+    assert "ai_bottleneck_host_cpu_utilization_ratio 0.75\n" in prepared.render()
+    assert prepared.render() == cold.render()
+    prepared.prepare()
+    clock.t += 5  # every 1 s series is stale (3 intervals); the iperf3 one lives on
+    after = prepared.render()
+    assert after == cold.render()
+    assert "ai_bottleneck_gpu_utilization_ratio" not in after
+    assert "ai_bottleneck_throughput_bytes_per_second" in after
+    # The agent's own figures change with time even when no series does.
+    assert re.search(r"ai_bottleneck_last_window_age_seconds 5\.0\n", after)
+
+
+def test_series_metrics_and_the_agents_own_metrics_never_share_a_family() -> None:
+    # render() joins the series' blocks and the agent's own lines per family without
+    # merging them, which holds because no metric is both.
+    from agent.exporter import _agent_points, _probe_points
+
+    state = full_state(Clock())
+    snap = state.snapshot()
+    points: dict[str, dict[tuple[str, ...], tuple[float, float]]] = {}
+    _agent_points(points, snap, Clock()())
+    _probe_points(points, snap)
+    own = set(points)
+    routed = {r.metric.name for table in em.ROUTES.values() for r in table.values()}
+    routed |= {r.metric.name for r in em.GPU_PROCESS_ROUTES.values()}
+    routed |= {r.metric.name for r in em.UP_ROUTES.values()}
+    routed |= {em.GPU_INFO.name, em.GPU_CLOCKS_EVENT.name}
+    assert own and routed and not own & routed
+    assert own | routed == set(em.metric_names())
+
+
 def test_docs_list_every_metric() -> None:
     text = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
     begin, end = "<!-- BEGIN METRICS TABLE -->\n", "<!-- END METRICS TABLE -->"
