@@ -10,10 +10,11 @@ the scheduler asks an ``ActiveBudget``:
 - is the NIC already busier than ``busy_nic_ratio`` of its link speed? A test
   on a busy link measures what is left over and takes it from the service.
 
-Each "no" is a one-line reason. The probe is then skipped, and the skip is
-recorded as a Sample of that probe with values ``{"skipped": 1}`` and the
-label ``skip_reason`` (see ``skipped_sample``): it is neither a measurement
-nor a failure.
+Each "no" is a ``Skip``: its kind (budget, nic_busy, overlap) and a one-line
+reason with the figures. The probe is then skipped, and the skip is recorded as
+a Sample of that probe with values ``{"skipped": 1}`` and the labels
+``skip_reason`` and ``skip_kind`` (see ``skipped_sample``): it is neither a
+measurement nor a failure.
 
 The class is pure apart from a lock: the clock is injected, nothing sleeps,
 nothing reads the network.
@@ -37,6 +38,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from agent.options import bounds
@@ -44,9 +46,30 @@ from agent.samples import Sample
 
 Clock = Callable[[], float]
 
-#: The value and label that mark a skipped run of an active probe.
+#: The value and labels that mark a skipped run of an active probe.
 SKIPPED_VALUE = "skipped"
 SKIP_REASON_LABEL = "skip_reason"
+SKIP_KIND_LABEL = "skip_kind"
+
+
+class SkipKind(StrEnum):
+    """Why an active probe was skipped, as a closed vocabulary (metric label values)."""
+
+    BUDGET = "budget"      # the hourly traffic budget has no room for the run
+    NIC_BUSY = "nic_busy"  # the NIC is busier than busy_nic_ratio
+    OVERLAP = "overlap"    # another active probe is running
+    OTHER = "other"        # a skip from elsewhere (a plugin) that names no known kind
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A run the budget did not allow: the kind, and the reason in words (one line)."""
+
+    kind: SkipKind
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 @dataclass(frozen=True)
@@ -81,15 +104,28 @@ def bytes_in_samples(samples: Iterable[Sample]) -> float:
     return float(sum(s.values.get("bytes", 0.0) for s in samples))
 
 
-def skipped_sample(probe: str, reason: str, labels: Mapping[str, str] | None = None,
+def skipped_sample(probe: str, skip: Skip | str, labels: Mapping[str, str] | None = None,
                    t: float | None = None) -> Sample:
-    """The record of a run that did not happen, and why (one line)."""
+    """The record of a run that did not happen, and why (one line); a bare reason is a
+    skip of kind ``other``."""
     from agent.samples import one_line
 
+    if not isinstance(skip, Skip):
+        skip = Skip(SkipKind.OTHER, skip)
     all_labels = dict(labels or {})
-    all_labels[SKIP_REASON_LABEL] = one_line(reason)
+    all_labels[SKIP_REASON_LABEL] = one_line(skip.reason)
+    all_labels[SKIP_KIND_LABEL] = skip.kind.value
     return Sample(t=time.time() if t is None else t, probe=probe, labels=all_labels,
                   values={SKIPPED_VALUE: 1.0})
+
+
+def skip_kind(sample: Sample) -> SkipKind:
+    """The kind of a skip record; ``other`` where it names none this version knows
+    (a plugin's skip, a recording from an older version)."""
+    try:
+        return SkipKind(sample.labels.get(SKIP_KIND_LABEL, SkipKind.OTHER.value))
+    except ValueError:
+        return SkipKind.OTHER
 
 
 def is_skipped(sample: Sample) -> bool:
@@ -183,8 +219,8 @@ class ActiveBudget:
     # -- the decision -------------------------------------------------------------------
 
     def permit(self, probe: str, expected_bytes: float,
-               nic_utilization_ratio: float | None, at: float | None = None) -> str | None:
-        """None if ``probe`` may run now, else the reason it is skipped (one line).
+               nic_utilization_ratio: float | None, at: float | None = None) -> Skip | None:
+        """None if ``probe`` may run now, else why it is skipped.
 
         ``nic_utilization_ratio`` is the busier direction (rx or tx) of the NIC the
         probe will use, as a share of link speed; None when unknown (link speed not
@@ -196,14 +232,16 @@ class ActiveBudget:
                                 self._clock() if at is None else at)
 
     def _permit(self, probe: str, expected_bytes: float,
-                nic_utilization_ratio: float | None, now: float) -> str | None:
+                nic_utilization_ratio: float | None, now: float) -> Skip | None:
         if self._in_flight is not None:
-            return f"another active probe ({self._in_flight}) is running"
+            return Skip(SkipKind.OVERLAP,
+                        f"another active probe ({self._in_flight}) is running")
         if (self.busy_nic_ratio is not None and nic_utilization_ratio is not None
                 and math.isfinite(nic_utilization_ratio)
                 and nic_utilization_ratio >= self.busy_nic_ratio):
-            return (f"NIC busy: {nic_utilization_ratio:.0%} of link speed in use, at or above "
-                    f"the {self.busy_nic_ratio:.0%} limit for active probes")
+            return Skip(SkipKind.NIC_BUSY,
+                        f"NIC busy: {nic_utilization_ratio:.0%} of link speed in use, at or "
+                        f"above the {self.busy_nic_ratio:.0%} limit for active probes")
         if self.bytes_per_hour is None:
             return None
         needed = expected_bytes if math.isfinite(expected_bytes) and expected_bytes > 0 else 0.0
@@ -213,12 +251,14 @@ class ActiveBudget:
             return None
         hour = f"{self.window_seconds / 3600:g} h" if self.window_seconds != 3600 else "hour"
         if needed > self.bytes_per_hour:
-            return (f"traffic budget: {probe} expects ~{_megabytes(needed)}, more than the "
-                    f"whole budget of {_megabytes(self.bytes_per_hour)} per {hour}")
+            return Skip(SkipKind.BUDGET,
+                        f"traffic budget: {probe} expects ~{_megabytes(needed)}, more than "
+                        f"the whole budget of {_megabytes(self.bytes_per_hour)} per {hour}")
         wait = self._seconds_until_room(now, needed)
         when = f"; room again in {math.ceil(wait)} s" if wait is not None else ""
-        return (f"traffic budget: {_megabytes(used)} of {_megabytes(self.bytes_per_hour)} per "
-                f"{hour} used, {probe} expects ~{_megabytes(needed)}{when}")
+        return Skip(SkipKind.BUDGET,
+                    f"traffic budget: {_megabytes(used)} of {_megabytes(self.bytes_per_hour)} "
+                    f"per {hour} used, {probe} expects ~{_megabytes(needed)}{when}")
 
     # -- one at a time ------------------------------------------------------------------
 
@@ -229,7 +269,7 @@ class ActiveBudget:
             return self._in_flight
 
     def acquire(self, probe: str, expected_bytes: float,
-                nic_utilization_ratio: float | None, at: float | None = None) -> str | None:
+                nic_utilization_ratio: float | None, at: float | None = None) -> Skip | None:
         """Check ``permit`` and take the slot in one step; never waits.
 
         Returns None when ``probe`` now holds the slot (call ``release`` when it is
@@ -253,7 +293,7 @@ class ActiveBudget:
 
     @contextmanager
     def slot(self, probe: str, expected_bytes: float,
-             nic_utilization_ratio: float | None) -> Iterator[str | None]:
+             nic_utilization_ratio: float | None) -> Iterator[Skip | None]:
         """``acquire`` on entry, ``release`` on exit (also on error) if it was granted.
         Yields the skip reason, or None when the probe may run."""
         reason = self.acquire(probe, expected_bytes, nic_utilization_ratio)

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.budget import bytes_in_samples, expected_bytes_of, skipped_sample
+from agent.budget import Skip, bytes_in_samples, expected_bytes_of, skipped_sample
 from agent.samples import Sample, one_line
 from probes.base import Probe
 
@@ -36,7 +36,7 @@ class Budget(Protocol):
     """What the sampler asks of the active-probe traffic budget (agent.budget)."""
 
     def permit(self, probe: str, expected_bytes: float,
-               nic_utilization_ratio: float | None, /) -> str | None: ...
+               nic_utilization_ratio: float | None, /) -> Skip | str | None: ...
 
     def spend(self, probe: str, bytes_used: float, /) -> None: ...
 

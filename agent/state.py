@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from agent import __version__
+from agent.budget import is_skipped, skip_kind
 from agent.samples import Sample, one_line
 
 Clock = Callable[[], float]
@@ -36,29 +37,8 @@ LABELS = ("gpu_bound", "vram_bound", "network_bound", "cpu_bound", "balanced", "
 #: for it, or an exception out of it (a probe bug).
 ERROR_REASONS = ("error", "timeout", "crash")
 FailureReason = Literal["timeout", "crash"]
-#: A skipped run of an active probe: values {"skipped": 1}, label skip_reason.
-SKIPPED_VALUE = "skipped"
-SKIP_REASON_LABEL = "skip_reason"
-#: Skip reasons are free text (they carry figures); the exporter counts them by
-#: class so a label value never holds a number. Matched on the text's start.
-_SKIP_CLASSES = (("traffic budget", "budget"), ("nic busy", "nic_busy"),
-                 ("another active probe", "overlap"))
-
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-
-def skip_class(reason: str) -> str:
-    """'traffic budget: 1.2 GB of ...' -> 'budget'; unknown text -> 'other'."""
-    text = reason.strip().lower()
-    for prefix, name in _SKIP_CLASSES:
-        if text.startswith(prefix):
-            return name
-    return "other"
-
-
-def _is_skip(sample: Sample) -> bool:
-    return sample.values.get(SKIPPED_VALUE) == 1.0 and SKIP_REASON_LABEL in sample.labels
 
 
 def series_key(probe: str, labels: Mapping[str, str]) -> SeriesKey:
@@ -224,9 +204,9 @@ class AgentState:
             measured = ok = failed = skipped = 0
             last_error = health.last_error
             for sample in samples:
-                if _is_skip(sample):
+                if is_skipped(sample):
                     skipped += 1
-                    cls = skip_class(sample.labels[SKIP_REASON_LABEL])
+                    cls = skip_kind(sample).value
                     skips[cls] = skips.get(cls, 0) + 1
                     continue
                 measured += 1

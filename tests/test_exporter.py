@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import exporter_metrics as em
+from agent.budget import Skip, SkipKind, skipped_sample
 from agent.endpoint import ListenError, MetricsServer
 from agent.exporter import Collector, build_registry
 from agent.samples import Sample
@@ -266,7 +267,7 @@ def test_a_lost_gpu_is_that_gpus_state() -> None:
     assert value(registry, "ai_bottleneck_probe_errors_total", probe="gpu", reason="error") == 1
 
 
-def test_skips_are_counted_by_class_and_leave_series_and_health_alone() -> None:
+def test_skips_are_counted_by_kind_and_leave_series_and_health_alone() -> None:
     clock = Clock()
     state = AgentState(clock=clock)
     state.register_probe("iperf3", interval_seconds=60, active=True)
@@ -274,11 +275,17 @@ def test_skips_are_counted_by_class_and_leave_series_and_health_alone() -> None:
     good = Sample(clock(), "iperf3", {"target": "h", "direction": "send"},
                   {"bits_per_second": 8e8})
     state.record_samples("iperf3", [good])
-    for reason in ("traffic budget: 1.9 GB of 2.0 GB per hour used",
-                   "NIC busy: 85% of link speed in use", "NIC busy: 91% of link speed in use",
-                   "another active probe (download) is running", "something new"):
-        state.record_samples("iperf3", [Sample(clock(), "iperf3", {"skip_reason": reason},
-                                               {"skipped": 1})])
+    # The kind comes from the skip's label, never from its text.
+    for kind, reason in ((SkipKind.BUDGET, "traffic budget: 1.9 GB of 2.0 GB per hour used"),
+                         (SkipKind.NIC_BUSY, "NIC busy: 85% of link speed in use"),
+                         (SkipKind.NIC_BUSY, "NIC busy: 91% of link speed in use"),
+                         (SkipKind.OVERLAP, "another active probe (download) is running")):
+        state.record_samples("iperf3", [skipped_sample("iperf3", Skip(kind, reason),
+                                                       t=clock())])
+    # A plugin's skip with a bare reason, even one worded like the budget's, is "other".
+    state.record_samples("iperf3", [Sample(clock(), "iperf3",
+                                           {"skip_reason": "traffic budget: spent"},
+                                           {"skipped": 1})])
     skips = {r: value(registry, "ai_bottleneck_probe_skips_total", probe="iperf3", reason=r)
              for r in ("budget", "nic_busy", "overlap", "other")}
     assert skips == {"budget": 1, "nic_busy": 2, "overlap": 1, "other": 1}

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from agent.budget import Skip, SkipKind
 from agent.sampler import Round, Sampler
 from agent.samples import Sample
 from agent.state import AgentState
@@ -76,13 +77,13 @@ def test_crash_is_a_failed_sample_and_the_loop_goes_on() -> None:
 
 
 class RecordingBudget:
-    def __init__(self, refuse: str | None = None) -> None:
+    def __init__(self, refuse: Skip | None = None) -> None:
         self.refuse = refuse
         self.spent: list[tuple[str, float]] = []
         self.asked: list[tuple[str, float, float | None]] = []
 
     def permit(self, probe_name: str, expected_bytes: float,
-               nic_utilization_ratio: float | None) -> str | None:
+               nic_utilization_ratio: float | None) -> Skip | None:
         self.asked.append((probe_name, expected_bytes, nic_utilization_ratio))
         return self.refuse
 
@@ -110,14 +111,17 @@ def test_active_probes_never_overlap_and_spend_the_budget() -> None:
 def test_refused_active_probe_records_a_skip() -> None:
     probe, sink, health = ActiveProbe("a", 0.0, 10), Collect(), Health()
     sampler = Sampler([probe], interval_seconds=0.05, sinks=[sink],
-                      budget=RecordingBudget(refuse="traffic budget used up"), on_round=health)
+                      budget=RecordingBudget(refuse=Skip(SkipKind.BUDGET,
+                                                         "traffic budget used up")),
+                      on_round=health)
     try:
         sampler.tick()
     finally:
         sampler.close()
     assert probe.running == []
     assert sink.samples[0].values == {"skipped": 1.0}
-    assert sink.samples[0].labels == {"skip_reason": "traffic budget used up"}
+    assert sink.samples[0].labels == {"skip_reason": "traffic budget used up",
+                                      "skip_kind": "budget"}
     # A skip is neither a measurement nor a failure: the probe is not marked down.
     assert health["a"].up is not False and health["a"].skips_total == {"budget": 1}
 
