@@ -148,15 +148,18 @@ class Labeller:
 
     def _label(self, window: Window) -> WindowResult:
         c: Classification = classify(window, self.thresholds)
-        settled = (self.thresholds.hysteresis_settled_at_once
-                   and self._hysteresis.may_settle(c.label.value, c.hard)
-                   and self._settles(window, c.label.value))
+        judged = (self.thresholds.hysteresis_settled_at_once
+                  and self._hysteresis.may_settle(c.label.value, c.hard))
+        settled = judged and self._settles(window, c.label.value)
         d = self._hysteresis.update(c.label.value, c.confidence, window.start, c.hard,
                                     settled)
         evidence = c.evidence
         advice = c.advice
         if d.held and d.pending is not None:
             why = (" (this window did not settle it: the change may have come inside it)"
+                   if judged else
+                   f" ({d.label} is new itself: it holds {self._hysteresis.hold_windows} "
+                   "windows before one window can replace it)"
                    if self.thresholds.hysteresis_settled_at_once else "")
             evidence = (f"holding {d.label}: {d.pending[0]} seen in {d.pending[1]} of the "
                         f"{self._hysteresis.hold_windows} windows needed to change{why}",

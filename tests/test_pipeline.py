@@ -132,6 +132,8 @@ def test_flapping_windows_give_a_steady_label_and_an_oom_switches_at_once() -> N
     # gpu_bound; network_bound then never holds two windows in a row, so it stays.
     assert labels(flapping) == ["gpu_bound"] + ["network_bound"] * 5
     assert all(r.held for r in flapping if r.raw_label != r.label)
+    # The change back is not judged for settling: network_bound has not yet held.
+    assert "is new itself" in flapping[2].evidence[0]
     plain = live(session(), thresholds=Thresholds(hysteresis_settled_at_once=False))
     assert set(labels(plain[7:13])) == {"gpu_bound"}
     oom_window = next(r for r in results if r.hard)
