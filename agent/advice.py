@@ -7,18 +7,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.facts import Facts, memory_text, need, observed_transfer_rate, transfer
-from agent.windows import ProbeState, Window
-from agent.words import bits, pct, secs, size
+from ai_bottleneck.facts import Facts, memory_text, need, observed_transfer_rate, transfer
+from ai_bottleneck.windows import ProbeState, Window
+from ai_bottleneck.words import bits, pct, secs, size
 
 if TYPE_CHECKING:
-    from agent.classifier import Finding, Label
+    from ai_bottleneck.classifier import Finding, Label
 
 
 # -- advice per label ----------------------------------------------------------------
 
 def advice_for(found: Finding, f: Facts) -> list[str]:
-    from agent.classifier import Label
+    from ai_bottleneck.classifier import Label
 
     if found.label is Label.NETWORK_BOUND:
         return _network(f, found.mismatch)
@@ -161,7 +161,7 @@ def _unknown(f: Facts) -> list[str]:
 
 def warnings_for(f: Facts, label: Label, window: Window) -> list[str]:
     """Facts worth knowing that did not decide the label."""
-    from agent.classifier import Label
+    from ai_bottleneck.classifier import Label
 
     th = f.th
     out = []

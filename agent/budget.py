@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from agent.options import bounds
-from agent.samples import Sample
+from ai_bottleneck.options import bounds
+from ai_bottleneck.samples import Sample
 
 Clock = Callable[[], float]
 
@@ -108,7 +108,7 @@ def skipped_sample(probe: str, skip: Skip | str, labels: Mapping[str, str] | Non
                    t: float | None = None) -> Sample:
     """The record of a run that did not happen, and why (one line); a bare reason is a
     skip of kind ``other``."""
-    from agent.samples import one_line
+    from ai_bottleneck.samples import one_line
 
     if not isinstance(skip, Skip):
         skip = Skip(SkipKind.OTHER, skip)

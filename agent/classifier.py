@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from agent import advice
-from agent.facts import Facts, Signal, above, below, memory_text
-from agent.signals import read, summary
-from agent.thresholds import Thresholds
-from agent.windows import ProbeState, Window
-from agent.words import bits, pct, secs, size
+from ai_bottleneck import advice
+from ai_bottleneck.facts import Facts, Signal, above, below, memory_text
+from ai_bottleneck.signals import read, summary
+from ai_bottleneck.thresholds import Thresholds
+from ai_bottleneck.windows import ProbeState, Window
+from ai_bottleneck.words import bits, pct, secs, size
 
 DEFAULT_THRESHOLDS = Thresholds()
 #: How much one fully convincing signal contributes to confidence (noisy-OR).

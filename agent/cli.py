@@ -13,10 +13,10 @@ from typing import Any, NoReturn
 
 import click
 
-from agent import __version__
-from agent.logs import setup_logging, stderr_is_journal
-from agent.options import parse_duration
-from agent.samples import one_line
+from ai_bottleneck import __version__
+from ai_bottleneck.logs import setup_logging, stderr_is_journal
+from ai_bottleneck.options import parse_duration
+from ai_bottleneck.samples import one_line
 
 
 class Duration(click.ParamType[float]):
@@ -43,7 +43,7 @@ DURATION = Duration()
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     # Under systemd the line journald files is the reason the service failed: give it
-    # the error priority, as the log lines carry theirs (agent.logs).
+    # the error priority, as the log lines carry theirs (ai_bottleneck.logs).
     priority = "<3>" if stderr_is_journal() else ""
     click.echo(f"{priority}ai-bottleneck: error: {message}", err=True)
     sys.exit(code)
@@ -105,8 +105,8 @@ def main(ctx: click.Context, verbose: int) -> None:
                    "/etc/ai-bottleneck/config.toml when present).")
 def probes_cmd(config_path: Path | None) -> None:
     """List every discovered probe: usable on this host or not, and why not."""
-    from agent.config import ConfigError, load_config
-    from agent.discovery import discover
+    from ai_bottleneck.config import ConfigError, load_config
+    from ai_bottleneck.discovery import discover
 
     try:
         config = load_config(config_path)
@@ -187,11 +187,11 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
                  iperf3: tuple[str, ...], download: str | None, config_path: Path | None,
                  as_json: bool, record_path: Path | None) -> None:
     """Sample this host for a while and say what holds the service back."""
-    from agent.config import ConfigError, load_config
-    from agent.diagnose import run_diagnose
-    from agent.record import RecordError
-    from agent.report import render
-    from agent.session import build_probes
+    from ai_bottleneck.config import ConfigError, load_config
+    from ai_bottleneck.diagnose import run_diagnose
+    from ai_bottleneck.record import RecordError
+    from ai_bottleneck.report import render
+    from ai_bottleneck.session import build_probes
 
     try:
         config = load_config(config_path)
@@ -234,10 +234,10 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
               help="One JSON object per window per line.")
 def replay_cmd(file: Path, window: float | None, as_json: bool) -> None:
     """Label a recording with the same windows and classifier as a live run."""
-    from agent.options import OptionError
-    from agent.pipeline import overall_verdict, replay
-    from agent.record import RecordError
-    from agent.report import render
+    from ai_bottleneck.options import OptionError
+    from ai_bottleneck.pipeline import overall_verdict, replay
+    from ai_bottleneck.record import RecordError
+    from ai_bottleneck.report import render
 
     try:
         run = replay(file, window_seconds=window)
@@ -281,10 +281,10 @@ def replay_cmd(file: Path, window: float | None, as_json: bool) -> None:
 def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
             web_config_file: Path | None) -> None:
     """Run the agent: sample continuously, label windows, serve Prometheus metrics."""
-    from agent.config import ConfigError
-    from agent.daemon import Agent
-    from agent.endpoint import ListenError
-    from agent.webconfig import WebConfigError
+    from ai_bottleneck.config import ConfigError
+    from ai_bottleneck.daemon import Agent
+    from ai_bottleneck.endpoint import ListenError
+    from ai_bottleneck.webconfig import WebConfigError
 
     setup_logging(ctx.obj.get("verbose", 0) if ctx.obj else 0, daemon=True)
     try:

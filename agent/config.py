@@ -9,8 +9,8 @@ an agent with no config at all still runs.
 Layout::
 
     [agent]        sampling interval, window length, listen address, files
-    [thresholds]   classifier thresholds (agent.thresholds.Thresholds)
-    [budget]       traffic budget of active probes (agent.budget.BudgetOptions)
+    [thresholds]   classifier thresholds (ai_bottleneck.thresholds.Thresholds)
+    [budget]       traffic budget of active probes (ai_bottleneck.budget.BudgetOptions)
     [probes.NAME]  options of probe NAME, plus ``enabled = true/false``
 
 Unknown keys are errors. Every error is a ``ConfigError`` whose text is one
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.options import OptionError, bounds, parse_options
-from agent.samples import one_line
-from agent.thresholds import Thresholds
+from ai_bottleneck.options import OptionError, bounds, parse_options
+from ai_bottleneck.samples import one_line
+from ai_bottleneck.thresholds import Thresholds
 
 DEFAULT_PATH = Path("/etc/ai-bottleneck/config.toml")
 ENV_VAR = "AI_BOTTLENECK_CONFIG"
@@ -131,7 +131,7 @@ class ProbeSettings:
 
 # Sections owned by other modules, named rather than imported so this module
 # does not depend on them: the class parses the table with parse_options.
-_OPTIONAL_SECTIONS = {"budget": ("agent.budget", "BudgetOptions")}
+_OPTIONAL_SECTIONS = {"budget": ("ai_bottleneck.budget", "BudgetOptions")}
 _SECTIONS = ("agent", "thresholds", *_OPTIONAL_SECTIONS, "probes")
 
 
@@ -152,7 +152,7 @@ class Config:
     source: str = "(defaults)"
     agent: AgentOptions = field(default_factory=AgentOptions)
     thresholds: Thresholds = field(default_factory=Thresholds)
-    #: agent.budget.BudgetOptions, or None in a build without that module.
+    #: ai_bottleneck.budget.BudgetOptions, or None in a build without that module.
     budget: Any = None
     probes: Mapping[str, ProbeSettings] = field(default_factory=dict)
     known_probes: tuple[str, ...] = ()
@@ -164,7 +164,7 @@ class Config:
 
     @property
     def probe_option_tables(self) -> dict[str, dict[str, Any]]:
-        """Every probe's options table, for agent.discovery.discover(options=...)."""
+        """Every probe's options table, for ai_bottleneck.discovery.discover(options=...)."""
         return {name: self.probe_options(name) for name in self.probes}
 
     @property
@@ -237,7 +237,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "(defaults)",
                  known_probes: Iterable[str] | None = None) -> Config:
     """Check a decoded TOML document and build the Config."""
     if known_probes is None:
-        from agent.discovery import available_names
+        from ai_bottleneck.discovery import available_names
 
         known_probes = available_names()
     known = tuple(sorted(known_probes))

@@ -19,16 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from agent.budget import ActiveBudget
-from agent.config import Config, ConfigError, load_config
-from agent.endpoint import MetricsServer
-from agent.pipeline import Labeller, WindowResult
-from agent.record import RecordError, RecordWriter, make_header
-from agent.sampler import Round, Sampler
-from agent.samples import Sample
-from agent.session import ProbeSet, build_probes
-from agent.state import AgentState
-from probes.iperf3_server import Iperf3Server
+from ai_bottleneck.budget import ActiveBudget
+from ai_bottleneck.config import Config, ConfigError, load_config
+from ai_bottleneck.endpoint import MetricsServer
+from ai_bottleneck.pipeline import Labeller, WindowResult
+from ai_bottleneck.probes.iperf3_server import Iperf3Server
+from ai_bottleneck.record import RecordError, RecordWriter, make_header
+from ai_bottleneck.sampler import Round, Sampler
+from ai_bottleneck.samples import Sample
+from ai_bottleneck.session import ProbeSet, build_probes
+from ai_bottleneck.state import AgentState
 
 log = logging.getLogger("ai_bottleneck.agent")
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from agent.budget import ActiveBudget
-from agent.config import Config
-from agent.pipeline import Labeller, Verdict, WindowResult, overall_verdict
-from agent.record import RecordWriter, make_header
-from agent.sampler import Sampler
-from agent.samples import Sample
-from agent.session import ProbeSet
+from ai_bottleneck.budget import ActiveBudget
+from ai_bottleneck.config import Config
+from ai_bottleneck.pipeline import Labeller, Verdict, WindowResult, overall_verdict
+from ai_bottleneck.record import RecordWriter, make_header
+from ai_bottleneck.sampler import Sampler
+from ai_bottleneck.samples import Sample
+from ai_bottleneck.session import ProbeSet
 
 Progress = Callable[[float, float, WindowResult | None], None]
 

@@ -2,7 +2,7 @@
 
 ``MetricsServer`` serves over HTTP/1.1 with keep-alive, one thread per
 connection, with TLS and basic auth from an exporter web config file
-(agent.webconfig). What it serves comes from agent.exporter.Exposition.
+(ai_bottleneck.webconfig). What it serves comes from ai_bottleneck.exporter.Exposition.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
-from agent.config import DEFAULT_LISTEN, parse_listen
-from agent.exporter import Exposition
-from agent.state import AgentState
-from agent.webconfig import WebGuard, peer_sans
+from ai_bottleneck import __version__
+from ai_bottleneck.config import DEFAULT_LISTEN, parse_listen
+from ai_bottleneck.exporter import Exposition
+from ai_bottleneck.state import AgentState
+from ai_bottleneck.webconfig import WebGuard, peer_sans
 
-log = logging.getLogger("agent.exporter")
+log = logging.getLogger("ai_bottleneck.exporter")
 
 
 # -- HTTP ---------------------------------------------------------------------------------
@@ -196,9 +196,9 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 class MetricsServer:
     """The HTTP endpoint. ``start()`` binds and serves in a thread; ``stop()`` ends it.
 
-    ``listen`` is HOST:PORT (agent.config.parse_listen; port 0 picks a free
+    ``listen`` is HOST:PORT (ai_bottleneck.config.parse_listen; port 0 picks a free
     one, see ``port``). ``web_config_file`` is an exporter web config (TLS,
-    basic auth); a bad one raises agent.webconfig.WebConfigError here, at
+    basic auth); a bad one raises ai_bottleneck.webconfig.WebConfigError here, at
     construction; it is looked at again for changes (new certificates,
     users) at most every ``web_config_check_seconds``. Binding failures raise
     ListenError from ``start()``.

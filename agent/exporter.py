@@ -3,9 +3,9 @@
 ``Collector.collect()`` builds fresh metric families from the latest
 snapshot at each scrape, so a label value exists only while its source
 reports it. The metric table (names, help, labels, how sample values map)
-is agent.exporter_metrics.
+is ai_bottleneck.exporter_metrics.
 
-The HTTP server for it is agent.endpoint.MetricsServer.
+The HTTP server for it is ai_bottleneck.endpoint.MetricsServer.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector as CollectorBase
 from prometheus_client.registry import CollectorRegistry
 
-from agent import exporter_metrics as m
-from agent.state import ERROR_REASONS, LABELS, AgentState, Series, Snapshot
+from ai_bottleneck import exporter_metrics as m
+from ai_bottleneck.state import ERROR_REASONS, LABELS, AgentState, Series, Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Every metric the exporter can emit, declared once: name, type, labels, help, source.
 
-The collector (agent.exporter) reads this table to turn samples into metric
+The collector (ai_bottleneck.exporter) reads this table to turn samples into metric
 families; docs/metrics.md is generated from it (``python -m
-agent.exporter_metrics``), and the tests hold both to it.
+ai_bottleneck.exporter_metrics``), and the tests hold both to it.
 
 Probe values are mapped by ``ROUTES``: (probe, value name) -> metric, how
 its labels come from the sample's labels, and a unit scale. Sample values

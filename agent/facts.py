@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.signals import GpuReading, HttpReading, Readings, ThroughputReading
-from agent.thresholds import Thresholds
-from agent.windows import ProbeState
-from agent.words import bits, pct, secs, size
+from ai_bottleneck.signals import GpuReading, HttpReading, Readings, ThroughputReading
+from ai_bottleneck.thresholds import Thresholds
+from ai_bottleneck.windows import ProbeState
+from ai_bottleneck.words import bits, pct, secs, size
 
 #: Bytes on the wire per payload byte over TCP/IP: headers take about 4% at a 1500-byte MTU
 #: (52 of 1500 bytes) and the ACKs coming back about 2% more; rounded up.

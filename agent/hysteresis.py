@@ -5,7 +5,7 @@ A new label replaces the current one when either
 - it has been the raw label for ``hold_windows`` windows in a row, or
 - it is *settled*: the window it was read in no longer shows the current label
   anywhere, and the new one already holds in its second half alone (the caller
-  judges this, see agent.pipeline). A change that happened before the window
+  judges this, see ai_bottleneck.pipeline). A change that happened before the window
   began is then seen after one window instead of ``hold_windows``, while a
   window that only straddles a change, or a burst inside one window, still has
   to be confirmed by the next ones. A label that took over without the hold

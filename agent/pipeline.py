@@ -30,12 +30,12 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.classifier import Classification, Label, classify
-from agent.hysteresis import Hysteresis, Transition
-from agent.record import ReadStats, RecordReader
-from agent.samples import Sample
-from agent.thresholds import Thresholds
-from agent.windows import Window, WindowBuilder
+from ai_bottleneck.classifier import Classification, Label, classify
+from ai_bottleneck.hysteresis import Hysteresis, Transition
+from ai_bottleneck.record import ReadStats, RecordReader
+from ai_bottleneck.samples import Sample
+from ai_bottleneck.thresholds import Thresholds
+from ai_bottleneck.windows import Window, WindowBuilder
 
 DEFAULT_WINDOW_SECONDS = 10.0
 DEFAULT_REORDER_SECONDS = 2.0
@@ -211,9 +211,9 @@ class Labeller:
         """A labeller set up as the run that wrote ``header`` was; arguments override.
 
         Header fields this version does not know are ignored, as the record format
-        asks; a malformed known field raises agent.options.OptionError (one line).
+        asks; a malformed known field raises ai_bottleneck.options.OptionError (one line).
         """
-        from agent.options import OptionError, parse_options
+        from ai_bottleneck.options import OptionError, parse_options
 
         if window_seconds is None:
             raw = header.get("window_seconds", DEFAULT_WINDOW_SECONDS)
@@ -256,8 +256,8 @@ def replay(path: str | os.PathLike[str], *, window_seconds: float | None = None,
            thresholds: Thresholds | None = None) -> Replay:
     """Label a recording with the same code path as a live run.
 
-    Raises agent.record.RecordError (the file is not a recording) or
-    agent.options.OptionError (its header is malformed), each one line.
+    Raises ai_bottleneck.record.RecordError (the file is not a recording) or
+    ai_bottleneck.options.OptionError (its header is malformed), each one line.
     """
     reader = RecordReader(path)
     try:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from agent import __version__
-from agent.samples import Sample, SampleError, one_line
+from ai_bottleneck import __version__
+from ai_bottleneck.samples import Sample, SampleError, one_line
 
 FORMAT_NAME = "ai-bottleneck-record"
 FORMAT_VERSION = 1

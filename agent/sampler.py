@@ -23,9 +23,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.budget import Skip, bytes_in_samples, expected_bytes_of, skipped_sample
-from agent.samples import Sample, one_line
-from probes.base import Probe
+from ai_bottleneck.budget import Skip, bytes_in_samples, expected_bytes_of, skipped_sample
+from ai_bottleneck.probes.base import Probe
+from ai_bottleneck.samples import Sample, one_line
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ Sink = Callable[[Sequence[Sample]], None]
 
 
 class Budget(Protocol):
-    """What the sampler asks of the active-probe traffic budget (agent.budget)."""
+    """What the sampler asks of the active-probe traffic budget (ai_bottleneck.budget)."""
 
     def permit(self, probe: str, expected_bytes: float,
                nic_utilization_ratio: float | None, /) -> Skip | None: ...

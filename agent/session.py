@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import Config, ConfigError
-from agent.discovery import discover
-from agent.options import OptionError
-from probes.base import Probe
+from ai_bottleneck.config import Config, ConfigError
+from ai_bottleneck.discovery import discover
+from ai_bottleneck.options import OptionError
+from ai_bottleneck.probes.base import Probe
 
 
 @dataclass

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.windows import ProbeStatus, SeriesWindow, Stats, Window
+from ai_bottleneck.windows import ProbeStatus, SeriesWindow, Stats, Window
 
 #: HTTP phases that are the network's time, not the server's.
 NETWORK_PHASES = ("dns_seconds", "connect_seconds", "tls_seconds", "upload_seconds",

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from agent import __version__
-from agent.budget import is_skipped, skip_kind
-from agent.samples import Sample, one_line
+from ai_bottleneck import __version__
+from ai_bottleneck.budget import is_skipped, skip_kind
+from ai_bottleneck.samples import Sample, one_line
 
 Clock = Callable[[], float]
 
@@ -137,7 +137,7 @@ class AgentState:
     @classmethod
     def from_config(cls, agent: Any, *, clock: Clock = time.time,
                     build_info: Mapping[str, str] | None = None) -> AgentState:
-        """From agent.config.AgentOptions (the ``[agent]`` table)."""
+        """From ai_bottleneck.config.AgentOptions (the ``[agent]`` table)."""
         return cls(interval_seconds=agent.interval_seconds, window_seconds=agent.window_seconds,
                    stale_after_intervals=agent.stale_after_intervals, clock=clock,
                    build_info=build_info)
@@ -147,7 +147,7 @@ class AgentState:
         return self._clock
 
     def apply_config(self, agent: Any) -> None:
-        """New ``[agent]`` settings after a reload (agent.config.AgentOptions).
+        """New ``[agent]`` settings after a reload (ai_bottleneck.config.AgentOptions).
 
         /metrics shows the interval and window length the agent now runs
         with, and series written from now on expire on the new interval.

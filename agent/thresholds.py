@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.options import bounds
+from ai_bottleneck.options import bounds
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ from typing import Any, Literal
 import bcrypt
 import yaml  # type: ignore[import-untyped]  # the format is YAML; types-PyYAML not required
 
-from agent.options import OptionError, bounds, parse_options
-from agent.samples import one_line
+from ai_bottleneck.options import OptionError, bounds, parse_options
+from ai_bottleneck.samples import one_line
 
 log = logging.getLogger(__name__)
 

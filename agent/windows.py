@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from operator import attrgetter
 
-from agent.samples import Sample
+from ai_bottleneck.samples import Sample
 
 PERCENTILE = 0.95
 SKIPPED_VALUE = "skipped"

@@ -1,1 +1,1 @@
-"""Probes: one module per source of samples (see probes.base for the protocol)."""
+"""Probes: one module per source of samples (see ai_bottleneck.probes.base for the protocol)."""

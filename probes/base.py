@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from agent.samples import Sample
+from ai_bottleneck.samples import Sample
 
 Clock = Callable[[], float]
 
@@ -66,14 +66,14 @@ class Probe(Protocol):
 
 #: What the entry point ``ai_bottleneck.probes`` names: a callable that takes
 #: the probe's options table (from the config file or CLI flags) and returns a
-#: Probe. It raises agent.options.OptionError for bad options.
+#: Probe. It raises ai_bottleneck.options.OptionError for bad options.
 ProbeFactory = Callable[[Mapping[str, Any]], Probe]
 
 
 def failed(probe: str, error: str, labels: Mapping[str, str] | None = None,
            t: float | None = None) -> Sample:
     """A failed-sample record, one line of error text."""
-    from agent.samples import one_line
+    from ai_bottleneck.samples import one_line
 
     return Sample(t=time.time() if t is None else t, probe=probe, labels=dict(labels or {}),
                   error=one_line(error))

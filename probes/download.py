@@ -26,18 +26,18 @@ from typing import Any
 
 import httpcore
 import httpx
-from agent.options import bounds, parse_options
-from agent.samples import Sample, clean_values
 
-from probes.base import Availability, Clock, failed
-from probes.http import check_url, host_and_port
-from probes.httptiming import (
+from ai_bottleneck.options import bounds, parse_options
+from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.http import check_url, host_and_port
+from ai_bottleneck.probes.httptiming import (
     CallTimer,
     TimingBackend,
     describe_failure,
     make_client,
     make_ssl_context,
 )
+from ai_bottleneck.samples import Sample, clean_values
 
 #: Query parameter added by ``cache_bust`` (a fresh random value every sample).
 CACHE_BUST_PARAM = "nocache"

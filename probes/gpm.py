@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from probes import nvml
-from probes.base import Clock
+from ai_bottleneck.probes import nvml
+from ai_bottleneck.probes.base import Clock
 
 log = logging.getLogger(__name__)
 

@@ -29,12 +29,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.options import bounds, parse_options
-from agent.samples import Sample, one_line
-
-from probes import nvml
-from probes.base import Availability, Clock, failed
-from probes.gpm import GpmReader
+from ai_bottleneck.options import bounds, parse_options
+from ai_bottleneck.probes import nvml
+from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.gpm import GpmReader
+from ai_bottleneck.samples import Sample, one_line
 
 NAME = "gpu"
 log = logging.getLogger(__name__)

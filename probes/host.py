@@ -23,11 +23,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.options import parse_options
-from agent.samples import Sample, clean_values
-
-from probes.base import Availability, Clock, failed
-from probes.procfs import (
+from ai_bottleneck.options import parse_options
+from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.procfs import (
     PsiLine,
     busy_ratio,
     parse_cpu_ticks,
@@ -37,6 +35,7 @@ from probes.procfs import (
     read_optional,
     read_text,
 )
+from ai_bottleneck.samples import Sample, clean_values
 
 T = TypeVar("T")
 

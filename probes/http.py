@@ -26,17 +26,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from agent.options import bounds, parse_options
-from agent.samples import Sample, clean_values
 
-from probes.base import Availability, Clock, failed
-from probes.httptiming import (
+from ai_bottleneck.options import bounds, parse_options
+from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.httptiming import (
     CallTimer,
     TimingBackend,
     describe_failure,
     make_client,
     make_ssl_context,
 )
+from ai_bottleneck.samples import Sample, clean_values
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: Extra seconds the probe allows beyond its targets' timeouts before the agent

@@ -39,7 +39,8 @@ from typing import Any
 
 import httpcore
 import httpx
-from agent import __version__
+
+from ai_bottleneck import __version__
 
 Clock = Callable[[], float]
 Resolver = Callable[[str, int], list[tuple[Any, ...]]]

@@ -31,11 +31,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.options import bounds, parse_options
-from agent.samples import Sample, clean_values, one_line
-
-from probes.base import Availability, Clock, failed
-from probes.iperf3_server import Iperf3Server, ServerOptions
+from ai_bottleneck.options import bounds, parse_options
+from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.iperf3_server import Iperf3Server, ServerOptions
+from ai_bottleneck.samples import Sample, clean_values, one_line
 
 log = logging.getLogger(__name__)
 

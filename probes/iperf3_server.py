@@ -15,10 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-from agent.options import bounds
-from agent.samples import one_line
-
-from probes.base import Clock
+from ai_bottleneck.options import bounds
+from ai_bottleneck.probes.base import Clock
+from ai_bottleneck.samples import one_line
 
 
 @dataclass(frozen=True)

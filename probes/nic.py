@@ -28,11 +28,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from agent.options import bounds, parse_options
-from agent.samples import Sample, clean_values
-
-from probes.base import Availability, Clock, failed
-from probes.procfs import (
+from ai_bottleneck.options import bounds, parse_options
+from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.procfs import (
     NetDevCounters,
     counter_delta,
     default_route_interfaces,
@@ -41,6 +39,7 @@ from probes.procfs import (
     read_optional,
     read_text,
 )
+from ai_bottleneck.samples import Sample, clean_values
 
 PROBE_NAME = "nic"
 HOST_LABELS = {"scope": "host"}

@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pynvml  # pure-Python bindings: importing them does not load the driver library
-from agent.samples import one_line
+
+from ai_bottleneck.samples import one_line
 
 BACKEND_ENV = "AI_BOTTLENECK_NVML_BACKEND"
 

@@ -30,11 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.options import bounds, parse_options
-from agent.samples import Sample, one_line
-
-from probes.base import Availability, Clock, failed
-from probes.logtail import FileFollower, JournalError, JournalFollower
+from ai_bottleneck.options import bounds, parse_options
+from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.logtail import FileFollower, JournalError, JournalFollower
+from ai_bottleneck.samples import Sample, one_line
 
 NAME = "oom"
 

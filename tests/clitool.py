@@ -21,7 +21,7 @@ def command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("ai-bottleneck")
-    return [found] if found else [sys.executable, "-m", "agent.cli"]
+    return [found] if found else [sys.executable, "-m", "ai_bottleneck.cli"]
 
 
 def clean_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -17,9 +17,9 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from agent.record import RecordWriter, make_header
-from agent.samples import Sample
-from agent.windows import Window
+from ai_bottleneck.record import RecordWriter, make_header
+from ai_bottleneck.samples import Sample
+from ai_bottleneck.windows import Window
 
 T0 = 1_700_000_000.0
 GiB = 2**30

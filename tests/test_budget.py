@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agent.budget import (
+from ai_bottleneck.budget import (
     ActiveBudget,
     BudgetOptions,
     Skip,
@@ -18,8 +18,8 @@ from agent.budget import (
     skip_kind,
     skipped_sample,
 )
-from agent.options import OptionError, parse_options
-from agent.samples import Sample
+from ai_bottleneck.options import OptionError, parse_options
+from ai_bottleneck.samples import Sample
 
 MB = 1e6
 

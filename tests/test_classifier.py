@@ -8,9 +8,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from agent.classifier import RULES, Classification, Label, classify
-from agent.options import OptionError, parse_options
-from agent.thresholds import Thresholds
+from ai_bottleneck.classifier import RULES, Classification, Label, classify
+from ai_bottleneck.options import OptionError, parse_options
+from ai_bottleneck.thresholds import Thresholds
 from tests.synth import (
     A100,
     H100,

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agent.config import DEFAULT_PATH
+from ai_bottleneck.config import DEFAULT_PATH
 from tests import clitool
 from tests.clitool import LABELS
 from tests.fakes.fake_nvml import make_gpus, write_state

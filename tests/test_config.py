@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import (
+from ai_bottleneck.config import (
     DEFAULT_PATH,
     DEFAULT_PORT,
     ENV_VAR,
@@ -17,8 +17,8 @@ from agent.config import (
     load_config,
     parse_listen,
 )
-from agent.options import OptionError
-from agent.thresholds import Thresholds
+from ai_bottleneck.options import OptionError
+from ai_bottleneck.thresholds import Thresholds
 
 PROBES = ("download", "gpu", "host", "http", "iperf3", "nic", "oom")
 REPO = Path(__file__).resolve().parent.parent
@@ -100,7 +100,7 @@ def test_enabled_true_marks_a_probe_required(tmp_path: Path) -> None:
 
 
 def test_budget_table_is_parsed_when_the_budget_module_exists(tmp_path: Path) -> None:
-    budget = pytest.importorskip("agent.budget")
+    budget = pytest.importorskip("ai_bottleneck.budget")
     config = load(write(tmp_path, '[budget]\nbusy_nic_ratio = "40%"\n'))
     assert isinstance(config.budget, budget.BudgetOptions)
     assert config.budget.busy_nic_ratio == 0.4

@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import exporter_metrics as em
-from agent.config import DEFAULT_PATH, DEFAULT_PORT, parse_config
+from ai_bottleneck import exporter_metrics as em
+from ai_bottleneck.config import DEFAULT_PATH, DEFAULT_PORT, parse_config
 from tests.promtool import run_promtool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,7 +137,7 @@ def test_entry_point_starts(tmp_path: Path) -> None:
 def test_deployment_doc_covers_every_agent_key_and_the_port() -> None:
     import dataclasses
 
-    from agent.config import AgentOptions
+    from ai_bottleneck.config import AgentOptions
 
     text = (REPO / "docs" / "deployment.md").read_text()
     for f in dataclasses.fields(AgentOptions):
@@ -260,7 +260,7 @@ def test_dashboard_layout_and_timeline_mapping() -> None:
     timeline = next(p for p in data["panels"] if p["type"] == "state-timeline"
                     and "ai_bottleneck_window_label" in p["targets"][0]["expr"])
     mapping = timeline["fieldConfig"]["defaults"]["mappings"][0]["options"]
-    from agent.state import LABELS
+    from ai_bottleneck.state import LABELS
 
     assert [mapping[str(i + 1)]["text"] for i in range(len(LABELS))] == list(LABELS)
     for i, label in enumerate(LABELS):
@@ -347,7 +347,7 @@ def test_daemonset_runs_on_gpu_nodes_with_host_network_read_only() -> None:
 def test_configmap_holds_a_config_the_agent_accepts() -> None:
     import tomllib
 
-    from agent.discovery import available_names
+    from ai_bottleneck.discovery import available_names
 
     data = manifests()["ConfigMap"]["data"]
     (name,) = data

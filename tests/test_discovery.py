@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.discovery import GROUP, discover
-from agent.options import OptionError
+from ai_bottleneck.discovery import GROUP, discover
+from ai_bottleneck.options import OptionError
 
 
 @pytest.fixture

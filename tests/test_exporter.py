@@ -13,12 +13,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import exporter_metrics as em
-from agent.budget import Skip, SkipKind, skipped_sample
-from agent.endpoint import ListenError, MetricsServer
-from agent.exporter import Collector, build_registry
-from agent.samples import Sample
-from agent.state import LABELS, AgentState
+from ai_bottleneck import exporter_metrics as em
+from ai_bottleneck.budget import Skip, SkipKind, skipped_sample
+from ai_bottleneck.endpoint import ListenError, MetricsServer
+from ai_bottleneck.exporter import Collector, build_registry
+from ai_bottleneck.samples import Sample
+from ai_bottleneck.state import LABELS, AgentState
 from tests.promtool import run_promtool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -413,7 +413,7 @@ def test_prepared_blocks_render_what_a_cold_scrape_renders_and_never_go_stale() 
 def test_series_metrics_and_the_agents_own_metrics_never_share_a_family() -> None:
     # render() joins the series' blocks and the agent's own lines per family without
     # merging them, which holds because no metric is both.
-    from agent.exporter import _agent_points, _probe_points
+    from ai_bottleneck.exporter import _agent_points, _probe_points
 
     state = full_state(Clock())
     snap = state.snapshot()
@@ -434,7 +434,7 @@ def test_docs_list_every_metric() -> None:
     begin, end = "<!-- BEGIN METRICS TABLE -->\n", "<!-- END METRICS TABLE -->"
     assert begin in text and end in text
     table = text.split(begin, 1)[1].split(end, 1)[0]
-    assert table == em.markdown_table(), "regenerate: python -m agent.exporter_metrics"
+    assert table == em.markdown_table(), "regenerate: python -m ai_bottleneck.exporter_metrics"
     for name in em.metric_names():
         assert f"`{name}`" in table
 

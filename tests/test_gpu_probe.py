@@ -21,10 +21,10 @@ from typing import Any
 import pynvml
 import pytest
 
-from agent.options import OptionError
-from probes import nvml
-from probes.base import Availability
-from probes.gpu import GpuProbe, Options, create
+from ai_bottleneck.options import OptionError
+from ai_bottleneck.probes import nvml
+from ai_bottleneck.probes.base import Availability
+from ai_bottleneck.probes.gpu import GpuProbe, Options, create
 from tests.fakes.fake_nvml import (
     BACKEND_SPEC,
     STATE_ENV,
@@ -272,7 +272,7 @@ def test_glitched_driver_samples_are_dropped() -> None:
 @pytest.mark.parametrize("old", ["driver", "binding"])
 def test_without_sample_buffer_falls_back_to_latest_utilization(
         old: str, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="probes.nvml")
+    caplog.set_level(logging.INFO, logger="ai_bottleneck.probes.nvml")
     clock = FakeClock()
     fake = FakeNvml.with_gpus(2, clock=clock, utilization_percent=77)
     if old == "driver":
@@ -395,7 +395,7 @@ def test_a_broken_backend_call_fails_that_gpu_in_one_line() -> None:
 
 
 def test_old_driver_without_v2_memory_call_uses_v1(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="probes.nvml")
+    caplog.set_level(logging.INFO, logger="ai_bottleneck.probes.nvml")
     clock = FakeClock()
     fake = FakeNvml.with_gpus(2, clock=clock, memory_used_bytes=10 * 2**30)
     fake.remove_symbols("nvmlDeviceGetMemoryInfo_v2")
@@ -487,7 +487,7 @@ def test_gpm_metrics_cover_the_interval_between_two_passes() -> None:
 
 def test_gpm_without_permission_is_dropped_and_its_buffers_freed(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="probes.nvml")
+    caplog.set_level(logging.INFO, logger="ai_bottleneck.probes.nvml")
     clock = FakeClock()
     fake = FakeNvml.with_gpus(1, clock=clock)
     probe = probe_for(fake, clock)
@@ -695,7 +695,7 @@ def test_discovered_through_the_entry_point_in_a_subprocess(tmp_path: Path) -> N
         "backends = []\n"
         # registered before NVML starts, so it runs after NVML's own exit hook
         "atexit.register(lambda: print('init_count', backends[0].init_count))\n"
-        "from agent.discovery import discover\n"
+        "from ai_bottleneck.discovery import discover\n"
         "(found,) = discover(only=['gpu'])\n"
         "backends.append(found.probe._nvml.backend)\n"
         "print(json.dumps([s.to_json() for s in found.probe.sample()]))\n"

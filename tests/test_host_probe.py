@@ -10,10 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.options import OptionError
-from probes.base import Probe
-from probes.host import HostProbe, create
-from probes.procfs import parse_cpu_ticks, parse_meminfo
+from ai_bottleneck.options import OptionError
+from ai_bottleneck.probes.base import Probe
+from ai_bottleneck.probes.host import HostProbe, create
+from ai_bottleneck.probes.procfs import parse_cpu_ticks, parse_meminfo
 
 SNAPSHOT = Path(__file__).parent / "data" / "proc" / "linux-6-snapshot"
 PSI_KEYS = {f"{r}_pressure_{k}_ratio" for r in ("cpu", "io", "memory") for k in ("some", "full")}

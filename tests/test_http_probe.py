@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from agent.discovery import discover
-from agent.options import OptionError
-from agent.samples import Sample
-from probes.http import HttpProbe, create
+from ai_bottleneck.discovery import discover
+from ai_bottleneck.options import OptionError
+from ai_bottleneck.probes.http import HttpProbe, create
+from ai_bottleneck.samples import Sample
 from tests.netns import netns_link
 from tests.servers import TEST_CERT, HttpServer, ServerConfig, subprocess_server
 
@@ -315,7 +315,7 @@ def test_options_accept_sizes_and_durations() -> None:
 
 def test_discovered_without_targets_and_unusable() -> None:
     (found,) = discover(only=["http"])
-    assert found.source == "probes.http:create"
+    assert found.source == "ai_bottleneck.probes.http:create"
     assert not found.usable
     assert found.availability.reason.startswith("no targets configured")
 
@@ -345,7 +345,7 @@ def test_dns_failure_is_a_failed_sample() -> None:
     # Inside a namespace whose resolver is a loopback address where nothing
     # listens: the lookup fails at once and no query leaves the namespace.
     script = (
-        "import json; from probes.http import create\n"
+        "import json; from ai_bottleneck.probes.http import create\n"
         "p = create({'targets': [{'url': 'http://api.nowhere.test/', 'timeout_seconds': 5}]})\n"
         "print(json.dumps(p.sample()[0].to_json())); p.close()\n"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.hysteresis import Hysteresis
+from ai_bottleneck.hysteresis import Hysteresis
 
 
 def run(h: Hysteresis, raws: list[str], hard_at: frozenset[int] = frozenset()) -> list[str]:

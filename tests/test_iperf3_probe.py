@@ -17,8 +17,8 @@ from contextlib import suppress
 import psutil
 import pytest
 
-from agent.options import OptionError, parse_options
-from probes.iperf3 import (
+from ai_bottleneck.options import OptionError, parse_options
+from ai_bottleneck.probes.iperf3 import (
     Iperf3Error,
     Iperf3Probe,
     Options,
@@ -28,7 +28,7 @@ from probes.iperf3 import (
     parse_result,
     parse_target,
 )
-from probes.iperf3_server import Iperf3Server, ServerOptions
+from ai_bottleneck.probes.iperf3_server import Iperf3Server, ServerOptions
 from tests.netns import netns_link
 
 pytestmark = pytest.mark.skipif(shutil.which("iperf3") is None,
@@ -281,7 +281,7 @@ def test_busy_server_retried_until_free(server: Callable[[], int], spawn: Spawn,
     port = server()
     occupy(spawn, port, seconds=1)
     probe = probe_for(port, busy_retries=5, busy_backoff_seconds=0.5)
-    with caplog.at_level(logging.INFO, logger="probes.iperf3"):
+    with caplog.at_level(logging.INFO, logger="ai_bottleneck.probes.iperf3"):
         [sample] = probe.sample()
     assert sample.ok, sample.error
     assert any("server busy, retry 1" in r.getMessage() for r in caplog.records)

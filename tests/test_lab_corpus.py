@@ -1,6 +1,6 @@
 """The lab corpus: one recording of every scenario at CI lengths (tests/data/lab/NAME.jsonl.gz)
 beside its ground truth (NAME.json: phases in unix time, the agent settings, the CPU other
-work took while it was recorded), replayed through agent.pipeline.replay, the code path
+work took while it was recorded), replayed through ai_bottleneck.pipeline.replay, the code path
 of `ai-bottleneck replay`, with today's default thresholds (the lab changes none but the
 latency objective). A change to the rules or the thresholds that mislabels a phase turns
 this red.
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from agent.options import parse_options
-from agent.pipeline import replay
-from agent.thresholds import Thresholds
+from ai_bottleneck.options import parse_options
+from ai_bottleneck.pipeline import replay
+from ai_bottleneck.thresholds import Thresholds
 from tests.lab.runner import DISTURBED_OTHER_CPU, QUICK, agent_command, timeline_from_json
 from tests.lab.score import Score, format_table, score_runs
 from tests.lab.suite import scenarios_for

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.config import load_config
-from agent.discovery import discover
+from ai_bottleneck.config import load_config
+from ai_bottleneck.discovery import discover
 from tests.lab.cpu import CpuMeter
 from tests.lab.runner import FULL, QUICK, agent_config, scaled, timeline_from_json
 from tests.lab.schedule import build_scenarios

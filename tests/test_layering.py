@@ -6,7 +6,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BANNED = ("agent.cli", "agent.exporter", "agent.endpoint", "prometheus_client")
+BANNED = ("ai_bottleneck.cli", "ai_bottleneck.exporter", "ai_bottleneck.endpoint",
+          "prometheus_client")
 
 
 def test_probes_do_not_import_upper_layers() -> None:

@@ -18,17 +18,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.options import OptionError
-from agent.samples import Sample
-from probes.base import Probe
-from probes.nic import (
+from ai_bottleneck.options import OptionError
+from ai_bottleneck.probes.base import Probe
+from ai_bottleneck.probes.nic import (
     RECLASSIFY_SECONDS,
     NicProbe,
     Options,
     create,
     link_speed_bits_per_second,
 )
-from probes.procfs import counter_delta, parse_net_dev, parse_snmp
+from ai_bottleneck.probes.procfs import counter_delta, parse_net_dev, parse_snmp
+from ai_bottleneck.samples import Sample
 from tests.netns import netns_link, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,7 +122,7 @@ class KernelTree:
             f"{name}\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
 
     def probe(self, clock: ManualClock, **options: object) -> NicProbe:
-        from agent.options import parse_options
+        from ai_bottleneck.options import parse_options
 
         return NicProbe(parse_options(Options, options), proc_root=self.proc,
                         sys_root=self.sys, clock=clock, wall_clock=lambda: 42.0)
@@ -586,7 +586,7 @@ def test_real_loopback_traffic_shows_in_lo_when_included() -> None:
 
 _IN_NAMESPACE = """
 import json, sys
-from probes.nic import NicProbe, Options
+from ai_bottleneck.probes.nic import NicProbe, Options
 from tests.test_nic_probe import by_nic, timed_two_samples
 nbytes = int(sys.argv[1])
 samples, shortest, longest = timed_two_samples(NicProbe(Options(include=("lo",))), nbytes)

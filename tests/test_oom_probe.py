@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.options import OptionError
-from agent.samples import Sample
-from probes.logtail import FileFollower, JournalFollower, parse_journal_entry
-from probes.oom import Classifier, OomProbe, Options, create
+from ai_bottleneck.options import OptionError
+from ai_bottleneck.probes.logtail import FileFollower, JournalFollower, parse_journal_entry
+from ai_bottleneck.probes.oom import Classifier, OomProbe, Options, create
+from ai_bottleneck.samples import Sample
 
 OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 VLLM_OOM = ("ValueError: No available memory for the cache blocks. Try increasing "

@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from agent.options import (
+from ai_bottleneck.options import (
     OptionError,
     bounds,
     describe_options,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.options import OptionError
-from agent.pipeline import Labeller, WindowResult, overall_verdict, replay
-from agent.record import RecordWriter, make_header
-from agent.samples import Sample
-from agent.thresholds import Thresholds
+from ai_bottleneck.options import OptionError
+from ai_bottleneck.pipeline import Labeller, WindowResult, overall_verdict, replay
+from ai_bottleneck.record import RecordWriter, make_header
+from ai_bottleneck.samples import Sample
+from ai_bottleneck.thresholds import Thresholds
 from tests.synth import (
     T0,
     gpu_sample,

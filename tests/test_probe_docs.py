@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.options import OptionError, parse_options
+from ai_bottleneck.options import OptionError, parse_options
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PROBES_MD = DOCS / "probes.md"
@@ -23,7 +23,7 @@ RECORD_MD = DOCS / "record-format.md"
 MARKER = re.compile(r"^<!-- options: ([\w.]+)\.(\w+) -->$")
 BUILT_IN = ("gpu", "host", "nic", "http", "download", "iperf3", "oom")
 #: Required keys, given so that one option at a time can be parsed.
-REQUIRED = {"probes.http.Target": {"url": "http://127.0.0.1/"}}
+REQUIRED = {"ai_bottleneck.probes.http.Target": {"url": "http://127.0.0.1/"}}
 
 
 def _option_tables() -> dict[str, list[list[str]]]:
@@ -70,10 +70,10 @@ TABLES = _option_tables()
 
 
 def test_every_option_class_has_a_table() -> None:
-    expected = {"probes.gpu.Options", "probes.host.Options", "probes.nic.Options",
-                "probes.http.Options", "probes.http.Target", "probes.download.Options",
-                "probes.iperf3.Options", "probes.iperf3_server.ServerOptions",
-                "probes.oom.Options", "agent.budget.BudgetOptions"}
+    expected = {f"ai_bottleneck.probes.{name}" for name in (
+        "gpu.Options", "host.Options", "nic.Options", "http.Options", "http.Target",
+        "download.Options", "iperf3.Options", "iperf3_server.ServerOptions", "oom.Options")}
+    expected.add("ai_bottleneck.budget.BudgetOptions")
     assert set(TABLES) == expected
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.record import (
+from ai_bottleneck.record import (
     FORMAT_NAME,
     RecordError,
     RecordReader,
@@ -22,7 +22,7 @@ from agent.record import (
     default_loads,
     read_record,
 )
-from agent.samples import Sample, SampleError
+from ai_bottleneck.samples import Sample, SampleError
 
 
 def _samples() -> list[Sample]:

@@ -7,10 +7,10 @@ import threading
 import time
 from collections.abc import Sequence
 
-from agent.budget import Skip, SkipKind
-from agent.sampler import Round, Sampler
-from agent.samples import Sample
-from agent.state import AgentState
+from ai_bottleneck.budget import Skip, SkipKind
+from ai_bottleneck.sampler import Round, Sampler
+from ai_bottleneck.samples import Sample
+from ai_bottleneck.state import AgentState
 from tests.plugin_probes import ActiveProbe, CounterProbe, CrashingProbe, HangingProbe
 
 
@@ -143,7 +143,7 @@ def test_probe_interval_is_honoured() -> None:
 
 
 def test_real_budget_skips_when_the_hour_is_spent() -> None:
-    from agent.budget import ActiveBudget
+    from ai_bottleneck.budget import ActiveBudget
 
     probe, sink = ActiveProbe("a", 0.0, 600), Collect()
     budget = ActiveBudget(bytes_per_hour=1000, busy_nic_ratio=0.5)

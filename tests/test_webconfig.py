@@ -13,10 +13,10 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from agent.endpoint import MetricsServer
-from agent.samples import Sample
-from agent.state import AgentState
-from agent.webconfig import (
+from ai_bottleneck.endpoint import MetricsServer
+from ai_bottleneck.samples import Sample
+from ai_bottleneck.state import AgentState
+from ai_bottleneck.webconfig import (
     BasicAuth,
     TokenBucket,
     WebConfigError,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.samples import Sample
-from agent.signals import read
-from agent.windows import ProbeState, SeriesWindow, Stats, Window, WindowBuilder, percentile
+from ai_bottleneck.samples import Sample
+from ai_bottleneck.signals import read
+from ai_bottleneck.windows import ProbeState, SeriesWindow, Stats, Window, WindowBuilder, percentile
 from tests.synth import (
     T0,
     gpu_failure,

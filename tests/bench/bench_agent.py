@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probes.nvml import BACKEND_ENV
+from ai_bottleneck.probes.nvml import BACKEND_ENV
 from tests.fakes.fake_nvml import BACKEND_SPEC, STATE_ENV, make_gpus, write_state
 
 REPO = Path(__file__).resolve().parents[2]
@@ -270,7 +270,7 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items()
                if k not in ("JOURNAL_STREAM", "AI_BOTTLENECK_CONFIG")}
         env.update({"PYTHONPATH": str(REPO), BACKEND_ENV: BACKEND_SPEC, STATE_ENV: str(state)})
-        command = [sys.executable, "-m", "agent.cli", "run", "--config", str(config)]
+        command = [sys.executable, "-m", "ai_bottleneck.cli", "run", "--config", str(config)]
         agent_log = work / "agent.log"
         with running(command, env, agent_log) as agent_proc:
             port = agent_port(agent_log, agent_proc)

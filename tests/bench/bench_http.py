@@ -27,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from probes.download import create as create_download
-from probes.http import create as create_http
+from ai_bottleneck.probes.download import create as create_download
+from ai_bottleneck.probes.http import create as create_http
 from tests.netns import netns_link
 from tests.servers import subprocess_server
 

@@ -4,7 +4,7 @@
 
 Writes the recording with the real RecordWriter (not timed), then times the
 real reader alone and the whole replay (reader + windows + classifier +
-hysteresis) through agent.pipeline.replay, and prints samples per second and
+hysteresis) through ai_bottleneck.pipeline.replay, and prints samples per second and
 seconds per day next to the target: the whole day in under 10 s. The reader
 decodes lines with orjson where installed; the reader with the standard
 library's decoder (its fallback) is timed too, for comparison.
@@ -20,8 +20,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from agent.pipeline import replay
-from agent.record import RecordReader, default_loads
+from ai_bottleneck.pipeline import replay
+from ai_bottleneck.record import RecordReader, default_loads
 from tests.synth import write_day
 
 TARGET_SECONDS_PER_DAY = 10.0

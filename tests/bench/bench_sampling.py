@@ -16,14 +16,15 @@ import subprocess
 import sys
 import time
 
-from probes.gpu import GpuProbe
-from probes.gpu import Options as GpuOptions
-from probes.host import HostProbe
-from probes.nic import NicProbe
+from ai_bottleneck.probes.gpu import GpuProbe
+from ai_bottleneck.probes.gpu import Options as GpuOptions
+from ai_bottleneck.probes.host import HostProbe
+from ai_bottleneck.probes.nic import NicProbe
 from tests.fakes.fake_nvml import FakeNvml
 
 RSS_SNIPPET = """
-import agent.cli, agent.sampler, agent.record, probes.gpu, probes.host, probes.nic
+import ai_bottleneck.cli, ai_bottleneck.sampler, ai_bottleneck.record
+import ai_bottleneck.probes.gpu, ai_bottleneck.probes.host, ai_bottleneck.probes.nic
 with open('/proc/self/status') as fh:
     for line in fh:
         if line.startswith(('VmRSS', 'VmHWM')):

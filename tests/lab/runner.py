@@ -187,7 +187,7 @@ def agent_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("ai-bottleneck")
-    return [found] if found else [sys.executable, "-m", "agent.cli"]
+    return [found] if found else [sys.executable, "-m", "ai_bottleneck.cli"]
 
 
 def _toml(value: Any) -> str:

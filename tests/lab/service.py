@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from agent.options import OptionError, bounds, parse_options
+from ai_bottleneck.options import OptionError, bounds, parse_options
 from tests.lab.simgpu import (
     DEFAULT_GPU_MODEL,
     GIB,
