@@ -124,11 +124,11 @@ def probes_cmd(config_path: Path | None) -> None:
 
 #: The probe option each target flag replaces, for errors that name the flag.
 FLAG_OPTIONS = {("http", "targets"): "--url", ("iperf3", "targets"): "--iperf3",
-                ("download", "url"): "--download"}
+                ("download", "url"): "--download", ("engine", "targets"): "--engine"}
 
 
 def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str | None,
-                   config: Any) -> dict[str, dict[str, Any]]:
+                   config: Any, engines: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """Command-line targets replace the config's targets for that probe."""
     out: dict[str, dict[str, Any]] = {}
     if urls:
@@ -137,6 +137,10 @@ def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str
         out["iperf3"] = {"targets": list(iperf3)}
     if download:
         out["download"] = {"url": download}
+    if engines:
+        out["engine"] = {"targets": list(engines)}
+        if "interval_seconds" not in config.probe_options("engine"):
+            out["engine"]["interval_seconds"] = config.agent.interval_seconds
     # A short diagnosis needs denser HTTP calls than the daemon's default, unless the
     # config chose an interval itself.
     if "interval_seconds" not in config.probe_options("http"):
@@ -177,6 +181,9 @@ class _ProgressLine:
 @click.option("--iperf3", "iperf3", multiple=True, metavar="HOST",
               help="Measure throughput to this iperf3 server (repeatable).")
 @click.option("--download", metavar="URL", help="Measure download throughput from this URL.")
+@click.option("--engine", "engines", multiple=True, metavar="URL",
+              help="Read this model server's metrics URL (vLLM, SGLang, TGI, Triton, "
+                   "llama.cpp; repeatable).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Config file (default: $AI_BOTTLENECK_CONFIG or "
                    "/etc/ai-bottleneck/config.toml when present).")
@@ -184,8 +191,8 @@ class _ProgressLine:
 @click.option("--record", "record_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Keep the raw samples in this file (JSON Lines; .gz compresses).")
 def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
-                 iperf3: tuple[str, ...], download: str | None, config_path: Path | None,
-                 as_json: bool, record_path: Path | None) -> None:
+                 iperf3: tuple[str, ...], download: str | None, engines: tuple[str, ...],
+                 config_path: Path | None, as_json: bool, record_path: Path | None) -> None:
     """Sample this host for a while and say what holds the service back."""
     from ai_bottleneck.config import ConfigError, load_config
     from ai_bottleneck.diagnose import run_diagnose
@@ -202,7 +209,7 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
             raise click.BadParameter(
                 f"{whose}, {window_seconds:g}s, is longer than the duration "
                 f"({duration:g}s)", param_hint="--window")
-        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config),
+        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config, engines),
                                  origins=FLAG_OPTIONS)
     except ConfigError as exc:
         _fail(str(exc))
