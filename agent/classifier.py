@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ai_bottleneck import advice
+from ai_bottleneck import advice, engine_rules
 from ai_bottleneck.facts import Facts, Signal, above, below, memory_text
 from ai_bottleneck.signals import read, summary
 from ai_bottleneck.thresholds import Thresholds
@@ -45,6 +45,7 @@ class Finding:
     factors: list[tuple[float, str]] = field(default_factory=list)
     hard: bool = False
     mismatch: bool = False  # a big GPU idling behind a thin link (the article's case)
+    advice: list[str] = field(default_factory=list)  # replaces the label's general advice
 
     def confidence(self) -> float:
         if self.label is Label.UNKNOWN:
@@ -329,10 +330,15 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("no resource probe measured anything -> unknown", no_data),
     ("VRAM >= 95% and server errors -> vram_bound (soft)", memory_full_and_failing),
     ("every HTTP call failed -> unknown (service down)", service_down),
+    ("engine KV cache full, requests waiting or preempted -> vram_bound (soft)",
+     engine_rules.kv_cache_full),
     ("slow requests, network phases dominate -> network_bound", network_phases_dominate),
+    ("requests waiting in the engine, GPU busy -> gpu_bound", engine_rules.queue_with_gpu_busy),
     ("GPU busy -> gpu_bound", gpu_saturated),
     ("CPU saturated, GPU not busy -> cpu_bound", cpu_saturated),
     ("GPU under-used and network evidence -> network_bound", network_evidence_gpu_under_used),
+    ("slow requests, engine idle -> unknown (time spent before the engine)",
+     engine_rules.engine_idle_while_slow),
     ("slow requests, server time dominates, GPU working -> gpu_bound (likely)",
      slow_in_server_gpu_working),
     ("slow requests, nothing explains them -> unknown", slow_unexplained),
@@ -345,7 +351,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
 def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Classification:
     """Label one window. Pure: the same window and thresholds give the same answer."""
     r = read(window)
-    f = Facts(r, thresholds)
+    f = engine_rules.facts(window, r, thresholds)
     found: Finding | None = None
     for _, rule in RULES:
         found = rule(f)
@@ -356,8 +362,9 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
     evidence += [f"confidence lowered: {why}" for _, why in found.factors]
     return Classification(
         label=found.label, confidence=found.confidence(), evidence=tuple(evidence),
-        advice=tuple(advice.advice_for(found, f)),
-        warnings=tuple(advice.warnings_for(f, found.label, window)), summary=summary(r),
+        advice=tuple(found.advice or advice.advice_for(found, f)),
+        warnings=tuple(advice.warnings_for(f, found.label, window)),
+        summary={**summary(r), **engine_rules.summary(f)},
         probes={name: str(st) for name, st in r.status.items()}, hard=found.hard)
 
 
@@ -365,6 +372,8 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
 
 
 def _within_objective(f: Facts) -> str:
+    if (llm := engine_rules.objective_text(f)) is not None:
+        return llm
     w = f.worst
     if w is None or w.total is None:
         return "requests within the objective"
