@@ -4,10 +4,12 @@ read. Pure functions of a Window; a value the engine did not give stays None.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ai_bottleneck.windows import SeriesWindow, Window
+from ai_bottleneck.words import pct, secs
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,3 +114,37 @@ def engine_summary(readings: list[EngineReading]) -> dict[str, Any]:
         "time_to_first_token_seconds": r.ttft, "time_to_first_token_p95_seconds": r.ttft_p95,
         "inter_token_seconds": r.inter_token, "inter_token_p95_seconds": r.inter_token_p95,
         "compute_seconds": r.compute}.items() if v is not None} for r in readings}}
+
+
+def engine_key_numbers(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One report line per engine across the run's window summaries: means, peaks and
+    the worst window's p95 latencies."""
+    seen: dict[str, dict[str, list[float]]] = {}
+    names: dict[str, str] = {}
+    for s in summaries:
+        for target, values in (s.get("engine") or {}).items():
+            if not isinstance(values, Mapping):
+                continue
+            names[target] = str(values.get("engine", "engine"))
+            slot = seen.setdefault(target, {})
+            for key, v in values.items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    slot.setdefault(key, []).append(float(v))
+    lines = []
+    for target, k in sorted(seen.items()):
+        parts = []
+        for key, what in (("requests_running", "running"), ("requests_waiting", "waiting")):
+            if k.get(key):
+                parts.append(f"{what} mean {sum(k[key]) / len(k[key]):.3g}, "
+                             f"max {max(k[key]):.3g}")
+        if k.get("kv_cache_usage_ratio"):
+            parts.append(f"KV cache max {pct(max(k['kv_cache_usage_ratio']))}")
+        if k.get("preemptions"):
+            parts.append(f"{sum(k['preemptions']):.0f} preemptions")
+        for key, what in (("queue_p95_seconds", "queue"),
+                          ("time_to_first_token_p95_seconds", "time to first token"),
+                          ("inter_token_p95_seconds", "inter-token")):
+            if k.get(key):
+                parts.append(f"{what} p95 worst window {secs(max(k[key]))}")
+        lines.append(f"Engine {names[target]} {target}: " + ("; ".join(parts) or "no readings"))
+    return lines

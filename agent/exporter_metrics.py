@@ -217,8 +217,8 @@ HTTP_DURATION = gauge("http_request_duration_seconds", ("target", "phase"),
                       "Time of the last call to the target, per phase: total, dns, connect, "
                       "tls, upload, server, download.", "http: *_seconds")
 TARGET_UP = gauge("target_up", ("probe", "target"),
-                  "1 when the last call to the target (http, download, iperf3) succeeded.",
-                  "http, download, iperf3")
+                  "1 when the last call to the target (http, download, iperf3, engine) "
+                  "succeeded.", "http, download, iperf3, engine")
 THROUGHPUT = gauge("throughput_bytes_per_second", ("probe", "target", "direction"),
                    "Throughput measured by the last transfer (iperf3 test or download).",
                    "iperf3, download: bits_per_second")
@@ -244,11 +244,44 @@ _OOM_VALUES = (
      "Model load / allocation failures seen since the agent started."),
 )
 
+# -- model servers (probe engine) -------------------------------------------------------
+
+_ENGINE = ("engine", "target")
+_ENGINE_GAUGES = (
+    ("requests_running", "engine_requests_running", "Requests in the engine's running batch."),
+    ("requests_waiting", "engine_requests_waiting",
+     "Requests queued in the engine, waiting for a slot or KV cache room."),
+    ("kv_cache_usage_ratio", "engine_kv_cache_usage_ratio", "Share of the KV cache in use."),
+    ("kv_cache_capacity_tokens", "engine_kv_cache_capacity_tokens", "KV cache size in tokens."),
+    ("queue_seconds", "engine_queue_seconds",
+     "Mean time in the engine's queue of the requests finished since the scrape before."),
+    ("queue_p95_seconds", "engine_queue_p95_seconds", "p95 of the same, from histogram buckets."),
+    ("time_to_first_token_seconds", "engine_time_to_first_token_seconds",
+     "Mean time to first token of the requests finished since the scrape before."),
+    ("time_to_first_token_p95_seconds", "engine_time_to_first_token_p95_seconds",
+     "p95 of the same, from histogram buckets."),
+    ("inter_token_seconds", "engine_inter_token_seconds",
+     "Mean time between output tokens since the scrape before."),
+    ("inter_token_p95_seconds", "engine_inter_token_p95_seconds",
+     "p95 of the same, from histogram buckets."),
+    ("compute_seconds", "engine_compute_seconds",
+     "Mean time running in the engine of the requests finished since the scrape before."),
+    ("compute_p95_seconds", "engine_compute_p95_seconds",
+     "p95 of the same, from histogram buckets."),
+)
+_ENGINE_COUNTERS = (
+    ("preemptions_total", "engine_preemptions_total",
+     "Requests the engine preempted since it started (KV cache full)."),
+    ("prompt_tokens_total", "engine_prompt_tokens_total", "Prompt tokens processed."),
+    ("generation_tokens_total", "engine_generation_tokens_total", "Tokens generated."),
+    ("requests_completed_total", "engine_requests_completed_total", "Requests finished."),
+)
+
 
 def _build_routes() -> dict[str, dict[str, Route]]:
     routes: dict[str, dict[str, Route]] = {p: {} for p in
                                            ("gpu", "host", "nic", "http", "download", "iperf3",
-                                            "oom")}
+                                            "oom", "engine")}
     for value, name, text in _GPU_VALUES:
         routes["gpu"][value] = Route(gauge(name, _GPU, text, f"gpu: {value}"))
     routes["gpu"]["oom_events_total"] = Route(counter(
@@ -277,6 +310,10 @@ def _build_routes() -> dict[str, dict[str, Route]]:
                                               f"iperf3: {value}"))
     for value, name, text in _OOM_VALUES:
         routes["oom"][value] = Route(counter(name, ("source",), text, f"oom: {value}"))
+    for value, name, text in _ENGINE_GAUGES:
+        routes["engine"][value] = Route(gauge(name, _ENGINE, text, f"engine: {value}"))
+    for value, name, text in _ENGINE_COUNTERS:
+        routes["engine"][value] = Route(counter(name, _ENGINE, text, f"engine: {value}"))
     return routes
 
 
@@ -290,6 +327,7 @@ UP_ROUTES = {
     "http": Route(TARGET_UP, constants={"probe": "http"}),
     "download": Route(TARGET_UP, rename={"target": "url"}, constants={"probe": "download"}),
     "iperf3": Route(TARGET_UP, constants={"probe": "iperf3"}),
+    "engine": Route(TARGET_UP, constants={"probe": "engine"}),
 }
 CLOCKS_EVENT_PREFIX, CLOCKS_EVENT_SUFFIX = "clocks_event_", "_flag"
 
