@@ -1,0 +1,68 @@
+"""The engine probe against the real llama.cpp server (tests/llama_server.py) serving a
+tiny random model on this CPU: more concurrent requests than slots, so that the
+server defers some, read through its real /metrics endpoint."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ai_bottleneck.probes.engine import create
+from ai_bottleneck.samples import Sample
+from tests.llama_server import llama_server
+
+CLIENTS = 6          # three times the two slots
+TOKENS = 1500        # per request; long enough to see requests queue
+SCRAPE_EVERY = 0.1
+LIMIT_SECONDS = 120  # the whole load, however slow the machine
+
+
+def _complete(base_url: str) -> int:
+    r = httpx.post(base_url + "/completion", timeout=LIMIT_SECONDS, json={
+        "prompt": "the model token cache", "n_predict": TOKENS, "ignore_eos": True,
+        "cache_prompt": False, "temperature": 1.0})
+    r.raise_for_status()
+    return int(r.json()["tokens_predicted"])
+
+
+@pytest.mark.slow
+def test_requests_beyond_the_slots_show_as_waiting_in_the_real_metrics(tmp_path: Path) -> None:
+    with llama_server(tmp_path, slots=2) as server:
+        probe = create({"targets": [server.metrics_url]})
+        assert probe.check().usable
+        samples: list[Sample] = []
+        try:
+            samples += probe.sample()  # the baseline, before any request
+            with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+                futures = [pool.submit(_complete, server.base_url) for _ in range(CLIENTS)]
+                deadline = time.monotonic() + LIMIT_SECONDS
+                while (not all(f.done() for f in futures)) and time.monotonic() < deadline:
+                    samples += probe.sample()
+                    time.sleep(SCRAPE_EVERY)
+                predicted = [f.result(timeout=max(1.0, deadline - time.monotonic()))
+                             for f in futures]
+            samples += probe.sample()
+        finally:
+            probe.close()
+    assert predicted == [TOKENS] * CLIENTS
+    assert all(s.ok for s in samples), [s.error for s in samples if not s.ok]
+    assert {s.labels["engine"] for s in samples} == {"llamacpp"}
+    running = [s.values["requests_running"] for s in samples]
+    waiting = [s.values["requests_waiting"] for s in samples]
+    assert max(running) == server.slots, running
+    assert max(waiting) >= 1, waiting  # deferred: more requests than slots
+    assert max(r + w for r, w in zip(running, waiting, strict=True)) <= CLIENTS
+    assert samples[0].values["requests_running"] == 0
+    # Counters grew by what was generated; the window quantity is time per token.
+    first, last = samples[0].values, samples[-1].values
+    assert last["generation_tokens_total"] - first["generation_tokens_total"] == (
+        TOKENS * CLIENTS)
+    per_token = [s.values["inter_token_seconds"] for s in samples
+                 if "inter_token_seconds" in s.values]
+    assert per_token and all(0 < x < 1 for x in per_token), per_token
+    # Builds since mid-2025 export no KV cache gauge: then it is absent, never a zero.
+    assert all(0 <= s.values.get("kv_cache_usage_ratio", 0.5) <= 1 for s in samples)
