@@ -42,32 +42,33 @@ class EngineFacts(Facts):
         self.queued = [e for e in engines if self._waits(e)]
         self.llm_missed: list[Signal] = []
         self.llm_note: str | None = None
-        ttft = _worst(e.ttft_p95 if e.ttft_p95 is not None else e.ttft for e in engines)
-        itl = _worst(e.inter_token_p95 if e.inter_token_p95 is not None else e.inter_token
-                     for e in engines)
+        ttft, ttft_kind = _worst([(e.ttft_p95, e.ttft) for e in engines])
+        itl, itl_kind = _worst([(e.inter_token_p95, e.inter_token) for e in engines])
         if ttft is None and itl is None:
             return
         if ttft is not None and ttft > th.ttft_objective_seconds:
             self.llm_missed.append(Signal(
                 above(ttft / th.ttft_objective_seconds, 1.0, 2.0),
-                f"time to first token p95 {secs(ttft)} > objective "
+                f"time to first token {ttft_kind} {secs(ttft)} > objective "
                 f"{secs(th.ttft_objective_seconds)} (engine's own measurement)"))
         if itl is not None and itl > th.inter_token_objective_seconds:
             self.llm_missed.append(Signal(
                 above(itl / th.inter_token_objective_seconds, 1.0, 2.0),
-                f"inter-token time p95 {secs(itl)} > objective "
+                f"inter-token time {itl_kind} {secs(itl)} > objective "
                 f"{secs(th.inter_token_objective_seconds)} (engine's own measurement)"))
         if self.llm_missed:
             self.slow, self.latency_ok = True, False
             return
         parts = []
         if ttft is not None:
-            parts.append(f"time to first token p95 {secs(ttft)} <= "
+            parts.append(f"time to first token {ttft_kind} {secs(ttft)} <= "
                          f"{secs(th.ttft_objective_seconds)}")
         if itl is not None:
-            parts.append(f"inter-token time p95 {secs(itl)} <= "
+            parts.append(f"inter-token time {itl_kind} {secs(itl)} <= "
                          f"{secs(th.inter_token_objective_seconds)}")
         met = " and ".join(parts)
+        if ttft is None and self.queued:
+            return  # queued requests' first tokens are late by their wait, unmeasured here
         w = self.worst
         failing = w is not None and w.failures > 0 and (
             w.failure_ratio >= th.http_failure_high_ratio)
@@ -244,6 +245,12 @@ def _waiting_signal(e: EngineReading, th: Thresholds) -> Signal:
                   f"{e.waiting_max or 0:.0f}), {e.running or 0:.3g} running")
 
 
-def _worst(values: Iterable[float | None]) -> float | None:
-    found = [v for v in values if v is not None]
-    return max(found) if found else None
+def _worst(pairs: Iterable[tuple[float | None, float | None]]) -> tuple[float | None, str]:
+    """The worst p95 over the engines, or where none gives one, the worst mean
+    (llama.cpp's time per token), and which of the two it is."""
+    pairs = list(pairs)
+    for index, kind in ((0, "p95"), (1, "mean")):
+        found = [p[index] for p in pairs if p[index] is not None]
+        if found:
+            return max(v for v in found if v is not None), kind
+    return None, ""

@@ -174,3 +174,17 @@ def test_engine_absent_changes_nothing() -> None:
     c = run(gpu(util=0.55, sm=0.45, mem=0.9, name=H100), host(cpu=0.3), QUIET_NIC, FAST)
     assert c.label is Label.BALANCED
     assert "engine" not in c.summary
+
+
+def test_inter_token_time_alone_does_not_vouch_for_queued_requests() -> None:
+    """llama.cpp gives no time to first token: with requests waiting, a good pace says
+    nothing about how late their first tokens are."""
+    c = run(BUSY_GPU, host(cpu=0.3), QUIET_NIC,
+            engine(engine_name="llamacpp", running=2, waiting=4, kv=None, capacity=None,
+                   inter_token=0.001))
+    assert c.label is Label.GPU_BOUND
+    assert "within the objective" not in text(c)
+    calm = run(BUSY_GPU, host(cpu=0.3), QUIET_NIC,
+               engine(engine_name="llamacpp", running=2, waiting=0, kv=None, capacity=None,
+                      inter_token=0.001))
+    assert "inter-token time mean 1 ms <= 200 ms" in text(calm)

@@ -5,6 +5,8 @@ server defers some, read through its real /metrics endpoint."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import pytest
 
 from ai_bottleneck.probes.engine import create
 from ai_bottleneck.samples import Sample
+from tests import clitool
+from tests.fakes.fake_nvml import make_gpus, write_state
 from tests.llama_server import llama_server
 
 CLIENTS = 6          # three times the two slots
@@ -66,3 +70,44 @@ def test_requests_beyond_the_slots_show_as_waiting_in_the_real_metrics(tmp_path:
     assert per_token and all(0 < x < 1 for x in per_token), per_token
     # Builds since mid-2025 export no KV cache gauge: then it is absent, never a zero.
     assert all(0 <= s.values.get("kv_cache_usage_ratio", 0.5) <= 1 for s in samples)
+
+
+@pytest.mark.slow
+def test_diagnose_of_a_real_engine_with_requests_beyond_its_slots_on_a_busy_gpu(
+        tmp_path: Path) -> None:
+    """`diagnose --engine` against the real server kept at three times its slots while
+    the (fake) GPU is busy: requests wait for compute, so gpu_bound, with the engine's
+    queue in the evidence."""
+    config = tmp_path / "config.toml"
+    config.write_text("[agent]\ninterval_seconds = 0.5\n", encoding="utf-8")
+    state = tmp_path / "nvml.json"
+    write_state(state, make_gpus(1, utilization_percent=95, gpm={
+        "sm_util": 95, "sm_occupancy": 50, "tensor_util": 40, "dram_bw_util": 30}))
+    env = clitool.fake_gpu_env(tmp_path, state, config)
+    stop = threading.Event()
+
+    def client(base_url: str) -> int:
+        done = 0
+        deadline = time.monotonic() + LIMIT_SECONDS
+        while not stop.is_set() and time.monotonic() < deadline:
+            _complete(base_url)
+            done += 1
+        return done
+
+    with llama_server(tmp_path, slots=2) as server, \
+            concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+        futures = [pool.submit(client, server.base_url) for _ in range(CLIENTS)]
+        try:
+            proc = clitool.run(["diagnose", "--duration", "8s", "--window", "2s", "--json",
+                                "--engine", server.metrics_url], env, tmp_path)
+        finally:
+            stop.set()
+        finished = sum(f.result(timeout=LIMIT_SECONDS) for f in futures)
+    clitool.assert_no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    labels = [w["label"] for w in out["windows"]]
+    assert finished >= CLIENTS
+    assert out["verdict"]["label"] == "gpu_bound", (labels, out["verdict"])
+    evidence = "\n".join(e for w in out["windows"] for e in w["evidence"])
+    assert "llamacpp at" in evidence and "request(s) waiting on average" in evidence
