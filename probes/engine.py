@@ -71,17 +71,14 @@ class Target:
 
 @dataclass(frozen=True)
 class Options:
-    targets: list[str | Target] = field(default_factory=list, metadata=bounds(
+    targets: list[Target] = field(default_factory=list, metadata=bounds(
         doc="metrics URLs, or tables with url, engine, name, headers, timeout_seconds"))
     interval_seconds: float = field(default=5.0, metadata=bounds(
         min=0.1, max=86400, doc="how often to scrape"))
     verify_tls: bool = field(default=True, metadata=bounds(doc="check server certificates"))
 
-    def resolved(self) -> list[Target]:
-        return [t if isinstance(t, Target) else Target(url=t) for t in self.targets]
-
     def __post_init__(self) -> None:
-        labels = [t.label for t in self.resolved()]
+        labels = [t.label for t in self.targets]
         duplicates = sorted({x for x in labels if labels.count(x) > 1})
         if duplicates:
             raise ValueError(f"targets: two targets named {duplicates[0]!r}; give each a "
@@ -106,7 +103,7 @@ class EngineProbe:
     def __init__(self, options: Options, *, transport: httpx.BaseTransport | None = None,
                  wall_clock: Clock = time.time):
         self.options = options
-        self.targets = options.resolved()
+        self.targets = options.targets
         self.interval_seconds: float | None = options.interval_seconds
         self.timeout_seconds = sum(t.timeout_seconds for t in self.targets) + 1.0
         self._wall_clock = wall_clock
@@ -243,5 +240,10 @@ def _describe(exc: Exception) -> str:
 
 
 def create(options: Mapping[str, Any]) -> EngineProbe:
-    """Entry point ``ai_bottleneck.probes: engine``."""
+    """Entry point ``ai_bottleneck.probes: engine``. A target may be a bare URL (the
+    config's short form and --engine) or a table."""
+    targets = options.get("targets")
+    if isinstance(targets, list):
+        targets = [{"url": t} if isinstance(t, str) else t for t in targets]
+        options = {**options, "targets": targets}
     return EngineProbe(parse_options(Options, options))

@@ -121,3 +121,21 @@ def test_a_bad_engine_url_is_one_line_blaming_the_flag(tmp_path: Path) -> None:
     proc = clitool.run(["diagnose", "--duration", "1s", "--window", "1s", "--engine",
                         "ftp://x/metrics"], env, tmp_path)
     clitool.assert_one_line_error(proc, "--engine", "ftp://x/metrics")
+
+
+def test_engine_targets_in_the_config_are_read_and_checked(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[probes.engine]\ntargets = ["http://127.0.0.1:8000/metrics", '
+                    '{ url = "http://10.0.0.7:8002/metrics", engine = "triton" }]\n',
+                    encoding="utf-8")
+    env = clitool.clean_env(tmp_path, {"AI_BOTTLENECK_CONFIG": str(good)})
+    proc = clitool.run(["probes"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("engine "))
+    assert "usable" in row and "2 metrics endpoints" in row, row
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[probes.engine]\ntargets = [{ url = "http://h/metrics", engine = "ollama" }]\n',
+                   encoding="utf-8")
+    proc = clitool.run(["diagnose", "--config", str(bad), "--duration", "1s", "--window", "1s"],
+                       env, tmp_path)
+    clitool.assert_one_line_error(proc, "probes.engine.targets[0].engine", "ollama")
