@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.llama_model import write_tiny_llama
+from tests.netns import Link
 
 CI_BUILD = Path("/var/cache/ai-bottleneck-ci/llama-server/llama-server")
 
@@ -58,20 +59,23 @@ def _free_port() -> int:
 
 @contextmanager
 def llama_server(tmp: Path, *, slots: int = 2, context: int = 8192,
-                 ready_seconds: float = 60.0) -> Iterator[LlamaServer]:
-    """Start llama-server on a free loopback port and wait until /health answers 200;
-    stop it (SIGTERM, then SIGKILL) however the test ends."""
+                 ready_seconds: float = 60.0, link: Link | None = None) -> Iterator[LlamaServer]:
+    """Start llama-server on a free loopback port (or inside ``link``'s namespace, at
+    its address) and wait until /health answers 200; stop it (SIGTERM, then SIGKILL)
+    however the test ends."""
     program = find_llama_server()
     model = write_tiny_llama(tmp / "tiny-llama.gguf")
-    port = _free_port()
+    host, port = (link.ns_addr, 8080) if link is not None else ("127.0.0.1", _free_port())
     log = tmp / "llama-server.log"
+    argv = [program, "--model", str(model), "--host", host, "--port", str(port),
+            "--metrics", "--parallel", str(slots), "--ctx-size", str(context),
+            "--threads", "1", "--threads-http", str(slots + 4), "--no-webui"]
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [program, "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-             "--metrics", "--parallel", str(slots), "--ctx-size", str(context),
-             "--threads", "1", "--threads-http", str(slots + 4), "--no-webui"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+        options: dict[str, object] = {"stdout": out, "stderr": subprocess.STDOUT,
+                                      "stdin": subprocess.DEVNULL}
+        proc = link.popen(argv, **options) if link is not None else subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    base = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + ready_seconds
         while True:

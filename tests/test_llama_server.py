@@ -18,6 +18,7 @@ from ai_bottleneck.samples import Sample
 from tests import clitool
 from tests.fakes.fake_nvml import make_gpus, write_state
 from tests.llama_server import llama_server
+from tests.netns import netns_link
 
 CLIENTS = 6          # three times the two slots
 TOKENS = 1500        # per request; long enough to see requests queue
@@ -111,3 +112,39 @@ def test_diagnose_of_a_real_engine_with_requests_beyond_its_slots_on_a_busy_gpu(
     assert out["verdict"]["label"] == "gpu_bound", (labels, out["verdict"])
     evidence = "\n".join(e for w in out["windows"] for e in w["evidence"])
     assert "llamacpp at" in evidence and "request(s) waiting on average" in evidence
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_diagnose_of_a_real_engine_behind_a_thin_link_is_network_bound(tmp_path: Path) -> None:
+    """The real server in a network namespace behind a 5 Mbit/s tbf link (the article's
+    thin pipe), 1 MB prompts uploaded to it, the (fake) GPU idle: the time is on the
+    wire, and the engine, scraped through the same link, says nothing waited."""
+    config = tmp_path / "config.toml"
+    state = tmp_path / "nvml.json"
+    write_state(state, make_gpus(1, utilization_percent=3, gpm={
+        "sm_util": 2, "sm_occupancy": 1, "tensor_util": 1, "dram_bw_util": 1}))
+    with netns_link(rate_in_bits_per_second=5e6) as link, \
+            llama_server(tmp_path, slots=2, link=link) as server:
+        # A prompt longer than the context: read whole, tokenized, refused with 400 (the
+        # upload is the request; the model never runs).
+        prompt = tmp_path / "prompt.json"
+        prompt.write_text(json.dumps({"prompt": "the model " * 100_000, "n_predict": 1}),
+                          encoding="utf-8")
+        config.write_text(
+            "[agent]\ninterval_seconds = 0.5\n"
+            "[probes.http]\ninterval_seconds = 0.5\n"
+            f'targets = [{{ url = "{server.base_url}/completion", method = "POST", '
+            f'body_file = "{prompt}", expect_status = [200, 400], timeout_seconds = 8 }}]\n'
+            f'[probes.nic]\ninclude = ["{link.host_dev}"]\n', encoding="utf-8")
+        env = clitool.fake_gpu_env(tmp_path, state, config)
+        proc = clitool.run(["diagnose", "--duration", "8s", "--window", "2s", "--json",
+                            "--engine", server.metrics_url], env, tmp_path)
+    clitool.assert_no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    labels = [w["label"] for w in out["windows"]]
+    assert out["verdict"]["label"] == "network_bound", (labels, out["verdict"])
+    assert labels.count("network_bound") >= len(labels) - 1, labels
+    engine = [w["summary"].get("engine") for w in out["windows"]]
+    assert all(e and next(iter(e.values())).get("requests_waiting") == 0 for e in engine), engine
