@@ -17,7 +17,7 @@ from typing import Any
 
 from ai_bottleneck import advice
 from ai_bottleneck.facts import Facts, Signal, above, below, memory_text
-from ai_bottleneck.signals import read, summary
+from ai_bottleneck.signals import Readings, read, summary
 from ai_bottleneck.thresholds import Thresholds
 from ai_bottleneck.windows import ProbeState, Window
 from ai_bottleneck.words import bits, pct, secs, size
@@ -72,6 +72,8 @@ class Classification:
     summary: dict[str, Any]
     probes: dict[str, str]
     hard: bool = False
+    # The typed readings the rules read: reports reuse these figures.
+    readings: Readings | None = field(default=None, compare=False, repr=False)
 
 
 # -- the rules, in order -------------------------------------------------------------
@@ -358,7 +360,7 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
         label=found.label, confidence=found.confidence(), evidence=tuple(evidence),
         advice=tuple(advice.advice_for(found, f)),
         warnings=tuple(advice.warnings_for(f, found.label, window)), summary=summary(r),
-        probes={name: str(st) for name, st in r.status.items()}, hard=found.hard)
+        probes={name: str(st) for name, st in r.status.items()}, hard=found.hard, readings=r)
 
 
 # -- helpers ------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
+from ai_bottleneck import units
+
 T = TypeVar("T")
 
 
@@ -39,19 +41,14 @@ def bounds(
     return {"min": min, "max": max, "doc": doc}
 
 
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
-_DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(bit|bps|b)?(?:/s)?\s*$", re.IGNORECASE)
 _RATE_SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 _BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
 
 
 def parse_duration(text: str) -> float:
-    """'500ms' -> 0.5, '10s' -> 10, '2m' -> 120, '1h' -> 3600, '7' -> 7."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 10s, 2m, 1h)")
-    return float(m.group(1)) * _DURATION_SCALE[m.group(2)]
+    """'500ms' -> 0.5, '10s' -> 10, '1m30s' -> 90, '1h' -> 3600, '7' -> 7."""
+    return units.parse_duration(text)  # the Go/Prometheus form too
 
 
 def parse_rate(text: str) -> float:

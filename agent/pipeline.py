@@ -34,6 +34,7 @@ from ai_bottleneck.classifier import Classification, Label, classify
 from ai_bottleneck.hysteresis import Hysteresis, Transition
 from ai_bottleneck.record import ReadStats, RecordReader
 from ai_bottleneck.samples import Sample
+from ai_bottleneck.signals import Readings
 from ai_bottleneck.thresholds import Thresholds
 from ai_bottleneck.windows import Window, WindowBuilder
 
@@ -68,6 +69,8 @@ class WindowResult:
     held: bool = False         # the raw label disagreed and hysteresis kept the label
     pending: tuple[str, int] | None = None
     transition: Transition | None = None
+    # The classifier's typed readings of this window (reports reuse its figures).
+    readings: Readings | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -177,7 +180,7 @@ class Labeller:
             raw_label=c.label.value, raw_confidence=c.confidence, evidence=evidence,
             advice=advice, warnings=c.warnings, summary=c.summary, probes=c.probes,
             samples=window.sample_count, late_samples=window.late_samples, hard=c.hard,
-            held=d.held, pending=d.pending, transition=d.transition)
+            held=d.held, pending=d.pending, transition=d.transition, readings=c.readings)
 
     def _settles(self, window: Window, label: str) -> bool:
         """Whether ``window`` settles a change to ``label``: its second half alone
@@ -285,6 +288,8 @@ class Verdict:
     transitions: tuple[Transition, ...]
     start: float | None
     end: float | None
+    # The window the reasons and advice come from: (start, end).
+    evidence_window: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label, "confidence": self.confidence,
@@ -330,4 +335,5 @@ def overall_verdict(results: Sequence[WindowResult],
         share = f"{label} in {counts[label]} of {n} windows"
     evidence = [e for e in best.evidence if not e.startswith("holding ")][:5]
     return Verdict(label, confidence, (share, *evidence), best.advice, best.warnings, n,
-                   dict(counts), tuple(transitions), results[0].start, results[-1].end)
+                   dict(counts), tuple(transitions), results[0].start, results[-1].end,
+                   evidence_window=(best.start, best.end))

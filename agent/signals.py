@@ -46,6 +46,7 @@ class GpuReading:
     memory_total_bytes: float | None = None
     power_watts: float | None = None
     power_limit_watts: float | None = None
+    temperature_celsius: float | None = None  # peak in the window
     oom_events: float = 0.0
     slowdowns: tuple[tuple[str, float], ...] = ()  # (reason, share of samples)
 
@@ -248,6 +249,7 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
             memory_total_bytes=sw.last("memory_total_bytes"),
             power_watts=_mean(sw, "power_watts"),
             power_limit_watts=sw.last("power_limit_watts"),
+            temperature_celsius=_max(sw, "temperature_celsius"),
             oom_events=oom,
             slowdowns=tuple(sorted(slowdowns, key=lambda p: -p[1])),
         ))

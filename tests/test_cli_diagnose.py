@@ -241,9 +241,13 @@ def test_a_new_user_on_a_bare_machine_gets_a_readable_report(tmp_path: Path) -> 
     assert verdict_line.split()[1] in LABELS
     not_measured = lines[lines.index("NOT MEASURED") + 1:]
     rows = {}
+    name = ""
     for line in not_measured:
         if not line.startswith("  "):
             break
+        if line.startswith("   ") and name:  # a long reason wraps onto the next lines
+            rows[name] += " " + line.strip()
+            continue
         name, reason = line.split(None, 1)
         rows[name] = reason
     gpu_status, gpu_reason = probes["gpu"]
