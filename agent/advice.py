@@ -78,10 +78,10 @@ def _network(f: Facts, mismatch: bool) -> list[str]:
         rate = observed_transfer_rate(f.worst)
         if rate:
             out.append(f"The {n.direction}s moved at about {bits(rate)} in all.")
-    out.append(f"Article: at least {bits(th.public_bandwidth_min_bits_per_second)} public for a "
-               f"concurrent API service, {bits(th.internal_bandwidth_min_bits_per_second)} "
-               "between front end and GPU workers; a 5 MB upload takes about 40 s at 1 Mbit/s "
-               "and 0.4 s at 100 Mbit/s.")
+    out.append(f"A public API serving many users needs at least "
+               f"{bits(th.public_bandwidth_min_bits_per_second)}, and the link between front "
+               f"end and GPU workers {bits(th.internal_bandwidth_min_bits_per_second)}; a 5 MB "
+               "upload takes about 40 s at 1 Mbit/s and 0.4 s at 100 Mbit/s.")
     out.append("Send less over the link: compress or resize inputs before upload, pass "
                "references to object storage instead of payloads, stream results.")
     for nic, (direction, _) in f.saturated_nics:

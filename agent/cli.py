@@ -129,8 +129,10 @@ class _Group(click.Group):
 def main(ctx: click.Context, verbose: int) -> None:
     """What is holding this AI service back right now: the GPU, the network, or neither?
 
-    Shell completion (bash, zsh, fish): see docs/cli.md, e.g.
-    eval "$(_AI_BOTTLENECK_COMPLETE=bash_source ai-bottleneck)".
+    \b
+    Shell completion (docs/cli.md), for bash:
+      eval "$(_AI_BOTTLENECK_COMPLETE=bash_source ai-bottleneck)"
+    (zsh_source for zsh, fish_source for fish)
     """
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())

@@ -44,8 +44,11 @@ def _span(start: float | None, end: float | None) -> str:
 def verdict_lines(results: Sequence[WindowResult], v: Verdict, o: ReportOptions,
                   style: Style) -> list[str]:
     w = o.width
-    out = [f"{style.bold('VERDICT')}  {style.label(v.label)}  "
-           f"(confidence {v.confidence:.2f})"]
+    conf = f"(confidence {v.confidence:.2f})"
+    if len(f"VERDICT  {v.label}  {conf}") <= w:
+        out = [f"{style.bold('VERDICT')}  {style.label(v.label)}  {conf}"]
+    else:  # a very narrow terminal
+        out = [f"{style.bold('VERDICT')}  {style.label(v.label)}", f"  {conf}"]
     n = v.windows
     held = v.label_windows.get(v.label, 0)
     hard = [r for r in results if r.hard]
@@ -62,7 +65,8 @@ def verdict_lines(results: Sequence[WindowResult], v: Verdict, o: ReportOptions,
     out += wrap(how, w, "  ", "    ")
     leading = _leading(run_figures([r for r in results if r.label == v.label]))
     if leading and held < n:
-        out += wrap(f"in those {held} windows: " + ", ".join(leading), w, "  ", "    ")
+        out += wrap(f"in the {held} {v.label} windows: " + ", ".join(leading), w, "  ",
+                    "    ")
     others = sorted(((c, lbl) for lbl, c in v.label_windows.items() if lbl != v.label),
                     reverse=True)
     if others:
@@ -194,12 +198,13 @@ def render(results: Sequence[WindowResult], verdict: Verdict, *, title: str,
     if why:
         out += ["", *why]
     if verdict.advice:
-        out += ["", style.bold("ADVICE") + "  (for the same window)"]
+        out += ["", _heading("ADVICE", "(for the same window)", w, style)]
         for a in verdict.advice:
             out += wrap(a, w, "  - ", "    ")
     phases = phase_lines(figures, w)
     if phases:
-        out += ["", style.bold("REQUEST PHASES") + "  (mean of the window means)", *phases]
+        out += ["", _heading("REQUEST PHASES", "(mean of the window means)", w, style),
+                *phases]
     warnings = warning_lines(results, not_measured, o, style)
     if warnings:
         out += ["", *warnings]

@@ -7,7 +7,7 @@ window, over the windows the section header names.
 from __future__ import annotations
 
 from ai_bottleneck.figures import PHASES, Agg, RunFigures
-from ai_bottleneck.termstyle import Style, table
+from ai_bottleneck.termstyle import Style, table, wrap
 from ai_bottleneck.units import MISSING, bits, celsius, count, pct, secs, size, watts
 
 
@@ -130,5 +130,7 @@ def key_numbers(f: RunFigures, width: int, style: Style) -> list[str]:
             continue
         if out:
             out.append("")
-        out += [style.bold(block[0]) if block is not blocks[-1] else block[0], *block[1:]]
+        rest = [part for line in block[1:] for part in
+                (wrap(line.strip(), width, "  ", "    ") if len(line) > width else [line])]
+        out += [style.bold(block[0]) if block is not blocks[-1] else block[0], *rest]
     return out

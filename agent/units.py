@@ -25,7 +25,8 @@ import time
 #: Shown where a value is missing or not a number at all.
 MISSING = "-"
 
-_BYTE_UNITS = ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"))
+_BYTE_UNITS = ((2**60, "EiB"), (2**50, "PiB"), (2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"),
+               (2**10, "KiB"))
 _BIT_UNITS = ((1e12, "Tbit/s"), (1e9, "Gbit/s"), (1e6, "Mbit/s"), (1e3, "kbit/s"))
 
 
@@ -34,7 +35,10 @@ def _finite(x: float | None) -> bool:
 
 
 def _three_digits(x: float) -> str:
-    """At most three significant digits, never scientific notation: 80, 74.5, 1.25."""
+    """At most three significant digits, never scientific notation: 80, 74.5, 1.25;
+    past the largest unit, ">9999" rather than a 300-digit number."""
+    if x >= 10_000:
+        return ">9999"
     if x >= 100:
         return f"{x:.0f}"
     text = f"{x:.1f}" if x >= 10 else f"{x:.2f}"

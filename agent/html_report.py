@@ -1,0 +1,165 @@
+"""`diagnose --html FILE`, `replay --html FILE` and the agent's live page: one
+self-contained HTML file with the verdict, the label timeline, charts of the key
+series per resource, the key numbers, the evidence and the advice.
+
+Everything is inline (CSS, SVG): opened from a disk with no network it draws
+the same. The text parts are the terminal report's own (ai_bottleneck.report,
+ai_bottleneck.report_tables), so the page and the terminal cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from html import escape
+
+from ai_bottleneck.figures import PHASES, run_figures
+from ai_bottleneck.pipeline import Verdict, WindowResult
+from ai_bottleneck.report import ReportOptions, verdict_lines, warning_lines, why_lines
+from ai_bottleneck.report_tables import key_numbers
+from ai_bottleneck.svgchart import LABEL_FILL, Series, label_band, line_chart, stacked_bars
+from ai_bottleneck.termstyle import Style
+from ai_bottleneck.timeline import runs
+from ai_bottleneck.units import bits, pct, secs
+
+#: Text is laid out by the browser: render the shared text parts unwrapped.
+_WIDE = ReportOptions(width=10_000)
+_PLAIN = Style(False)
+#: HTTP targets charted (the busiest first).
+TARGETS_CHARTED = 3
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#fafafa;color:#222}
+main{max-width:800px;margin:0 auto;padding:16px}
+h1{font-size:16px;font-weight:600;margin:0 0 8px}
+h2{font-size:15px;margin:22px 0 6px;border-bottom:1px solid #ddd}
+.verdict{font-size:26px;font-weight:700;padding:6px 12px;border-radius:6px;color:#fff;
+display:inline-block}
+pre{font:12px/1.35 ui-monospace,monospace;background:#fff;border:1px solid #e3e3e3;
+padding:8px;overflow-x:auto}
+svg{width:100%;height:auto;background:#fff;margin:4px 0}
+svg .t{font:600 12px sans-serif}svg .yl{font:10px sans-serif;text-anchor:end}
+svg .xl{font:10px sans-serif}svg .lg{font:10px sans-serif}svg .ml{font:10px sans-serif;fill:#555}
+svg .plot{fill:none;stroke:#ccc}svg .grid{stroke:#eee}svg .mark{stroke:#555;stroke-dasharray:4 3}
+ul{padding-left:20px}li{margin:2px 0}.muted{color:#666}
+"""
+
+
+def _mid(r: WindowResult) -> float:
+    return (r.start + r.end) / 2
+
+
+def _charts(results: Sequence[WindowResult]) -> list[str]:
+    if not results:
+        return []
+    t0, t1 = results[0].start, results[-1].end
+    out: list[str] = []
+    gpu_ids = list(dict.fromkeys(g.id for r in results if r.readings for g in r.readings.gpus))
+    for gid in gpu_ids:
+        busy, memory = [], []
+        for r in results:
+            g = next((g for g in r.readings.gpus if g.id == gid), None) if r.readings else None
+            busy.append((_mid(r), g.busy if g else None))
+            memory.append((_mid(r), g.memory_used_ratio if g else None))
+        out.append(line_chart(f"GPU {gid}: busy and memory used", [
+            Series("busy", busy), Series("memory used", memory)], t0, t1, y_fmt=pct,
+            y_max=1.0))
+    host = [r.readings.host if r.readings else None for r in results]
+    if any(h is not None for h in host):
+        def pts(attr: str) -> list[tuple[float, float | None]]:
+            return [(_mid(r), getattr(h, attr) if h is not None else None)
+                    for r, h in zip(results, host, strict=True)]
+        out.append(line_chart("CPU and pressure", [
+            Series("CPU", pts("cpu")), Series("busiest core", pts("busiest_core"), dashed=True),
+            Series("CPU pressure", pts("cpu_pressure")),
+            Series("IO pressure", pts("io_pressure"))], t0, t1, y_fmt=pct, y_max=1.0))
+    nic_names = list(dict.fromkeys(n.name for r in results if r.readings
+                                   for n in r.readings.nics if not n.loopback))
+    for name in nic_names:
+        rx, tx, link = [], [], None
+        for r in results:
+            n = next((n for n in r.readings.nics if n.name == name), None) if r.readings else None
+            rx.append((_mid(r), n.rx_bits_per_second if n else None))
+            tx.append((_mid(r), n.tx_bits_per_second if n else None))
+            link = (n.link_bits_per_second if n and n.link_bits_per_second else link)
+        marks = [(link, f"link {bits(link)}")] if link else []
+        out.append(line_chart(f"NIC {name}: traffic against its link speed",
+                              [Series("rx", rx), Series("tx", tx)], t0, t1, y_fmt=bits,
+                              marks=marks))
+    targets = [t.target for t in sorted(run_figures(results).targets, key=lambda t: -t.calls)]
+    for target in targets[:TARGETS_CHARTED]:
+        names = [p.removesuffix("_seconds") for p in PHASES]
+        bars = []
+        for r in results:
+            h = next((h for h in r.readings.http if h.target == target), None) \
+                if r.readings else None
+            if h is not None and h.phases:
+                bars.append((r.start, r.end, [h.phases.get(p, 0.0) for p in PHASES]))
+            elif h is not None and h.total is not None:
+                bars.append((r.start, r.end, [0.0] * 4 + [h.total.mean, 0.0]))
+        if bars:
+            used = [i for i in range(len(names)) if any(b[2][i] > 0 for b in bars)]
+            out.append(stacked_bars(f"{target}: mean request time by phase",
+                                    [(s, e, [v[i] for i in used]) for s, e, v in bars],
+                                    [names[i] for i in used], t0, t1, y_fmt=secs))
+    return out
+
+
+def _list(items: Sequence[str]) -> str:
+    return "<ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
+
+
+def report_main(results: Sequence[WindowResult], verdict: Verdict, *, title: str,
+                not_measured: Mapping[str, str], notes: Sequence[str] = ()) -> str:
+    """The page's content (inside <main>): what the live page swaps in place."""
+    fill = LABEL_FILL.get(verdict.label, "#7f7f7f")
+    head = verdict_lines(results, verdict, _WIDE, _PLAIN)
+    parts = [f"<h1>{escape(title)}</h1>",
+             f'<div class="verdict" style="background:{fill}" id="verdict">'
+             f"{escape(verdict.label)}</div> <span>confidence {verdict.confidence:.2f}</span>",
+             _list([line.strip() for line in head[1:]])]
+    if results:
+        t0, t1 = results[0].start, results[-1].end
+        spans = [(r.start, r.end, r.label) for r in runs(results)]
+        parts += ["<h2>Label timeline</h2>", label_band(spans, t0, t1)]
+        parts += ["<h2>Charts</h2>", *_charts(results)]
+    numbers = key_numbers(run_figures(results), _WIDE.width, _PLAIN)
+    if numbers:
+        parts += [f"<h2>Key numbers</h2><p class=muted>over all {len(results)} windows; a/b = "
+                  "mean of the window values / the highest window</p>",
+                  "<pre>" + escape("\n".join(numbers)) + "</pre>"]
+    why = why_lines(verdict, _WIDE, _PLAIN)
+    if why:
+        parts += [f"<h2>Evidence</h2><p class=muted>{escape(why[0][len('WHY  '):])}</p>",
+                  _list([line.strip()[2:] for line in why[1:]])]
+    if verdict.advice:
+        parts += ["<h2>Advice</h2>", _list(list(verdict.advice))]
+    warnings = warning_lines(results, not_measured, _WIDE, _PLAIN)
+    if warnings:
+        parts += ["<h2>Warnings</h2>", _list([w.strip()[2:] for w in warnings[1:]])]
+    if not_measured:
+        parts += ["<h2>Not measured</h2>",
+                  _list([f"{k}: {v}" for k, v in sorted(not_measured.items())])]
+    if notes:
+        parts += [f"<p class=muted>{escape(n)}</p>" for n in notes]
+    return "\n".join(parts)
+
+
+def render_html(results: Sequence[WindowResult], verdict: Verdict, *, title: str,
+                not_measured: Mapping[str, str], notes: Sequence[str] = (),
+                refresh_seconds: float | None = None) -> str:
+    """The whole page. ``refresh_seconds``: the live page fetches its content again
+    this often and swaps it in place (same origin, same credentials); a file has none."""
+    script = ""
+    if refresh_seconds is not None:
+        ms = int(refresh_seconds * 1000)
+        script = ("<script>\nsetInterval(async () => {\n"
+                  "  try {\n"
+                  "    const r = await fetch('?part=main', {cache: 'no-store'});\n"
+                  "    if (r.ok) document.getElementById('report').innerHTML = await r.text();\n"
+                  "  } catch (e) { /* the agent restarts: keep the last page */ }\n"
+                  f"}}, {ms});\n</script>")
+    body = report_main(results, verdict, title=title, not_measured=not_measured, notes=notes)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+            f"<title>{escape(title)}</title><style>{CSS}</style></head>\n"
+            f"<body><main id=\"report\">\n{body}\n</main>{script}</body></html>\n")
