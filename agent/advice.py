@@ -172,14 +172,14 @@ def warnings_for(f: Facts, label: Label, window: Window) -> list[str]:
         if m is not None and m >= th.vram_warning_ratio and label is not Label.VRAM_BOUND:
             out.append(Remark(K.MEMORY_RESERVED, memory_text(g) + ": normal for servers that "
                               "pre-reserve memory (vLLM reserves 90% by default); a fault "
-                              "only with OOM or failed loads"))
+                              "only with OOM or failed loads", g.id))
         if (g.gpm and g.utilization is not None and g.sm_active is not None
                 and g.utilization >= th.gpu_busy_utilization_ratio
                 and g.sm_active < th.gpm_ineffective_ratio):
             out.append(Remark(K.GPU_INEFFECTIVE, f"{g.title} utilization {pct(g.utilization)} "
                               f"but SM activity only {pct(g.sm_active)}: small kernels or gaps "
                               "between them; the GPU is not saturated (a bigger GPU will not "
-                              "help)"))
+                              "help)", g.id))
         out += [Remark(K.CLOCKS_HELD_BACK, f"{g.title} clocks held back by {reason} "
                        f"{pct(share)} of the window", g.id) for reason, share in g.slowdowns]
     if f.coarse_only and (f.gpu_activity or 0.0) >= th.gpu_idle_ratio:

@@ -22,6 +22,7 @@ from types import FrameType
 from ai_bottleneck.budget import ActiveBudget
 from ai_bottleneck.config import Config, ConfigError, load_config
 from ai_bottleneck.endpoint import MetricsServer
+from ai_bottleneck.live_page import LivePage
 from ai_bottleneck.pipeline import Labeller, WindowResult
 from ai_bottleneck.probes.iperf3_server import Iperf3Server
 from ai_bottleneck.record import RecordError, RecordWriter, make_header
@@ -76,8 +77,9 @@ class Agent:
         self._web_override = web_config_file
         self.config = self._load()
         self.state = AgentState.from_config(self.config.agent)
+        self.page = LivePage()
         self.server = MetricsServer(self.state, self.config.agent.listen,
-                                    self.config.agent.web_config_file)
+                                    self.config.agent.web_config_file, page=self.page.render)
         self._run: _Run | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -136,6 +138,7 @@ class Agent:
             self.state.record_samples(r.probe, r.samples, duration_seconds=r.duration_seconds)
 
     def _publish(self, result: WindowResult) -> None:
+        self.page.add(result)
         self.state.record_window(result.label, result.confidence, result.start, result.end,
                                  len(result.evidence))
         change = result.transition.to_json() if result.transition is not None else None
@@ -146,6 +149,7 @@ class Agent:
                  f"; changed from {change['from']}" if change and change.get("from") else "")
 
     def _register(self, run: _Run) -> None:
+        self.page.set_unavailable(run.probes.unavailable)
         for p in run.probes.probes:
             self.state.register_probe(p.name, usable=True, interval_seconds=p.interval_seconds,
                                       active=p.active)

@@ -19,11 +19,13 @@ from ai_bottleneck.report_tables import key_numbers
 from ai_bottleneck.svgchart import LABEL_FILL, Series, label_band, line_chart, stacked_bars
 from ai_bottleneck.termstyle import Style
 from ai_bottleneck.timeline import runs
-from ai_bottleneck.units import bits, pct, secs
+from ai_bottleneck.units import bits, clock, pct, secs
 
 #: Text is laid out by the browser: render the shared text parts unwrapped.
 _WIDE = ReportOptions(width=10_000)
 _PLAIN = Style(False)
+#: Up to this many GPUs get a chart each; more share one chart for busy, one for memory.
+GPUS_CHARTED_APART = 2
 #: HTTP targets charted (the busiest first).
 TARGETS_CHARTED = 3
 
@@ -54,15 +56,25 @@ def _charts(results: Sequence[WindowResult]) -> list[str]:
     t0, t1 = results[0].start, results[-1].end
     out: list[str] = []
     gpu_ids = list(dict.fromkeys(g.id for r in results if r.readings for g in r.readings.gpus))
-    for gid in gpu_ids:
-        busy, memory = [], []
-        for r in results:
-            g = next((g for g in r.readings.gpus if g.id == gid), None) if r.readings else None
-            busy.append((_mid(r), g.busy if g else None))
-            memory.append((_mid(r), g.memory_used_ratio if g else None))
-        out.append(line_chart(f"GPU {gid}: busy and memory used", [
-            Series("busy", busy), Series("memory used", memory)], t0, t1, y_fmt=pct,
-            y_max=1.0))
+    busy: dict[str, list[tuple[float, float | None]]] = {gid: [] for gid in gpu_ids}
+    memory: dict[str, list[tuple[float, float | None]]] = {gid: [] for gid in gpu_ids}
+    for r in results:
+        seen = {g.id: g for g in r.readings.gpus} if r.readings else {}
+        for gid in gpu_ids:
+            g = seen.get(gid)
+            busy[gid].append((_mid(r), g.busy if g else None))
+            memory[gid].append((_mid(r), g.memory_used_ratio if g else None))
+    if len(gpu_ids) <= GPUS_CHARTED_APART:
+        out += [line_chart(f"GPU {gid}: busy and memory used", [
+            Series("busy", busy[gid]), Series("memory used", memory[gid])], t0, t1,
+            y_fmt=pct, y_max=1.0) for gid in gpu_ids]
+    else:  # many GPUs: one line each, in one chart for busy and one for memory
+        out.append(line_chart("GPU busy, per GPU", [Series(f"GPU {gid}", busy[gid])
+                                                    for gid in gpu_ids], t0, t1,
+                              y_fmt=pct, y_max=1.0))
+        out.append(line_chart("GPU memory used, per GPU", [Series(f"GPU {gid}", memory[gid])
+                                                           for gid in gpu_ids], t0, t1,
+                              y_fmt=pct, y_max=1.0))
     host = [r.readings.host if r.readings else None for r in results]
     if any(h is not None for h in host):
         def pts(attr: str) -> list[tuple[float, float | None]]:
@@ -108,12 +120,21 @@ def _list(items: Sequence[str]) -> str:
     return "<ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
 
 
+def _now(current: WindowResult) -> str:
+    fill = LABEL_FILL.get(current.label, "#7f7f7f")
+    return (f'<p id="now">now (window {clock(current.start)}-{clock(current.end)}): '
+            f'<span class="verdict" style="background:{fill};font-size:18px">'
+            f"{escape(current.label)}</span> confidence {current.confidence:.2f}</p>")
+
+
 def report_main(results: Sequence[WindowResult], verdict: Verdict, *, title: str,
-                not_measured: Mapping[str, str], notes: Sequence[str] = ()) -> str:
-    """The page's content (inside <main>): what the live page swaps in place."""
+                not_measured: Mapping[str, str], notes: Sequence[str] = (),
+                current: WindowResult | None = None) -> str:
+    """The page's content (inside <main>): what the live page swaps in place.
+    ``current``: the latest window, shown above the verdict over all of them."""
     fill = LABEL_FILL.get(verdict.label, "#7f7f7f")
     head = verdict_lines(results, verdict, _WIDE, _PLAIN)
-    parts = [f"<h1>{escape(title)}</h1>",
+    parts = [f"<h1>{escape(title)}</h1>", _now(current) if current is not None else "",
              f'<div class="verdict" style="background:{fill}" id="verdict">'
              f"{escape(verdict.label)}</div> <span>confidence {verdict.confidence:.2f}</span>",
              _list([line.strip() for line in head[1:]])]
@@ -146,19 +167,30 @@ def report_main(results: Sequence[WindowResult], verdict: Verdict, *, title: str
 
 def render_html(results: Sequence[WindowResult], verdict: Verdict, *, title: str,
                 not_measured: Mapping[str, str], notes: Sequence[str] = (),
-                refresh_seconds: float | None = None) -> str:
+                refresh_seconds: float | None = None,
+                current: WindowResult | None = None) -> str:
     """The whole page. ``refresh_seconds``: the live page fetches its content again
     this often and swaps it in place (same origin, same credentials); a file has none."""
     script = ""
     if refresh_seconds is not None:
         ms = int(refresh_seconds * 1000)
-        script = ("<script>\nsetInterval(async () => {\n"
+        # location.origin, not a relative URL: a page opened as http://user:pw@host/
+        # would hand fetch() a URL with credentials, which it refuses; the browser
+        # sends the cached basic-auth credentials to the same origin by itself.
+        script = ("<script>\nlet refreshed = 0;\nsetInterval(async () => {\n"
+                  "  const main = document.getElementById('report');\n"
                   "  try {\n"
-                  "    const r = await fetch('?part=main', {cache: 'no-store'});\n"
-                  "    if (r.ok) document.getElementById('report').innerHTML = await r.text();\n"
-                  "  } catch (e) { /* the agent restarts: keep the last page */ }\n"
+                  "    const url = location.origin + location.pathname + '?part=main';\n"
+                  "    const r = await fetch(url, {cache: 'no-store'});\n"
+                  "    if (!r.ok) { main.dataset.stale = r.status; return; }\n"
+                  "    main.innerHTML = await r.text();\n"
+                  "    main.dataset.refreshed = ++refreshed;\n"
+                  "    delete main.dataset.stale;\n"
+                  "  } catch (e) { main.dataset.stale = 'unreachable'; }"
+                  "  // the agent restarts: keep the last page\n"
                   f"}}, {ms});\n</script>")
-    body = report_main(results, verdict, title=title, not_measured=not_measured, notes=notes)
+    body = report_main(results, verdict, title=title, not_measured=not_measured, notes=notes,
+                       current=current)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             f"<title>{escape(title)}</title><style>{CSS}</style></head>\n"

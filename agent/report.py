@@ -142,13 +142,14 @@ def warning_lines(results: Sequence[WindowResult], not_measured: Mapping[str, st
     A probe that cannot run here is in NOT MEASURED already, so not repeated."""
     seen: dict[tuple[str, str | None, str], tuple[str, int]] = {}
     for r in results:
-        for text in dict.fromkeys(r.warnings):
+        latest: dict[tuple[str, str | None, str], str] = {}
+        for text in r.warnings:
             kind = kind_of(text)
             if kind is WarningKind.PROBE_UNAVAILABLE and subject_of(text) in not_measured:
                 continue
-            key = (kind, subject_of(text), text if kind is WarningKind.OTHER else "")
-            _, n = seen.get(key, (text, 0))
-            seen[key] = (text, n + 1)  # the latest wording of the same warning
+            latest[(kind, subject_of(text), text if kind is WarningKind.OTHER else "")] = text
+        for key, text in latest.items():  # counted once per window
+            seen[key] = (text, seen.get(key, ("", 0))[1] + 1)
     if not seen:
         return []
     ranked = sorted(seen.values(), key=lambda p: -p[1])
