@@ -93,10 +93,17 @@ def _charts(results: Sequence[WindowResult]) -> list[str]:
             rx.append((_mid(r), n.rx_bits_per_second if n else None))
             tx.append((_mid(r), n.tx_bits_per_second if n else None))
             link = (n.link_bits_per_second if n and n.link_bits_per_second else link)
-        marks = [(link, f"link {bits(link)}")] if link else []
-        out.append(line_chart(f"NIC {name}: traffic against its link speed",
-                              [Series("rx", rx), Series("tx", tx)], t0, t1, y_fmt=bits,
-                              marks=marks))
+        peak = max((v for _, v in (*rx, *tx) if v is not None), default=0.0)
+        if link and peak >= link / 4:
+            title, marks = f"NIC {name}: traffic against its link speed", [
+                (link, f"link {bits(link)}")]
+        else:  # drawn to scale the link would flatten the traffic into the axis
+            use = f", peak {pct(peak / link, 1)} of it" if link else ""
+            title = (f"NIC {name}: traffic (link {bits(link) if link else 'speed unknown'}"
+                     f"{use})")
+            marks = []
+        out.append(line_chart(title, [Series("rx", rx), Series("tx", tx)], t0, t1,
+                              y_fmt=bits, marks=marks))
     targets = [t.target for t in sorted(run_figures(results).targets, key=lambda t: -t.calls)]
     for target in targets[:TARGETS_CHARTED]:
         names = [p.removesuffix("_seconds") for p in PHASES]

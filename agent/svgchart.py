@@ -67,7 +67,7 @@ def _axes(f: _Frame, title: str, y_fmt: Fmt) -> list[str]:
 def _legend(names: Sequence[str]) -> list[str]:
     out, x = [], WIDTH - RIGHT
     for i, name in reversed(list(enumerate(names))):
-        x -= 14 + 7 * len(name)
+        x -= 22 + 7 * len(name)
         out.append(f'<rect x="{x}" y="8" width="10" height="10" '
                    f'fill="{PALETTE[i % len(PALETTE)]}"/>'
                    f'<text x="{x + 13}" y="17" class="lg">{escape(name)}</text>')
