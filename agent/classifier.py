@@ -72,8 +72,7 @@ class Classification:
     summary: dict[str, Any]
     probes: dict[str, str]
     hard: bool = False
-    # The typed readings the rules read: reports reuse these figures.
-    readings: Readings | None = field(default=None, compare=False, repr=False)
+    readings: Readings | None = field(default=None, compare=False, repr=False)  # for reports
 
 
 # -- the rules, in order -------------------------------------------------------------

@@ -155,7 +155,7 @@ def report_main(results: Sequence[WindowResult], verdict: Verdict, *, title: str
         parts += [f"<h2>Key numbers</h2><p class=muted>over all {len(results)} windows; a/b = "
                   "mean of the window values / the highest window</p>",
                   "<pre>" + escape("\n".join(numbers)) + "</pre>"]
-    why = why_lines(verdict, _WIDE, _PLAIN)
+    why = why_lines(verdict, _WIDE, _PLAIN, not_measured)
     if why:
         parts += [f"<h2>Evidence</h2><p class=muted>{escape(why[0][len('WHY  '):])}</p>",
                   _list([line.strip()[2:] for line in why[1:]])]

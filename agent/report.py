@@ -92,8 +92,18 @@ def _leading(f: RunFigures) -> list[str]:
     return out
 
 
-def why_lines(v: Verdict, o: ReportOptions, style: Style) -> list[str]:
-    evidence = list(v.reasons[1:])
+def _once(text: str, not_measured: Mapping[str, str]) -> str:
+    """A probe's long reason for not running is printed once, under NOT MEASURED;
+    evidence that quotes it points there instead."""
+    for reason in not_measured.values():
+        if len(reason) > 30 and reason in text:
+            text = text.replace(reason, "see NOT MEASURED")
+    return text
+
+
+def why_lines(v: Verdict, o: ReportOptions, style: Style,
+              not_measured: Mapping[str, str] | None = None) -> list[str]:
+    evidence = [_once(e, not_measured or {}) for e in v.reasons[1:]]
     if not evidence:
         return []
     where = (f"{clock(v.evidence_window[0])}-{clock(v.evidence_window[1])}"
@@ -195,7 +205,7 @@ def render(results: Sequence[WindowResult], verdict: Verdict, *, title: str,
                     "Nw = in N windows", w, "  ")
         out += numbers
     out += ["", *timeline_lines(results, o, style)]
-    why = why_lines(verdict, o, style)
+    why = why_lines(verdict, o, style, not_measured)
     if why:
         out += ["", *why]
     if verdict.advice:

@@ -190,3 +190,18 @@ def test_progress_redraws_in_place_and_only_on_a_terminal() -> None:
     quiet(1.0, 10.0, None)
     quiet.done()
     assert pipe.getvalue() == ""
+
+
+def test_shell_completion_comes_from_click(tmp_path: Path, env: dict[str, str]) -> None:
+    """docs/cli.md's line: the script installs, and it completes commands and values."""
+    script = clitool.run([], {**env, "_AI_BOTTLENECK_COMPLETE": "bash_source"}, tmp_path)
+    assert script.returncode == 0
+    assert "complete -o nosort -F _ai_bottleneck_completion ai-bottleneck" in script.stdout
+
+    def complete(words: str, cword: int) -> list[str]:
+        proc = clitool.run([], {**env, "_AI_BOTTLENECK_COMPLETE": "bash_complete",
+                                "COMP_WORDS": words, "COMP_CWORD": str(cword)}, tmp_path)
+        return [line.split(",", 1)[1] for line in proc.stdout.splitlines()]
+
+    assert complete("ai-bottleneck che", 1) == ["check-config"]
+    assert complete("ai-bottleneck replay x --color ", 4) == ["auto", "always", "never"]

@@ -168,3 +168,19 @@ def test_probe_warnings_the_not_measured_list_covers_are_not_repeated() -> None:
     assert "probe gpu unavailable" not in text
     assert text.count("no NVIDIA driver") == 1  # once, under NOT MEASURED
     assert f"{len(results)}w: probe nic failing: permission denied" in text
+
+
+def test_a_long_not_measured_reason_is_printed_once() -> None:
+    """No GPU driver: the NVML sentence sits under NOT MEASURED, and the evidence
+    that quotes it points there."""
+    reason = ("no NVIDIA driver: NVML library libnvidia-ml.so.1 not found (install the "
+              "NVIDIA driver, or run where one is installed)")
+    parts = (synth.host(cpu=0.98, busiest=1.0, psi=0.6), synth.nic())
+    labeller = Labeller(10.0, origin=synth.T0, unavailable={"gpu": reason})
+    results = list(labeller.run(synth.scene(*parts, seconds=20)))
+    verdict = overall_verdict(results)
+    assert any(reason in e for e in verdict.reasons)  # the classifier quotes it
+    text = render(results, verdict, title="t", not_measured={"gpu": reason},
+                  options=ReportOptions(width=1000))
+    assert text.count(reason) == 1
+    assert "(unavailable: see NOT MEASURED)" in text
