@@ -40,6 +40,10 @@ class Remark(str):
         self.subject = subject
         return self
 
+    def __getnewargs__(self) -> tuple[WarningKind, str, str | None]:  # type: ignore[override]
+        # copy, deepcopy and pickle rebuild a Remark through __new__ with these.
+        return (self.kind, str(self), self.subject)
+
 
 def kind_of(text: str) -> WarningKind:
     """The kind of a warning; plain text (from an older producer) is OTHER."""

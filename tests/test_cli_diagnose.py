@@ -279,7 +279,7 @@ def test_ctrl_c_ends_sampling_early_and_still_reports(tmp_path: Path) -> None:
             proc.communicate()
     assert "Traceback" not in stderr, stderr
     assert proc.returncode == 0, stderr
-    title = stdout.splitlines()[0]
+    title = " ".join(stdout.split("\n\n")[0].split())  # wrapped to the width
     assert "(ended early by Ctrl-C)" in title
     n = int(title.split(" windows")[0].rsplit(" ", 1)[1])
     assert 3 <= n < 60
