@@ -222,7 +222,13 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
                  as_json: bool, record_path: Path | None, fail_on: str | None, color: str,
                  all_windows: bool, html_path: Path | None) -> None:
     """Sample this host for a while and say what holds the service back."""
-    from ai_bottleneck.cli_report import FAIL_ON_EXIT, parse_fail_on, print_report, write_html
+    from ai_bottleneck.cli_report import (
+        FAIL_ON_EXIT,
+        check_html_path,
+        parse_fail_on,
+        print_report,
+        write_html,
+    )
     from ai_bottleneck.config import ConfigError, load_config
     from ai_bottleneck.diagnose import run_diagnose
     from ai_bottleneck.progress import ProgressLine
@@ -230,6 +236,7 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
     from ai_bottleneck.session import build_probes
 
     fail_labels = parse_fail_on(fail_on)
+    check_html_path(html_path)
     try:
         config = load_config(config_path)
         window_seconds = window or config.agent.window_seconds
@@ -254,9 +261,12 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
         if progress is not None:
             progress.done()
     notes = list(result.notes)
+    html_ok = True
     if html_path is not None:
-        notes.append(write_html(html_path, result.windows, result.verdict, title=result.title(),
-                                not_measured=result.unavailable, notes=result.notes))
+        note, html_ok = write_html(html_path, result.windows, result.verdict,
+                                   title=result.title(), not_measured=result.unavailable,
+                                   notes=result.notes)
+        notes.append(note)
     if as_json:
         click.echo(json.dumps({"windows": [w.to_json() for w in result.windows],
                                "verdict": result.verdict.to_json(),
@@ -266,6 +276,8 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
         print_report(result.windows, result.verdict, title=result.title(),
                      not_measured=result.unavailable, notes=notes, color=color,
                      all_windows=all_windows)
+    if not html_ok:
+        _fail(notes[-1], code=1)
     if result.verdict.label in fail_labels:
         sys.exit(FAIL_ON_EXIT)
 
@@ -284,12 +296,13 @@ def replay_cmd(file: Path, window: float | None, as_json: bool, since: str | Non
                until: str | None, color: str, all_windows: bool,
                html_path: Path | None) -> None:
     """Label a recording with the same windows and classifier as a live run."""
-    from ai_bottleneck.cli_report import parse_when, print_report, write_html
+    from ai_bottleneck.cli_report import check_html_path, parse_when, print_report, write_html
     from ai_bottleneck.figures import select
     from ai_bottleneck.options import OptionError
     from ai_bottleneck.pipeline import overall_verdict, replay
     from ai_bottleneck.record import RecordError
 
+    check_html_path(html_path)
     try:
         run = replay(file, window_seconds=window)
     except (RecordError, OptionError) as exc:
@@ -325,11 +338,15 @@ def replay_cmd(file: Path, window: float | None, as_json: bool, since: str | Non
             else "")
     title = (f"ai-bottleneck replay: {stats.samples} samples, {len(results)} windows{span} "
              f"(recorded on {header.get('host', 'an unknown host')}); file: {file}")
+    html_ok = True
     if html_path is not None:
-        notes.append(write_html(html_path, results, verdict, title=title,
-                                not_measured=run.labeller.unavailable, notes=notes))
+        note, html_ok = write_html(html_path, results, verdict, title=title,
+                                   not_measured=run.labeller.unavailable, notes=notes)
+        notes.append(note)
     print_report(results, verdict, title=title, not_measured=run.labeller.unavailable,
                  notes=notes, color=color, all_windows=all_windows)
+    if not html_ok:
+        _fail(notes[-1], code=1)
 
 
 @main.command("run")

@@ -7,6 +7,7 @@ Imported only by the commands that print a report, never by `run`.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,14 +67,28 @@ def print_report(results: Sequence[WindowResult], verdict: Verdict, *, title: st
                       options=options), nl=False, color=options.color)
 
 
+def check_html_path(path: Path | None) -> None:
+    """Before sampling: a folder that is not there or not writable is a usage error
+    now, not a lost report after a long run."""
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise click.BadParameter(f"{path}: the folder {folder} does not exist",
+                                 param_hint="--html")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise click.BadParameter(f"{path}: not writable", param_hint="--html")
+
+
 def write_html(path: Path, results: Sequence[WindowResult], verdict: Verdict, *, title: str,
-               not_measured: Mapping[str, str], notes: Sequence[str]) -> str:
-    """Write the HTML report; returns a note for the terminal report."""
+               not_measured: Mapping[str, str], notes: Sequence[str]) -> tuple[str, bool]:
+    """Write the HTML report; returns a note for the terminal report and whether it
+    was written (the terminal report still comes when it was not)."""
     from ai_bottleneck.html_report import render_html
 
     text = render_html(results, verdict, title=title, not_measured=not_measured, notes=notes)
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise click.FileError(str(path), exc.strerror or str(exc)) from None
-    return f"HTML report written to {path}"
+        return f"could not write the HTML report to {path}: {exc.strerror or exc}", False
+    return f"HTML report written to {path}", True

@@ -205,3 +205,14 @@ def test_shell_completion_comes_from_click(tmp_path: Path, env: dict[str, str]) 
 
     assert complete("ai-bottleneck che", 1) == ["check-config"]
     assert complete("ai-bottleneck replay x --color ", 4) == ["auto", "always", "never"]
+
+
+def test_an_html_path_that_cannot_be_written_is_refused_before_any_work(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    path = str(LAB / "idle.jsonl.gz")
+    missing = tmp_path / "no-such-folder" / "r.html"
+    clitool.assert_one_line_error(clitool.run(["replay", path, "--html", str(missing)], env,
+                                              tmp_path), "--html", "does not exist")
+    clitool.assert_one_line_error(
+        clitool.run(["diagnose", "--duration", "1s", "--html", str(missing)], env, tmp_path),
+        "--html", "does not exist")
