@@ -38,6 +38,9 @@ class ReportOptions:
 def _span(start: float | None, end: float | None) -> str:
     if start is None or end is None:
         return "no windows"
+    days = clock(start, with_date=True)[:10] != clock(end, with_date=True)[:10]
+    if days:  # a span over midnight: its start with the date, and its length
+        return f"{duration(end - start)} from {clock(start, with_date=True)}"
     return f"{clock(start)}-{clock(end)} ({duration(end - start)})"
 
 
@@ -131,8 +134,9 @@ def timeline_lines(results: Sequence[WindowResult], o: ReportOptions,
         days = len({clock(r.start, with_date=True)[:10] for r in all_runs}) > 1
         out += [clip("  " + run_text(r, with_date=days), w) for r in shown]
         if left:
-            out += wrap(f"... and {left} shorter runs ({len(all_runs)} in all; --windows "
-                        "lists every window, --since/--until narrow the span)", w, "  ")
+            out += wrap(f"... and {left} more runs, none longer ({len(all_runs)} in all; "
+                        "--windows lists every window, --since/--until narrow the span)",
+                        w, "  ")
     return out
 
 

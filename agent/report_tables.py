@@ -104,7 +104,7 @@ def phase_lines(f: RunFigures, width: int) -> list[str]:
                   if (a := t.phases.get(p)) and a.mean is not None]
         if phases:
             out.append(f"  {t.target}: " + ", ".join(phases))
-    return [line if len(line) <= width else line[:width - 1] + "~" for line in out]
+    return [part for line in out for part in wrap(line.strip(), width, "  ", "    ")]
 
 
 def other_lines(f: RunFigures) -> list[str]:

@@ -144,7 +144,7 @@ def test_a_long_replay_keeps_its_summary_on_the_first_screen() -> None:
     assert timeline_end < 2 * SCREEN_LINES, text  # the label runs too, summarised
     assert end_of_numbers < timeline_end
     assert "one character per 5 windows" in text
-    assert "shorter runs" in text  # the runs list is cut, and says so
+    assert "more runs, none longer" in text  # the runs list is cut, and says so
     assert len(lines) < 80, len(lines)
     every = _render(results, {}, 80, "t", all_windows=True).splitlines()
     assert len(every) >= len(lines) + 360
