@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from ai_bottleneck.classifier import Label
 from ai_bottleneck.units import clock
 
 WIDTH = 760
@@ -17,9 +18,10 @@ LEFT, RIGHT, TOP, BOTTOM = 64, 12, 26, 24
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#7f7f7f", "#bcbd22")
 #: One colour per label, the terminal's colours in the same spirit.
-LABEL_FILL = {"gpu_bound": "#d62728", "vram_bound": "#9467bd", "network_bound": "#ff7f0e",
-              "cpu_bound": "#17becf", "balanced": "#2ca02c", "idle": "#c7c7c7",
-              "unknown": "#7f7f7f"}
+LABEL_FILL: dict[str, str] = {
+    Label.GPU_BOUND: "#d62728", Label.VRAM_BOUND: "#9467bd", Label.NETWORK_BOUND: "#ff7f0e",
+    Label.CPU_BOUND: "#17becf", Label.BALANCED: "#2ca02c", Label.IDLE: "#c7c7c7",
+    Label.UNKNOWN: "#7f7f7f"}
 
 Fmt = Callable[[float], str]
 

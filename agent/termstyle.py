@@ -53,6 +53,7 @@ def terminal_width(env: Mapping[str, str] | None = None) -> int:
 #: Colour per label: red for the hard limits, yellow for the soft ones.
 LABEL_COLORS = {"gpu_bound": "1;31", "vram_bound": "1;35", "network_bound": "1;33",
                 "cpu_bound": "1;36", "balanced": "1;32", "idle": "2", "unknown": "1;37"}
+# (plain names: this module loads without the classifier; test_report checks the set)
 
 
 class Style:

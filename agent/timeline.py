@@ -7,12 +7,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ai_bottleneck.classifier import Label
 from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.units import clock, duration
 
-LABEL_CHARS = {
-    "gpu_bound": "G", "vram_bound": "V", "network_bound": "N", "cpu_bound": "C",
-    "balanced": "B", "idle": ".", "unknown": "?",
+LABEL_CHARS: dict[str, str] = {
+    Label.GPU_BOUND: "G", Label.VRAM_BOUND: "V", Label.NETWORK_BOUND: "N",
+    Label.CPU_BOUND: "C", Label.BALANCED: "B", Label.IDLE: ".", Label.UNKNOWN: "?",
 }
 
 

@@ -184,3 +184,13 @@ def test_a_long_not_measured_reason_is_printed_once() -> None:
                   options=ReportOptions(width=1000))
     assert text.count(reason) == 1
     assert "(unavailable: see NOT MEASURED)" in text
+
+
+def test_every_label_has_its_character_colour_and_fill() -> None:
+    from ai_bottleneck.classifier import Label
+    from ai_bottleneck.svgchart import LABEL_FILL
+    from ai_bottleneck.termstyle import LABEL_COLORS
+    from ai_bottleneck.timeline import LABEL_CHARS
+
+    for table in (LABEL_CHARS, LABEL_COLORS, LABEL_FILL):
+        assert set(table) == {label.value for label in Label}
