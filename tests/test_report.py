@@ -194,3 +194,10 @@ def test_every_label_has_its_character_colour_and_fill() -> None:
 
     for table in (LABEL_CHARS, LABEL_COLORS, LABEL_FILL):
         assert set(table) == {label.value for label in Label}
+
+
+def test_the_report_knows_every_phase_the_classifier_reads() -> None:
+    from ai_bottleneck.figures import PHASES
+    from ai_bottleneck.signals import NETWORK_PHASES
+
+    assert set(PHASES) == {*NETWORK_PHASES, "server_seconds"}
