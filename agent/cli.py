@@ -307,7 +307,9 @@ def replay_cmd(file: Path, window: float | None, as_json: bool, since: str | Non
         run = replay(file, window_seconds=window)
     except (RecordError, OptionError) as exc:
         _fail(f"{file}: {exc}" if isinstance(exc, OptionError) else str(exc))
-    first = run.header.get("origin") or run.header.get("started")
+    # A bad time is refused before reading; a clock time (14:05) is on the day of the
+    # recording's first window, known once it is read.
+    first = run.header.get("origin")
     day_of = float(first) if isinstance(first, int | float) else None
     since_t = parse_when(since, day_of, "--since") if since else None
     until_t = parse_when(until, day_of, "--until") if until else None
@@ -315,6 +317,8 @@ def replay_cmd(file: Path, window: float | None, as_json: bool, since: str | Non
     for r in run.results:
         if day_of is None:
             day_of = r.start
+            since_t = parse_when(since, day_of, "--since") if since else None
+            until_t = parse_when(until, day_of, "--until") if until else None
         if not select([r], since_t, until_t):
             continue
         results.append(r)

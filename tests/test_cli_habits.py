@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,13 @@ def test_since_and_until_select_a_span(tmp_path: Path, env: dict[str, str]) -> N
                        {**env, "TZ": "UTC"}, tmp_path).stdout
     assert "5 windows between" in text.splitlines()[0]
     assert "VERDICT  network_bound" in text
+    # the same span as clock times on the recording's day, and as ISO date-times
+    utc = {**env, "TZ": "UTC"}
+    for fmt in ("%H:%M:%S", "%Y-%m-%dT%H:%M:%S"):  # windows start 0.05 s past a second
+        a = time.strftime(fmt, time.gmtime(math.ceil(since)))
+        b = time.strftime(fmt, time.gmtime(math.floor(until)))
+        proc = clitool.run(["replay", path, "--json", "--since", a, "--until", b], utc, tmp_path)
+        assert [json.loads(line) for line in proc.stdout.splitlines()] == every[6:11], fmt
     clitool.assert_one_line_error(clitool.run(["replay", path, "--since", "teatime"], env,
                                               tmp_path), "--since", "teatime")
 
