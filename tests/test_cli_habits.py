@@ -225,3 +225,16 @@ def test_an_html_path_that_cannot_be_written_is_refused_before_any_work(
     clitool.assert_one_line_error(
         clitool.run(["diagnose", "--duration", "1s", "--html", str(missing)], env, tmp_path),
         "--html", "does not exist")
+
+
+@pytest.mark.parametrize(("mode", "tty", "extra", "expected"), [
+    ("auto", True, {}, True), ("auto", False, {}, False),
+    ("auto", True, {"NO_COLOR": "1"}, False), ("auto", True, {"NO_COLOR": ""}, True),
+    ("auto", True, {"TERM": "dumb"}, False), ("always", False, {"NO_COLOR": "1"}, True),
+    ("never", True, {}, False),
+])
+def test_colour_decision(mode: str, tty: bool, extra: dict[str, str], expected: bool) -> None:
+    from ai_bottleneck.termstyle import use_color
+
+    stream = _Terminal() if tty else io.StringIO()
+    assert use_color(mode, stream, {"TERM": "xterm", **extra}) is expected
