@@ -16,9 +16,10 @@ from ai_bottleneck.modelinfo import DTYPE_BYTES, PLAN_DTYPES, ModelInfo
 GIB = 2**30
 #: Memory an inference process needs beyond weights and KV cache: CUDA context,
 #: library workspaces, activations of a forward pass, allocator fragmentation.
-#: 20% of the weights ("Transformer Math 101": inference memory ~ 1.2 x the
-#: weights), never less than 1 GiB (the CUDA context and cuBLAS workspace alone
-#: take several hundred MiB). See docs/plan.md.
+#: 20% of the weights (the common "M = P x Q/8 x 1.2" serving rule, whose 20%
+#: also covers a small KV cache that is counted separately here), never less
+#: than 1 GiB (the CUDA context and library workspaces alone take several
+#: hundred MiB). See docs/plan.md.
 OVERHEAD_SHARE_OF_WEIGHTS = 0.20
 OVERHEAD_FLOOR_BYTES = 1 * GIB
 DEFAULT_CONTEXT = 4096
@@ -74,18 +75,23 @@ class Plan:
     bandwidth_fits: bool | None = None
     evidence: list[str] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
+    #: Parts asked about that could not be checked ("vram", "bandwidth").
+    unchecked: list[str] = field(default_factory=list)
 
     @property
     def fits(self) -> bool:
-        # Unknown parts (no GPU seen, no link measured) do not count against the plan;
-        # the evidence says they were not checked.
-        return self.vram_fits is not False and self.bandwidth_fits is not False
+        # A part that could not be checked (no GPU seen, no link known) is not a fit:
+        # a script reading `fits` must not deploy on a guess. `unchecked` says which.
+        return (not self.unchecked and self.vram_fits is not False
+                and self.bandwidth_fits is not False)
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("evidence", "changes")}
+        out = {k: v for k, v in self.__dict__.items()
+               if k not in ("evidence", "changes", "unchecked")}
         out["fits"] = self.fits
         out["evidence"] = list(self.evidence)
         out["changes"] = list(self.changes)
+        out["unchecked"] = list(self.unchecked)
         out["cheapest_change"] = self.changes[0] if self.changes and not self.fits else None
         return out
 
@@ -143,6 +149,7 @@ def plan_vram(model: ModelInfo, load: Load, gpus: list[Gpu] | None, out: Plan) -
     if not gpus:
         out.evidence.append("GPU memory not known (no NVML here and no --gpu-memory): "
                             "VRAM not checked")
+        out.unchecked.append("vram")
         return
     available = sum(g.total_bytes for g in gpus)
     out.vram_available_bytes = available
@@ -153,16 +160,25 @@ def plan_vram(model: ModelInfo, load: Load, gpus: list[Gpu] | None, out: Plan) -
     out.vram_fits = needed <= available
     if out.vram_fits:
         out.evidence.append(f"fits in {gb(available)} of {where} with {gb(available - needed)} "
-                            f"to spare; {out.max_concurrent_sequences} concurrent sequences of "
-                            f"{load.context_tokens} tokens fit")
+                            f"to spare; {_sequences(out.max_concurrent_sequences)} of "
+                            f"{load.context_tokens} tokens {_fit(out.max_concurrent_sequences)}")
     else:
         out.evidence.append(f"does not fit in {gb(available)} of {where}: "
-                            f"{gb(needed - available)} short; {out.max_concurrent_sequences} "
-                            f"concurrent sequences of {load.context_tokens} tokens fit")
+                            f"{gb(needed - available)} short; "
+                            f"{_sequences(out.max_concurrent_sequences)} of "
+                            f"{load.context_tokens} tokens {_fit(out.max_concurrent_sequences)}")
         _vram_changes(model, load, available, out)
     used = sum(g.used_bytes or 0 for g in gpus)
     if used > 0.05 * available:
         out.evidence.append(f"{gb(used)} of that GPU memory is in use right now")
+
+
+def _sequences(n: int) -> str:
+    return f"{n} concurrent sequence{'' if n == 1 else 's'}"
+
+
+def _fit(n: int) -> str:
+    return "fits" if n == 1 else "fit"
 
 
 def _vram_changes(model: ModelInfo, load: Load, available: int, out: Plan) -> None:
@@ -183,13 +199,13 @@ def _vram_changes(model: ModelInfo, load: Load, available: int, out: Plan) -> No
             out.changes.append({
                 "kind": "shorter_context", "context_tokens": int(longest),
                 "change": f"limit the context to {longest} tokens (from "
-                          f"{load.context_tokens}) at {load.concurrency} concurrent sequences"})
+                          f"{load.context_tokens}) at {_sequences(load.concurrency)}"})
         most = spare // (per_token * load.context_tokens)
         if most >= 1:
             gpus_needed = math.ceil(load.concurrency / most)
             out.changes.append({
                 "kind": "fewer_concurrent", "concurrency": int(most),
-                "change": f"serve at most {most} concurrent sequences of "
+                "change": f"serve at most {_sequences(most)} of "
                           f"{load.context_tokens} tokens per GPU set (from {load.concurrency}; "
                           f"{gpus_needed} replicas for all of them)"})
     for dtype in PLAN_DTYPES:
@@ -236,8 +252,9 @@ def plan_bandwidth(load: Load, link: Link, out: Plan) -> None:
                             f"({link.measured_source})")
     usable = link.usable_bits_per_second
     if usable is None:
-        out.evidence.append("link bandwidth not known (no NIC speed, no measurement): "
-                            "bandwidth not checked")
+        out.evidence.append("link bandwidth not known (no NIC speed, no measurement; "
+                            "try --measure): bandwidth not checked")
+        out.unchecked.append("bandwidth")
         return
     out.bandwidth_available_bits_per_second = usable
     one = transfer_seconds(load.payload_bytes, usable)

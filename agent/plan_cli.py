@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,9 @@ class _Params(click.ParamType[int]):
               help="Parameter count when no files are at hand (7B, 1.5B, 350M).")
 @click.option("--dtype", type=click.Choice(PLAN_DTYPES),
               help="Weights stored as this (default: the model's own; fp16 for --params).")
+@click.option("--kv-cache-dtype", type=click.Choice(("auto", "fp16", "bf16", "fp8")),
+              default="auto", show_default=True,
+              help="KV cache element type; auto is 16 bits, the engines' default.")
 @click.option("--context", "context_tokens", type=click.IntRange(1, 10_000_000), default=None,
               help="Tokens per sequence, prompt and output (default 4096).")
 @click.option("--concurrency", type=click.IntRange(1, 1_000_000), default=None,
@@ -100,7 +104,7 @@ class _Params(click.ParamType[int]):
 @click.option("--download", "download_url", metavar="URL", help="Large file for --measure.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def plan_cmd(model_path: Path | None, parameters: int | None, dtype: str | None,
-             context_tokens: int | None, concurrency: int | None,
+             kv_cache_dtype: str, context_tokens: int | None, concurrency: int | None,
              payload_bytes: float | None, latency_seconds: float | None,
              gpu_memory: float | None, recording: Path | None, measure: bool,
              iperf3_targets: tuple[str, ...], download_url: str | None,
@@ -129,6 +133,8 @@ def plan_cmd(model_path: Path | None, parameters: int | None, dtype: str | None,
         raise PlanInputError(str(exc)) from None
     if model is not None and dtype is not None and model_path is not None:
         model = model.with_dtype(dtype)
+    if model is not None and kv_cache_dtype == "fp8":
+        model = replace(model, kv_bytes_per_element=1.0)
 
     notes: list[str] = []
     if recorded is not None and payload_bytes is None:
@@ -193,15 +199,17 @@ def render(out: dict[str, Any]) -> str:
     """The plan for a person: the verdict first, then the evidence and the changes."""
     lines = []
     model = out.get("model")
-    what = (f"{model['architecture'] or model['source']} ({model['weight_format']})"
-            if model else "the load")
+    what = (f"{Path(model['source']).name} ({model['weight_format']})" if model
+            else "the load")
     lines.append(f"ai-bottleneck plan for {what}, {out['concurrency']} x "
                  f"{out['context_tokens']} tokens")
     verdict = "FITS" if out["fits"] else "DOES NOT FIT"
+    if out["unchecked"] and out["vram_fits"] is not False and out["bandwidth_fits"] is not False:
+        verdict = f"CANNOT TELL ({' and '.join(out['unchecked'])} not checked)"
     lines.append(f"verdict: {verdict}")
     for e in out["evidence"]:
         lines.append(f"  - {e}")
-    if not out["fits"] and out["changes"]:
+    if out["changes"]:
         lines.append(f"cheapest change: {out['changes'][0]['change']}")
         for c in out["changes"][1:]:
             lines.append(f"  or: {c['change']}")

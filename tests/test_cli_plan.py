@@ -74,6 +74,19 @@ def test_text_names_the_verdict_and_the_cheapest_change(tmp_path: Path,
     assert "verdict: FITS" in proc.stdout, proc.stdout
 
 
+def test_kv_cache_in_fp8_halves_it(tmp_path: Path, env: dict[str, str]) -> None:
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA_31_8B))
+    base = ["--model", str(folder), "--gpu-memory", "24GB", "--context", "16384",
+            "--concurrency", "3"]
+    wide = plan_json(base, env, tmp_path)
+    assert not wide["fits"] and wide["cheapest_change"]["kind"] == "kv_cache_fp8"
+    narrow = plan_json([*base, "--kv-cache-dtype", "fp8"], env, tmp_path)
+    assert narrow["kv_cache_bytes_per_token"] == 65536 and narrow["fits"]
+    assert narrow["vram_needed_bytes"] == wide["cheapest_change"]["vram_needed_bytes"]
+
+
 def test_gguf_file(tmp_path: Path, env: dict[str, str]) -> None:
     path = tmp_path / "tiny.gguf"
     write_gguf(path)

@@ -60,6 +60,16 @@ def test_llama_31_8b_bf16_kv_cache_is_128_kib_per_token(tmp_path: Path) -> None:
     assert round(model.parameters / 1e9, 2) == 8.03
     plan = make_plan(model, Load(context_tokens=8192, concurrency=4), None, Link())
     assert plan.kv_cache_bytes == 128 * 1024 * 8192 * 4
+    # The full 128K context of one sequence: about 17.2 GB of KV cache.
+    full = make_plan(model, Load(context_tokens=131072), None, Link())
+    assert full.kv_cache_bytes is not None and round(full.kv_cache_bytes / 1e9, 1) == 17.2
+
+
+def test_what_could_not_be_checked_is_not_a_fit() -> None:
+    model = from_parameters(7 * 10**9, "int4")
+    plan = make_plan(model, Load(payload_bytes=1e6, latency_seconds=1.0), None, Link())
+    assert plan.unchecked == ["vram", "bandwidth"] and not plan.fits
+    assert plan.to_json()["unchecked"] == ["vram", "bandwidth"]
 
 
 def test_7b_fp16_weights_are_about_14_gb() -> None:
