@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ai_bottleneck.plan import Gpu, Link
-from ai_bottleneck.probes.nvml import NVMLError, NvmlSession, NvmlUnavailable, describe
+from ai_bottleneck.probes.nvml import (
+    FunctionMissing,
+    NVMLError,
+    NvmlSession,
+    NvmlUnavailable,
+    describe,
+)
 from ai_bottleneck.record import RecordReader
 from ai_bottleneck.samples import Sample
 
@@ -27,6 +33,7 @@ def host_gpus(backend: Any | None = None) -> tuple[list[Gpu], str | None]:
     except NvmlUnavailable as exc:
         return [], str(exc)
     gpus: list[Gpu] = []
+    problems: list[str] = []
     try:
         count = int(session.call("nvmlDeviceGetCount"))
         for i in range(count):
@@ -34,15 +41,19 @@ def host_gpus(backend: Any | None = None) -> tuple[list[Gpu], str | None]:
                 handle = session.call("nvmlDeviceGetHandleByIndex", i)
                 name = session.call("nvmlDeviceGetName", handle)
                 memory = session.call("nvmlDeviceGetMemoryInfo", handle)
-            except NVMLError as exc:  # a lost GPU is left out; the others still count
-                return gpus, f"GPU {i}: {describe(exc)}"
+            except (NVMLError, FunctionMissing) as exc:
+                # A lost GPU is left out and named; the others still count.
+                problems.append(f"GPU {i} left out: {describe(exc)}")
+                continue
             name = name.decode() if isinstance(name, bytes) else str(name)
             gpus.append(Gpu(name, int(memory.total), int(memory.used)))
-    except NVMLError as exc:
-        return gpus, describe(exc)
+    except (NVMLError, FunctionMissing) as exc:
+        problems.append(describe(exc))
     finally:
         session.stop()
-    return gpus, None if gpus else "NVML sees no GPU"
+    if not gpus and not problems:
+        problems.append("NVML sees no GPU")
+    return gpus, "; ".join(problems) or None
 
 
 def nic_link(proc_root: str | Path = "/proc", sys_root: str | Path = "/sys") -> Link:
@@ -106,7 +117,7 @@ def measure_now(iperf3_targets: Sequence[str], download_url: str | None,
         probes.append(create_iperf3({"targets": list(iperf3_targets),
                                      "duration_seconds": seconds, "busy_retries": 0}))
     if download_url:
-        probes.append(create_download({"url": download_url, "max_seconds": seconds + 2,
+        probes.append(create_download({"url": download_url, "max_seconds": seconds,
                                        "warmup_seconds": min(1.0, seconds / 3)}))
     samples: list[Sample] = []
     for probe in probes:

@@ -16,6 +16,7 @@ from ai_bottleneck.record import RecordWriter, make_header
 from ai_bottleneck.samples import Sample
 from tests.clitool import assert_no_traceback, assert_one_line_error, clean_env, fake_gpu_env, run
 from tests.fakes.fake_nvml import make_gpus, write_state
+from tests.servers import HttpServer, ServerConfig
 from tests.test_iperf3_probe import free_port, wait_listening
 from tests.test_plan import LLAMA_2_7B, LLAMA_31_8B, write_gguf
 
@@ -153,6 +154,21 @@ def test_measure_runs_the_iperf3_probe(tmp_path: Path, env: dict[str, str]) -> N
     assert out["bandwidth_available_bits_per_second"] > 40e6
     assert any("iperf3 to 127.0.0.1" in e for e in out["evidence"]), out["evidence"]
     assert out["fits"]
+
+
+def test_measure_runs_the_download_probe_on_a_thin_link(tmp_path: Path,
+                                                       env: dict[str, str]) -> None:
+    # The server sends at 2 MB/s (16 Mbit/s): ten 1 MB uploads within 2 s need 40 Mbit/s.
+    config = ServerConfig("stream", body_bytes=50_000_000, body_rate=2e6)
+    with HttpServer(config) as server:
+        out = plan_json(["--payload", "1MB", "--latency", "2", "--concurrency", "10",
+                         "--measure", "--download", server.url("/big")], env, tmp_path)
+    assert out["bandwidth_available_bits_per_second"] == pytest.approx(16e6, rel=0.2)
+    assert out["bandwidth_fits"] is False and not out["fits"]
+    by_kind = {c["kind"]: c for c in out["changes"]}
+    assert by_kind["wider_link"]["bandwidth_needed_bits_per_second"] == pytest.approx(40e6)
+    assert by_kind["fewer_concurrent"]["concurrency"] in (3, 4)  # 16 Mbit/s x 2 s / 8 Mbit
+    assert any("download to " in e for e in out["evidence"]), out["evidence"]
 
 
 @pytest.fixture

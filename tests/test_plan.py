@@ -299,6 +299,10 @@ def test_nvml_gpus_through_the_fake_backend() -> None:
     gpus, why = host_gpus(fake)
     assert why is None
     assert [g.total_bytes for g in gpus] == [24 * GIB, 24 * GIB]
+    lost = FakeNvml(make_gpus(2, memory_total_bytes=24 * GIB))
+    lost.lose(1)
+    gpus, why = host_gpus(lost)
+    assert len(gpus) == 1 and why is not None and "GPU 1 left out" in why
     gpus, why = host_gpus(FakeNvml(library_missing=True))
     assert gpus == [] and why is not None and "NVML library" in why
 
