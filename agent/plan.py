@@ -122,6 +122,14 @@ def gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
+def size(n: float) -> str:
+    """Decimal units, as the source article and --payload use them (5MB = 5e6 bytes)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} bytes"
+
+
 def rate(bits: float) -> str:
     return f"{bits / 1e9:.2f} Gbit/s" if bits >= 1e9 else f"{bits / 1e6:.1f} Mbit/s"
 
@@ -170,7 +178,7 @@ def plan_vram(model: ModelInfo, load: Load, gpus: list[Gpu] | None, out: Plan) -
         _vram_changes(model, load, available, out)
     used = sum(g.used_bytes or 0 for g in gpus)
     if used > 0.05 * available:
-        out.evidence.append(f"{gb(used)} of that GPU memory is in use right now")
+        out.evidence.append(f"{gb(used)} of that GPU memory was in use when read")
 
 
 def _sequences(n: int) -> str:
@@ -240,7 +248,7 @@ def plan_bandwidth(load: Load, link: Link, out: Plan) -> None:
     share = "" if not load.server_seconds else f" (objective less {load.server_seconds:.3g} s " \
                                                f"of server time)"
     out.evidence.append(
-        f"{load.concurrency} x {load.payload_bytes / 1e6:g} MB within {budget:.3g} s{share} "
+        f"{load.concurrency} x {size(load.payload_bytes)} within {budget:.3g} s{share} "
         f"needs {rate(needed)}")
     if load.concurrency > 1 and needed < PUBLIC_API_FLOOR_BITS:
         out.evidence.append("a public API serving several users at once needs >= 50 Mbit/s "
@@ -258,7 +266,7 @@ def plan_bandwidth(load: Load, link: Link, out: Plan) -> None:
         return
     out.bandwidth_available_bits_per_second = usable
     one = transfer_seconds(load.payload_bytes, usable)
-    out.evidence.append(f"one {load.payload_bytes / 1e6:g} MB payload takes {one:.3g} s at "
+    out.evidence.append(f"one {size(load.payload_bytes)} payload takes {one:.3g} s at "
                         f"{rate(usable)}; {load.concurrency} at once take "
                         f"{one * load.concurrency:.3g} s")
     out.bandwidth_fits = needed <= usable
@@ -312,7 +320,7 @@ def saturation(*, server_seconds: float | None, concurrency: float | None,
     biggest = max((b for b in (request_bytes, response_bytes) if b), default=None)
     if usable and biggest:
         out["link_requests_per_second"] = usable / (biggest * 8)
-        evidence.append(f"{biggest / 1e3:.3g} kB per request (the larger direction) over "
+        evidence.append(f"{size(biggest)} per request (the larger direction) over "
                         f"{rate(usable)}: the link carries at most "
                         f"{usable / (biggest * 8):.3g} requests/s")
     limits = {k: v for k, v in (("gpu", out["gpu_requests_per_second"]),

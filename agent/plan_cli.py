@@ -148,7 +148,10 @@ def plan_cmd(model_path: Path | None, parameters: int | None, dtype: str | None,
         latency_seconds=latency_seconds,
         server_seconds=recorded.server_seconds if recorded is not None else None)
 
-    if gpu_memory is not None:
+    gpus: list[p.Gpu] = []
+    if model is None:
+        pass  # no VRAM question asked: NVML is not needed
+    elif gpu_memory is not None:
         gpus = [p.Gpu("--gpu-memory", int(gpu_memory))]
     elif recorded is not None and recorded.gpus:
         gpus = recorded.gpus
@@ -180,6 +183,9 @@ def plan_cmd(model_path: Path | None, parameters: int | None, dtype: str | None,
                                    "response_bytes": recorded.response_bytes,
                                    "server_seconds": recorded.server_seconds}
         out["evidence"].extend(lines)
+        if sat["arrival_rate_per_second"] is None:
+            out["unchecked"].append("saturation")
+            out["fits"] = False
         if recorded.malformed_lines:
             out["evidence"].append(f"{recorded.malformed_lines} malformed lines in "
                                    f"{recorded.path} skipped")
@@ -199,14 +205,21 @@ def render(out: dict[str, Any]) -> str:
     """The plan for a person: the verdict first, then the evidence and the changes."""
     lines = []
     model = out.get("model")
-    what = (f"{Path(model['source']).name} ({model['weight_format']})" if model
-            else "the load")
-    lines.append(f"ai-bottleneck plan for {what}, {out['concurrency']} x "
-                 f"{out['context_tokens']} tokens")
+    if model:
+        lines.append(f"ai-bottleneck plan for {Path(model['source']).name} "
+                     f"({model['weight_format']}), {out['concurrency']} x "
+                     f"{out['context_tokens']} tokens")
+    else:
+        lines.append(f"ai-bottleneck plan for {out['concurrency']} concurrent requests")
     verdict = "FITS" if out["fits"] else "DOES NOT FIT"
     if out["unchecked"] and out["vram_fits"] is not False and out["bandwidth_fits"] is not False:
         verdict = f"CANNOT TELL ({' and '.join(out['unchecked'])} not checked)"
-    lines.append(f"verdict: {verdict}")
+    sat = out.get("saturation")
+    if sat is not None and sat["arrival_rate_per_second"] is not None:
+        lines.append(f"saturates at: about {sat['arrival_rate_per_second']:.3g} requests/s, "
+                     f"limited by the {'GPU' if sat['limited_by'] == 'gpu' else 'link'}")
+    if model or out["bandwidth_fits"] is not None or out["unchecked"] or sat is None:
+        lines.append(f"verdict: {verdict}")
     for e in out["evidence"]:
         lines.append(f"  - {e}")
     if out["changes"]:

@@ -134,6 +134,17 @@ def test_from_recording_answers_where_the_host_saturates(tmp_path: Path,
     assert sat["link_requests_per_second"] == pytest.approx(100e6 / (5e6 * 8))
     assert sat["limited_by"] == "link"
     assert out["concurrency"] == 4
+    text = run(["plan", "--from", str(path)], env, tmp_path).stdout
+    assert "saturates at: about 2.5 requests/s, limited by the link" in text, text
+
+
+def test_recording_without_what_saturation_needs_cannot_tell(tmp_path: Path,
+                                                            env: dict[str, str]) -> None:
+    path = tmp_path / "bare.jsonl"
+    record(path, [Sample(t=1.0, probe="host", values={"cpu_utilization_ratio": 0.2})])
+    out = plan_json(["--from", str(path)], env, tmp_path)
+    assert out["fits"] is False and out["unchecked"] == ["saturation"]
+    assert out["saturation"]["arrival_rate_per_second"] is None
 
 
 def test_measure_runs_the_iperf3_probe(tmp_path: Path, env: dict[str, str]) -> None:
