@@ -16,6 +16,7 @@ import click
 from ai_bottleneck import __version__
 from ai_bottleneck.logs import setup_logging, stderr_is_journal
 from ai_bottleneck.options import parse_duration
+from ai_bottleneck.plan_cli import plan_cmd
 from ai_bottleneck.samples import one_line
 
 
@@ -297,6 +298,9 @@ def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
         _fail(str(exc))
     except ListenError as exc:
         _fail(str(exc), code=1)
+
+
+main.add_command(plan_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover
