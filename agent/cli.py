@@ -15,8 +15,8 @@ import click
 
 from ai_bottleneck import __version__
 from ai_bottleneck.logs import setup_logging, stderr_is_journal
-from ai_bottleneck.options import parse_duration
-from ai_bottleneck.samples import one_line
+from ai_bottleneck.probes.options import parse_duration
+from ai_bottleneck.probes.sample import one_line
 
 
 class Duration(click.ParamType[float]):
@@ -234,8 +234,8 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
               help="One JSON object per window per line.")
 def replay_cmd(file: Path, window: float | None, as_json: bool) -> None:
     """Label a recording with the same windows and classifier as a live run."""
-    from ai_bottleneck.options import OptionError
     from ai_bottleneck.pipeline import overall_verdict, replay
+    from ai_bottleneck.probes.options import OptionError
     from ai_bottleneck.record import RecordError
     from ai_bottleneck.report import render
 

@@ -23,10 +23,10 @@ from ai_bottleneck.budget import ActiveBudget
 from ai_bottleneck.config import Config, ConfigError, load_config
 from ai_bottleneck.endpoint import MetricsServer
 from ai_bottleneck.pipeline import Labeller, WindowResult
-from ai_bottleneck.probes.iperf3_server import Iperf3Server
+from ai_bottleneck.probes.base import PeerServer, PeerServerHost
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import RecordError, RecordWriter, make_header
 from ai_bottleneck.sampler import Round, Sampler
-from ai_bottleneck.samples import Sample
 from ai_bottleneck.session import ProbeSet, build_probes
 from ai_bottleneck.state import AgentState
 
@@ -61,7 +61,7 @@ class _Run:
     labeller: Labeller
     sampler: Sampler
     recorder: RecordWriter | None
-    servers: list[Iperf3Server]
+    servers: list[PeerServer]
     thread: threading.Thread | None = None
     stop: threading.Event | None = None
 
@@ -109,9 +109,9 @@ class Agent:
                 probes.close()
                 raise ConfigError(config.source, "agent.record_file", str(exc)) from None
             log.info("recording samples to %s", path)
-        budget = ActiveBudget.from_options(config.budget) if config.budget is not None else None
-        servers = [s for p in probes.probes
-                   if (s := getattr(p, "make_server", lambda: None)()) is not None]
+        budget = ActiveBudget.from_options(config.budget)
+        servers = [s for p in probes.probes if isinstance(p, PeerServerHost)
+                   and (s := p.make_server()) is not None]
 
         def on_samples(batch: Sequence[Sample]) -> None:
             if recorder is not None:
@@ -157,7 +157,7 @@ class Agent:
         for server in run.servers:
             problem = server.start()
             if problem:
-                log.warning("iperf3 server for peers: %s", problem)
+                log.warning("server for peers: %s", problem)
         run.stop = threading.Event()
         stop = run.stop
 

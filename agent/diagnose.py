@@ -14,9 +14,9 @@ from types import FrameType
 from ai_bottleneck.budget import ActiveBudget
 from ai_bottleneck.config import Config
 from ai_bottleneck.pipeline import Labeller, Verdict, WindowResult, overall_verdict
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import RecordWriter, make_header
 from ai_bottleneck.sampler import Sampler
-from ai_bottleneck.samples import Sample
 from ai_bottleneck.session import ProbeSet
 
 Progress = Callable[[float, float, WindowResult | None], None]
@@ -103,7 +103,7 @@ def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float
             recorder.write_many(batch)
         results.extend(labeller.feed_many(batch))
 
-    budget = ActiveBudget.from_options(config.budget) if config.budget is not None else None
+    budget = ActiveBudget.from_options(config.budget)
     interval = config.agent.interval_seconds
     sampler = Sampler(probe_set.probes, interval, [sink], budget=budget,
                       active_interval_override=max(duration_seconds, 1.0))

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector as CollectorBase
 from prometheus_client.registry import CollectorRegistry
 
 from ai_bottleneck import exporter_metrics as m
+from ai_bottleneck.probes.vocabulary import is_process_sample
 from ai_bottleneck.state import ERROR_REASONS, LABELS, AgentState, Series, Snapshot
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def _series_points(series: Iterator[Series]) -> _Points:
         labels, t = s.labels, s.t
         by_plan: dict[int, tuple[str, ...]] = {}  # id(plan) -> this series' label values
         event_labels: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-        if s.probe == "gpu" and "pid" in labels:
+        if s.probe == "gpu" and is_process_sample(labels):
             routes = _PROCESS_ROUTES
         else:
             routes = _ROUTES.get(s.probe, {})

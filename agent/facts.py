@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ai_bottleneck.probes.vocabulary import DOWNLOAD_SECONDS, SERVER_SECONDS, UPLOAD_SECONDS
 from ai_bottleneck.signals import GpuReading, HttpReading, Readings, ThroughputReading
 from ai_bottleneck.thresholds import Thresholds
 from ai_bottleneck.windows import ProbeState
@@ -309,8 +310,8 @@ def transfer(h: HttpReading | None) -> tuple[str, float, float] | None:
     """(direction, payload bytes, mean seconds) of the larger transfer phase."""
     if h is None:
         return None
-    up = h.phases.get("upload_seconds")
-    down = h.phases.get("download_seconds")
+    up = h.phases.get(UPLOAD_SECONDS)
+    down = h.phases.get(DOWNLOAD_SECONDS)
     if up is not None and h.request_bytes and (down is None or up >= down):
         return "upload", h.request_bytes, up
     if down is not None and h.response_bytes:
@@ -324,7 +325,7 @@ def need(h: HttpReading | None, th: Thresholds) -> Need | None:
         return None
     direction, payload, _ = moved
     objective = th.latency_objective_seconds
-    budget = objective - h.phases.get("server_seconds", 0.0)
+    budget = objective - h.phases.get(SERVER_SECONDS, 0.0)
     if budget < 0.1 * objective:
         budget = objective  # the server alone uses the objective up; say what the link needs
     concurrency = max(1, round(h.concurrency or 1))

@@ -32,8 +32,8 @@ from typing import Any
 
 from ai_bottleneck.classifier import Classification, Label, classify
 from ai_bottleneck.hysteresis import Hysteresis, Transition
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import ReadStats, RecordReader
-from ai_bottleneck.samples import Sample
 from ai_bottleneck.thresholds import Thresholds
 from ai_bottleneck.windows import Window, WindowBuilder
 
@@ -211,9 +211,9 @@ class Labeller:
         """A labeller set up as the run that wrote ``header`` was; arguments override.
 
         Header fields this version does not know are ignored, as the record format
-        asks; a malformed known field raises ai_bottleneck.options.OptionError (one line).
+        asks; a malformed known field raises ai_bottleneck.probes.options.OptionError (one line).
         """
-        from ai_bottleneck.options import OptionError, parse_options
+        from ai_bottleneck.probes.options import OptionError, parse_options
 
         if window_seconds is None:
             raw = header.get("window_seconds", DEFAULT_WINDOW_SECONDS)
@@ -257,7 +257,7 @@ def replay(path: str | os.PathLike[str], *, window_seconds: float | None = None,
     """Label a recording with the same code path as a live run.
 
     Raises ai_bottleneck.record.RecordError (the file is not a recording) or
-    ai_bottleneck.options.OptionError (its header is malformed), each one line.
+    ai_bottleneck.probes.options.OptionError (its header is malformed), each one line.
     """
     reader = RecordReader(path)
     try:

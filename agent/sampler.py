@@ -23,9 +23,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
-from ai_bottleneck.budget import Skip, bytes_in_samples, expected_bytes_of, skipped_sample
-from ai_bottleneck.probes.base import Probe
-from ai_bottleneck.samples import Sample, one_line
+from ai_bottleneck.budget import bytes_in_samples, expected_bytes_of
+from ai_bottleneck.probes.base import LinkLoadSource, Probe, Skip, skipped_sample
+from ai_bottleneck.probes.sample import Sample, one_line
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Sampler:
         self.budget = budget
         self._wall = wall_clock
         self._mono = monotonic
-        self._nic_utilization: float | None = None
+        self._link_utilization: float | None = None
         self._on_round = on_round
         self._slots: list[_Slot] = []
         start = monotonic()
@@ -143,7 +143,8 @@ class Sampler:
         """Runs on the probe's worker thread."""
         if not probe.active or self.budget is None:
             return list(probe.sample())
-        reason = self.budget.permit(probe.name, expected_bytes_of(probe), self._nic_utilization)
+        reason = self.budget.permit(probe.name, expected_bytes_of(probe),
+                                    self._link_utilization)
         if reason is not None:
             return [skipped_sample(probe.name, reason, t=self._wall())]
         samples = list(probe.sample())
@@ -203,8 +204,8 @@ class Sampler:
                     out.append(Sample(t=self._wall(), probe=name, error=msg))
                     self._round(Round(name, (), duration, "crash", msg))
                     continue
-                if name == "nic":
-                    self._note_nic(samples)
+                if isinstance(slot.probe, LinkLoadSource):
+                    self._link_utilization = slot.probe.link_utilization(samples)
                 self._round(Round(name, samples, duration))
                 out.extend(samples)
             elif not slot.timed_out and duration > slot.probe.timeout_seconds:
@@ -218,11 +219,6 @@ class Sampler:
     def _round(self, r: Round) -> None:
         if self._on_round is not None:
             self._on_round(r)
-
-    def _note_nic(self, samples: Sequence[Sample]) -> None:
-        ratios = [v for s in samples if s.ok for k, v in s.values.items()
-                  if k in ("rx_utilization_ratio", "tx_utilization_ratio")]
-        self._nic_utilization = max(ratios) if ratios else None
 
     def tick(self) -> list[Sample]:
         """One pass: start the due calls, wait (bounded) for them, collect what finished."""

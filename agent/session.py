@@ -8,8 +8,8 @@ from typing import Any
 
 from ai_bottleneck.config import Config, ConfigError
 from ai_bottleneck.discovery import discover
-from ai_bottleneck.options import OptionError
 from ai_bottleneck.probes.base import Probe
+from ai_bottleneck.probes.options import OptionError
 
 
 @dataclass

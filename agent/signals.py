@@ -10,11 +10,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ai_bottleneck.probes.vocabulary import (
+    HTTP_PHASES,
+    NETWORK_PHASES,
+    SERVER_SECONDS,
+    is_host_total,
+    is_process_sample,
+)
 from ai_bottleneck.windows import ProbeStatus, SeriesWindow, Stats, Window
 
-#: HTTP phases that are the network's time, not the server's.
-NETWORK_PHASES = ("dns_seconds", "connect_seconds", "tls_seconds", "upload_seconds",
-                  "download_seconds")
 #: Clock-event reasons that are not a slowdown (idle clocks, user-set clocks).
 BENIGN_CLOCK_EVENTS = frozenset({"gpu_idle", "applications_clocks_setting",
                                  "display_clock_setting", "sync_boost"})
@@ -163,7 +167,7 @@ class HttpReading:
 
     @property
     def server_share(self) -> float | None:
-        server = self.phases.get("server_seconds")
+        server = self.phases.get(SERVER_SECONDS)
         if server is None or self.total is None or self.total.mean <= 0:
             return None
         return min(1.0, server / self.total.mean)
@@ -215,7 +219,7 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
     devices: dict[str, list[SeriesWindow]] = {}
     errors: list[str] = []
     for sw in window.of("gpu"):
-        if "pid" in sw.labels:
+        if is_process_sample(sw.labels):
             continue  # a process on a GPU, not a GPU
         dev = sw.labels.get("uuid") or sw.labels.get("gpu")
         if dev is None:
@@ -287,7 +291,7 @@ def _nic_readings(window: Window) -> tuple[list[NicReading], TcpReading | None]:
     for sw in window.of("nic"):
         if not sw.count:
             continue
-        if sw.labels.get("scope") == "host":
+        if is_host_total(sw.labels):
             tcp = TcpReading(retransmit_ratio=_mean(sw, "tcp_retransmit_ratio"),
                              retransmits_per_second=_mean(sw, "tcp_retransmits_per_second"))
             continue
@@ -328,9 +332,9 @@ def _http_readings(window: Window) -> list[HttpReading]:
         measured = [sw for sw in group if sw.count]
         if measured:
             sw = max(measured, key=lambda s: s.count)
-            phases = {p: m for p in (*NETWORK_PHASES, "server_seconds")
+            phases = {p: m for p in HTTP_PHASES
                       if (m := _mean(sw, p)) is not None}
-            server = sw.stats("server_seconds")
+            server = sw.stats(SERVER_SECONDS)
             moved = [st.sum for name in ("request_bytes", "response_bytes")
                      if (st := sw.stats(name)) is not None]
             reading = HttpReading(

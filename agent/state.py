@@ -20,16 +20,14 @@ import math
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
 from ai_bottleneck import __version__
-from ai_bottleneck.budget import is_skipped, skip_kind
-from ai_bottleneck.samples import Sample, one_line
-
-Clock = Callable[[], float]
+from ai_bottleneck.probes.base import Clock
+from ai_bottleneck.probes.sample import Sample, is_skipped, one_line, skip_kind
 
 #: Every window label, in the order the exporter lists them (DESIGN.md).
 LABELS = ("gpu_bound", "vram_bound", "network_bound", "cpu_bound", "balanced", "idle", "unknown")

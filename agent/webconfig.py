@@ -44,8 +44,8 @@ from typing import Any, Literal
 import bcrypt
 import yaml  # type: ignore[import-untyped]  # the format is YAML; types-PyYAML not required
 
-from ai_bottleneck.options import OptionError, bounds, parse_options
-from ai_bottleneck.samples import one_line
+from ai_bottleneck.probes.options import OptionError, option_info, parse_options
+from ai_bottleneck.probes.sample import one_line
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,9 @@ class HTTPServerConfig:
 
 @dataclass(frozen=True)
 class RateLimitConfig:
-    interval: float = field(default=0.0, metadata=bounds(
+    interval: float = field(default=0.0, metadata=option_info(
         min=0, doc="time between two requests; 0 turns the limit off"))
-    burst: int = field(default=0, metadata=bounds(min=0, doc="requests allowed at once"))
+    burst: int = field(default=0, metadata=option_info(min=0, doc="requests allowed at once"))
 
 
 @dataclass(frozen=True)

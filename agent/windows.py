@@ -35,10 +35,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from operator import attrgetter
 
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.sample import Sample, is_skipped
 
 PERCENTILE = 0.95
-SKIPPED_VALUE = "skipped"
 #: Active probes run every few minutes, not every window: their latest result
 #: is carried into later windows (with its age) instead of reported missing.
 CARRY_PROBES = frozenset({"iperf3", "download"})
@@ -72,16 +71,11 @@ class Stats:
             return cls(1, v, v, v, v, v, v)
         total = math.fsum(values)  # exact: ten readings of 0.8 average to 0.8, not 0.7999...
         ordered = sorted(values)
+        # p95 is the nearest rank: the smallest value with at least 95% of the values at
+        # or below it. No interpolation, so it is always a value that was measured (with
+        # 10 samples, p95 is the maximum).
         return cls(n, total / n, ordered[max(1, math.ceil(PERCENTILE * n - 1e-9)) - 1],
                    ordered[0], ordered[-1], total, values[-1])
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of sorted values: the smallest value with at least
-    ``q`` of the values at or below it. No interpolation, so it is always a value
-    that was measured (with 10 samples, p95 is the maximum)."""
-    rank = max(1, math.ceil(q * len(ordered) - 1e-9))
-    return ordered[rank - 1]
 
 
 class SeriesWindow:
@@ -109,9 +103,9 @@ class SeriesWindow:
         # every window, and the common case (all measured) is one C-speed pass.
         ok = [s for s in samples if s.error is None]
         failed = [s for s in samples if s.error is not None] if len(ok) < len(samples) else []
-        skipped = [s for s in ok if SKIPPED_VALUE in s.values]
+        skipped = [s for s in ok if is_skipped(s)]
         if skipped:
-            ok = [s for s in ok if SKIPPED_VALUE not in s.values]
+            ok = [s for s in ok if not is_skipped(s)]
         self.ok_samples: Sequence[Sample] = ok
         self.failed_samples: Sequence[Sample] = failed
         self.count = len(ok)

@@ -29,11 +29,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ai_bottleneck.options import bounds, parse_options
 from ai_bottleneck.probes import nvml
-from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    failed,
+    one_line,
+    option_info,
+    parse_options,
+)
 from ai_bottleneck.probes.gpm import GpmReader
-from ai_bottleneck.samples import Sample, one_line
+from ai_bottleneck.probes.vocabulary import PROCESS_LABEL
 
 NAME = "gpu"
 log = logging.getLogger(__name__)
@@ -56,18 +63,18 @@ _KIB = 1024.0  # NVML's PCIe "KB/s" are KiB/s
 
 @dataclass(frozen=True)
 class Options:
-    timeout_seconds: float = field(default=5.0, metadata=bounds(
+    timeout_seconds: float = field(default=5.0, metadata=option_info(
         min=0.1, max=120, doc="longest one pass over all GPUs may take"))
-    sample_buffer: bool = field(default=True, metadata=bounds(
+    sample_buffer: bool = field(default=True, metadata=option_info(
         doc="average utilization over the driver's samples since the previous pass, so "
             "bursts between passes count; false reads only the driver's latest value"))
-    gpm: bool = field(default=True, metadata=bounds(
+    gpm: bool = field(default=True, metadata=option_info(
         doc="read GPM metrics (SM activity and occupancy, tensor and DRAM activity) on GPUs "
             "that have them (Hopper and newer)"))
-    pcie: bool = field(default=True, metadata=bounds(
+    pcie: bool = field(default=True, metadata=option_info(
         doc="read PCIe rx/tx throughput; NVML measures each over 20 ms, so this adds about "
             "40 ms per GPU per pass"))
-    processes: bool = field(default=True, metadata=bounds(
+    processes: bool = field(default=True, metadata=option_info(
         doc="list compute processes and the GPU memory each uses"))
 
 
@@ -398,7 +405,7 @@ class GpuProbe:
                 proc_values["process_memory_used_bytes"] = float(used)
                 total += used
                 known = True
-            labels = {**dev.error_labels, "pid": str(pid),
+            labels = {**dev.error_labels, PROCESS_LABEL: str(pid),
                       "process_name": self._process_name(pid)}
             out.append(Sample(t=t, probe=NAME, labels=labels, values=proc_values))
         values["process_count"] = float(len(processes))

@@ -23,8 +23,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ai_bottleneck.options import parse_options
-from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    clean_values,
+    failed,
+    parse_options,
+)
 from ai_bottleneck.probes.procfs import (
     PsiLine,
     busy_ratio,
@@ -35,7 +41,6 @@ from ai_bottleneck.probes.procfs import (
     read_optional,
     read_text,
 )
-from ai_bottleneck.samples import Sample, clean_values
 
 T = TypeVar("T")
 

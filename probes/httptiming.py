@@ -41,8 +41,17 @@ import httpcore
 import httpx
 
 from ai_bottleneck import __version__
+from ai_bottleneck.probes.base import Clock
+from ai_bottleneck.probes.vocabulary import (
+    CONNECT_SECONDS,
+    DNS_SECONDS,
+    DOWNLOAD_SECONDS,
+    SERVER_SECONDS,
+    TLS_SECONDS,
+    TOTAL_SECONDS,
+    UPLOAD_SECONDS,
+)
 
-Clock = Callable[[], float]
 Resolver = Callable[[str, int], list[tuple[Any, ...]]]
 
 #: Writes go to the kernel in pieces of this size so that the deadline is
@@ -52,10 +61,6 @@ WRITE_PIECE_BYTES = 64 * 1024
 
 def default_resolver(host: str, port: int) -> list[tuple[Any, ...]]:
     return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-
-
-class PhaseFailure(Exception):
-    """Where and why a call failed, as one line a person can act on."""
 
 
 class CallTimer:
@@ -138,10 +143,6 @@ class CallTimer:
 
     # -- results -----------------------------------------------------------------
 
-    @property
-    def reused_connection(self) -> bool:
-        return self.connect_started is None
-
     def phases(self) -> dict[str, float | None]:
         """Phase durations in seconds; None where a phase did not happen or was not seen."""
         def span(a: float | None, b: float | None) -> float | None:
@@ -151,13 +152,13 @@ class CallTimer:
         if connect is not None and self.dns_seconds is not None:
             connect = max(0.0, connect - self.dns_seconds)
         return {
-            "total_seconds": span(self.start, self.body_done),
-            "dns_seconds": self.dns_seconds,
-            "connect_seconds": connect,
-            "tls_seconds": span(self.tls_started, self.tls_done),
-            "upload_seconds": span(self.upload_started, self.upload_done),
-            "server_seconds": span(self.upload_done, self.first_byte),
-            "download_seconds": span(self.first_byte, self.body_done),
+            TOTAL_SECONDS: span(self.start, self.body_done),
+            DNS_SECONDS: self.dns_seconds,
+            CONNECT_SECONDS: connect,
+            TLS_SECONDS: span(self.tls_started, self.tls_done),
+            UPLOAD_SECONDS: span(self.upload_started, self.upload_done),
+            SERVER_SECONDS: span(self.upload_done, self.first_byte),
+            DOWNLOAD_SECONDS: span(self.first_byte, self.body_done),
         }
 
 

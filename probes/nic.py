@@ -28,8 +28,15 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from ai_bottleneck.options import bounds, parse_options
-from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    clean_values,
+    failed,
+    option_info,
+    parse_options,
+)
 from ai_bottleneck.probes.procfs import (
     NetDevCounters,
     counter_delta,
@@ -39,10 +46,10 @@ from ai_bottleneck.probes.procfs import (
     read_optional,
     read_text,
 )
-from ai_bottleneck.samples import Sample, clean_values
+from ai_bottleneck.probes.vocabulary import HOST_TOTAL_LABELS as HOST_LABELS
+from ai_bottleneck.probes.vocabulary import LINK_UTILIZATION_VALUES
 
 PROBE_NAME = "nic"
-HOST_LABELS = {"scope": "host"}
 
 #: Values of /sys/class/net/<nic>/speed that mean "unknown": the kernel's
 #: SPEED_UNKNOWN (-1) and how older drivers spelled it (0xFFFF, 0xFFFFFFFF).
@@ -67,12 +74,12 @@ def _names_or_patterns(names: tuple[str, ...], key: str) -> None:
 
 @dataclass(frozen=True)
 class Options:
-    include: tuple[str, ...] = field(default=(), metadata=bounds(
+    include: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="interface names or shell patterns (eth*, ens*) reported even when virtual, "
             "loopback or a bond slave"))
-    exclude: tuple[str, ...] = field(default=(), metadata=bounds(
+    exclude: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="interface names or shell patterns never reported; wins over include"))
-    include_virtual: bool = field(default=False, metadata=bounds(
+    include_virtual: bool = field(default=False, metadata=option_info(
         doc="also report every virtual interface (veth, bridge, VLAN, tunnel, loopback); "
             "bond slaves still need naming"))
 
@@ -236,6 +243,14 @@ class NicProbe:
         # An interface with nothing to say this pass (the priming pass with an unknown
         # link speed) gives no sample rather than an empty one.
         return [s for s in samples if s is not None and (s.values or s.error)]
+
+    def link_utilization(self, samples: Sequence[Sample]) -> float | None:
+        """The busiest direction of any NIC in ``samples`` as a share of its link speed
+        (LinkLoadSource: the traffic budget holds active probes back while it is high);
+        None when no NIC reports a link speed."""
+        ratios = [v for s in samples if s.ok for k, v in s.values.items()
+                  if k in LINK_UTILIZATION_VALUES]
+        return max(ratios) if ratios else None
 
     def close(self) -> None:
         self._nic_before.clear()

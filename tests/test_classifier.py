@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from ai_bottleneck.classifier import RULES, Classification, Label, classify
-from ai_bottleneck.options import OptionError, parse_options
+from ai_bottleneck.probes.options import OptionError, parse_options
 from ai_bottleneck.thresholds import Thresholds
 from tests.synth import (
     A100,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ai_bottleneck.options import OptionError
 from ai_bottleneck.pipeline import Labeller, WindowResult, overall_verdict, replay
+from ai_bottleneck.probes.options import OptionError
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import RecordWriter, make_header
-from ai_bottleneck.samples import Sample
 from ai_bottleneck.thresholds import Thresholds
 from tests.synth import (
     T0,

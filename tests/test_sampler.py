@@ -7,9 +7,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from ai_bottleneck.budget import Skip, SkipKind
+from ai_bottleneck.probes.base import Skip, SkipKind
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.sampler import Round, Sampler
-from ai_bottleneck.samples import Sample
 from ai_bottleneck.state import AgentState
 from tests.plugin_probes import ActiveProbe, CounterProbe, CrashingProbe, HangingProbe
 

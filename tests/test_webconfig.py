@@ -14,7 +14,7 @@ import bcrypt
 import pytest
 
 from ai_bottleneck.endpoint import MetricsServer
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.state import AgentState
 from ai_bottleneck.webconfig import (
     BasicAuth,
