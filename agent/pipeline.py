@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ai_bottleneck.classifier import Classification, Label, classify
 from ai_bottleneck.hysteresis import Hysteresis, Transition
 from ai_bottleneck.probes.sample import Sample
-from ai_bottleneck.record import ReadStats, RecordReader
 from ai_bottleneck.thresholds import Thresholds
 from ai_bottleneck.windows import Window, WindowBuilder
 
@@ -240,33 +238,6 @@ class Labeller:
                    unavailable={str(k): str(v) for k, v in unavailable.items()}
                    if isinstance(unavailable, Mapping) else {},
                    expected_probes=[str(p) for p in probes] if isinstance(probes, list) else [])
-
-
-@dataclass
-class Replay:
-    """A recording being labelled: iterate ``results``; ``stats`` fills in as it reads."""
-
-    header: dict[str, Any]
-    labeller: Labeller
-    results: Iterator[WindowResult]
-    stats: ReadStats = field(default_factory=ReadStats)
-
-
-def replay(path: str | os.PathLike[str], *, window_seconds: float | None = None,
-           thresholds: Thresholds | None = None) -> Replay:
-    """Label a recording with the same code path as a live run.
-
-    Raises ai_bottleneck.record.RecordError (the file is not a recording) or
-    ai_bottleneck.probes.options.OptionError (its header is malformed), each one line.
-    """
-    reader = RecordReader(path)
-    try:
-        labeller = Labeller.from_header(reader.header, window_seconds=window_seconds,
-                                        thresholds=thresholds)
-    except Exception:
-        reader.close()
-        raise
-    return Replay(reader.header, labeller, labeller.run(reader), reader.stats)
 
 
 # -- the overall verdict ------------------------------------------------------------

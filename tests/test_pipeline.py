@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ai_bottleneck.pipeline import Labeller, WindowResult, overall_verdict, replay
+from ai_bottleneck.assembly import assemble_replay as replay
+from ai_bottleneck.pipeline import Labeller, WindowResult, overall_verdict
 from ai_bottleneck.probes.options import OptionError
 from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import RecordWriter, make_header

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ai_bottleneck.pipeline import replay
+from ai_bottleneck.assembly import assemble_replay as replay
 from ai_bottleneck.record import RecordReader, default_loads
 from tests.synth import write_day
 
