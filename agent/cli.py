@@ -235,10 +235,10 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
 def replay_cmd(file: Path, window: float | None, as_json: bool) -> None:
     """Label a recording with the same windows and classifier as a live run."""
     from ai_bottleneck.assembly import assemble_replay
-    from ai_bottleneck.pipeline import overall_verdict
     from ai_bottleneck.probes.options import OptionError
     from ai_bottleneck.record import RecordError
     from ai_bottleneck.report import render
+    from ai_bottleneck.verdict import overall_verdict
 
     try:
         run = assemble_replay(file, window_seconds=window)

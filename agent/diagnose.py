@@ -13,7 +13,8 @@ from types import FrameType
 
 from ai_bottleneck.assembly import ProbeSet, assemble_live
 from ai_bottleneck.config import Config
-from ai_bottleneck.pipeline import Verdict, WindowResult, overall_verdict
+from ai_bottleneck.pipeline import WindowResult
+from ai_bottleneck.verdict import Verdict, overall_verdict
 
 Progress = Callable[[float, float, WindowResult | None], None]
 

@@ -22,8 +22,9 @@ from prometheus_client.registry import Collector as CollectorBase
 from prometheus_client.registry import CollectorRegistry
 
 from ai_bottleneck import exporter_metrics as m
+from ai_bottleneck.labels import LABEL_NAMES
 from ai_bottleneck.probes.vocabulary import is_process_sample
-from ai_bottleneck.state import ERROR_REASONS, LABELS, AgentState, Series, Snapshot
+from ai_bottleneck.state import ERROR_REASONS, AgentState, Series, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,12 @@ def _agent_points(points: _Points, snap: Snapshot, now: float) -> None:
     _put(points, m.START_TIME, (), 0.0, snap.start_time)
     _put(points, m.SAMPLING_INTERVAL, (), 0.0, snap.interval_seconds)
     _put(points, m.WINDOW_LENGTH, (), 0.0, snap.window_seconds)
-    for label in LABELS:
+    for label in LABEL_NAMES:
         _put(points, m.WINDOWS_TOTAL, (label,), 0.0, float(snap.windows_total.get(label, 0)))
     window = snap.window
     if window is None:
         return
-    for label in LABELS:
+    for label in LABEL_NAMES:
         _put(points, m.WINDOW_LABEL, (label,), 0.0, 1.0 if label == window.label else 0.0)
     for metric, value in ((m.WINDOW_CONFIDENCE, window.confidence),
                           (m.WINDOW_START, window.start), (m.WINDOW_END, window.end),

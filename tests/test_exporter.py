@@ -16,9 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from ai_bottleneck import exporter_metrics as em
 from ai_bottleneck.endpoint import ListenError, MetricsServer
 from ai_bottleneck.exporter import Collector, build_registry
+from ai_bottleneck.labels import LABEL_NAMES as LABELS
 from ai_bottleneck.probes.base import Skip, SkipKind, skipped_sample
 from ai_bottleneck.probes.sample import Sample
-from ai_bottleneck.state import LABELS, AgentState
+from ai_bottleneck.state import AgentState
 from tests.promtool import run_promtool
 
 REPO = Path(__file__).resolve().parent.parent

@@ -67,6 +67,30 @@ def test_the_graph_covers_the_package() -> None:
     assert f"{PACKAGE}.daemon" in graph[f"{PACKAGE}.cli"]
 
 
+def test_no_import_cycle() -> None:
+    graph, _ = _graph()
+    inner = {m: [n for n in deps if n in graph and n != m] for m, deps in graph.items()}
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for n in inner[m]:
+            if state.get(n) == 1:
+                cycles.append([*path[path.index(n):], n])
+            elif n not in state:
+                visit(n)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(inner):
+        if m not in state:
+            visit(m)
+    assert cycles == []
+
+
 def test_probes_import_only_the_contract_and_their_helpers() -> None:
     graph, sources = _graph()
     offenders = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ai_bottleneck.probes.sample import Sample
-from ai_bottleneck.signals import read
+from ai_bottleneck.readings import read
 from ai_bottleneck.windows import ProbeState, SeriesWindow, Stats, Window, WindowBuilder
 from tests.synth import (
     T0,
