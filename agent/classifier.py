@@ -16,7 +16,7 @@ from ai_bottleneck.advice import advice_for, warnings_for
 from ai_bottleneck.facts import Facts, memory_text
 from ai_bottleneck.findings import Classification, Finding, Signal, above, below
 from ai_bottleneck.labels import Label
-from ai_bottleneck.readings import read, summary
+from ai_bottleneck.reader import read, summary
 from ai_bottleneck.thresholds import Thresholds
 from ai_bottleneck.windows import ProbeState, Window
 from ai_bottleneck.words import bits, pct, secs, size

@@ -36,14 +36,10 @@ from ai_bottleneck.probes.base import (
     option_info,
     parse_options,
 )
+from ai_bottleneck.probes.calltimer import CallTimer
 from ai_bottleneck.probes.http import check_url, host_and_port
-from ai_bottleneck.probes.httptiming import (
-    CallTimer,
-    TimingBackend,
-    describe_failure,
-    make_client,
-    make_ssl_context,
-)
+from ai_bottleneck.probes.httpfailure import describe_failure
+from ai_bottleneck.probes.httptiming import TimingBackend, make_client, make_ssl_context
 
 #: Query parameter added by ``cache_bust`` (a fresh random value every sample).
 CACHE_BUST_PARAM = "nocache"

@@ -36,13 +36,9 @@ from ai_bottleneck.probes.base import (
     option_info,
     parse_options,
 )
-from ai_bottleneck.probes.httptiming import (
-    CallTimer,
-    TimingBackend,
-    describe_failure,
-    make_client,
-    make_ssl_context,
-)
+from ai_bottleneck.probes.calltimer import CallTimer
+from ai_bottleneck.probes.httpfailure import describe_failure
+from ai_bottleneck.probes.httptiming import TimingBackend, make_client, make_ssl_context
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: Extra seconds the probe allows beyond its targets' timeouts before the agent

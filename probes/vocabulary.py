@@ -8,24 +8,41 @@ sub-kind is told by a declared label, never guessed: ``is_process_sample`` and
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 
 #: Traffic a run of an active probe made (the traffic budget adds it up).
 BYTES_VALUE = "bytes"
 
 # -- HTTP phases (the http and download probes) ---------------------------------------
 
+
+class HttpPhase(StrEnum):
+    """The phases of one HTTP call, in the order they happen. Each is recorded as the
+    value ``<phase>_seconds``; failure messages name the phase a call failed in."""
+
+    DNS = "dns"
+    CONNECT = "connect"
+    TLS = "tls"
+    UPLOAD = "upload"
+    SERVER = "server"
+    DOWNLOAD = "download"
+
+    @property
+    def value_name(self) -> str:
+        return f"{self.value}_seconds"
+
+
 TOTAL_SECONDS = "total_seconds"
-DNS_SECONDS = "dns_seconds"
-CONNECT_SECONDS = "connect_seconds"
-TLS_SECONDS = "tls_seconds"
-UPLOAD_SECONDS = "upload_seconds"
-SERVER_SECONDS = "server_seconds"
-DOWNLOAD_SECONDS = "download_seconds"
-#: The phases of one request in the order they happen; they add up to the total.
-HTTP_PHASES = (DNS_SECONDS, CONNECT_SECONDS, TLS_SECONDS, UPLOAD_SECONDS, SERVER_SECONDS,
-               DOWNLOAD_SECONDS)
+DNS_SECONDS = HttpPhase.DNS.value_name
+CONNECT_SECONDS = HttpPhase.CONNECT.value_name
+TLS_SECONDS = HttpPhase.TLS.value_name
+UPLOAD_SECONDS = HttpPhase.UPLOAD.value_name
+SERVER_SECONDS = HttpPhase.SERVER.value_name
+DOWNLOAD_SECONDS = HttpPhase.DOWNLOAD.value_name
+#: The phase values of one call in the order they happen; they add up to the total.
+HTTP_PHASES = tuple(p.value_name for p in HttpPhase)
 #: The phases that are the network's time, not the server's.
-NETWORK_PHASES = tuple(p for p in HTTP_PHASES if p != SERVER_SECONDS)
+NETWORK_PHASES = tuple(p.value_name for p in HttpPhase if p is not HttpPhase.SERVER)
 
 # -- NIC load (the nic probe) ----------------------------------------------------------
 

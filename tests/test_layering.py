@@ -119,3 +119,10 @@ def test_built_in_probes_reach_the_agent_only_through_the_contract() -> None:
                  if m.startswith(PROBES + ".") and m != f"{PROBES}.base" and m not in helpers
                  for name, line in deps.items() if name in helpers]
     assert offenders == []
+
+
+def test_no_module_over_400_lines() -> None:
+    _, sources = _graph()
+    long = {str(p.relative_to(ROOT)): n for p in sources.values()
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ai_bottleneck.probes.sample import Sample
-from ai_bottleneck.readings import read
-from ai_bottleneck.windows import ProbeState, SeriesWindow, Stats, Window, WindowBuilder
+from ai_bottleneck.reader import read
+from ai_bottleneck.series import SeriesWindow, Stats
+from ai_bottleneck.windows import ProbeState, Window, WindowBuilder
 from tests.synth import (
     T0,
     gpu_failure,
