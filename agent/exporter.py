@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import ProcessCollector
@@ -23,6 +23,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ai_bottleneck import exporter_metrics as m
 from ai_bottleneck.labels import LABEL_NAMES
+from ai_bottleneck.probes.base import Clock
 from ai_bottleneck.probes.vocabulary import is_process_sample
 from ai_bottleneck.state import ERROR_REASONS, AgentState, Series, Snapshot
 
@@ -207,7 +208,7 @@ class Collector(CollectorBase):
     agent's own figures (window, probe health), which change with time.
     """
 
-    def __init__(self, state: AgentState, clock: Callable[[], float] | None = None):
+    def __init__(self, state: AgentState, clock: Clock | None = None):
         self._state = state
         self._clock = clock or state.clock
         # id(series) -> (the series, its lines). The entry holds the series, so its id

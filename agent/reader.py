@@ -10,10 +10,35 @@ from collections.abc import Sequence
 from typing import Any
 
 from ai_bottleneck.probes.vocabulary import (
+    GPU_DRAM_ACTIVE,
+    GPU_MEMORY_TOTAL,
+    GPU_MEMORY_USED,
+    GPU_POWER,
+    GPU_POWER_LIMIT,
+    GPU_SM_ACTIVE,
+    GPU_UTILIZATION,
+    HOST_BUSIEST_CORE,
+    HOST_CPU,
+    HOST_CPU_COUNT,
+    HOST_MEMORY_USED,
     HTTP_PHASES,
+    LINK_SPEED,
+    LOAD_FAILURE_EVENTS,
+    LOAD_FAILURE_EVENTS_TOTAL,
+    OOM_EVENTS,
+    OOM_EVENTS_TOTAL,
+    REQUEST_BYTES,
+    RESPONSE_BYTES,
     SERVER_SECONDS,
+    STATUS_VALUE,
+    TCP_RETRANSMIT_RATIO,
+    TCP_RETRANSMITS,
+    THROUGHPUT_VALUE,
+    TOTAL_SECONDS,
     is_host_total,
     is_process_sample,
+    nic_value,
+    pressure_value,
 )
 from ai_bottleneck.readings import (
     GpuReading,
@@ -80,19 +105,19 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
         # Nothing but idle or user-set clocks in the bitmask: no need to read every flag.
         quiet = bool(bitmask) and not any(int(v) & ~BENIGN_CLOCK_BITS for v in bitmask)
         slowdowns = [] if quiet else _slowdowns(sw)
-        oom = sum(v for v in (sw.increase("oom_events_total"),
-                              sw.increase("load_failure_events_total")) if v)
+        oom = sum(v for v in (sw.increase(OOM_EVENTS_TOTAL),
+                              sw.increase(LOAD_FAILURE_EVENTS_TOTAL)) if v)
         out.append(GpuReading(
             id=sw.labels.get("gpu") or sw.labels.get("uuid", "?"),
             name=sw.labels.get("name"),
             samples=sw.count,
-            utilization=_mean(sw, "utilization_ratio"),
-            sm_active=_mean(sw, "sm_active_ratio"),
-            dram_active=_mean(sw, "dram_active_ratio"),
-            memory_used_bytes=_max(sw, "memory_used_bytes"),
-            memory_total_bytes=sw.last("memory_total_bytes"),
-            power_watts=_mean(sw, "power_watts"),
-            power_limit_watts=sw.last("power_limit_watts"),
+            utilization=_mean(sw, GPU_UTILIZATION),
+            sm_active=_mean(sw, GPU_SM_ACTIVE),
+            dram_active=_mean(sw, GPU_DRAM_ACTIVE),
+            memory_used_bytes=_max(sw, GPU_MEMORY_USED),
+            memory_total_bytes=sw.last(GPU_MEMORY_TOTAL),
+            power_watts=_mean(sw, GPU_POWER),
+            power_limit_watts=sw.last(GPU_POWER_LIMIT),
             oom_events=oom,
             slowdowns=tuple(sorted(slowdowns, key=lambda p: -p[1])),
         ))
@@ -106,21 +131,21 @@ def _host_reading(window: Window) -> HostReading | None:
     sw = max(measured, key=lambda s: s.count)
     return HostReading(
         samples=sw.count,
-        cpu=_mean(sw, "cpu_utilization_ratio"),
-        busiest_core=_mean(sw, "cpu_busiest_core_ratio"),
-        cpu_pressure=_mean(sw, "cpu_pressure_some_ratio"),
-        io_pressure=_mean(sw, "io_pressure_some_ratio"),
-        memory_pressure=_mean(sw, "memory_pressure_some_ratio"),
-        memory_used_ratio=_max(sw, "memory_used_ratio"),
-        cpu_count=sw.last("cpu_count"),
+        cpu=_mean(sw, HOST_CPU),
+        busiest_core=_mean(sw, HOST_BUSIEST_CORE),
+        cpu_pressure=_mean(sw, pressure_value("cpu")),
+        io_pressure=_mean(sw, pressure_value("io")),
+        memory_pressure=_mean(sw, pressure_value("memory")),
+        memory_used_ratio=_max(sw, HOST_MEMORY_USED),
+        cpu_count=sw.last(HOST_CPU_COUNT),
     )
 
 
 def _utilization(sw: SeriesWindow, direction: str, link: float | None) -> float | None:
-    given = _mean(sw, f"{direction}_utilization_ratio")
+    given = _mean(sw, nic_value(direction, "utilization_ratio"))
     if given is not None:
         return given
-    bits = _mean(sw, f"{direction}_bits_per_second")
+    bits = _mean(sw, nic_value(direction, "bits_per_second"))
     if bits is None or not link:
         return None
     return bits / link
@@ -133,19 +158,19 @@ def _nic_readings(window: Window) -> tuple[list[NicReading], TcpReading | None]:
         if not sw.count:
             continue
         if is_host_total(sw.labels):
-            tcp = TcpReading(retransmit_ratio=_mean(sw, "tcp_retransmit_ratio"),
-                             retransmits_per_second=_mean(sw, "tcp_retransmits_per_second"))
+            tcp = TcpReading(retransmit_ratio=_mean(sw, TCP_RETRANSMIT_RATIO),
+                             retransmits_per_second=_mean(sw, TCP_RETRANSMITS))
             continue
         name = sw.labels.get("nic")
         if name is None:
             continue
-        link = sw.last("link_speed_bits_per_second")
-        drops = [v for v in (_mean(sw, "rx_drops_per_second"),
-                             _mean(sw, "tx_drops_per_second")) if v is not None]
+        link = sw.last(LINK_SPEED)
+        drops = [v for v in (_mean(sw, nic_value("rx", "drops_per_second")),
+                             _mean(sw, nic_value("tx", "drops_per_second"))) if v is not None]
         nics.append(NicReading(
             name=name, samples=sw.count,
-            rx_bits_per_second=_mean(sw, "rx_bits_per_second"),
-            tx_bits_per_second=_mean(sw, "tx_bits_per_second"),
+            rx_bits_per_second=_mean(sw, nic_value("rx", "bits_per_second")),
+            tx_bits_per_second=_mean(sw, nic_value("tx", "bits_per_second")),
             link_bits_per_second=link,
             rx_utilization=_utilization(sw, "rx", link),
             tx_utilization=_utilization(sw, "tx", link),
@@ -164,7 +189,7 @@ def _http_readings(window: Window) -> list[HttpReading]:
         failures = sum(sw.failures for sw in group)
         if calls == 0 and failures == 0:
             continue  # only skipped
-        statuses = [v for sw in group for v in sw.failed_values("status")]
+        statuses = [v for sw in group for v in sw.failed_values(STATUS_VALUE)]
         errors = tuple(dict.fromkeys(e for sw in group for e in sw.errors()))
         reading = HttpReading(
             target=target, calls=calls, failures=failures, errors=errors[:3],
@@ -176,13 +201,13 @@ def _http_readings(window: Window) -> list[HttpReading]:
             phases = {p: m for p in HTTP_PHASES
                       if (m := _mean(sw, p)) is not None}
             server = sw.stats(SERVER_SECONDS)
-            moved = [st.sum for name in ("request_bytes", "response_bytes")
+            moved = [st.sum for name in (REQUEST_BYTES, RESPONSE_BYTES)
                      if (st := sw.stats(name)) is not None]
             reading = HttpReading(
                 target=target, calls=calls, failures=failures, errors=reading.errors,
-                total=sw.stats("total_seconds"), phases=phases,
-                request_bytes=_mean(sw, "request_bytes"),
-                response_bytes=_mean(sw, "response_bytes"),
+                total=sw.stats(TOTAL_SECONDS), phases=phases,
+                request_bytes=_mean(sw, REQUEST_BYTES),
+                response_bytes=_mean(sw, RESPONSE_BYTES),
                 concurrency=_max(sw, "concurrency"),
                 overload_answers=reading.overload_answers, server_errors=reading.server_errors,
                 server_min_seconds=server.min if server is not None else None,
@@ -196,7 +221,7 @@ def _throughputs(window: Window) -> list[ThroughputReading]:
     for sw in (*window.of("iperf3"), *window.of("download"), *window.carried):
         if sw.probe not in ("iperf3", "download") or not sw.count:
             continue
-        bps = _mean(sw, "bits_per_second")
+        bps = _mean(sw, THROUGHPUT_VALUE)
         if bps is None:
             continue
         target = sw.labels.get("target") or sw.labels.get("url") or "?"
@@ -215,9 +240,9 @@ def _events(window: Window, gpus: Sequence[GpuReading]) -> tuple[float, float, l
         if not sw.count:
             continue
         source = sw.labels.get("source", "oom")
-        o = (st.sum if (st := sw.stats("oom_events")) else sw.increase("oom_events_total")) or 0
-        f = ((st.sum if (st := sw.stats("load_failure_events")) else
-              sw.increase("load_failure_events_total")) or 0)
+        o = (st.sum if (st := sw.stats(OOM_EVENTS)) else sw.increase(OOM_EVENTS_TOTAL)) or 0
+        f = ((st.sum if (st := sw.stats(LOAD_FAILURE_EVENTS)) else
+              sw.increase(LOAD_FAILURE_EVENTS_TOTAL)) or 0)
         if o or f:
             sources.append(source)
         oom += o

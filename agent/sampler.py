@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ai_bottleneck.budget import bytes_in_samples, expected_bytes_of
-from ai_bottleneck.probes.base import LinkLoadSource, Probe, Skip, skipped_sample
+from ai_bottleneck.probes.base import Clock, LinkLoadSource, Probe, Skip, skipped_sample
 from ai_bottleneck.probes.sample import Sample, one_line
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,8 @@ class Sampler:
         consumer: RoundConsumer | None = None,
         *,
         budget: Budget | None = None,
-        wall_clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
         active_interval_override: float | None = None,
     ) -> None:
         if interval_seconds <= 0:

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ai_bottleneck.probes.base import Clock
 from ai_bottleneck.webconfig import WebConfig, WebConfigError, load_web_config
 
 log = logging.getLogger("ai_bottleneck.webconfig")
@@ -108,7 +109,7 @@ def _decode_basic(header: str | None) -> tuple[str, str] | None:
 class TokenBucket:
     """The ``rate_limit`` block: one request per ``interval``, ``burst`` at once."""
 
-    def __init__(self, interval: float, burst: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, interval: float, burst: int, clock: Clock = time.monotonic):
         self._interval, self._burst, self._clock = interval, max(burst, 1), clock
         self._tokens = float(self._burst)
         self._last = clock()
@@ -155,7 +156,7 @@ class WebGuard:
     """
 
     def __init__(self, path: Path | str | None, *, check_every: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Clock = time.monotonic):
         self._path = Path(path) if path is not None and str(path) != "" else None
         self._check_every, self._clock = check_every, clock
         self._lock = threading.Lock()

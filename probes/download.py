@@ -40,6 +40,7 @@ from ai_bottleneck.probes.calltimer import CallTimer
 from ai_bottleneck.probes.http import check_url, host_and_port
 from ai_bottleneck.probes.httpfailure import describe_failure
 from ai_bottleneck.probes.httptiming import TimingBackend, make_client, make_ssl_context
+from ai_bottleneck.probes.vocabulary import BYTES_VALUE, STATUS_VALUE, THROUGHPUT_VALUE
 
 #: Query parameter added by ``cache_bust`` (a fresh random value every sample).
 CACHE_BUST_PARAM = "nocache"
@@ -177,12 +178,12 @@ class DownloadProbe:
         rate = (measured_bytes * 8 / measured_seconds
                 if measured_seconds and measured_bytes else None)
         return Sample(t=t, probe=self.name, labels=labels, values=clean_values({
-            "bits_per_second": rate,
-            "bytes": meter.bytes,
+            THROUGHPUT_VALUE: rate,
+            BYTES_VALUE: meter.bytes,
             "seconds": (meter.last_time or timer.start) - timer.start,
             "measured_bytes": measured_bytes if rate is not None else None,
             "measured_seconds": measured_seconds if rate is not None else None,
-            "status": status,
+            STATUS_VALUE: status,
         }))
 
     def _read(self, response: httpx.Response, meter: _RateMeter, timer: CallTimer) -> None:

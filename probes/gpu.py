@@ -47,7 +47,7 @@ from ai_bottleneck.probes.gpu_device import (
     read_value,
     text,
 )
-from ai_bottleneck.probes.vocabulary import PROCESS_LABEL
+from ai_bottleneck.probes.vocabulary import GPU_POWER, GPU_POWER_LIMIT, PROCESS_LABEL
 
 NAME = "gpu"
 log = logging.getLogger(__name__)
@@ -246,10 +246,10 @@ class GpuProbe:
         read_memory(self._nvml, dev, values)
         power = read_value(self._nvml, dev, "power", ("nvmlDeviceGetPowerUsage",), handle)
         if power is not None:
-            values["power_watts"] = power / 1000.0
+            values[GPU_POWER] = power / 1000.0
         limit = read_value(self._nvml, dev, "power_limit", _POWER_LIMIT, handle)
         if limit is not None:
-            values["power_limit_watts"] = limit / 1000.0
+            values[GPU_POWER_LIMIT] = limit / 1000.0
         temperature = read_value(self._nvml, dev, "temperature", _TEMPERATURE, handle,
                                  nvml.TEMPERATURE_GPU)
         if temperature is not None:

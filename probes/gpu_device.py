@@ -13,6 +13,7 @@ from typing import Any
 
 from ai_bottleneck.probes import nvml
 from ai_bottleneck.probes.gpm import GpmReader
+from ai_bottleneck.probes.vocabulary import GPU_MEMORY_TOTAL, GPU_MEMORY_USED, GPU_UTILIZATION
 
 #: Answers that will not change while the probe runs: the value is left out for good.
 ABSENT_FOR_GOOD = frozenset({nvml.NOT_SUPPORTED, nvml.NO_PERMISSION})
@@ -100,14 +101,14 @@ def read_utilization(lib: nvml.NvmlSession, dev: Device, values: dict[str, float
                     count += 1
             dev.cursor = newest
             if count:
-                values["utilization_ratio"] = total / count / 100.0
+                values[GPU_UTILIZATION] = total / count / 100.0
                 values["utilization_samples"] = float(count)
                 return
     rates = read_value(lib, dev, "utilization", ("nvmlDeviceGetUtilizationRates",), dev.handle)
     if rates is not None:
         ratio = nvml.percent_ratio(rates.gpu)
         if ratio is not None:
-            values["utilization_ratio"] = ratio
+            values[GPU_UTILIZATION] = ratio
 
 def read_memory(lib: nvml.NvmlSession, dev: Device, values: dict[str, float]) -> None:
     """Memory used and total, and reserved where NVML's version 2 call answers."""
@@ -131,7 +132,7 @@ def read_memory(lib: nvml.NvmlSession, dev: Device, values: dict[str, float]) ->
         memory = read_value(lib, dev, "memory", ("nvmlDeviceGetMemoryInfo",), dev.handle)
         if memory is None:
             return
-    values["memory_used_bytes"] = float(memory.used)
-    values["memory_total_bytes"] = float(memory.total)
+    values[GPU_MEMORY_USED] = float(memory.used)
+    values[GPU_MEMORY_TOTAL] = float(memory.total)
     if v2:
         values["memory_reserved_bytes"] = float(memory.reserved)

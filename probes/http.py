@@ -39,6 +39,7 @@ from ai_bottleneck.probes.base import (
 from ai_bottleneck.probes.calltimer import CallTimer
 from ai_bottleneck.probes.httpfailure import describe_failure
 from ai_bottleneck.probes.httptiming import TimingBackend, make_client, make_ssl_context
+from ai_bottleneck.probes.vocabulary import REQUEST_BYTES, RESPONSE_BYTES, STATUS_VALUE
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: Extra seconds the probe allows beyond its targets' timeouts before the agent
@@ -257,9 +258,9 @@ class HttpProbe:
             return Sample(t=t, probe=self.name, labels=labels, values={"status": status},
                           error=f"status {status} from {target.url}, expected {want}")
         values: dict[str, float | None] = dict(timer.phases())
-        values.update(status=status, request_bytes=timer.request_bytes,
-                      response_bytes=timer.response_bytes,
-                      concurrency=self.options.concurrency)
+        values.update({STATUS_VALUE: status, REQUEST_BYTES: timer.request_bytes,
+                       RESPONSE_BYTES: timer.response_bytes,
+                       "concurrency": self.options.concurrency})
         return Sample(t=t, probe=self.name, labels=labels, values=clean_values(values))
 
     def _load_body(self, target: Target) -> tuple[bytes | None, str | None]:

@@ -42,6 +42,7 @@ from ai_bottleneck.probes.base import (
     parse_options,
 )
 from ai_bottleneck.probes.iperf3_server import Iperf3Server, ServerOptions
+from ai_bottleneck.probes.vocabulary import BYTES_VALUE, THROUGHPUT_VALUE
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +206,8 @@ def parse_result(obj: Mapping[str, Any]) -> dict[str, float]:
         if rtt is not None and rtt > 0:
             rtts.append(rtt)
     return clean_values({
-        "bits_per_second": _number(received, "bits_per_second"),
-        "bytes": _number(received, "bytes"),
+        THROUGHPUT_VALUE: _number(received, "bits_per_second"),
+        BYTES_VALUE: _number(received, "bytes"),
         "seconds": _number(received, "seconds"),
         "retransmits": retransmits,
         "rtt_seconds": sum(rtts) / len(rtts) / 1e6 if rtts else None,
@@ -296,7 +297,7 @@ class Iperf3Probe:
                 if busy and attempts > 1:
                     message += f" ({attempts} tries)"
                 return failed(self.name, message, labels, t=t)
-            self._last_rate[target] = values["bits_per_second"]
+            self._last_rate[target] = values[THROUGHPUT_VALUE]
             return Sample(t=t, probe=self.name, labels=labels, values=values)
 
     def _backoff(self, attempt: int) -> float:

@@ -47,7 +47,13 @@ from ai_bottleneck.probes.procfs import (
     read_text,
 )
 from ai_bottleneck.probes.vocabulary import HOST_TOTAL_LABELS as HOST_LABELS
-from ai_bottleneck.probes.vocabulary import LINK_UTILIZATION_VALUES
+from ai_bottleneck.probes.vocabulary import (
+    LINK_SPEED,
+    LINK_UTILIZATION_VALUES,
+    TCP_RETRANSMIT_RATIO,
+    TCP_RETRANSMITS,
+    nic_value,
+)
 
 PROBE_NAME = "nic"
 
@@ -272,7 +278,7 @@ class NicProbe:
         speed = link_speed_bits_per_second(read_optional(f"{self._sys_net}/{name}/speed"))
         before = self._nic_before.get(name)
         self._nic_before[name] = _NicReading(ifindex, cur, now)
-        values: dict[str, float | None] = {"link_speed_bits_per_second": speed}
+        values: dict[str, float | None] = {LINK_SPEED: speed}
         if before is not None and before.ifindex == ifindex and now > before.at:
             elapsed = now - before.at
             most_bytes = speed / 8 * elapsed * _WRAP_HEADROOM if speed else None
@@ -282,9 +288,9 @@ class NicProbe:
                 grown = counter_delta(b0, b1, most_bytes)
                 if grown is not None:
                     bps = grown * 8 / elapsed
-                    values[f"{direction}_bits_per_second"] = bps
+                    values[nic_value(direction, "bits_per_second")] = bps
                     if speed:  # unknown link speed: no utilization, never a division by zero
-                        values[f"{direction}_utilization_ratio"] = bps / speed
+                        values[nic_value(direction, "utilization_ratio")] = bps / speed
             for key, c0, c1 in (("rx_drops", prev.rx_drops, cur.rx_drops),
                                 ("tx_drops", prev.tx_drops, cur.tx_drops),
                                 ("rx_errors", prev.rx_errors, cur.rx_errors),
@@ -316,11 +322,11 @@ class NicProbe:
         retransmits = counter_delta(before.retransmits, cur.retransmits)
         out_segments = counter_delta(before.out_segments, cur.out_segments)
         values: dict[str, float | None] = {
-            "tcp_retransmits_per_second": None if retransmits is None else retransmits / elapsed,
+            TCP_RETRANSMITS: None if retransmits is None else retransmits / elapsed,
             "tcp_out_segments_per_second": (
                 None if out_segments is None else out_segments / elapsed),
             # nothing sent: no ratio to speak of (absent, not zero and not a division by zero)
-            "tcp_retransmit_ratio": (retransmits / out_segments
+            TCP_RETRANSMIT_RATIO: (retransmits / out_segments
                                      if retransmits is not None and out_segments else None),
         }
         return Sample(t=t, probe=PROBE_NAME, labels=dict(HOST_LABELS),

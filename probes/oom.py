@@ -40,6 +40,12 @@ from ai_bottleneck.probes.base import (
     parse_options,
 )
 from ai_bottleneck.probes.logtail import FileFollower, JournalError, JournalFollower
+from ai_bottleneck.probes.vocabulary import (
+    LOAD_FAILURE_EVENTS,
+    LOAD_FAILURE_EVENTS_TOTAL,
+    OOM_EVENTS,
+    OOM_EVENTS_TOTAL,
+)
 
 NAME = "oom"
 
@@ -241,10 +247,10 @@ class OomProbe:
         total.oom += new.oom
         total.load_failure += new.load_failure
         return Sample(t=t, probe=self.name, labels=labels, values={
-            "oom_events": float(new.oom),
-            "load_failure_events": float(new.load_failure),
-            "oom_events_total": float(total.oom),
-            "load_failure_events_total": float(total.load_failure),
+            OOM_EVENTS: float(new.oom),
+            LOAD_FAILURE_EVENTS: float(new.load_failure),
+            OOM_EVENTS_TOTAL: float(total.oom),
+            LOAD_FAILURE_EVENTS_TOTAL: float(total.load_failure),
         })
 
     def close(self) -> None:

@@ -12,6 +12,46 @@ from enum import StrEnum
 
 #: Traffic a run of an active probe made (the traffic budget adds it up).
 BYTES_VALUE = "bytes"
+#: Throughput an active probe measured (iperf3, download).
+THROUGHPUT_VALUE = "bits_per_second"
+
+# -- gpu (written by probes/gpu.py, gpu_device.py and gpm.py) --------------------------
+
+GPU_UTILIZATION = "utilization_ratio"
+GPU_SM_ACTIVE = "sm_active_ratio"
+GPU_DRAM_ACTIVE = "dram_active_ratio"
+GPU_MEMORY_USED = "memory_used_bytes"
+GPU_MEMORY_TOTAL = "memory_total_bytes"
+GPU_POWER = "power_watts"
+GPU_POWER_LIMIT = "power_limit_watts"
+
+# -- host ------------------------------------------------------------------------------
+
+HOST_CPU = "cpu_utilization_ratio"
+HOST_BUSIEST_CORE = "cpu_busiest_core_ratio"
+HOST_CPU_COUNT = "cpu_count"
+HOST_MEMORY_USED = "memory_used_ratio"
+
+
+def pressure_value(resource: str, kind: str = "some") -> str:
+    """The pressure-stall value of ``resource`` (cpu, io, memory): the share of time
+    some task (``kind`` "some") or all of them ("full") waited for it."""
+    return f"{resource}_pressure_{kind}_ratio"
+
+
+# -- http and download -----------------------------------------------------------------
+
+STATUS_VALUE = "status"
+REQUEST_BYTES = "request_bytes"
+RESPONSE_BYTES = "response_bytes"
+
+# -- oom -------------------------------------------------------------------------------
+
+OOM_EVENTS = "oom_events"
+LOAD_FAILURE_EVENTS = "load_failure_events"
+#: The same since the probe started (counters: a reader takes their increase).
+OOM_EVENTS_TOTAL = "oom_events_total"
+LOAD_FAILURE_EVENTS_TOTAL = "load_failure_events_total"
 
 # -- HTTP phases (the http and download probes) ---------------------------------------
 
@@ -44,10 +84,21 @@ HTTP_PHASES = tuple(p.value_name for p in HttpPhase)
 #: The phases that are the network's time, not the server's.
 NETWORK_PHASES = tuple(p.value_name for p in HttpPhase if p is not HttpPhase.SERVER)
 
-# -- NIC load (the nic probe) ----------------------------------------------------------
+# -- nic -------------------------------------------------------------------------------
 
-RX_UTILIZATION = "rx_utilization_ratio"
-TX_UTILIZATION = "tx_utilization_ratio"
+LINK_SPEED = "link_speed_bits_per_second"
+TCP_RETRANSMIT_RATIO = "tcp_retransmit_ratio"
+TCP_RETRANSMITS = "tcp_retransmits_per_second"
+
+
+def nic_value(direction: str, what: str) -> str:
+    """A per-direction NIC value: ``nic_value("rx", "bits_per_second")`` is
+    ``rx_bits_per_second`` (also ``utilization_ratio``, ``drops_per_second``)."""
+    return f"{direction}_{what}"
+
+
+RX_UTILIZATION = nic_value("rx", "utilization_ratio")
+TX_UTILIZATION = nic_value("tx", "utilization_ratio")
 LINK_UTILIZATION_VALUES = (RX_UTILIZATION, TX_UTILIZATION)
 
 # -- sample sub-kinds ------------------------------------------------------------------
