@@ -211,9 +211,16 @@ class LiveRun:
         self.sampler.run(stop, duration_seconds=duration_seconds,
                          on_tick=tick if self.servers or on_tick is not None else None)
 
+    def discard(self) -> None:
+        """Give up a run that never started: stop the sampler's workers (which closes the
+        probes) and close the recording."""
+        self.sampler.close()
+        if self.pipeline.recorder is not None:
+            self.pipeline.recorder.close()
+
     def finish(self) -> list[WindowResult]:
-        """Stop sampling, label the open windows, close the recording and the servers.
-        The probes stay open (the caller owns the ProbeSet)."""
+        """Stop sampling (the sampler closes the probes whose calls are not hung), label
+        the open windows, close the recording and stop the peer servers."""
         self.sampler.close()
         try:
             return self.pipeline.finish()

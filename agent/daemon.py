@@ -154,9 +154,7 @@ class Agent:
         try:
             self.server.start()
         except Exception:
-            run.probes.close()
-            if run.live.pipeline.recorder is not None:
-                run.live.pipeline.recorder.close()
+            run.live.discard()
             raise
         self._register(run)
         self._launch(run)
