@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ai_bottleneck.modelinfo import PLAN_DTYPES
-from ai_bottleneck.options import parse_bytes, parse_duration
+from ai_bottleneck.probes.options import parse_bytes, parse_duration
 
 
 class PlanInputError(click.ClickException):

@@ -20,8 +20,8 @@ from ai_bottleneck.probes.nvml import (
     NvmlUnavailable,
     describe,
 )
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import RecordReader
-from ai_bottleneck.samples import Sample
 
 
 def host_gpus(backend: Any | None = None) -> tuple[list[Gpu], str | None]:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import RecordWriter, make_header
-from ai_bottleneck.samples import Sample
 from tests.clitool import assert_no_traceback, assert_one_line_error, clean_env, fake_gpu_env, run
 from tests.fakes.fake_nvml import make_gpus, write_state
 from tests.servers import HttpServer, ServerConfig
