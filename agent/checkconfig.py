@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ai_bottleneck.config import Config, ConfigError, load_config
 from ai_bottleneck.discovery import _entry_points
-from ai_bottleneck.options import OptionError
-from ai_bottleneck.samples import one_line
+from ai_bottleneck.probes.options import OptionError
+from ai_bottleneck.probes.sample import one_line
 
 
 def config_problems(path: Path | None) -> tuple[Config | None, list[str]]:

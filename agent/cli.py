@@ -16,8 +16,9 @@ import click
 
 from ai_bottleneck import __version__
 from ai_bottleneck.logs import setup_logging, stderr_is_journal
-from ai_bottleneck.options import parse_duration
-from ai_bottleneck.samples import one_line
+from ai_bottleneck.plan_cli import plan_cmd
+from ai_bottleneck.probes.options import parse_duration
+from ai_bottleneck.probes.sample import one_line
 
 
 class Duration(click.ParamType[float]):
@@ -222,6 +223,7 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
                  as_json: bool, record_path: Path | None, fail_on: str | None, color: str,
                  all_windows: bool, html_path: Path | None) -> None:
     """Sample this host for a while and say what holds the service back."""
+    from ai_bottleneck.assembly import build_probes
     from ai_bottleneck.cli_report import (
         FAIL_ON_EXIT,
         check_html_path,
@@ -233,7 +235,6 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
     from ai_bottleneck.diagnose import run_diagnose
     from ai_bottleneck.progress import ProgressLine
     from ai_bottleneck.record import RecordError
-    from ai_bottleneck.session import build_probes
 
     fail_labels = parse_fail_on(fail_on)
     check_html_path(html_path)
@@ -296,15 +297,16 @@ def replay_cmd(file: Path, window: float | None, as_json: bool, since: str | Non
                until: str | None, color: str, all_windows: bool,
                html_path: Path | None) -> None:
     """Label a recording with the same windows and classifier as a live run."""
+    from ai_bottleneck.assembly import assemble_replay
     from ai_bottleneck.cli_report import check_html_path, parse_when, print_report, write_html
     from ai_bottleneck.figures import select
-    from ai_bottleneck.options import OptionError
-    from ai_bottleneck.pipeline import overall_verdict, replay
+    from ai_bottleneck.probes.options import OptionError
     from ai_bottleneck.record import RecordError
+    from ai_bottleneck.verdict import overall_verdict
 
     check_html_path(html_path)
     try:
-        run = replay(file, window_seconds=window)
+        run = assemble_replay(file, window_seconds=window)
     except (RecordError, OptionError) as exc:
         _fail(f"{file}: {exc}" if isinstance(exc, OptionError) else str(exc))
     # A bad time is refused before reading; a clock time (14:05) is on the day of the
@@ -382,6 +384,9 @@ def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
         _fail(str(exc))
     except ListenError as exc:
         _fail(str(exc), code=1)
+
+
+main.add_command(plan_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import click
 
-from ai_bottleneck.classifier import Label
-from ai_bottleneck.pipeline import Verdict, WindowResult
+from ai_bottleneck.labels import Label
+from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.report import ReportOptions, render
 from ai_bottleneck.termstyle import terminal_width, use_color
+from ai_bottleneck.verdict import Verdict
 
 LABELS = tuple(label.value for label in Label)
 #: Exit status of `diagnose --fail-on` when the verdict is one of the labels given.

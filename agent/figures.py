@@ -1,7 +1,7 @@
 """A run's key numbers, from the classifier's own per-window readings.
 
 Every figure here is an aggregate across a stated set of windows of a value
-the classifier already read for each window (ai_bottleneck.signals): nothing
+the classifier already read for each window (ai_bottleneck.reader): nothing
 is re-derived from raw samples or from the JSON forms. ``mean`` is the mean
 of the per-window values, ``max`` the highest window; counts are sums over
 the windows. The reports (terminal, HTML, live page) render these objects.
@@ -14,11 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ai_bottleneck.pipeline import WindowResult
-from ai_bottleneck.signals import GpuReading, HttpReading, NicReading, Readings
-
-#: Request phases in the order a call goes through them.
-PHASES = ("dns_seconds", "connect_seconds", "tls_seconds", "upload_seconds",
-          "server_seconds", "download_seconds")
+from ai_bottleneck.readings import GpuReading, HttpReading, NicReading, Readings
 
 
 @dataclass

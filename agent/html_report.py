@@ -12,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from html import escape
 
-from ai_bottleneck.figures import PHASES, run_figures
-from ai_bottleneck.pipeline import Verdict, WindowResult
+from ai_bottleneck.figures import run_figures
+from ai_bottleneck.pipeline import WindowResult
+from ai_bottleneck.probes.vocabulary import HttpPhase
 from ai_bottleneck.report import ReportOptions, verdict_lines, warning_lines, why_lines
 from ai_bottleneck.report_tables import key_numbers
 from ai_bottleneck.svgchart import LABEL_FILL, Series, label_band, line_chart, stacked_bars
 from ai_bottleneck.termstyle import Style
 from ai_bottleneck.timeline import runs
 from ai_bottleneck.units import bits, clock, pct, secs
+from ai_bottleneck.verdict import Verdict
 
 #: Text is laid out by the browser: render the shared text parts unwrapped.
 _WIDE = ReportOptions(width=10_000)
@@ -106,15 +108,18 @@ def _charts(results: Sequence[WindowResult]) -> list[str]:
                               y_fmt=bits, marks=marks))
     targets = [t.target for t in sorted(run_figures(results).targets, key=lambda t: -t.calls)]
     for target in targets[:TARGETS_CHARTED]:
-        names = [p.removesuffix("_seconds") for p in PHASES]
+        names = [p.value for p in HttpPhase]
         bars = []
         for r in results:
             h = next((h for h in r.readings.http if h.target == target), None) \
                 if r.readings else None
             if h is not None and h.phases:
-                bars.append((r.start, r.end, [h.phases.get(p, 0.0) for p in PHASES]))
+                bars.append((r.start, r.end,
+                             [h.phases.get(p.value_name, 0.0) for p in HttpPhase]))
             elif h is not None and h.total is not None:
-                bars.append((r.start, r.end, [0.0] * 4 + [h.total.mean, 0.0]))
+                # No phases read: the whole call counts as the server's.
+                bars.append((r.start, r.end, [h.total.mean if p is HttpPhase.SERVER else 0.0
+                                              for p in HttpPhase]))
         if bars:
             used = [i for i in range(len(names)) if any(b[2][i] > 0 for b in bars)]
             out.append(stacked_bars(f"{target}: mean request time by phase",

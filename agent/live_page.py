@@ -50,7 +50,7 @@ class LivePage:
     def render(self, query: str = "") -> bytes:
         """The whole page, or only its content for ``part=main`` (the refresh)."""
         from ai_bottleneck.html_report import render_html, report_main
-        from ai_bottleneck.pipeline import overall_verdict
+        from ai_bottleneck.verdict import overall_verdict
 
         with self._lock:
             self._trim(self._clock())

@@ -15,12 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ai_bottleneck.figures import RunFigures, run_figures
-from ai_bottleneck.pipeline import Verdict, WindowResult
+from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.remarks import WarningKind, kind_of, subject_of
 from ai_bottleneck.report_tables import key_numbers, phase_lines
 from ai_bottleneck.termstyle import Style, clip, wrap
 from ai_bottleneck.timeline import LABEL_CHARS, run_text, runs, strip, summarise
 from ai_bottleneck.units import clock, duration, pct, secs
+from ai_bottleneck.verdict import Verdict
 
 #: Runs of one label listed before the timeline summarises.
 TIMELINE_RUNS = 8

@@ -6,7 +6,8 @@ window, over the windows the section header names.
 
 from __future__ import annotations
 
-from ai_bottleneck.figures import PHASES, Agg, RunFigures
+from ai_bottleneck.figures import Agg, RunFigures
+from ai_bottleneck.probes.vocabulary import HttpPhase
 from ai_bottleneck.termstyle import Style, table, wrap
 from ai_bottleneck.units import MISSING, bits, celsius, count, pct, secs, size, watts
 
@@ -88,8 +89,8 @@ def target_table(f: RunFigures, width: int) -> list[str]:
         return []
     rows = []
     for t in f.targets:
-        phases = [(p.removesuffix("_seconds"), a.mean) for p in PHASES
-                  if (a := t.phases.get(p)) and a.mean is not None]
+        phases = [(p.value, a.mean) for p in HttpPhase
+                  if (a := t.phases.get(p.value_name)) and a.mean is not None]
         slowest = max(phases, key=lambda p: p[1]) if phases else None
         failed = (f"{t.failed} ({pct(t.failed / t.calls)})" if t.calls else "0")
         rows.append([t.target, count(t.calls), failed, _secs_pair(t.p95_seconds),
@@ -100,8 +101,8 @@ def target_table(f: RunFigures, width: int) -> list[str]:
 def phase_lines(f: RunFigures, width: int) -> list[str]:
     out = []
     for t in f.targets:
-        phases = [f"{p.removesuffix('_seconds')} {secs(a.mean)}" for p in PHASES
-                  if (a := t.phases.get(p)) and a.mean is not None]
+        phases = [f"{p.value} {secs(a.mean)}" for p in HttpPhase
+                  if (a := t.phases.get(p.value_name)) and a.mean is not None]
         if phases:
             out.append(f"  {t.target}: " + ", ".join(phases))
     return [part for line in out for part in wrap(line.strip(), width, "  ", "    ")]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from ai_bottleneck.classifier import Label
+from ai_bottleneck.labels import Label
 from ai_bottleneck.units import clock
 
 WIDTH = 760

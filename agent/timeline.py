@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ai_bottleneck.classifier import Label
+from ai_bottleneck.labels import Label
 from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.units import clock, duration
 

@@ -19,7 +19,6 @@ so one GPU never reads "80 GB" in one place and "74.5 GiB" in another.
 from __future__ import annotations
 
 import math
-import re
 import time
 
 #: Shown where a value is missing or not a number at all.
@@ -147,32 +146,3 @@ def clock(t: float | None, *, with_date: bool = False) -> str:
 __all__ = ["MISSING", "bits", "celsius", "clock", "count", "duration", "pct", "secs", "size",
            "watts"]
 
-
-_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ms|us|µs|ns|h|m|s|d)")
-_DURATION_SCALE = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-                   "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from a Go/Prometheus duration: "1m30s" -> 90, "500ms", "2h", "1.5h",
-    "1d"; a bare number is seconds. Raises ValueError with the examples."""
-    s = text.strip()
-    try:
-        value = float(s)
-    except ValueError:
-        pass
-    else:
-        if math.isfinite(value) and value >= 0:
-            return value
-        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 10s, 1m30s, 2h)")
-    pos, total = 0, 0.0
-    compact = s.replace(" ", "")
-    while pos < len(compact):
-        m = _DURATION_PART.match(compact, pos)
-        if m is None:
-            break
-        total += float(m.group(1)) * _DURATION_SCALE[m.group(2)]
-        pos = m.end()
-    if not compact or pos != len(compact):
-        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 10s, 1m30s, 2h)")
-    return total

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ai_bottleneck.assembly import assemble_replay
 from ai_bottleneck.html_report import render_html
-from ai_bottleneck.pipeline import overall_verdict, replay
+from ai_bottleneck.verdict import overall_verdict
 from tests import chromium, clitool
 
 LAB = Path(__file__).parent / "data" / "lab"
@@ -46,7 +47,7 @@ def test_chromium_draws_the_report_without_console_errors(tmp_path: Path,
     page = chromium.render(path.as_uri())
     assert page.console == [], page.console
     dom = page.dom
-    run = replay(LAB / f"{scenario}.jsonl.gz")
+    run = assemble_replay(LAB / f"{scenario}.jsonl.gz")
     results = list(run.results)
     verdict = overall_verdict(results)
     assert f'id="verdict">{verdict.label}</div>' in dom

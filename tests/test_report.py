@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from ai_bottleneck.pipeline import Labeller, WindowResult, overall_verdict, replay
+from ai_bottleneck.assembly import assemble_replay
+from ai_bottleneck.pipeline import Labeller, WindowResult
 from ai_bottleneck.remarks import Remark, WarningKind
 from ai_bottleneck.report import ReportOptions, render
 from ai_bottleneck.termstyle import visible_len
+from ai_bottleneck.verdict import overall_verdict
 from tests import synth
 
 LAB = Path(__file__).parent / "data" / "lab"
@@ -45,7 +47,7 @@ def utc() -> Iterator[None]:
 
 
 def _lab(name: str) -> tuple[list[WindowResult], dict[str, str]]:
-    run = replay(LAB / f"{name}.jsonl.gz")
+    run = assemble_replay(LAB / f"{name}.jsonl.gz")
     results = list(run.results)
     return results, dict(run.labeller.unavailable)
 
@@ -187,7 +189,7 @@ def test_a_long_not_measured_reason_is_printed_once() -> None:
 
 
 def test_every_label_has_its_character_colour_and_fill() -> None:
-    from ai_bottleneck.classifier import Label
+    from ai_bottleneck.labels import Label
     from ai_bottleneck.svgchart import LABEL_FILL
     from ai_bottleneck.termstyle import LABEL_COLORS
     from ai_bottleneck.timeline import LABEL_CHARS
@@ -197,7 +199,21 @@ def test_every_label_has_its_character_colour_and_fill() -> None:
 
 
 def test_the_report_knows_every_phase_the_classifier_reads() -> None:
-    from ai_bottleneck.figures import PHASES
-    from ai_bottleneck.signals import NETWORK_PHASES
+    """A call with every phase the probes write and the reader reads: the report's
+    phase line names each one, in the order a call goes through them."""
+    from ai_bottleneck.figures import run_figures
+    from ai_bottleneck.probes.sample import Sample
+    from ai_bottleneck.probes.vocabulary import HTTP_PHASES, HttpPhase
+    from ai_bottleneck.report_tables import phase_lines
 
-    assert set(PHASES) == {*NETWORK_PHASES, "server_seconds"}
+    target = "http://inference.test/v1/run"
+    values = {p: 0.01 * (i + 1) for i, p in enumerate(HTTP_PHASES)}
+    samples = [Sample(synth.T0 + s, "http", {"target": target},
+                      {**values, "total_seconds": sum(values.values()), "status": 200.0})
+               for s in range(10)]
+    results = list(Labeller(10.0, origin=synth.T0).run(samples))
+    assert results and results[0].readings is not None
+    assert set(results[0].readings.http[0].phases) == set(HTTP_PHASES)
+    line = " ".join(phase_lines(run_figures(results), 1000))
+    shown = re.findall(r"(\w+) \d+ ms", line)
+    assert shown == [p.value for p in HttpPhase], line

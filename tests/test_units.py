@@ -7,7 +7,7 @@ import math
 import pytest
 
 from ai_bottleneck import units, words
-from ai_bottleneck.options import parse_duration
+from ai_bottleneck.probes.options import parse_duration
 
 
 @pytest.mark.parametrize(("ratio", "text"), [
