@@ -8,6 +8,8 @@ from __future__ import annotations
 from ai_bottleneck.facts import Facts, memory_text, need, observed_transfer_rate, transfer
 from ai_bottleneck.findings import Finding
 from ai_bottleneck.labels import Label
+from ai_bottleneck.remarks import Remark
+from ai_bottleneck.remarks import WarningKind as K
 from ai_bottleneck.windows import ProbeState, Window
 from ai_bottleneck.words import bits, pct, secs, size
 
@@ -70,10 +72,10 @@ def _network(f: Facts, mismatch: bool) -> list[str]:
         rate = observed_transfer_rate(f.worst)
         if rate:
             out.append(f"The {n.direction}s moved at about {bits(rate)} in all.")
-    out.append(f"Article: at least {bits(th.public_bandwidth_min_bits_per_second)} public for a "
-               f"concurrent API service, {bits(th.internal_bandwidth_min_bits_per_second)} "
-               "between front end and GPU workers; a 5 MB upload takes about 40 s at 1 Mbit/s "
-               "and 0.4 s at 100 Mbit/s.")
+    out.append(f"A public API serving many users needs at least "
+               f"{bits(th.public_bandwidth_min_bits_per_second)}, and the link between front "
+               f"end and GPU workers {bits(th.internal_bandwidth_min_bits_per_second)}; a 5 MB "
+               "upload takes about 40 s at 1 Mbit/s and 0.4 s at 100 Mbit/s.")
     out.append("Send less over the link: compress or resize inputs before upload, pass "
                "references to object storage instead of payloads, stream results.")
     for nic, (direction, _) in f.saturated_nics:
@@ -160,37 +162,45 @@ def warnings_for(f: Facts, label: Label, window: Window) -> list[str]:
     for g in f.gpus:
         m = g.memory_used_ratio
         if m is not None and m >= th.vram_warning_ratio and label is not Label.VRAM_BOUND:
-            out.append(memory_text(g) + ": normal for servers that pre-reserve memory (vLLM "
-                       "reserves 90% by default); a fault only with OOM or failed loads")
+            out.append(Remark(K.MEMORY_RESERVED, memory_text(g) + ": normal for servers that "
+                              "pre-reserve memory (vLLM reserves 90% by default); a fault "
+                              "only with OOM or failed loads", g.id))
         if (g.gpm and g.utilization is not None and g.sm_active is not None
                 and g.utilization >= th.gpu_busy_utilization_ratio
                 and g.sm_active < th.gpm_ineffective_ratio):
-            out.append(f"{g.title} utilization {pct(g.utilization)} but SM activity only "
-                       f"{pct(g.sm_active)}: small kernels or gaps between them; the GPU is "
-                       "not saturated (a bigger GPU will not help)")
-        out += [f"{g.title} clocks held back by {reason} {pct(share)} of the window"
-                for reason, share in g.slowdowns]
+            out.append(Remark(K.GPU_INEFFECTIVE, f"{g.title} utilization {pct(g.utilization)} "
+                              f"but SM activity only {pct(g.sm_active)}: small kernels or gaps "
+                              "between them; the GPU is not saturated (a bigger GPU will not "
+                              "help)", g.id))
+        out += [Remark(K.CLOCKS_HELD_BACK, f"{g.title} clocks held back by {reason} "
+                       f"{pct(share)} of the window", g.id) for reason, share in g.slowdowns]
     if f.coarse_only and (f.gpu_activity or 0.0) >= th.gpu_idle_ratio:
-        out.append("GPU activity from the coarse utilization only (no GPM metrics): it says "
-                   "a kernel was running, not how much of the GPU it used")
+        out.append(Remark(K.COARSE_GPU_ONLY, "GPU activity from the coarse utilization only "
+                          "(no GPM metrics): it says a kernel was running, not how much of the "
+                          "GPU it used"))
     for t in f.readings.throughputs:
         floor = (th.internal_bandwidth_min_bits_per_second if t.internal
                  else th.public_bandwidth_min_bits_per_second)
         if t.age_seconds <= th.active_measurement_max_age_seconds and t.bits_per_second < floor:
-            out.append(f"{t.probe} {t.target}: {bits(t.bits_per_second)}, under the article's "
-                       f"{'internal' if t.internal else 'public'} minimum of {bits(floor)}")
+            need = ("internal minimum between front end and GPU workers" if t.internal else
+                    "public minimum for an API serving many users")
+            out.append(Remark(K.THIN_LINK, f"{t.probe} {t.target}: {bits(t.bits_per_second)}, "
+                              f"under the {need}, {bits(floor)}", t.target))
     rt = f.retransmit_ratio
     if rt is not None and rt > th.retransmit_high_ratio and label is not Label.NETWORK_BOUND:
-        out.append(f"TCP retransmits {pct(rt, 1)} of sent segments")
+        out.append(Remark(K.RETRANSMITS, f"TCP retransmits {pct(rt, 1)} of sent segments"))
     if f.working_http:
-        out += [f"every call to {h.target} failed ({h.failures}): "
-                f"{h.errors[0] if h.errors else 'no answer'}" for h in f.down_http]
+        out += [Remark(K.TARGET_DOWN, f"every call to {h.target} failed ({h.failures}): "
+                       f"{h.errors[0] if h.errors else 'no answer'}", h.target)
+                for h in f.down_http]
     for name, status in f.readings.status.items():
         if status.state not in (ProbeState.OK, ProbeState.ABSENT):
-            out.append(f"probe {name} {status}")
+            kind = (K.PROBE_UNAVAILABLE if status.state is ProbeState.UNAVAILABLE
+                    else K.PROBE_FAILING)
+            out.append(Remark(kind, f"probe {name} {status}", name))
     if f.readings.probe("gpu").state is ProbeState.PARTIAL:
-        out += f.readings.gpu_errors[:3]  # which GPU failed
+        out += [Remark(K.GPU_READ_ERROR, e) for e in f.readings.gpu_errors[:3]]  # which GPU failed
     if window.late_samples:
-        out.append(f"{window.late_samples} sample(s) arrived after their window closed and "
-                   "were counted in this one")
+        out.append(Remark(K.LATE_SAMPLES, f"{window.late_samples} sample(s) arrived after "
+                          "their window closed and were counted in this one"))
     return list(dict.fromkeys(out))

@@ -309,7 +309,7 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
         label=found.label, confidence=found.confidence(), evidence=tuple(evidence),
         advice=tuple(advice_for(found, f)),
         warnings=tuple(warnings_for(f, found.label, window)), summary=summary(r),
-        probes={name: str(st) for name, st in r.status.items()}, hard=found.hard)
+        probes={name: str(st) for name, st in r.status.items()}, hard=found.hard, readings=r)
 
 
 # -- helpers ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from types import FrameType
 from ai_bottleneck.assembly import LiveRun, ProbeSet, assemble_live, build_probes
 from ai_bottleneck.config import Config, ConfigError, load_config
 from ai_bottleneck.endpoint import MetricsServer
+from ai_bottleneck.live_page import LivePage
 from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.record import RecordError
 from ai_bottleneck.state import AgentState
@@ -71,8 +72,9 @@ class Agent:
         self._web_override = web_config_file
         self.config = self._load()
         self.state = AgentState.from_config(self.config.agent)
+        self.page = LivePage()
         self.server = MetricsServer(self.state, self.config.agent.listen,
-                                    self.config.agent.web_config_file)
+                                    self.config.agent.web_config_file, page=self.page.render)
         self._run: _Run | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -98,7 +100,7 @@ class Agent:
             live = assemble_live(config, probes, mode="run",
                                  window_seconds=config.agent.window_seconds, record_path=path,
                                  state=self.state, exposition=self.server.exposition.prepare,
-                                 on_window=self._log_window, peer_servers=True)
+                                 on_window=self._on_window, peer_servers=True)
         except RecordError as exc:
             probes.close()
             raise ConfigError(config.source, "agent.record_file", str(exc)) from None
@@ -106,7 +108,10 @@ class Agent:
             log.info("recording samples to %s", path)
         return _Run(config, live)
 
-    def _log_window(self, result: WindowResult) -> None:
+    def _on_window(self, result: WindowResult) -> None:
+        """Every labelled window (the pipeline has put it in the state already): onto
+        the live page, and one log line."""
+        self.page.add(result)
         change = result.transition.to_json() if result.transition is not None else None
         log.info("window %s..%s: %s (%.2f)%s",
                  time.strftime("%H:%M:%S", time.localtime(result.start)),
@@ -115,6 +120,7 @@ class Agent:
                  f"; changed from {change['from']}" if change and change.get("from") else "")
 
     def _register(self, run: _Run) -> None:
+        self.page.set_unavailable(run.probes.unavailable)
         for p in run.probes.probes:
             self.state.register_probe(p.name, usable=True, interval_seconds=p.interval_seconds,
                                       active=p.active)

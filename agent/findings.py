@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ai_bottleneck.labels import Label
+from ai_bottleneck.readings import Readings
 
 #: How much one fully convincing signal contributes to confidence (noisy-OR).
 SIGNAL_WEIGHT = 0.75
@@ -70,3 +71,4 @@ class Classification:
     summary: dict[str, Any]
     probes: dict[str, str]
     hard: bool = False
+    readings: Readings | None = field(default=None, compare=False, repr=False)  # for reports

@@ -26,13 +26,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ai_bottleneck.classifier import classify
 from ai_bottleneck.findings import Classification
 from ai_bottleneck.hysteresis import Hysteresis, Transition
 from ai_bottleneck.probes.sample import Sample
+from ai_bottleneck.readings import Readings
 from ai_bottleneck.thresholds import Thresholds
 from ai_bottleneck.windows import Window, WindowBuilder
 
@@ -61,6 +62,8 @@ class WindowResult:
     held: bool = False         # the raw label disagreed and hysteresis kept the label
     pending: tuple[str, int] | None = None
     transition: Transition | None = None
+    # The classifier's typed readings of this window (reports reuse its figures).
+    readings: Readings | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -170,7 +173,7 @@ class Labeller:
             raw_label=c.label.value, raw_confidence=c.confidence, evidence=evidence,
             advice=advice, warnings=c.warnings, summary=c.summary, probes=c.probes,
             samples=window.sample_count, late_samples=window.late_samples, hard=c.hard,
-            held=d.held, pending=d.pending, transition=d.transition)
+            held=d.held, pending=d.pending, transition=d.transition, readings=c.readings)
 
     def _settles(self, window: Window, label: str) -> bool:
         """Whether ``window`` settles a change to ``label``: its second half alone

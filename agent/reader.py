@@ -16,6 +16,7 @@ from ai_bottleneck.probes.vocabulary import (
     GPU_POWER,
     GPU_POWER_LIMIT,
     GPU_SM_ACTIVE,
+    GPU_TEMPERATURE,
     GPU_UTILIZATION,
     HOST_BUSIEST_CORE,
     HOST_CPU,
@@ -118,6 +119,7 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
             memory_total_bytes=sw.last(GPU_MEMORY_TOTAL),
             power_watts=_mean(sw, GPU_POWER),
             power_limit_watts=sw.last(GPU_POWER_LIMIT),
+            temperature_celsius=_max(sw, GPU_TEMPERATURE),
             oom_events=oom,
             slowdowns=tuple(sorted(slowdowns, key=lambda p: -p[1])),
         ))

@@ -26,6 +26,7 @@ class GpuReading:
     memory_total_bytes: float | None = None
     power_watts: float | None = None
     power_limit_watts: float | None = None
+    temperature_celsius: float | None = None  # peak in the window
     oom_events: float = 0.0
     slowdowns: tuple[tuple[str, float], ...] = ()  # (reason, share of samples)
 

@@ -33,6 +33,8 @@ class Verdict:
     transitions: tuple[Transition, ...]
     start: float | None
     end: float | None
+    # The window the reasons and advice come from: (start, end).
+    evidence_window: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label, "confidence": self.confidence,
@@ -78,4 +80,5 @@ def overall_verdict(results: Sequence[WindowResult],
         share = f"{label} in {counts[label]} of {n} windows"
     evidence = [e for e in best.evidence if not e.startswith("holding ")][:5]
     return Verdict(label, confidence, (share, *evidence), best.advice, best.warnings, n,
-                   dict(counts), tuple(transitions), results[0].start, results[-1].end)
+                   dict(counts), tuple(transitions), results[0].start, results[-1].end,
+                   evidence_window=(best.start, best.end))

@@ -47,7 +47,12 @@ from ai_bottleneck.probes.gpu_device import (
     read_value,
     text,
 )
-from ai_bottleneck.probes.vocabulary import GPU_POWER, GPU_POWER_LIMIT, PROCESS_LABEL
+from ai_bottleneck.probes.vocabulary import (
+    GPU_POWER,
+    GPU_POWER_LIMIT,
+    GPU_TEMPERATURE,
+    PROCESS_LABEL,
+)
 
 NAME = "gpu"
 log = logging.getLogger(__name__)
@@ -253,7 +258,7 @@ class GpuProbe:
         temperature = read_value(self._nvml, dev, "temperature", _TEMPERATURE, handle,
                                  nvml.TEMPERATURE_GPU)
         if temperature is not None:
-            values["temperature_celsius"] = float(temperature)
+            values[GPU_TEMPERATURE] = float(temperature)
         sm_clock = read_value(self._nvml, dev, "sm_clock", ("nvmlDeviceGetClockInfo",), handle,
                                nvml.CLOCK_SM)
         if sm_clock is not None:

@@ -24,6 +24,7 @@ GPU_MEMORY_USED = "memory_used_bytes"
 GPU_MEMORY_TOTAL = "memory_total_bytes"
 GPU_POWER = "power_watts"
 GPU_POWER_LIMIT = "power_limit_watts"
+GPU_TEMPERATURE = "temperature_celsius"
 
 # -- host ------------------------------------------------------------------------------
 
