@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ai_bottleneck.budget import Skip, bytes_in_samples, expected_bytes_of, skipped_sample
-from ai_bottleneck.probes.base import Probe
+from ai_bottleneck.probes.base import InFlight, Probe
 from ai_bottleneck.samples import Sample, one_line
 
 log = logging.getLogger(__name__)
@@ -207,13 +207,23 @@ class Sampler:
                     self._note_nic(samples)
                 self._round(Round(name, samples, duration))
                 out.extend(samples)
+            elif not slot.timed_out and duration > slot.interval and isinstance(
+                    slot.probe, InFlight):
+                # A call that outlasts its interval can outlast a window: say what runs.
+                out.extend(slot.probe.in_flight())
+                if duration > slot.probe.timeout_seconds:
+                    self._time_out(slot, duration, out)
             elif not slot.timed_out and duration > slot.probe.timeout_seconds:
-                slot.timed_out = True
-                msg = f"timed out after {slot.probe.timeout_seconds:g}s"
-                log.warning("probe %s: %s", name, msg)
-                out.append(Sample(t=self._wall(), probe=name, error=msg))
-                self._round(Round(name, (), duration, "timeout", msg))
+                self._time_out(slot, duration, out)
         return out
+
+    def _time_out(self, slot: _Slot, duration: float, out: list[Sample]) -> None:
+        name = slot.probe.name
+        slot.timed_out = True
+        msg = f"timed out after {slot.probe.timeout_seconds:g}s"
+        log.warning("probe %s: %s", name, msg)
+        out.append(Sample(t=self._wall(), probe=name, error=msg))
+        self._round(Round(name, (), duration, "timeout", msg))
 
     def _round(self, r: Round) -> None:
         if self._on_round is not None:

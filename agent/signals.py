@@ -6,10 +6,13 @@ too, never 0, so a rule can tell "GPU idle" from "GPU not measured".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ai_bottleneck.capacity import Capacity, tightest_capacity
+from ai_bottleneck.probes.base import IN_FLIGHT_LABELS
 from ai_bottleneck.windows import ProbeStatus, SeriesWindow, Stats, Window
 
 #: HTTP phases that are the network's time, not the server's.
@@ -105,6 +108,18 @@ class NicReading:
     rx_utilization: float | None = None
     tx_utilization: float | None = None
     drops_per_second: float | None = None
+    #: The tightest known rate of each direction (link speed, declared, shaped).
+    rx_capacity: Capacity | None = None
+    tx_capacity: Capacity | None = None
+    #: Each direction's throughput over the window (for the plateau check).
+    rx_stats: Stats | None = None
+    tx_stats: Stats | None = None
+
+    def capacity(self, direction: str) -> Capacity | None:
+        return self.rx_capacity if direction == "rx" else self.tx_capacity
+
+    def stats(self, direction: str) -> Stats | None:
+        return self.rx_stats if direction == "rx" else self.tx_stats
 
     @property
     def loopback(self) -> bool:
@@ -143,11 +158,33 @@ class HttpReading:
     server_errors: int = 0          # any 5xx among the failures
     server_min_seconds: float | None = None  # the fastest answered call's server time
     bytes_moved: float | None = None         # request + response bytes of the answered calls
+    #: The longest call still running at the window's end (a lower bound on its time),
+    #: and how much of that was the network's and the server's so far.
+    in_flight_seconds: float | None = None
+    in_flight_network_seconds: float | None = None
+    in_flight_server_seconds: float | None = None
+    in_flight_calls: int = 0
 
     @property
     def failure_ratio(self) -> float:
         n = self.calls + self.failures
         return self.failures / n if n else 0.0
+
+    @property
+    def in_flight_worst(self) -> bool:
+        """Whether the call still running took longer than every finished one: then it is
+        the window's slowest call, and its phases so far say where the time goes."""
+        return bool(self.in_flight_seconds) and (
+            self.total is None or (self.in_flight_seconds or 0.0) > self.total.max)
+
+    @property
+    def p95_seconds(self) -> float | None:
+        """p95 request time, raised to the running call's elapsed time when that is longer
+        (a lower bound: the call is not over)."""
+        p95 = self.total.p95 if self.total is not None else None
+        if self.in_flight_worst:
+            return max(p95 or 0.0, self.in_flight_seconds or 0.0)
+        return p95
 
     @property
     def network_seconds(self) -> float | None:
@@ -156,6 +193,8 @@ class HttpReading:
 
     @property
     def network_share(self) -> float | None:
+        if self.in_flight_worst and self.in_flight_network_seconds is not None:
+            return min(1.0, self.in_flight_network_seconds / (self.in_flight_seconds or 1.0))
         net = self.network_seconds
         if net is None or self.total is None or self.total.mean <= 0:
             return None
@@ -163,6 +202,8 @@ class HttpReading:
 
     @property
     def server_share(self) -> float | None:
+        if self.in_flight_worst and self.in_flight_server_seconds is not None:
+            return min(1.0, self.in_flight_server_seconds / (self.in_flight_seconds or 1.0))
         server = self.phases.get("server_seconds")
         if server is None or self.total is None or self.total.mean <= 0:
             return None
@@ -176,6 +217,7 @@ class ThroughputReading:
     bits_per_second: float
     age_seconds: float         # from the measurement to the end of this window
     retransmits: float | None = None
+    direction: str = "rx"      # from this host's side: "tx" for iperf3 send, else "rx"
 
     @property
     def internal(self) -> bool:
@@ -199,6 +241,10 @@ class Readings:
 
     def probe(self, name: str) -> ProbeStatus:
         return self.status[name]
+
+
+def _is_in_flight(labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in IN_FLIGHT_LABELS.items())
 
 
 def _slowdowns(sw: SeriesWindow) -> list[tuple[str, float]]:
@@ -271,14 +317,13 @@ def _host_reading(window: Window) -> HostReading | None:
     )
 
 
-def _utilization(sw: SeriesWindow, direction: str, link: float | None) -> float | None:
-    given = _mean(sw, f"{direction}_utilization_ratio")
-    if given is not None:
-        return given
+def _utilization(sw: SeriesWindow, direction: str, capacity: Capacity | None) -> float | None:
+    """Mean throughput over the tightest known rate; the probe's own ratio where the
+    rates are not in the samples (it was computed against the link speed then)."""
     bits = _mean(sw, f"{direction}_bits_per_second")
-    if bits is None or not link:
-        return None
-    return bits / link
+    if bits is not None and capacity is not None:
+        return bits / capacity.bits_per_second
+    return _mean(sw, f"{direction}_utilization_ratio")
 
 
 def _nic_readings(window: Window) -> tuple[list[NicReading], TcpReading | None]:
@@ -297,27 +342,49 @@ def _nic_readings(window: Window) -> tuple[list[NicReading], TcpReading | None]:
         link = sw.last("link_speed_bits_per_second")
         drops = [v for v in (_mean(sw, "rx_drops_per_second"),
                              _mean(sw, "tx_drops_per_second")) if v is not None]
+        rx_cap, tx_cap = tightest_capacity(sw, "rx"), tightest_capacity(sw, "tx")
         nics.append(NicReading(
             name=name, samples=sw.count,
             rx_bits_per_second=_mean(sw, "rx_bits_per_second"),
             tx_bits_per_second=_mean(sw, "tx_bits_per_second"),
             link_bits_per_second=link,
-            rx_utilization=_utilization(sw, "rx", link),
-            tx_utilization=_utilization(sw, "tx", link),
+            rx_utilization=_utilization(sw, "rx", rx_cap),
+            tx_utilization=_utilization(sw, "tx", tx_cap),
             drops_per_second=sum(drops) if drops else None,
+            rx_capacity=rx_cap, tx_capacity=tx_cap,
+            rx_stats=sw.stats("rx_bits_per_second"), tx_stats=sw.stats("tx_bits_per_second"),
         ))
     return nics, tcp
 
 
+def _in_flight(group: Sequence[SeriesWindow]) -> dict[str, Any]:
+    """The running-call fields of an HttpReading from a target's in-flight series: the
+    window's latest report (calls grow longer while they run)."""
+    reports = [sw for sw in group if sw.count]
+    if not reports:
+        return {}
+    sw = max(reports, key=lambda s: s.last_t)
+    return {"in_flight_seconds": sw.last("in_flight_seconds"),
+            "in_flight_network_seconds": sw.last("in_flight_network_seconds"),
+            "in_flight_server_seconds": sw.last("in_flight_server_seconds"),
+            "in_flight_calls": int(sw.last("in_flight_calls") or 1)}
+
+
 def _http_readings(window: Window) -> list[HttpReading]:
     targets: dict[str, list[SeriesWindow]] = {}
+    running: dict[str, list[SeriesWindow]] = {}
     for sw in window.of("http"):
-        targets.setdefault(sw.labels.get("target", "?"), []).append(sw)
+        into = running if _is_in_flight(sw.labels) else targets
+        into.setdefault(sw.labels.get("target", "?"), []).append(sw)
     out = []
-    for target, group in targets.items():
+    for target in dict.fromkeys([*targets, *running]):
+        group = targets.get(target, [])
         calls = sum(sw.count for sw in group)
         failures = sum(sw.failures for sw in group)
+        flight = _in_flight(running.get(target, []))
         if calls == 0 and failures == 0:
+            if flight.get("in_flight_seconds"):
+                out.append(HttpReading(target=target, calls=0, failures=0, **flight))
             continue  # only skipped
         statuses = [v for sw in group for v in sw.failed_values("status")]
         errors = tuple(dict.fromkeys(e for sw in group for e in sw.errors()))
@@ -342,6 +409,8 @@ def _http_readings(window: Window) -> list[HttpReading]:
                 overload_answers=reading.overload_answers, server_errors=reading.server_errors,
                 server_min_seconds=server.min if server is not None else None,
                 bytes_moved=sum(moved) if moved else None)
+        if flight:
+            reading = dataclasses.replace(reading, **flight)
         out.append(reading)
     return out
 
@@ -359,7 +428,8 @@ def _throughputs(window: Window) -> list[ThroughputReading]:
         out.append(ThroughputReading(
             probe=sw.probe, target=f"{target} ({direction})" if direction else target,
             bits_per_second=bps, age_seconds=max(0.0, window.end - sw.last_t),
-            retransmits=(st.sum if (st := sw.stats("retransmits")) else None)))
+            retransmits=(st.sum if (st := sw.stats("retransmits")) else None),
+            direction="tx" if sw.probe == "iperf3" and direction != "receive" else "rx"))
     return out
 
 

@@ -77,3 +77,22 @@ def failed(probe: str, error: str, labels: Mapping[str, str] | None = None,
 
     return Sample(t=time.time() if t is None else t, probe=probe, labels=dict(labels or {}),
                   error=one_line(error))
+
+
+#: Label of the samples a probe gives about calls still running (``InFlight``):
+#: they describe work in progress, not a finished observation, so windows count
+#: them apart (a lower bound on the call's time, not a call).
+IN_FLIGHT_LABELS = {"call": "in_flight"}
+
+
+@runtime_checkable
+class InFlight(Protocol):
+    """Optional: a probe whose calls can outlast a window says what is still running.
+
+    The sampler asks ``in_flight()`` on its own thread while a call of the probe
+    has run past the probe's interval; the samples (labelled ``IN_FLIGHT_LABELS``)
+    join the stream like any other, so a window in which a 14 s download is still
+    under way sees it, and a replay sees it too.
+    """
+
+    def in_flight(self) -> Sequence[Sample]: ...
