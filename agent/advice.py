@@ -5,21 +5,15 @@ guidance (docs/classifier.md cites each piece).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ai_bottleneck.facts import Facts, memory_text, need, observed_transfer_rate, transfer
+from ai_bottleneck.findings import Finding
+from ai_bottleneck.labels import Label
 from ai_bottleneck.windows import ProbeState, Window
 from ai_bottleneck.words import bits, pct, secs, size
-
-if TYPE_CHECKING:
-    from ai_bottleneck.classifier import Finding, Label
-
 
 # -- advice per label ----------------------------------------------------------------
 
 def advice_for(found: Finding, f: Facts) -> list[str]:
-    from ai_bottleneck.classifier import Label
-
     if found.label is Label.NETWORK_BOUND:
         return _network(f, found.mismatch)
     builders = {
@@ -37,14 +31,14 @@ def _vram(f: Facts) -> list[str]:
     out.append("Use a GPU with more memory" + (f" ({sizes})" if sizes else "") + ", quantize "
                "(a 7B model needs about 12 GB or more served in 16-bit, about 8 GB at 4 bit), "
                "lower batch size or context length, or lower the server's memory reservation.")
-    if not (f.r.oom_events or f.r.load_failures):
+    if not (f.readings.oom_events or f.readings.load_failures):
         out.append("Confirm in the server log (CUDA out of memory, failed allocation) before "
                    "buying memory: a full GPU alone is normal for servers that pre-reserve it.")
     return out
 
 
 def _gpu(f: Facts) -> list[str]:
-    th = f.th
+    th = f.thresholds
     g = f.top_gpu
     out = [f"The GPU is the limit ({g.title if g else 'GPU'}); more bandwidth will not help."]
     w = f.worst
@@ -63,7 +57,7 @@ def _gpu(f: Facts) -> list[str]:
 
 
 def _network(f: Facts, mismatch: bool) -> list[str]:
-    th = f.th
+    th = f.thresholds
     out = []
     n = need(f.worst, th)
     moved = transfer(f.worst)
@@ -94,7 +88,7 @@ def _network(f: Facts, mismatch: bool) -> list[str]:
         out.append("Resource mismatch: the GPU waits for data. Fix the link first; a bigger "
                    "GPU buys nothing here, and a smaller one would do until data arrives "
                    "faster.")
-    if not f.r.throughputs:
+    if not f.readings.throughputs:
         out.append("Measure the path: iperf3 between front end and GPU workers (--iperf3), a "
                    "large download for public bandwidth (--download).")
     return out
@@ -110,7 +104,7 @@ def _cpu(f: Facts) -> list[str]:
                    "tokenizing to the GPU or a separate pool, pinned memory, more cores.")
     h = f.host
     if h is not None and h.busiest_core is not None and h.cpu is not None and h.cpu < 0.5 \
-            and h.busiest_core >= f.th.cpu_saturated_ratio:
+            and h.busiest_core >= f.thresholds.cpu_saturated_ratio:
         out.append("One core does the work: split that step across processes (threads do not "
                    "help Python code).")
     return out
@@ -121,13 +115,13 @@ def _balanced(f: Facts) -> list[str]:
     if f.gpu_busy is not None:
         closest.append((f.gpu_busy / f.gpu_busy_threshold, f"GPU {pct(f.gpu_busy)}"))
     if f.host is not None and f.host.cpu is not None:
-        closest.append((f.host.cpu / f.th.cpu_saturated_ratio, f"CPU {pct(f.host.cpu)}"))
+        closest.append((f.host.cpu / f.thresholds.cpu_saturated_ratio, f"CPU {pct(f.host.cpu)}"))
     for nic in f.nics:
         if nic.peak is not None:
             direction, util = nic.peak
             cap = nic.capacity(direction)
             of = f"{bits(cap.bits_per_second)} ({cap.source})" if cap is not None else "its link"
-            closest.append((util / f.th.nic_saturation_ratio,
+            closest.append((util / f.thresholds.nic_saturation_ratio,
                             f"{nic.name} {direction} at {pct(util)} of {of}"))
     text = "Load is served without a saturated resource; nothing to fix now."
     if closest:
@@ -145,7 +139,7 @@ def _unknown(f: Facts) -> list[str]:
     for h in f.down_http:
         out.append(f"Check that the service at {h.target} is up and reachable (see the error).")
     for name in ("gpu", "host", "nic", "http"):
-        status = f.r.probe(name)
+        status = f.readings.probe(name)
         if name == "http" and f.down_http:
             continue  # said above, with the target
         if status.state in (ProbeState.FAILING, ProbeState.MISSING):
@@ -158,16 +152,14 @@ def _unknown(f: Facts) -> list[str]:
         if f.worst is not None and not f.worst.phases:
             out.append("Phase timings (upload, server, download) would tell the network from "
                        "the server.")
-    if not f.r.http:
+    if not f.readings.http:
         out.append("Add an HTTP target (--url) so request latency can be judged.")
     return out or ["Not enough evidence for a label in this window."]
 
 
 def warnings_for(f: Facts, label: Label, window: Window) -> list[str]:
     """Facts worth knowing that did not decide the label."""
-    from ai_bottleneck.classifier import Label
-
-    th = f.th
+    th = f.thresholds
     out = []
     for g in f.gpus:
         m = g.memory_used_ratio
@@ -185,7 +177,7 @@ def warnings_for(f: Facts, label: Label, window: Window) -> list[str]:
     if f.coarse_only and (f.gpu_activity or 0.0) >= th.gpu_idle_ratio:
         out.append("GPU activity from the coarse utilization only (no GPM metrics): it says "
                    "a kernel was running, not how much of the GPU it used")
-    for t in f.r.throughputs:
+    for t in f.readings.throughputs:
         floor = (th.internal_bandwidth_min_bits_per_second if t.internal
                  else th.public_bandwidth_min_bits_per_second)
         if t.age_seconds <= th.active_measurement_max_age_seconds and t.bits_per_second < floor:
@@ -202,11 +194,11 @@ def warnings_for(f: Facts, label: Label, window: Window) -> list[str]:
     if f.working_http:
         out += [f"every call to {h.target} failed ({h.failures}): "
                 f"{h.errors[0] if h.errors else 'no answer'}" for h in f.down_http]
-    for name, status in f.r.status.items():
+    for name, status in f.readings.status.items():
         if status.state not in (ProbeState.OK, ProbeState.ABSENT):
             out.append(f"probe {name} {status}")
-    if f.r.probe("gpu").state is ProbeState.PARTIAL:
-        out += f.r.gpu_errors[:3]  # which GPU failed
+    if f.readings.probe("gpu").state is ProbeState.PARTIAL:
+        out += f.readings.gpu_errors[:3]  # which GPU failed
     if window.late_samples:
         out.append(f"{window.late_samples} sample(s) arrived after their window closed and "
                    "were counted in this one")

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ai_bottleneck.windows import SeriesWindow, Stats
+from ai_bottleneck.series import SeriesWindow, Stats
 
 #: Where a capacity came from, in the words the evidence uses.
 LINK_SPEED = "link speed"
@@ -54,7 +54,7 @@ class Plateau:
 
 
 class NicLike(Protocol):
-    """What saturations() reads of a NIC's window (ai_bottleneck.signals.NicReading)."""
+    """What saturations() reads of a NIC's window (ai_bottleneck.readings.NicReading)."""
 
     @property
     def name(self) -> str: ...

@@ -15,8 +15,9 @@ import click
 
 from ai_bottleneck import __version__
 from ai_bottleneck.logs import setup_logging, stderr_is_journal
-from ai_bottleneck.options import parse_duration
-from ai_bottleneck.samples import one_line
+from ai_bottleneck.plan_cli import plan_cmd
+from ai_bottleneck.probes.options import parse_duration
+from ai_bottleneck.probes.sample import one_line
 
 
 class Duration(click.ParamType[float]):
@@ -187,11 +188,11 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
                  iperf3: tuple[str, ...], download: str | None, config_path: Path | None,
                  as_json: bool, record_path: Path | None) -> None:
     """Sample this host for a while and say what holds the service back."""
+    from ai_bottleneck.assembly import build_probes
     from ai_bottleneck.config import ConfigError, load_config
     from ai_bottleneck.diagnose import run_diagnose
     from ai_bottleneck.record import RecordError
     from ai_bottleneck.report import render
-    from ai_bottleneck.session import build_probes
 
     try:
         config = load_config(config_path)
@@ -234,13 +235,14 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
               help="One JSON object per window per line.")
 def replay_cmd(file: Path, window: float | None, as_json: bool) -> None:
     """Label a recording with the same windows and classifier as a live run."""
-    from ai_bottleneck.options import OptionError
-    from ai_bottleneck.pipeline import overall_verdict, replay
+    from ai_bottleneck.assembly import assemble_replay
+    from ai_bottleneck.probes.options import OptionError
     from ai_bottleneck.record import RecordError
     from ai_bottleneck.report import render
+    from ai_bottleneck.verdict import overall_verdict
 
     try:
-        run = replay(file, window_seconds=window)
+        run = assemble_replay(file, window_seconds=window)
     except (RecordError, OptionError) as exc:
         _fail(f"{file}: {exc}" if isinstance(exc, OptionError) else str(exc))
     results = []
@@ -297,6 +299,9 @@ def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
         _fail(str(exc))
     except ListenError as exc:
         _fail(str(exc), code=1)
+
+
+main.add_command(plan_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,7 +22,7 @@ from ai_bottleneck import __version__
 from ai_bottleneck.config import DEFAULT_LISTEN, parse_listen
 from ai_bottleneck.exporter import Exposition
 from ai_bottleneck.state import AgentState
-from ai_bottleneck.webconfig import WebGuard, peer_sans
+from ai_bottleneck.webguard import WebGuard, peer_sans
 
 log = logging.getLogger("ai_bottleneck.exporter")
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ai_bottleneck.options import bounds, parse_rate
+from ai_bottleneck.probes.base import option_info, parse_rate
 
 #: How long one reading of the shapers is reused: a shaper is configured, not
 #: changed per second, and ``tc`` is a process start.
@@ -36,11 +36,11 @@ _HTB_ROOT_CLASS = re.compile(r"^class htb \S+ root .*?\bceil (\S+)", re.MULTILIN
 class NicCapacity:
     """A declared rate for one interface: both directions, or each on its own."""
 
-    bits_per_second: float | None = field(default=None, metadata=bounds(
+    bits_per_second: float | None = field(default=None, metadata=option_info(
         min=1, doc="the rate in both directions"))
-    rx_bits_per_second: float | None = field(default=None, metadata=bounds(
+    rx_bits_per_second: float | None = field(default=None, metadata=option_info(
         min=1, doc="the rate towards this host (wins over bits_per_second)"))
-    tx_bits_per_second: float | None = field(default=None, metadata=bounds(
+    tx_bits_per_second: float | None = field(default=None, metadata=option_info(
         min=1, doc="the rate away from this host (wins over bits_per_second)"))
 
     def rate(self, direction: str) -> float | None:
@@ -52,10 +52,10 @@ class NicCapacity:
 class Links:
     """The ``[links]`` table: rates the user knows that the NIC cannot tell."""
 
-    public_bits_per_second: float | None = field(default=None, metadata=bounds(
+    public_bits_per_second: float | None = field(default=None, metadata=option_info(
         min=1, doc="the public bandwidth bought for this host, in both directions; applies "
                    "to the interfaces carrying the default route"))
-    nics: Mapping[str, NicCapacity] = field(default_factory=dict, metadata=bounds(
+    nics: Mapping[str, NicCapacity] = field(default_factory=dict, metadata=option_info(
         doc="per interface: { bits_per_second = ... } or rx_/tx_bits_per_second"))
 
     def declared(self, nic: str, direction: str, public: bool) -> float | None:

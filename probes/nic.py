@@ -28,8 +28,15 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from ai_bottleneck.options import bounds, parse_options
-from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    clean_values,
+    failed,
+    option_info,
+    parse_options,
+)
 from ai_bottleneck.probes.capacity import Links, Shapers
 from ai_bottleneck.probes.procfs import (
     NetDevCounters,
@@ -40,10 +47,16 @@ from ai_bottleneck.probes.procfs import (
     read_optional,
     read_text,
 )
-from ai_bottleneck.samples import Sample, clean_values
+from ai_bottleneck.probes.vocabulary import HOST_TOTAL_LABELS as HOST_LABELS
+from ai_bottleneck.probes.vocabulary import (
+    LINK_SPEED,
+    LINK_UTILIZATION_VALUES,
+    TCP_RETRANSMIT_RATIO,
+    TCP_RETRANSMITS,
+    nic_value,
+)
 
 PROBE_NAME = "nic"
-HOST_LABELS = {"scope": "host"}
 
 #: Values of /sys/class/net/<nic>/speed that mean "unknown": the kernel's
 #: SPEED_UNKNOWN (-1) and how older drivers spelled it (0xFFFF, 0xFFFFFFFF).
@@ -68,17 +81,17 @@ def _names_or_patterns(names: tuple[str, ...], key: str) -> None:
 
 @dataclass(frozen=True)
 class Options:
-    include: tuple[str, ...] = field(default=(), metadata=bounds(
+    include: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="interface names or shell patterns (eth*, ens*) reported even when virtual, "
             "loopback or a bond slave"))
-    exclude: tuple[str, ...] = field(default=(), metadata=bounds(
+    exclude: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="interface names or shell patterns never reported; wins over include"))
-    include_virtual: bool = field(default=False, metadata=bounds(
+    include_virtual: bool = field(default=False, metadata=option_info(
         doc="also report every virtual interface (veth, bridge, VLAN, tunnel, loopback); "
             "bond slaves still need naming"))
-    links: Links = field(default_factory=Links, metadata=bounds(
+    links: Links = field(default_factory=Links, metadata=option_info(
         doc="declared rates (the config's [links] table, given here by the agent)"))
-    read_shapers: bool = field(default=True, metadata=bounds(
+    read_shapers: bool = field(default=True, metadata=option_info(
         doc="report the rate of a tc shaper (root tbf, htb root class) on each interface"))
 
     def __post_init__(self) -> None:
@@ -259,6 +272,14 @@ class NicProbe:
         # link speed) gives no sample rather than an empty one.
         return [s for s in samples if s is not None and (s.values or s.error)]
 
+    def link_utilization(self, samples: Sequence[Sample]) -> float | None:
+        """The busiest direction of any NIC in ``samples`` as a share of its link speed
+        (LinkLoadSource: the traffic budget holds active probes back while it is high);
+        None when no NIC reports a link speed."""
+        ratios = [v for s in samples if s.ok for k, v in s.values.items()
+                  if k in LINK_UTILIZATION_VALUES]
+        return max(ratios) if ratios else None
+
     def close(self) -> None:
         self._nic_before.clear()
         self._tcp_before = None
@@ -283,7 +304,7 @@ class NicProbe:
         speed = link_speed_bits_per_second(read_optional(f"{self._sys_net}/{name}/speed"))
         before = self._nic_before.get(name)
         self._nic_before[name] = _NicReading(ifindex, cur, now)
-        values: dict[str, float | None] = {"link_speed_bits_per_second": speed}
+        values: dict[str, float | None] = {LINK_SPEED: speed}
         values.update(self._capacities(name))
         if before is not None and before.ifindex == ifindex and now > before.at:
             elapsed = now - before.at
@@ -294,12 +315,12 @@ class NicProbe:
                 grown = counter_delta(b0, b1, most_bytes)
                 if grown is not None:
                     bps = grown * 8 / elapsed
-                    values[f"{direction}_bits_per_second"] = bps
+                    values[nic_value(direction, "bits_per_second")] = bps
                     # Against the tightest rate known: a shaper or a bought rate far
                     # under the link speed is what fills up. Unknown: no ratio.
                     capacity = tightest(values, direction)
                     if capacity:
-                        values[f"{direction}_utilization_ratio"] = bps / capacity
+                        values[nic_value(direction, "utilization_ratio")] = bps / capacity
             for key, c0, c1 in (("rx_drops", prev.rx_drops, cur.rx_drops),
                                 ("tx_drops", prev.tx_drops, cur.tx_drops),
                                 ("rx_errors", prev.rx_errors, cur.rx_errors),
@@ -344,11 +365,11 @@ class NicProbe:
         retransmits = counter_delta(before.retransmits, cur.retransmits)
         out_segments = counter_delta(before.out_segments, cur.out_segments)
         values: dict[str, float | None] = {
-            "tcp_retransmits_per_second": None if retransmits is None else retransmits / elapsed,
+            TCP_RETRANSMITS: None if retransmits is None else retransmits / elapsed,
             "tcp_out_segments_per_second": (
                 None if out_segments is None else out_segments / elapsed),
             # nothing sent: no ratio to speak of (absent, not zero and not a division by zero)
-            "tcp_retransmit_ratio": (retransmits / out_segments
+            TCP_RETRANSMIT_RATIO: (retransmits / out_segments
                                      if retransmits is not None and out_segments else None),
         }
         return Sample(t=t, probe=PROBE_NAME, labels=dict(HOST_LABELS),

@@ -8,8 +8,10 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from ai_bottleneck.classifier import RULES, Classification, Label, classify
-from ai_bottleneck.options import OptionError, parse_options
+from ai_bottleneck.classifier import RULES, classify
+from ai_bottleneck.findings import Classification
+from ai_bottleneck.labels import Label
+from ai_bottleneck.probes.options import OptionError, parse_options
 from ai_bottleneck.thresholds import Thresholds
 from tests.synth import (
     A100,

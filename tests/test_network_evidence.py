@@ -6,14 +6,16 @@ window. Each case is one window of steady readings, as in test_classifier.py."""
 from __future__ import annotations
 
 from ai_bottleneck.capacity import DECLARED, LINK_SPEED, SHAPED, plateau
-from ai_bottleneck.classifier import Classification, Label, classify
+from ai_bottleneck.classifier import classify
+from ai_bottleneck.findings import Classification
 from ai_bottleneck.hysteresis import Hysteresis
+from ai_bottleneck.labels import Label
 from ai_bottleneck.pipeline import Labeller
-from ai_bottleneck.probes.base import IN_FLIGHT_LABELS
-from ai_bottleneck.samples import Sample
-from ai_bottleneck.signals import read
+from ai_bottleneck.probes.sample import Sample
+from ai_bottleneck.probes.vocabulary import IN_FLIGHT_LABELS
+from ai_bottleneck.reader import read
+from ai_bottleneck.series import Stats
 from ai_bottleneck.thresholds import Thresholds
-from ai_bottleneck.windows import Stats
 from tests.synth import (
     T0,
     Part,

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from ai_bottleneck.config import ConfigError, parse_config
-from ai_bottleneck.probes.base import IN_FLIGHT_LABELS
 from ai_bottleneck.probes.capacity import Shapers, parse_htb_classes, parse_tc_qdiscs
 from ai_bottleneck.probes.http import create as create_http
 from ai_bottleneck.probes.nic import NicProbe, Options
 from ai_bottleneck.probes.nic import create as create_nic
+from ai_bottleneck.probes.sample import Sample
+from ai_bottleneck.probes.vocabulary import IN_FLIGHT_LABELS
 from ai_bottleneck.sampler import Sampler
-from ai_bottleneck.samples import Sample
 from tests.netns import netns_link
 from tests.servers import HttpServer, ServerConfig
 
@@ -148,7 +148,8 @@ def test_the_sampler_reports_a_call_that_outlasts_its_interval() -> None:
     with HttpServer(ServerConfig("stream", body_bytes=300_000, body_rate=100_000)) as server:
         probe = create_http({"targets": [{"url": server.url("/big")}], "interval_seconds": 0.2})
         seen: list[Sample] = []
-        sampler = Sampler([probe], 0.2, [seen.extend])
+        sampler = Sampler([probe], 0.2,
+                          consumer=lambda rounds: seen.extend(s for r in rounds for s in r.samples))
         stop = threading.Event()
         try:
             sampler.run(stop, duration_seconds=4.0)

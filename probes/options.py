@@ -4,7 +4,7 @@ Probes, classifier thresholds and the agent config all declare their options
 as frozen dataclasses; ``parse_options`` checks a mapping against one and
 names the key and the problem. Unknown keys are errors, never ignored.
 
-Field metadata (see ``bounds``) adds ranges. A float field also accepts a
+Field metadata (see ``option_info``) adds ranges. A float field also accepts a
 duration string ("500ms", "10s", "2m", "1h") and a ratio field a percentage
 string ("30%"); a field named ``*_bits_per_second`` accepts "10mbit",
 "1gbit", "5 Mbit/s".
@@ -32,7 +32,7 @@ class OptionError(ValueError):
         self.problem = problem
 
 
-def bounds(
+def option_info(
     *, min: float | None = None, max: float | None = None, doc: str = ""
 ) -> dict[str, Any]:
     """Metadata for dataclasses.field(): an inclusive range and a description."""
