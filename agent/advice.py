@@ -78,9 +78,10 @@ def _network(f: Facts, mismatch: bool) -> list[str]:
                "upload takes about 40 s at 1 Mbit/s and 0.4 s at 100 Mbit/s.")
     out.append("Send less over the link: compress or resize inputs before upload, pass "
                "references to object storage instead of payloads, stream results.")
-    for nic, (direction, _) in f.saturated_nics:
-        out.append(f"{nic.name} {direction} is full: a faster link or NIC, or spread the "
-                   "traffic over more hosts.")
+    for sat in f.saturated_nics:
+        out.append(f"{sat.nic} {sat.direction} is full at {bits(sat.capacity_bits_per_second)} "
+                   f"({sat.source}): a faster link or plan, or spread the traffic over more "
+                   "hosts.")
     rt = f.retransmit_ratio
     if rt is not None and rt > th.retransmit_high_ratio:
         out.append("Retransmits mean loss or congestion on the path: check MTU, duplex, "
@@ -119,8 +120,11 @@ def _balanced(f: Facts) -> list[str]:
         closest.append((f.host.cpu / f.thresholds.cpu_saturated_ratio, f"CPU {pct(f.host.cpu)}"))
     for nic in f.nics:
         if nic.peak is not None:
-            closest.append((nic.peak[1] / f.thresholds.nic_saturation_ratio,
-                            f"{nic.name} {pct(nic.peak[1])} of its link"))
+            direction, util = nic.peak
+            cap = nic.capacity(direction)
+            of = f"{bits(cap.bits_per_second)} ({cap.source})" if cap is not None else "its link"
+            closest.append((util / f.thresholds.nic_saturation_ratio,
+                            f"{nic.name} {direction} at {pct(util)} of {of}"))
     text = "Load is served without a saturated resource; nothing to fix now."
     if closest:
         text += f" Closest to its limit: {max(closest)[1]}."
@@ -189,6 +193,12 @@ def warnings_for(f: Facts, label: Label, window: Window) -> list[str]:
     rt = f.retransmit_ratio
     if rt is not None and rt > th.retransmit_high_ratio and label is not Label.NETWORK_BOUND:
         out.append(Remark(K.RETRANSMITS, f"TCP retransmits {pct(rt, 1)} of sent segments"))
+    if label is not Label.NETWORK_BOUND:
+        out += [Remark(K.PATH_FULL, f"{sat.nic} {sat.direction} is full: "
+                       f"{bits(sat.capacity_bits_per_second)} ({sat.source}) at "
+                       f"{pct(min(sat.utilization, 1.0))}; the service is within its objective "
+                       "now, but the path has no headroom left", sat.nic)
+                for sat in f.saturated_nics]
     if f.working_http:
         out += [Remark(K.TARGET_DOWN, f"every call to {h.target} failed ({h.failures}): "
                        f"{h.errors[0] if h.errors else 'no answer'}", h.target)

@@ -118,7 +118,10 @@ def _flag_behind(key: str, overrides: Mapping[str, Mapping[str, Any]],
 
 def record_health(state: AgentState, r: Round) -> None:
     """One round into the exporter's state: a timeout or crash counts as that failure,
-    anything the probe returned as its samples."""
+    anything the probe returned as its samples; a report on a call still running is
+    no health event."""
+    if r.in_progress:
+        return
     if r.failure is not None:
         state.record_failure(r.probe, r.failure, r.message, duration_seconds=r.duration_seconds)
     else:

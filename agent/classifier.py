@@ -161,14 +161,18 @@ def network_evidence_gpu_under_used(f: Facts) -> Finding | None:
     evidence = f.network_signals(phases=False)
     if not evidence:
         return None
-    if not f.slow and not f.saturated_nics:
-        return None  # retransmits or a slow test alone, while users are served: a warning
+    if not (f.slow or f.saturated_nics or f.load_present()):
+        return None  # a stale shortfall on a host nobody uses: idle, with a warning
     found = Finding(Label.NETWORK_BOUND, signals=evidence + f.slow_signals())
     if (s := f.gpu_under_signal()) is not None:
         found.signals.append(s)
     if f.latency_ok:
-        found.notes.append(_within_objective(f))
-        found.factors.append((0.75, "requests still within the objective"))
+        # Measured trouble on the path decides even while the agent's own calls are
+        # fast: the clients' traffic is what fills the path (a full 5 Mbit/s uplink
+        # serves one small probe call in time and ten uploads in minutes).
+        found.notes.append(_within_objective(f) + ", but the path measured above is what "
+                           "the clients' traffic crosses")
+        found.factors.append((0.85, "the agent's own calls still within the objective"))
     elif not f.slow:
         found.notes.append("no HTTP target measured: a job waiting on network input "
                            "(dataset, checkpoints, remote storage)")
@@ -241,10 +245,15 @@ def balanced(f: Facts) -> Finding | None:
     if h is not None and h.cpu is not None:
         found.signals.append(Signal(below(h.cpu, th.cpu_saturated_ratio),
                                     f"CPU {pct(h.cpu)}: below {pct(th.cpu_saturated_ratio)}"))
-    peak = max((p[1] for n in f.nics if (p := n.peak)), default=None)
-    if peak is not None:
+    busiest = max((n for n in f.nics if n.peak), key=lambda n: n.peak[1] if n.peak else 0.0,
+                  default=None)
+    if busiest is not None and busiest.peak is not None:
+        direction, peak = busiest.peak
+        cap = busiest.capacity(direction)
+        of = f"{bits(cap.bits_per_second)} ({cap.source})" if cap is not None else "its link"
         found.signals.append(Signal(below(peak, th.nic_saturation_ratio),
-                                    f"busiest NIC at {pct(peak)} of its link"))
+                                    f"busiest NIC {busiest.name} {direction} at {pct(peak)} "
+                                    f"of {of}"))
     _add_coverage_factors(f, found)
     return found
 

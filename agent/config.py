@@ -11,6 +11,9 @@ Layout::
     [agent]        sampling interval, window length, listen address, files
     [thresholds]   classifier thresholds (ai_bottleneck.thresholds.Thresholds)
     [budget]       traffic budget of active probes (ai_bottleneck.budget.BudgetOptions)
+    [links]        rates the NICs cannot tell: the public bandwidth bought, known
+                   internal rates (ai_bottleneck.probes.capacity.Links; given to
+                   the nic probe)
     [probes.NAME]  options of probe NAME, plus ``enabled = true/false``
 
 Unknown keys are errors. Every error is a ``ConfigError`` whose text is one
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_bottleneck.budget import BudgetOptions
+from ai_bottleneck.probes.capacity import Links
 from ai_bottleneck.probes.options import OptionError, option_info, parse_options
 from ai_bottleneck.probes.sample import one_line
 from ai_bottleneck.thresholds import Thresholds
@@ -129,7 +133,7 @@ class ProbeSettings:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
-_SECTIONS = ("agent", "thresholds", "budget", "probes")
+_SECTIONS = ("agent", "thresholds", "budget", "links", "probes")
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,8 @@ class Config:
     budget: BudgetOptions = field(default_factory=BudgetOptions)
     probes: Mapping[str, ProbeSettings] = field(default_factory=dict)
     known_probes: tuple[str, ...] = ()
+    #: The [links] table as written (checked): the nic probe gets it as its ``links``.
+    links: Mapping[str, Any] = field(default_factory=dict)
 
     def probe_options(self, name: str) -> dict[str, Any]:
         """The options table for probe ``name`` (without ``enabled``); {} when none."""
@@ -151,7 +157,10 @@ class Config:
     @property
     def probe_option_tables(self) -> dict[str, dict[str, Any]]:
         """Every probe's options table, for ai_bottleneck.discovery.discover(options=...)."""
-        return {name: self.probe_options(name) for name in self.probes}
+        tables = {name: self.probe_options(name) for name in self.probes}
+        if self.links:
+            tables.setdefault("nic", {})["links"] = dict(self.links)
+        return tables
 
     @property
     def enabled_probes(self) -> tuple[str, ...]:
@@ -238,11 +247,15 @@ def parse_config(raw: Mapping[str, Any], source: str = "(defaults)",
         agent = parse_options(AgentOptions, raw.get("agent"), prefix="agent")
         thresholds = parse_options(Thresholds, raw.get("thresholds"), prefix="thresholds")
         budget = parse_options(BudgetOptions, raw.get("budget"), prefix="budget")
+        links = dict(raw.get("links", {}))
+        parse_options(Links, links, prefix="links")
     except OptionError as exc:
         raise ConfigError(source, exc.key, exc.problem) from None
     probes = _parse_probes(raw.get("probes", {}), source, known)
+    if links and "links" in probes.get("nic", ProbeSettings()).options:
+        raise ConfigError(source, "probes.nic.links", "declare link rates in [links] only")
     return Config(source=source, agent=agent, thresholds=thresholds, budget=budget,
-                  probes=probes, known_probes=known)
+                  probes=probes, known_probes=known, links=links)
 
 
 def _parse_probes(table: Mapping[str, Any], source: str,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ai_bottleneck.capacity import Measured, Saturation, saturations
 from ai_bottleneck.findings import Signal, above, below
 from ai_bottleneck.probes.vocabulary import DOWNLOAD_SECONDS, SERVER_SECONDS, UPLOAD_SECONDS
 from ai_bottleneck.readings import GpuReading, HttpReading, Readings, ThroughputReading
@@ -48,10 +49,9 @@ class Facts:
             None if self.gpu_busy is None else self.gpu_busy < th.gpu_low_utilization_ratio)
         self.host = r.host
         self.nics = [n for n in r.nics if not n.loopback]
-        self.saturated_nics = [(n, p) for n in self.nics
-                               if (p := n.peak) is not None and p[1] >= th.nic_saturation_ratio]
         self.retransmit_ratio = r.tcp.retransmit_ratio if r.tcp else None
-        self.working_http = [h for h in r.http if h.calls > 0 or h.overload_answers]
+        self.working_http = [h for h in r.http
+                             if h.calls > 0 or h.overload_answers or h.in_flight_seconds]
         self.down_http = [h for h in r.http if h.calls == 0 and h.failures > 0
                           and h.overload_answers * 2 < h.failures]
         self.worst = max(self.working_http, key=self._badness, default=None)
@@ -65,6 +65,31 @@ class Facts:
         self.server_dominant = (self.server_share is not None
                                 and self.server_share >= th.server_phase_dominant_ratio)
         self.own_busy_share, self.own_bits_per_second = self._own_load()
+        #: NIC directions full against the tightest capacity known (see ai_bottleneck.capacity).
+        self.saturated_nics: list[Saturation] = saturations(
+            self.nics, saturation_ratio=th.nic_saturation_ratio,
+            plateau_min_samples=th.plateau_min_samples,
+            idle_bits_per_second=th.nic_idle_bits_per_second,
+            plateau_flat_ratio=th.plateau_flat_ratio, congestion=self.congestion(),
+            measured=self._measured())
+
+    def congestion(self) -> str | None:
+        """A sign that the network path is congested, in words, or None."""
+        rt = self.retransmit_ratio
+        if rt is not None and rt > self.thresholds.retransmit_high_ratio:
+            return f"TCP retransmits were {pct(rt, 1)}"
+        if self.slow and self.net_dominant and self.net_share is not None:
+            return f"requests spent {pct(self.net_share)} of their time on the network"
+        return None
+
+    def _measured(self) -> list[Measured]:
+        """Recent throughput tests, newest first, as capacity candidates."""
+        recent = sorted((t for t in self.readings.throughputs
+                         if t.age_seconds <= self.thresholds.active_measurement_max_age_seconds),
+                        key=lambda t: t.age_seconds)
+        return [(t.direction, t.bits_per_second,
+                 f"{t.probe} {t.target} ({secs(t.age_seconds)} before the window end)")
+                for t in recent]
 
     def _own_load(self) -> tuple[float, float]:
         """What the agent's own timed HTTP calls add to the readings: the share of the
@@ -86,7 +111,8 @@ class Facts:
     def _badness(self, h: HttpReading) -> float:
         """p95 over the objective (> 1 misses it); failures past the limit miss it too."""
         th = self.thresholds
-        ratio = h.total.p95 / th.latency_objective_seconds if h.total else 0.0
+        p95 = h.p95_seconds
+        ratio = p95 / th.latency_objective_seconds if p95 is not None else 0.0
         if h.failures and h.failure_ratio >= th.http_failure_high_ratio:
             ratio = max(ratio, 1.0 + h.failure_ratio)
         return ratio
@@ -99,9 +125,15 @@ class Facts:
             return []
         th = self.thresholds
         out = []
-        if w.total is not None and w.total.p95 > th.latency_objective_seconds:
-            out.append(Signal(above(w.total.p95 / th.latency_objective_seconds, 1.0, 2.0),
-                              f"{w.target}: p95 request {secs(w.total.p95)} > objective "
+        p95 = w.p95_seconds
+        if w.in_flight_worst and p95 is not None and p95 > th.latency_objective_seconds:
+            out.append(Signal(above(p95 / th.latency_objective_seconds, 1.0, 2.0),
+                              f"{w.target}: a call still running after {secs(p95)} at the "
+                              f"window's end > objective {secs(th.latency_objective_seconds)}"
+                              f" ({w.calls} finished)"))
+        elif p95 is not None and p95 > th.latency_objective_seconds:
+            out.append(Signal(above(p95 / th.latency_objective_seconds, 1.0, 2.0),
+                              f"{w.target}: p95 request {secs(p95)} > objective "
                               f"{secs(th.latency_objective_seconds)} ({w.calls} calls)"))
         if w.failures and w.failure_ratio >= th.http_failure_high_ratio:
             how = (f"{w.overload_answers} answered 'too busy' (429/503/504)"
@@ -112,6 +144,10 @@ class Facts:
         return out
 
     def phase_text(self, h: HttpReading) -> str:
+        if h.in_flight_worst and h.in_flight_seconds:
+            net, server = h.in_flight_network_seconds, h.in_flight_server_seconds
+            return (f"running for {secs(h.in_flight_seconds)} so far: network "
+                    f"{secs(net or 0.0)}, server {secs(server or 0.0)}")
         if h.total is None:
             return ""
         parts = ", ".join(f"{k.removesuffix('_seconds')} {secs(v)}"
@@ -143,10 +179,10 @@ class Facts:
             out.append(Signal(above(self.net_share, th.network_phase_dominant_ratio),
                               f"{w.target}: network is {pct(self.net_share)} of request time "
                               f"({self.phase_text(w)})"))
-        for nic, (direction, util) in self.saturated_nics:
-            out.append(Signal(above(util, th.nic_saturation_ratio),
-                              f"{nic.name} {direction} at {pct(util)} of "
-                              f"{bits(nic.link_bits_per_second or 0)}"))
+        for sat in self.saturated_nics:
+            out.append(Signal(above(min(sat.utilization, 1.0), th.nic_saturation_ratio),
+                              f"{sat.nic} {sat.direction} at {pct(min(sat.utilization, 1.0))} "
+                              f"of {bits(sat.capacity_bits_per_second)} ({sat.source})"))
         rt = self.retransmit_ratio
         if rt is not None and rt > th.retransmit_high_ratio:
             out.append(Signal(above(rt, th.retransmit_high_ratio, 5 * th.retransmit_high_ratio),
@@ -242,8 +278,10 @@ class Facts:
             out.append(f"CPU {pct(h.cpu)}{extra}")
         busiest = max(self.nics, key=lambda n: n.peak[1] if n.peak else -1.0, default=None)
         if busiest is not None and busiest.peak is not None:
-            out.append(f"{busiest.name} {busiest.peak[0]} at {pct(busiest.peak[1])} of "
-                       f"{bits(busiest.link_bits_per_second or 0)}")
+            direction, util = busiest.peak
+            cap = busiest.capacity(direction)
+            of = f"{bits(cap.bits_per_second)} ({cap.source})" if cap is not None else "its link"
+            out.append(f"{busiest.name} {direction} at {pct(util)} of {of}")
         return out
 
     def thin_pipe(self) -> str | None:
@@ -256,10 +294,9 @@ class Facts:
             return f"a link moving {bits(rate)}"
         for t, _, _ in self.shortfalls():
             return f"{t.probe} {t.target} at {bits(t.bits_per_second)}"
-        for nic, _ in self.saturated_nics:
-            link = nic.link_bits_per_second
-            if link and link < th.internal_bandwidth_min_bits_per_second:
-                return f"a full {bits(link)} {nic.name}"
+        for sat in self.saturated_nics:
+            if sat.capacity_bits_per_second < th.internal_bandwidth_min_bits_per_second:
+                return f"a full {bits(sat.capacity_bits_per_second)} path on {sat.nic}"
         return None
 
 

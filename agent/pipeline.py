@@ -168,6 +168,11 @@ class Labeller:
                 evidence = (*evidence, f"changed from {t.from_label} after one window: "
                             f"{t.to_label} holds in its second half and {t.from_label} in "
                             "neither half")
+            elif t is not None and t.recurring:
+                span = 2 * self._hysteresis.hold_windows
+                evidence = (*evidence, f"changed from {t.from_label}: {t.to_label} recurs in "
+                            f"at least half of the last {span} windows and the others read "
+                            "balanced (evidence that arrives every other window)")
         return WindowResult(
             start=window.start, end=window.end, label=d.label, confidence=d.confidence,
             raw_label=c.label.value, raw_confidence=c.confidence, evidence=evidence,

@@ -6,9 +6,11 @@ Pure functions of a Window. A value a source did not give stays None, never 0.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from ai_bottleneck.capacity import Capacity, tightest_capacity
 from ai_bottleneck.probes.vocabulary import (
     GPU_DRAM_ACTIVE,
     GPU_MEMORY_TOTAL,
@@ -23,6 +25,10 @@ from ai_bottleneck.probes.vocabulary import (
     HOST_CPU_COUNT,
     HOST_MEMORY_USED,
     HTTP_PHASES,
+    IN_FLIGHT_CALLS,
+    IN_FLIGHT_NETWORK_SECONDS,
+    IN_FLIGHT_SECONDS,
+    IN_FLIGHT_SERVER_SECONDS,
     LINK_SPEED,
     LOAD_FAILURE_EVENTS,
     LOAD_FAILURE_EVENTS_TOTAL,
@@ -37,6 +43,7 @@ from ai_bottleneck.probes.vocabulary import (
     THROUGHPUT_VALUE,
     TOTAL_SECONDS,
     is_host_total,
+    is_in_flight,
     is_process_sample,
     nic_value,
     pressure_value,
@@ -143,14 +150,13 @@ def _host_reading(window: Window) -> HostReading | None:
     )
 
 
-def _utilization(sw: SeriesWindow, direction: str, link: float | None) -> float | None:
-    given = _mean(sw, nic_value(direction, "utilization_ratio"))
-    if given is not None:
-        return given
+def _utilization(sw: SeriesWindow, direction: str, capacity: Capacity | None) -> float | None:
+    """Mean throughput over the tightest known rate; the probe's own ratio where the
+    rates are not in the samples (it was computed against the link speed then)."""
     bits = _mean(sw, nic_value(direction, "bits_per_second"))
-    if bits is None or not link:
-        return None
-    return bits / link
+    if bits is not None and capacity is not None:
+        return bits / capacity.bits_per_second
+    return _mean(sw, nic_value(direction, "utilization_ratio"))
 
 
 def _nic_readings(window: Window) -> tuple[list[NicReading], TcpReading | None]:
@@ -169,27 +175,49 @@ def _nic_readings(window: Window) -> tuple[list[NicReading], TcpReading | None]:
         link = sw.last(LINK_SPEED)
         drops = [v for v in (_mean(sw, nic_value("rx", "drops_per_second")),
                              _mean(sw, nic_value("tx", "drops_per_second"))) if v is not None]
+        rx_cap, tx_cap = tightest_capacity(sw, "rx"), tightest_capacity(sw, "tx")
         nics.append(NicReading(
             name=name, samples=sw.count,
             rx_bits_per_second=_mean(sw, nic_value("rx", "bits_per_second")),
             tx_bits_per_second=_mean(sw, nic_value("tx", "bits_per_second")),
             link_bits_per_second=link,
-            rx_utilization=_utilization(sw, "rx", link),
-            tx_utilization=_utilization(sw, "tx", link),
+            rx_utilization=_utilization(sw, "rx", rx_cap),
+            tx_utilization=_utilization(sw, "tx", tx_cap),
             drops_per_second=sum(drops) if drops else None,
+            rx_capacity=rx_cap, tx_capacity=tx_cap,
+            rx_stats=sw.stats("rx_bits_per_second"), tx_stats=sw.stats("tx_bits_per_second"),
         ))
     return nics, tcp
 
 
+def _in_flight(group: Sequence[SeriesWindow]) -> dict[str, Any]:
+    """The running-call fields of an HttpReading from a target's in-flight series: the
+    window's latest report (calls grow longer while they run)."""
+    reports = [sw for sw in group if sw.count]
+    if not reports:
+        return {}
+    sw = max(reports, key=lambda s: s.last_t)
+    return {"in_flight_seconds": sw.last(IN_FLIGHT_SECONDS),
+            "in_flight_network_seconds": sw.last(IN_FLIGHT_NETWORK_SECONDS),
+            "in_flight_server_seconds": sw.last(IN_FLIGHT_SERVER_SECONDS),
+            "in_flight_calls": int(sw.last(IN_FLIGHT_CALLS) or 1)}
+
+
 def _http_readings(window: Window) -> list[HttpReading]:
     targets: dict[str, list[SeriesWindow]] = {}
+    running: dict[str, list[SeriesWindow]] = {}
     for sw in window.of("http"):
-        targets.setdefault(sw.labels.get("target", "?"), []).append(sw)
+        into = running if is_in_flight(sw.labels) else targets
+        into.setdefault(sw.labels.get("target", "?"), []).append(sw)
     out = []
-    for target, group in targets.items():
+    for target in dict.fromkeys([*targets, *running]):
+        group = targets.get(target, [])
         calls = sum(sw.count for sw in group)
         failures = sum(sw.failures for sw in group)
+        flight = _in_flight(running.get(target, []))
         if calls == 0 and failures == 0:
+            if flight.get("in_flight_seconds"):
+                out.append(HttpReading(target=target, calls=0, failures=0, **flight))
             continue  # only skipped
         statuses = [v for sw in group for v in sw.failed_values(STATUS_VALUE)]
         errors = tuple(dict.fromkeys(e for sw in group for e in sw.errors()))
@@ -214,6 +242,8 @@ def _http_readings(window: Window) -> list[HttpReading]:
                 overload_answers=reading.overload_answers, server_errors=reading.server_errors,
                 server_min_seconds=server.min if server is not None else None,
                 bytes_moved=sum(moved) if moved else None)
+        if flight:
+            reading = dataclasses.replace(reading, **flight)
         out.append(reading)
     return out
 
@@ -231,7 +261,8 @@ def _throughputs(window: Window) -> list[ThroughputReading]:
         out.append(ThroughputReading(
             probe=sw.probe, target=f"{target} ({direction})" if direction else target,
             bits_per_second=bps, age_seconds=max(0.0, window.end - sw.last_t),
-            retransmits=(st.sum if (st := sw.stats("retransmits")) else None)))
+            retransmits=(st.sum if (st := sw.stats("retransmits")) else None),
+            direction="tx" if sw.probe == "iperf3" and direction != "receive" else "rx"))
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ai_bottleneck.capacity import Capacity
 from ai_bottleneck.probes.vocabulary import NETWORK_PHASES, SERVER_SECONDS
 from ai_bottleneck.series import Stats
 from ai_bottleneck.windows import ProbeStatus
@@ -86,6 +87,18 @@ class NicReading:
     rx_utilization: float | None = None
     tx_utilization: float | None = None
     drops_per_second: float | None = None
+    #: The tightest known rate of each direction (link speed, declared, shaped).
+    rx_capacity: Capacity | None = None
+    tx_capacity: Capacity | None = None
+    #: Each direction's throughput over the window (for the plateau check).
+    rx_stats: Stats | None = None
+    tx_stats: Stats | None = None
+
+    def capacity(self, direction: str) -> Capacity | None:
+        return self.rx_capacity if direction == "rx" else self.tx_capacity
+
+    def stats(self, direction: str) -> Stats | None:
+        return self.rx_stats if direction == "rx" else self.tx_stats
 
     @property
     def loopback(self) -> bool:
@@ -124,11 +137,33 @@ class HttpReading:
     server_errors: int = 0          # any 5xx among the failures
     server_min_seconds: float | None = None  # the fastest answered call's server time
     bytes_moved: float | None = None         # request + response bytes of the answered calls
+    #: The longest call still running at the window's end (a lower bound on its time),
+    #: and how much of that was the network's and the server's so far.
+    in_flight_seconds: float | None = None
+    in_flight_network_seconds: float | None = None
+    in_flight_server_seconds: float | None = None
+    in_flight_calls: int = 0
 
     @property
     def failure_ratio(self) -> float:
         n = self.calls + self.failures
         return self.failures / n if n else 0.0
+
+    @property
+    def in_flight_worst(self) -> bool:
+        """Whether the call still running took longer than every finished one: then it is
+        the window's slowest call, and its phases so far say where the time goes."""
+        return bool(self.in_flight_seconds) and (
+            self.total is None or (self.in_flight_seconds or 0.0) > self.total.max)
+
+    @property
+    def p95_seconds(self) -> float | None:
+        """p95 request time, raised to the running call's elapsed time when that is longer
+        (a lower bound: the call is not over)."""
+        p95 = self.total.p95 if self.total is not None else None
+        if self.in_flight_worst:
+            return max(p95 or 0.0, self.in_flight_seconds or 0.0)
+        return p95
 
     @property
     def network_seconds(self) -> float | None:
@@ -137,6 +172,8 @@ class HttpReading:
 
     @property
     def network_share(self) -> float | None:
+        if self.in_flight_worst and self.in_flight_network_seconds is not None:
+            return min(1.0, self.in_flight_network_seconds / (self.in_flight_seconds or 1.0))
         net = self.network_seconds
         if net is None or self.total is None or self.total.mean <= 0:
             return None
@@ -144,6 +181,8 @@ class HttpReading:
 
     @property
     def server_share(self) -> float | None:
+        if self.in_flight_worst and self.in_flight_server_seconds is not None:
+            return min(1.0, self.in_flight_server_seconds / (self.in_flight_seconds or 1.0))
         server = self.phases.get(SERVER_SECONDS)
         if server is None or self.total is None or self.total.mean <= 0:
             return None
@@ -157,6 +196,7 @@ class ThroughputReading:
     bits_per_second: float
     age_seconds: float         # from the measurement to the end of this window
     retransmits: float | None = None
+    direction: str = "rx"      # from this host's side: "tx" for iperf3 send, else "rx"
 
     @property
     def internal(self) -> bool:

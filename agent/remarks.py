@@ -19,6 +19,7 @@ class WarningKind(StrEnum):
     CLOCKS_HELD_BACK = "clocks_held_back"      # thermal/power/... clock events
     COARSE_GPU_ONLY = "coarse_gpu_only"        # no GPM metrics
     THIN_LINK = "thin_link"                    # a throughput test under the minimum
+    PATH_FULL = "path_full"                    # a NIC direction full, the GPU working
     RETRANSMITS = "retransmits"
     TARGET_DOWN = "target_down"                # every call to one target failed
     PROBE_UNAVAILABLE = "probe_unavailable"    # cannot run on this host at all

@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ai_bottleneck.budget import bytes_in_samples, expected_bytes_of
-from ai_bottleneck.probes.base import Clock, LinkLoadSource, Probe, Skip, skipped_sample
+from ai_bottleneck.probes.base import (
+    Clock,
+    InFlight,
+    LinkLoadSource,
+    Probe,
+    Skip,
+    skipped_sample,
+)
 from ai_bottleneck.probes.sample import Sample, one_line
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,8 @@ class Round:
     ``failure`` is None when ``sample()`` returned (its samples may still be
     failed samples), "timeout" when the call overran its time limit, "crash"
     when it raised; ``samples`` then holds the one failed sample that says so.
+    ``in_progress``: not a finished call but a report on one still running
+    (``InFlight``): its samples say what the call has taken so far.
     """
 
     probe: str
@@ -56,6 +65,7 @@ class Round:
     duration_seconds: float
     failure: Literal["timeout", "crash"] | None = None
     message: str = ""
+    in_progress: bool = False
 
 
 #: What the sampler hands the rounds of one tick to (at least one round each time).
@@ -206,13 +216,25 @@ class Sampler:
                 if isinstance(slot.probe, LinkLoadSource):
                     self._link_utilization = slot.probe.link_utilization(samples)
                 out.append(Round(name, samples, duration))
+            elif not slot.timed_out and duration > slot.interval and isinstance(
+                    slot.probe, InFlight):
+                # A call that outlasts its interval can outlast a window: say what runs.
+                running = tuple(slot.probe.in_flight())
+                if running:
+                    out.append(Round(name, running, duration, in_progress=True))
+                if duration > slot.probe.timeout_seconds:
+                    out.append(self._time_out(slot, duration))
             elif not slot.timed_out and duration > slot.probe.timeout_seconds:
-                slot.timed_out = True
-                msg = f"timed out after {slot.probe.timeout_seconds:g}s"
-                log.warning("probe %s: %s", name, msg)
-                out.append(Round(name, (Sample(t=self._wall(), probe=name, error=msg),),
-                                 duration, "timeout", msg))
+                out.append(self._time_out(slot, duration))
         return out
+
+    def _time_out(self, slot: _Slot, duration: float) -> Round:
+        name = slot.probe.name
+        slot.timed_out = True
+        msg = f"timed out after {slot.probe.timeout_seconds:g}s"
+        log.warning("probe %s: %s", name, msg)
+        return Round(name, (Sample(t=self._wall(), probe=name, error=msg),), duration,
+                     "timeout", msg)
 
     def tick(self) -> list[Round]:
         """One pass: start the due calls, wait (bounded) for them, collect what finished."""

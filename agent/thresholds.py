@@ -64,6 +64,11 @@ class Thresholds:
                           "network evidence"))
     active_measurement_max_age_seconds: float = field(default=900.0, metadata=option_info(
         min=0, doc="iperf3/download results older than this are no longer evidence"))
+    plateau_flat_ratio: float = field(default=0.8, metadata=option_info(
+        min=0, max=1, doc="a NIC direction whose every reading in the window is at least this "
+                          "share of its peak has plateaued: a ceiling when congestion shows"))
+    plateau_min_samples: int = field(default=5, metadata=option_info(
+        min=2, max=10000, doc="readings a plateau needs in the window"))
     window_min_samples: int = field(default=3, metadata=option_info(
         min=1, max=10000, doc="a resource read fewer times than this in a window lowers the "
                               "confidence"))

@@ -18,8 +18,9 @@ a third-party probe needs nothing else::
 Optional capabilities are declared Protocols the agent checks for with
 ``isinstance``: ``TrafficEstimate`` (an active probe says how much traffic its
 next run makes), ``PeerServerHost`` (the probe runs a server that peers test
-against) and ``LinkLoadSource`` (its samples say how busy the network link is,
-which holds active probes back).
+against), ``LinkLoadSource`` (its samples say how busy the network link is,
+which holds active probes back) and ``InFlight`` (it says what its calls still
+running have taken so far).
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ from ai_bottleneck.probes.sample import (
     skip_kind,
     skipped_sample,
 )
+from ai_bottleneck.probes.vocabulary import IN_FLIGHT_LABELS
 
 __all__ = [
-    "Availability", "Clock", "LinkLoadSource", "OptionError", "PeerServer", "PeerServerHost",
+    "IN_FLIGHT_LABELS", "Availability", "Clock", "InFlight", "LinkLoadSource", "OptionError",
+    "PeerServer", "PeerServerHost",
     "Probe", "ProbeFactory", "Sample", "Skip", "SkipKind", "TrafficEstimate", "clean_values",
     "failed", "is_skipped", "one_line", "option_info", "parse_bytes", "parse_duration",
     "parse_options", "parse_rate", "skip_kind", "skipped_sample",
@@ -153,3 +156,16 @@ class LinkLoadSource(Protocol):
     """
 
     def link_utilization(self, samples: Sequence[Sample]) -> float | None: ...
+
+
+@runtime_checkable
+class InFlight(Protocol):
+    """A probe whose calls can outlast a window says what is still running.
+
+    The sampler asks ``in_flight()`` on its own thread while a call of the probe
+    has run past the probe's interval; the samples (labelled ``IN_FLIGHT_LABELS``,
+    see ai_bottleneck.probes.vocabulary) join the stream like any other, so a window
+    in which a 14 s download is still under way sees it, and a replay sees it too.
+    """
+
+    def in_flight(self) -> Sequence[Sample]: ...

@@ -126,3 +126,18 @@ class CallTimer:
             SERVER_SECONDS: span(self.upload_done, self.first_byte),
             DOWNLOAD_SECONDS: span(self.first_byte, self.body_done),
         }
+
+    def progress(self, now: float) -> tuple[float, float, float] | None:
+        """(elapsed, network seconds, server seconds) of a call still running, each a
+        lower bound on what the finished call will show; None before it started.
+        The phase in progress counts up to ``now``."""
+        if self.start is None:
+            return None
+        elapsed = max(0.0, now - self.start)
+        server = 0.0
+        if self.upload_done is not None:
+            server = max(0.0, (self.first_byte if self.first_byte is not None else now)
+                         - self.upload_done)
+        # Before the request is sent everything is DNS, connect or TLS; after it, the
+        # body moving either way: all of it but the server's share is the network's.
+        return elapsed, max(0.0, elapsed - server), server

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import httpx
 
 from ai_bottleneck.probes.base import (
+    IN_FLIGHT_LABELS,
     Availability,
     Clock,
     Sample,
@@ -39,7 +40,15 @@ from ai_bottleneck.probes.base import (
 from ai_bottleneck.probes.calltimer import CallTimer
 from ai_bottleneck.probes.httpfailure import describe_failure
 from ai_bottleneck.probes.httptiming import TimingBackend, make_client, make_ssl_context
-from ai_bottleneck.probes.vocabulary import REQUEST_BYTES, RESPONSE_BYTES, STATUS_VALUE
+from ai_bottleneck.probes.vocabulary import (
+    IN_FLIGHT_CALLS,
+    IN_FLIGHT_NETWORK_SECONDS,
+    IN_FLIGHT_SECONDS,
+    IN_FLIGHT_SERVER_SECONDS,
+    REQUEST_BYTES,
+    RESPONSE_BYTES,
+    STATUS_VALUE,
+)
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: Extra seconds the probe allows beyond its targets' timeouts before the agent
@@ -144,6 +153,8 @@ class HttpProbe:
         self._backend = backend or TimingBackend(clock=clock)
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
+        #: Calls running now: id -> (target label, timer), for in_flight().
+        self._running: dict[int, tuple[str, CallTimer]] = {}
         self._random_bodies: dict[int, bytes] = {}
 
     def check(self) -> Availability:
@@ -166,6 +177,30 @@ class HttpProbe:
         for target in self.options.targets:
             samples.extend(self._sample_target(target))
         return samples
+
+    def in_flight(self) -> Sequence[Sample]:
+        """Calls still running, one sample per target (its longest call): elapsed
+        time so far and how much of it was the network's and the server's, each a
+        lower bound. Labelled ``call: in_flight``; they count as no finished call."""
+        now = self._clock()
+        t = self._wall_clock()
+        with self._lock:
+            running = list(self._running.values())
+        longest: dict[str, tuple[tuple[float, float, float], int]] = {}
+        for label, timer in running:
+            progress = timer.progress(now)
+            if progress is None:
+                continue
+            best = longest.get(label)
+            count = (best[1] if best else 0) + 1
+            if best is None or progress[0] > best[0][0]:
+                longest[label] = (progress, count)
+            else:
+                longest[label] = (best[0], count)
+        return [Sample(t=t, probe=self.name, labels={"target": label, **IN_FLIGHT_LABELS},
+                       values={IN_FLIGHT_SECONDS: elapsed, IN_FLIGHT_NETWORK_SECONDS: network,
+                               IN_FLIGHT_SERVER_SECONDS: server, IN_FLIGHT_CALLS: float(count)})
+                for label, ((elapsed, network, server), count) in longest.items()]
 
     def close(self) -> None:
         with self._lock:
@@ -237,6 +272,8 @@ class HttpProbe:
         timer.start = self._clock()
         timer.deadline = timer.start + target.timeout_seconds
         status = 0
+        with self._lock:
+            self._running[id(timer)] = (target.label, timer)
         try:
             with self._backend.bind(timer):
                 response = client.send(request, stream=True)
@@ -252,6 +289,9 @@ class HttpProbe:
             error = describe_failure(exc, timer, where, target.timeout_seconds)
             return Sample(t=t, probe=self.name, labels=labels,
                           values={"status": status} if status else {}, error=error)
+        finally:
+            with self._lock:
+                self._running.pop(id(timer), None)
         expected = target.expected_statuses()
         if status not in expected if expected is not None else status >= 400:
             want = " or ".join(map(str, expected)) if expected is not None else "below 400"

@@ -37,6 +37,7 @@ from ai_bottleneck.probes.base import (
     option_info,
     parse_options,
 )
+from ai_bottleneck.probes.capacity import Links, Shapers
 from ai_bottleneck.probes.procfs import (
     NetDevCounters,
     counter_delta,
@@ -88,6 +89,10 @@ class Options:
     include_virtual: bool = field(default=False, metadata=option_info(
         doc="also report every virtual interface (veth, bridge, VLAN, tunnel, loopback); "
             "bond slaves still need naming"))
+    links: Links = field(default_factory=Links, metadata=option_info(
+        doc="declared rates (the config's [links] table, given here by the agent)"))
+    read_shapers: bool = field(default=True, metadata=option_info(
+        doc="report the rate of a tc shaper (root tbf, htb root class) on each interface"))
 
     def __post_init__(self) -> None:
         _names_or_patterns(self.include, "include")
@@ -134,6 +139,15 @@ def link_speed_bits_per_second(text: str | None) -> float | None:
     return mbit * 1e6
 
 
+def tightest(values: Mapping[str, float | None], direction: str) -> float | None:
+    """The smallest of the link speed, the declared rate and the shaper's rate (tx only)
+    for ``direction``, from a nic sample's values; None when none is known."""
+    known = [v for k in ("link_speed_bits_per_second", f"declared_{direction}_bits_per_second",
+                         f"shaped_{direction}_bits_per_second")
+             if (v := values.get(k)) is not None and v > 0]
+    return min(known) if known else None
+
+
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(name, p) for p in patterns)
 
@@ -150,6 +164,7 @@ class _Choice:
     names: frozenset[str]
     chosen: tuple[str, ...]
     at: float
+    public: frozenset[str] = frozenset()  # carry the default route (declared public rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +190,7 @@ class NicProbe:
 
     def __init__(self, options: Options | None = None, *, proc_root: str | Path = "/proc",
                  sys_root: str | Path = "/sys", clock: Clock = time.monotonic,
-                 wall_clock: Clock = time.time) -> None:
+                 wall_clock: Clock = time.time, shapers: Shapers | None = None) -> None:
         self.options = options or Options()
         proc = str(Path(proc_root))  # plain strings: pathlib costs more than the reads
         self._net_dev, self._snmp = f"{proc}/net/dev", f"{proc}/net/snmp"
@@ -186,6 +201,8 @@ class NicProbe:
         self._nic_before: dict[str, _NicReading] = {}
         self._tcp_before: _TcpReading | None = None
         self._choice: _Choice | None = None
+        self._shapers = shapers if shapers is not None else (
+            Shapers() if self.options.read_shapers else None)
 
     # --- choosing interfaces ----------------------------------------------------
 
@@ -228,6 +245,11 @@ class NicProbe:
         missing = [p for p in self.options.include if not any(fnmatchcase(n, p) for n in names)]
         if missing:
             parts.append(f"include names no present interface: {', '.join(missing)}")
+        if self._shapers is not None:
+            shaped = {n: r for n, r in self._shapers.rates().items() if n in chosen}
+            if shaped:
+                parts.append("shaped: " + ", ".join(f"{n} tx {r / 1e6:g} Mbit/s"
+                                                    for n, r in shaped.items()))
         return Availability.yes("; ".join(parts))
 
     def sample(self) -> Sequence[Sample]:
@@ -268,7 +290,11 @@ class NicProbe:
         key = frozenset(listed)
         c = self._choice
         if c is None or c.names != key or not 0 <= now - c.at < RECLASSIFY_SECONDS:
-            c = self._choice = _Choice(key, tuple(self.choose(listed)[0]), now)
+            public: frozenset[str] = frozenset()
+            if self.options.links.public_bits_per_second is not None:
+                public = frozenset(default_route_interfaces(
+                    *(read_optional(p) for p in self._routes)))
+            c = self._choice = _Choice(key, tuple(self.choose(listed)[0]), now, public)
         return c.chosen
 
     # --- values -------------------------------------------------------------------
@@ -279,6 +305,7 @@ class NicProbe:
         before = self._nic_before.get(name)
         self._nic_before[name] = _NicReading(ifindex, cur, now)
         values: dict[str, float | None] = {LINK_SPEED: speed}
+        values.update(self._capacities(name))
         if before is not None and before.ifindex == ifindex and now > before.at:
             elapsed = now - before.at
             most_bytes = speed / 8 * elapsed * _WRAP_HEADROOM if speed else None
@@ -289,8 +316,11 @@ class NicProbe:
                 if grown is not None:
                     bps = grown * 8 / elapsed
                     values[nic_value(direction, "bits_per_second")] = bps
-                    if speed:  # unknown link speed: no utilization, never a division by zero
-                        values[nic_value(direction, "utilization_ratio")] = bps / speed
+                    # Against the tightest rate known: a shaper or a bought rate far
+                    # under the link speed is what fills up. Unknown: no ratio.
+                    capacity = tightest(values, direction)
+                    if capacity:
+                        values[nic_value(direction, "utilization_ratio")] = bps / capacity
             for key, c0, c1 in (("rx_drops", prev.rx_drops, cur.rx_drops),
                                 ("tx_drops", prev.tx_drops, cur.tx_drops),
                                 ("rx_errors", prev.rx_errors, cur.rx_errors),
@@ -298,6 +328,19 @@ class NicProbe:
                 grown = counter_delta(c0, c1)
                 values[f"{key}_per_second"] = None if grown is None else grown / elapsed
         return Sample(t=t, probe=PROBE_NAME, labels={"nic": name}, values=clean_values(values))
+
+    def _capacities(self, name: str) -> dict[str, float | None]:
+        """Rates besides the link speed: declared in [links], and a shaper on this host."""
+        links = self.options.links
+        out: dict[str, float | None] = {}
+        if not links.empty:
+            public = self._choice is not None and name in self._choice.public
+            for direction in ("rx", "tx"):
+                out[f"declared_{direction}_bits_per_second"] = links.declared(
+                    name, direction, public)
+        if self._shapers is not None:
+            out["shaped_tx_bits_per_second"] = self._shapers.rate(name)
+        return out
 
     def _tcp_sample(self, t: float) -> Sample | None:
         path = self._snmp

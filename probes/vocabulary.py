@@ -112,6 +112,24 @@ HOST_SCOPE = "host"
 HOST_TOTAL_LABELS: Mapping[str, str] = {SCOPE_LABEL: HOST_SCOPE}
 
 
+#: Samples a probe gives about calls still running (``InFlight`` in probes.base): work
+#: in progress, not a finished observation, so windows count them apart (a lower bound
+#: on the call's time, not a call).
+CALL_LABEL = "call"
+IN_FLIGHT = "in_flight"
+IN_FLIGHT_LABELS: Mapping[str, str] = {CALL_LABEL: IN_FLIGHT}
+#: Their values: elapsed so far, and how much of it the network and the server took.
+IN_FLIGHT_SECONDS = "in_flight_seconds"
+IN_FLIGHT_NETWORK_SECONDS = "in_flight_network_seconds"
+IN_FLIGHT_SERVER_SECONDS = "in_flight_server_seconds"
+IN_FLIGHT_CALLS = "in_flight_calls"
+
+
+def is_in_flight(labels: Mapping[str, str]) -> bool:
+    """A report on a call still running (the http probe's), not a finished call."""
+    return labels.get(CALL_LABEL) == IN_FLIGHT
+
+
 def is_process_sample(labels: Mapping[str, str]) -> bool:
     """A per-process sample (a gpu probe's process memory), not a per-device one."""
     return PROCESS_LABEL in labels

@@ -42,3 +42,23 @@ def test_cleanup_on_failure() -> None:
         raise RuntimeError("test failed mid-way")
     assert name and name not in _namespaces()
     assert proc.wait(timeout=5) is not None
+
+
+@pytest.mark.root
+def test_a_hop_beyond_the_host_limits_what_arrives_and_shows_no_shaper_here() -> None:
+    import json
+
+    with netns_link() as link:
+        link.set_hop_rate(20e6)
+        here = json.loads(subprocess.run(["tc", "-j", "qdisc", "show", "dev", link.host_dev],
+                                         capture_output=True, text=True, check=True).stdout)
+        assert not any(q.get("kind") == "tbf" for q in here)
+        link.popen(["iperf3", "-s", "-p", "5322", "-B", link.ns_addr],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(link, link.ns_addr, 5322)
+        done = subprocess.run(["iperf3", "-c", link.ns_addr, "-p", "5322", "-t", "3", "-J"],
+                              capture_output=True, text=True, timeout=30, check=True)
+        received = json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]
+        assert 0.8 * 20e6 < received < 1.1 * 20e6
+        link.set_hop_rate(None)
+        assert link.hop_rate_in_bits_per_second is None

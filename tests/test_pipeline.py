@@ -158,7 +158,7 @@ def test_window_json_carries_the_contract_fields() -> None:
     assert "iperf3" not in obj["probes"]  # periodic: named only where it ran (or skipped)
     first = json.loads(json.dumps(results[0].to_json()))
     assert first["transition"] == {"at": T0, "from": None, "to": "idle", "windows": 1,
-                                   "hard": False, "settled": False}
+                                   "hard": False, "settled": False, "recurring": False}
     assert results[1].to_json()["probes"]["iperf3"].startswith("skipped")
 
 
