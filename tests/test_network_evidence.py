@@ -150,7 +150,7 @@ def test_a_stale_shortfall_on_an_idle_host_is_idle_with_a_warning() -> None:
     c = run(gpu(util=0.0), host(cpu=0.02), nic_with(tx=1e4),
             extra=[throughput_sample(T0 + 2, "iperf3", "10.0.0.2", 40e6)])
     assert c.label is Label.IDLE
-    assert any("under the article's internal minimum" in w for w in c.warnings)
+    assert any("under the internal minimum" in w for w in c.warnings)
 
 
 def test_a_full_path_serving_within_the_objective_is_a_warning_with_numbers() -> None:
