@@ -136,7 +136,7 @@ class Run:
     def install(self) -> None:
         wheels = sorted(Path(self.args.wheels).glob("*.whl")) if self.args.wheels else []
         record: dict[str, Any] = {"name": "install", "wheels": [w.name for w in wheels]}
-        if wheels and not self.dry:
+        if wheels:
             site = self.work / "site"
             done = self.command("pip_install", [
                 self.python, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
@@ -347,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                         "under /tmp)")
     parser.add_argument("--dry-run", action="store_true",
                         help="fake NVML, stand-in nvidia-smi and load, short phases")
-    parser.add_argument("--wheels", default=str(REPO / ".whl"),
+    parser.add_argument("--wheels", default=None,
                         help="folder of wheels to install (ai-bottleneck and what the "
-                             "machine lacks)")
+                             "machine lacks; default .whl on a device, none in a dry run)")
     parser.add_argument("--steps", default=",".join(STEPS),
                         help=f"which steps, comma-separated (of {', '.join(STEPS)})")
     parser.add_argument("--phase-seconds", type=float, default=None)
@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.wheels is None and not args.dry_run:
+        args.wheels = str(REPO / ".whl")
     if args.work is None:
         args.work = f"/tmp/ai-bottleneck-validate-{os.getpid()}"
     return Run(args).run()
