@@ -41,7 +41,7 @@ def main() -> int:
     import ai_bottleneck
 
     found["location"] = str(ai_bottleneck.__file__)
-    requirements: dict[str, dict[str, str | None]] = {}
+    requirements: dict[str, dict[str, str | bool | None]] = {}
     for spec in dist.requires or []:
         if "extra ==" in spec:
             continue

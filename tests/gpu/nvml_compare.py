@@ -27,12 +27,17 @@ from tests.gpu import smi
 SMI_TIMEOUT_SECONDS = 20.0
 
 
-def _start(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(["nvidia-smi", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def _start(args: list[str]) -> subprocess.Popen[str] | OSError:
+    try:
+        return subprocess.Popen(["nvidia-smi", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    except OSError as exc:  # no nvidia-smi on PATH: the table says so, row by row
+        return exc
 
 
-def _finish(proc: subprocess.Popen[str]) -> tuple[int | None, str]:
+def _finish(proc: subprocess.Popen[str] | OSError) -> tuple[int | None, str]:
+    if isinstance(proc, OSError):
+        return None, f"nvidia-smi could not start: {proc}"
     try:
         out, _ = proc.communicate(timeout=SMI_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
@@ -42,7 +47,7 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[int | None, str]:
     return proc.returncode, out
 
 
-def measure(context: str) -> dict[str, Any]:
+def measure(context: str, settle_seconds: float = 1.0) -> dict[str, Any]:
     from ai_bottleneck.probes.gpu import GpuProbe  # the installed package, not the tree
 
     rc, help_text = _finish(_start(["--help-query-gpu"]))
@@ -52,7 +57,7 @@ def measure(context: str) -> dict[str, Any]:
     try:
         availability = probe.check()
         probe.sample()  # starts the sample-buffer cursor and the first GPM sample
-        time.sleep(1.0)
+        time.sleep(settle_seconds)
         gpm_ids = ",".join(str(mid) for _, mid in smi.GPM_METRICS)
         procs = {
             "query": _start([f"--query-gpu={','.join(fields)}", "--format=csv,nounits"]),
@@ -95,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--context", required=True, help="what the GPU is doing (phase name)")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--settle-seconds", type=float, default=1.0,
+                        help="between the first sample and the compared one")
     args = parser.parse_args(argv)
-    result = measure(args.context)
+    result = measure(args.context, args.settle_seconds)
     args.out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     compared = [r for r in result["rows"] if r["agree"] is not None]
     print(f"{args.context}: {len(result['rows'])} values, {len(compared)} compared, "

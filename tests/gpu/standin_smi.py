@@ -133,7 +133,7 @@ def _dmon(args: list[str]) -> int:
         print("# gpu   rxpci   txpci")
         print("# Idx    MB/s    MB/s")
     for _ in range(count):
-        time.sleep(1.0)
+        time.sleep(0.2)  # the real one samples for a second; the stand-in need not
         for i, gpu in enumerate(_gpus()):
             cells = _gpm_cells(ids, gpu) if ids else _pcie_cells(gpu)
             print(f"{i:>5} {cells}", flush=True)

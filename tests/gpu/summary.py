@@ -44,7 +44,11 @@ def phase_summary(record: dict[str, Any], work: Path) -> dict[str, Any]:
     diagnosed = _json(work / f"diagnose_{name}.json")
     windows = diagnosed.get("windows", []) if isinstance(diagnosed, dict) else []
     out["windows"] = [{"label": w.get("label"), "confidence": w.get("confidence"),
-                       "raw_label": w.get("raw_label")} for w in windows]
+                       "raw_label": w.get("raw_label"),
+                       # "sm_active" where GPM was read, "utilization" where only the coarse
+                       "busy_signal": sorted({g.get("busy_signal") for g in (
+                           w.get("summary", {}).get("gpu") or {}).values()} - {None})}
+                      for w in windows]
     labels = [w.get("label") for w in windows]
     if labels:
         label, count = Counter(labels).most_common(1)[0]

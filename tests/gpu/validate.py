@@ -21,7 +21,6 @@ raw files and recordings) in --out. The card's settings are never touched.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import queue
@@ -162,7 +161,7 @@ class Run:
         path = self.work / f"nvml_{context}.json"
         done = self.command(f"compare_{context}", [
             self.python, "-m", "tests.gpu.nvml_compare", "--context", context,
-            "--out", str(path)], 45)
+            "--out", str(path), "--settle-seconds", "0.3" if self.dry else "1.0"], 45)
         done["file"] = path.name if path.exists() else None
         self.result["compare"].append(done)
         return done
@@ -204,21 +203,13 @@ class Run:
         seconds = self.args.phase_seconds
         rec = self.work / "rec" / f"{name}.jsonl.gz"
         diagnose_out = self.work / f"diagnose_{name}.json"
-        compare: dict[str, Any] = {}
-
-        def compare_midway() -> None:
-            time.sleep(seconds / 2)
-            with contextlib.suppress(Deadline):  # the run's end is handled by the caller
-                compare.update(self.compare(name))
-
-        side = threading.Thread(target=compare_midway)
-        side.start()
         record["diagnose"] = self.command(f"diagnose_{name}", [
             *self.agent, "diagnose", "--duration", f"{seconds}s", "--window",
             f"{self.args.window_seconds}s", "--config", str(config), "--json",
             "--record", str(rec)], seconds + 40, stdout=diagnose_out)
-        side.join(timeout=seconds / 2 + 60)  # its command ends by the deadline at the latest
-        record["compare"] = compare.get("file")
+        # Under the same load, once the recording is done: a second NVML client and
+        # nvidia-smi's GPM sampling cannot disturb what the agent recorded.
+        record["compare"] = self.compare(name).get("file")
         worker.send("stop")
         stopped = worker.wait(("stopped", "failed"), self.left(60))
         record["stopped"] = stopped[1] if stopped else {"error": "no answer in time"}
@@ -230,7 +221,7 @@ class Run:
         config = self.work / "overhead.toml"
         config.write_text("[agent]\ninterval_seconds = 1.0\n", encoding="utf-8")
         seconds = self.args.overhead_seconds
-        lead_in = 3.0
+        lead_in = 1.5 if self.dry else 3.0  # imports and NVML start, left out of both
         self.left(seconds + lead_in + 30)
         self.log(f"overhead: {seconds:g}s at 1 Hz against nvidia-smi -l 1")
         try:
@@ -361,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.out:
         parser.error("--out is required where $OUT is not set")
-    defaults = ({"phase_seconds": 4.0, "window_seconds": 2.0, "interval_seconds": 0.5,
+    defaults = ({"phase_seconds": 3.0, "window_seconds": 1.5, "interval_seconds": 0.5,
                  "overhead_seconds": 4.0, "deadline_seconds": 150.0} if args.dry_run else
                 {"phase_seconds": 30.0, "window_seconds": 5.0, "interval_seconds": 1.0,
                  "overhead_seconds": 60.0, "deadline_seconds": 420.0})
