@@ -24,7 +24,7 @@ import pytest
 from ai_bottleneck.pipeline import replay
 from tests.clitool import LABELS, REPO_ROOT
 from tests.gpu import fixtures, smi
-from tests.gpu.phases import PHASES
+from tests.gpu.phases import BY_NAME, PHASES
 from tests.gpu.summary import OUTPUTS
 
 pytestmark = pytest.mark.slow
@@ -78,6 +78,8 @@ def test_the_install_check_and_probes_see_the_package_and_the_gpu(
     probes = _member(run["out"], "probes.out").decode()
     gpu_line = next(line for line in probes.splitlines() if line.startswith("gpu "))
     assert "usable" in gpu_line and "Fake NVIDIA H200 (dry run)" in gpu_line
+    assert run["summary"]["probes"]["gpu"].startswith("usable: 1 GPU(s)")
+    assert run["summary"]["probes"]["iperf3"].startswith("unusable: ")
     assert run["summary"]["card"]["nvidia_smi"]["name"] == "Fake NVIDIA H200 (dry run)"
 
 
@@ -112,6 +114,7 @@ def test_each_phase_is_recorded_labelled_and_replays_to_the_live_labels(
         assert p["worker_ready"]["phase"] == name and p["worker_stopped"]["phase"] == name
         assert all(w["label"] in LABELS for w in p["windows"]), name
         assert p["evidence"], name
+        assert p["gpm"] is True and p["expected_label"] == BY_NAME[name].expected_label
         recording = tmp_path / f"{name}.jsonl.gz"
         recording.write_bytes(_member(run["out"], f"rec/{name}.jsonl.gz"))
         assert [r.label for r in replay(recording).results] == [
@@ -143,6 +146,23 @@ def test_fixtures_made_from_a_run_name_the_card_and_refuse_the_fake(
         assert fixtures.problems(sidecar, real_card=False) == [], name
         found = fixtures.problems(sidecar, real_card=True)
         assert len(found) == 1 and "not on a real card" in found[0], found
+    # An expectation that does not fit the recording's signal (GPM here) is caught.
+    sidecar = tmp_path / "matmul.json"
+    document = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**document, "expected_label": "idle"}))
+    found = fixtures.problems(sidecar, real_card=False)
+    assert any("the phase expects 'gpu_bound' with GPM" in f for f in found), found
+
+
+def test_a_second_try_runs_only_the_phases_asked_for(tmp_path: Path) -> None:
+    done = _dry_run(tmp_path / "out", tmp_path / "work", "--steps", "phases",
+                    "--phases", "oom")
+    assert done.returncode == 0, done.stdout + done.stderr
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["ok"] is True and [p["name"] for p in s["phases"]] == ["oom"]
+    assert s["phases"][0]["majority_label"] == "vram_bound"
+    bad = _dry_run(tmp_path / "out2", tmp_path / "work2", "--phases", "nope")
+    assert bad.returncode == 2 and "unknown step or phase 'nope'" in bad.stdout
 
 
 def test_a_run_past_its_deadline_keeps_its_outputs_and_leaves_no_process(

@@ -21,8 +21,12 @@ import sys
 import tarfile
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
+from ai_bottleneck.pipeline import replay
+from ai_bottleneck.record import RecordReader
+from ai_bottleneck.samples import Sample
 from tests.gpu.phases import BY_NAME
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +41,13 @@ def _member(tar: tarfile.TarFile, name: str) -> bytes | None:
     except KeyError:
         return None
     return member.read() if member is not None else None
+
+
+def gpm_read(samples: Iterable[Sample]) -> bool:
+    """Whether GPM was read in most of the recording's GPU samples (else: coarse only)."""
+    flags = [s.values.get("gpm_available") for s in samples
+             if s.probe == "gpu" and s.ok and "pid" not in s.labels]
+    return bool(flags) and 2 * sum(1 for f in flags if f == 1.0) > len(flags)
 
 
 def make(run_dir: Path, dest: Path = FIXTURES) -> list[Path]:
@@ -57,14 +68,19 @@ def make(run_dir: Path, dest: Path = FIXTURES) -> list[Path]:
                 continue
             header_line, _, body = gzip.decompress(raw).partition(b"\n")
             header = json.loads(header_line)
+            recording = dest / f"{name}.jsonl.gz"
+            recording.write_bytes(raw)
+            reader = RecordReader(recording)
+            gpm = gpm_read(reader)
+            reader.close()
+            expected = BY_NAME[name].expected(gpm)
             header["validation"] = {
                 "card": smi["name"], "driver_version": smi.get("driver_version"),
                 "uuid": smi.get("uuid"), "date": date, "mode": summary["mode"],
-                "phase": name, "expected_label": BY_NAME[name].expected_label}
-            recording = dest / f"{name}.jsonl.gz"
+                "phase": name, "gpm": gpm, "expected_label": expected}
             recording.write_bytes(gzip.compress(
                 json.dumps(header, separators=(",", ":")).encode() + b"\n" + body, mtime=0))
-            sidecar = {"phase": name, "expected_label": BY_NAME[name].expected_label,
+            sidecar = {"phase": name, "expected_label": expected, "gpm": gpm,
                        "load": BY_NAME[name].load, "why": BY_NAME[name].why,
                        "live_labels": [w["label"] for w in phase["windows"]],
                        "card": smi["name"], "date": date, "mode": summary["mode"],
@@ -88,9 +104,6 @@ def problems(sidecar_path: Path, *, real_card: bool = True) -> list[str]:
     run must have been on a device, not the dry run's fake. The replayed labels
     must equal the live run's, and the majority must be the expected label.
     """
-    from ai_bottleneck.pipeline import replay
-    from ai_bottleneck.record import RecordReader
-
     sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
     recording = sidecar_path.with_suffix(".jsonl.gz")
     found: list[str] = []
@@ -100,8 +113,9 @@ def problems(sidecar_path: Path, *, real_card: bool = True) -> list[str]:
     reader = RecordReader(recording)
     validation = reader.header.get("validation") or {}
     card = validation.get("card")
-    names = {s.labels["name"] for s in reader if s.probe == "gpu" and "name" in s.labels}
+    samples = list(reader)
     reader.close()
+    names = {s.labels["name"] for s in samples if s.probe == "gpu" and "name" in s.labels}
     if not card:
         found.append("the header names no card (field validation.card)")
     elif names != {card}:
@@ -110,6 +124,13 @@ def problems(sidecar_path: Path, *, real_card: bool = True) -> list[str]:
                       or str(validation.get("uuid", "")).startswith(FAKE_UUID_PREFIX)):
         found.append(f"recorded in mode {validation.get('mode')!r} (uuid "
                      f"{validation.get('uuid')}), not on a real card")
+    phase = BY_NAME.get(sidecar["phase"])
+    if phase is None:
+        found.append(f"{sidecar['phase']!r} is not a phase of tests/gpu/phases.py")
+    elif sidecar["expected_label"] != phase.expected(gpm_read(samples)):
+        found.append(f"expected label {sidecar['expected_label']!r}, but the phase expects "
+                     f"{phase.expected(gpm_read(samples))!r} with "
+                     f"{'GPM' if gpm_read(samples) else 'the coarse signal only'}")
     if validation.get("expected_label") != sidecar["expected_label"]:
         found.append("header and sidecar disagree on the expected label")
     replayed = [r.label for r in replay(recording).results]

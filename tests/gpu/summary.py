@@ -34,8 +34,7 @@ def _json(path: Path) -> Any:
 def phase_summary(record: dict[str, Any], work: Path) -> dict[str, Any]:
     """What the agent said about one phase, beside what it should have said."""
     name = record["name"]
-    expected = BY_NAME[name].expected_label
-    out: dict[str, Any] = {"name": name, "expected_label": expected,
+    out: dict[str, Any] = {"name": name,
                            "load": BY_NAME[name].load, "worker_ready": record.get("ready"),
                            "worker_stopped": record.get("stopped"),
                            "recording": record.get("recording")}
@@ -49,6 +48,9 @@ def phase_summary(record: dict[str, Any], work: Path) -> dict[str, Any]:
                        "busy_signal": sorted({g.get("busy_signal") for g in (
                            w.get("summary", {}).get("gpu") or {}).values()} - {None})}
                       for w in windows]
+    signals = {s for w in out["windows"] for s in w["busy_signal"]}
+    out["gpm"] = signals == {"sm_active"}  # GPM read in every window
+    expected = out["expected_label"] = BY_NAME[name].expected(out["gpm"])
     labels = [w.get("label") for w in windows]
     if labels:
         label, count = Counter(labels).most_common(1)[0]
@@ -73,6 +75,21 @@ def compare_rows(work: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def probes(work: Path) -> dict[str, str]:
+    """``ai-bottleneck probes`` as probe -> "usable: detail" / "unusable: reason"."""
+    try:
+        lines = (work / "probes.out").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    table = {}
+    for line in lines[1:]:
+        name, _, rest = line.partition(" ")
+        status, _, detail = rest.strip().partition(" ")
+        if status in ("usable", "unusable"):
+            table[name] = f"{status}: {detail.strip()}"
+    return table
+
+
 def card(work: Path, result: dict[str, Any]) -> dict[str, Any]:
     idle = _json(work / "nvml_idle.json") or {}
     hello = result.get("worker")
@@ -94,6 +111,7 @@ def build(result: dict[str, Any], work: Path) -> dict[str, Any]:
         "mode": result["mode"], "started": result["started"],
         "finished": result.get("finished"), "seconds": result.get("seconds"),
         "settings": result.get("settings"), "card": card(work, result),
+        "probes": probes(work),
         "steps": steps, "failed_steps": failed_steps,
         "deadline_hit": bool(result.get("deadline_hit")),
         "nvml_vs_nvidia_smi": {"rows": len(rows), "compared": sum(
@@ -104,11 +122,13 @@ def build(result: dict[str, Any], work: Path) -> dict[str, Any]:
         "overhead": overhead,
         "pids": result.get("pids", []),  # every process the run started (all ended)
     }
-    asked = set(str((result.get("settings") or {}).get("steps", "")).split(","))
+    settings = result.get("settings") or {}
+    asked = set(str(settings.get("steps", "")).split(","))
+    asked_phases = str(settings.get("phases") or ",".join(BY_NAME)).split(",")
     summary["ok"] = (
         not failed_steps and not summary["deadline_hit"]
         and ("compare" not in asked or bool(rows))
-        and ("phases" not in asked or (len(phases) == len(BY_NAME) and all(
+        and ("phases" not in asked or (len(phases) == len(asked_phases) and all(
             p["recording_bytes"] and p["windows"] for p in phases)))
         and ("overhead" not in asked or (isinstance(overhead, dict) and "error" not in overhead)))
     return summary

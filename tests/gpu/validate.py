@@ -181,7 +181,7 @@ class Run:
                 self.step("worker", {"name": "worker", "rc": None, "error": str(hello)})
                 return
             self.log(f"worker: {hello[1]}")
-            for phase in PHASES:
+            for phase in [p for p in PHASES if p.name in self.args.phases.split(",")]:
                 if worker.proc.poll() is not None:
                     worker = Worker(self, worker.module)
                     worker.wait(("hello", "failed"), self.left(self.args.worker_start_seconds))
@@ -242,9 +242,11 @@ class Run:
 
     def run(self) -> int:
         steps = [s.strip() for s in self.args.steps.split(",") if s.strip()]
-        unknown = sorted(set(steps) - set(STEPS))
+        unknown = sorted(set(steps) - set(STEPS)) + sorted(
+            set(self.args.phases.split(",")) - {p.name for p in PHASES})
         if unknown:
-            self.log(f"unknown step {unknown[0]!r}: the steps are {', '.join(STEPS)}")
+            self.log(f"unknown step or phase {unknown[0]!r}: the steps are "
+                     f"{', '.join(STEPS)}; the phases {', '.join(p.name for p in PHASES)}")
             return 2
         self.log(f"validation run ({self.result['mode']}): steps {', '.join(steps)}; "
                  f"work {self.work}; out {self.out}")
@@ -343,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                              "machine lacks; default .whl on a device, none in a dry run)")
     parser.add_argument("--steps", default=",".join(STEPS),
                         help=f"which steps, comma-separated (of {', '.join(STEPS)})")
+    parser.add_argument("--phases", default=",".join(p.name for p in PHASES),
+                        help="which load phases, comma-separated (a second try of one)")
     parser.add_argument("--phase-seconds", type=float, default=None)
     parser.add_argument("--window-seconds", type=float, default=None)
     parser.add_argument("--interval-seconds", type=float, default=None)
