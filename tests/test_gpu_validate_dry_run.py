@@ -163,6 +163,12 @@ def test_a_second_try_runs_only_the_phases_asked_for(tmp_path: Path) -> None:
     assert s["phases"][0]["majority_label"] == "vram_bound"
     bad = _dry_run(tmp_path / "out2", tmp_path / "work2", "--phases", "nope")
     assert bad.returncode == 2 and "unknown step or phase 'nope'" in bad.stdout
+    # a scratch folder that is not an earlier run's is never emptied
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("x")
+    refused = _dry_run(tmp_path / "out3", tmp_path / "mine")
+    assert refused.returncode == 1 and "not empty" in refused.stderr
+    assert (tmp_path / "mine" / "keep.txt").exists()
 
 
 def test_a_run_past_its_deadline_keeps_its_outputs_and_leaves_no_process(

@@ -29,6 +29,8 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from tests.gpu.phases import PHASES
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ("install", "probes", "compare", "phases", "overhead")
-GIB = 2**30
+MARK = ".ai-bottleneck-validate"  # a --work folder this run may empty
 
 
 class Deadline(Exception):
@@ -51,8 +53,12 @@ class Run:
         self.out = Path(args.out).resolve()
         self.work = Path(args.work).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.work.exists() and any(self.work.iterdir()) and not (self.work / MARK).exists():
+            raise SystemExit(f"--work {self.work}: not empty and not an earlier run's folder; "
+                             "name a new one")
         shutil.rmtree(self.work, ignore_errors=True)
         (self.work / "rec").mkdir(parents=True)
+        (self.work / MARK).touch()
         self.started = time.time()
         self.deadline = time.monotonic() + args.deadline_seconds
         self.log_file = open(self.out / "run.log", "w", encoding="utf-8")  # noqa: SIM115
@@ -90,14 +96,18 @@ class Run:
         return float(min(wanted, remaining))
 
     def command(self, name: str, argv: list[str], timeout: float, *,
-                stdout: Path | None = None) -> dict[str, Any]:
-        """Run one program to its end or its time limit (its whole process group killed)."""
+                stdout: Path | None = None, json_out: bool = False) -> dict[str, Any]:
+        """Run one program to its end or its time limit (its whole process group killed).
+
+        ``json_out``: stdout is JSON, so stderr (log lines) goes to NAME.err, not into it.
+        """
         limit = self.left(timeout)
         target = stdout or self.work / f"{name}.out"
         started = time.monotonic()
-        with open(target, "w", encoding="utf-8") as fh:
-            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO,
-                                    env=self.env, start_new_session=True)
+        with open(target, "w", encoding="utf-8") as fh, \
+                open(self.work / f"{name}.err" if json_out else os.devnull, "w") as err:
+            proc = subprocess.Popen(argv, stdout=fh, stderr=err if json_out else subprocess.STDOUT,
+                                    cwd=REPO, env=self.env, start_new_session=True)
             self.result["pids"].append(proc.pid)
             try:
                 rc: int | None = proc.wait(timeout=limit)
@@ -115,7 +125,10 @@ class Run:
 
     def pack(self) -> None:
         self.result["seconds"] = round(time.time() - self.started, 1)
-        summary.write(self.result, self.work, self.out)
+        try:
+            summary.write(self.result, self.work, self.out)
+        except Exception:  # a fault in the summary must not cost the run: the raw files stay
+            self.log("writing the outputs failed:\n" + traceback.format_exc())
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -145,7 +158,8 @@ class Run:
             self.env = self._env([str(site)])
         else:
             record.update(rc=0, note="using the current environment's ai-bottleneck")
-        check = self.command("install_check", [self.python, "-m", "tests.gpu.install_check"], 60)
+        check = self.command("install_check", [self.python, "-m", "tests.gpu.install_check"], 60,
+                             json_out=True)
         record["check"] = check
         try:
             record["found"] = json.loads((self.work / check["output"]).read_text())
@@ -206,7 +220,7 @@ class Run:
         record["diagnose"] = self.command(f"diagnose_{name}", [
             *self.agent, "diagnose", "--duration", f"{seconds}s", "--window",
             f"{self.args.window_seconds}s", "--config", str(config), "--json",
-            "--record", str(rec)], seconds + 40, stdout=diagnose_out)
+            "--record", str(rec)], seconds + 40, stdout=diagnose_out, json_out=True)
         # Under the same load, once the recording is done: a second NVML client and
         # nvidia-smi's GPM sampling cannot disturb what the agent recorded.
         record["compare"] = self.compare(name).get("file")
@@ -240,6 +254,16 @@ class Run:
         self.log(f"overhead: {json.dumps({k: figures.get(k) for k in ('agent', 'nvidia_smi')})}")
         self.step("overhead", {"name": "overhead", "rc": 0 if "error" not in figures else 1})
 
+    def guarded(self, name: str, action: Callable[[], None]) -> None:
+        """One step; a fault in this script's own code fails the step, not the run."""
+        try:
+            action()
+        except Deadline:
+            raise
+        except Exception as exc:
+            self.log(f"step {name} failed in the validation script:\n" + traceback.format_exc())
+            self.step(name, {"name": name, "rc": None, "error": f"{type(exc).__name__}: {exc}"})
+
     def run(self) -> int:
         steps = [s.strip() for s in self.args.steps.split(",") if s.strip()]
         unknown = sorted(set(steps) - set(STEPS)) + sorted(
@@ -253,16 +277,13 @@ class Run:
         try:
             if self.dry:
                 self.prepare_dry_run()
-            self.install()  # always: every other step needs the installed agent
+            self.guarded("install", self.install)  # every other step needs the agent
+            actions = {"probes": self.probes, "compare": lambda: self.step(
+                "compare_idle", self.compare("idle")), "phases": self.phases,
+                "overhead": self.measure_overhead}
             for name in steps:
-                if name == "probes":
-                    self.probes()
-                elif name == "compare":
-                    self.step("compare_idle", self.compare("idle"))
-                elif name == "phases":
-                    self.phases()
-                elif name == "overhead":
-                    self.measure_overhead()
+                if name in actions:  # "install" has run already
+                    self.guarded(name, actions[name])
         except Deadline:
             self.log("the run's deadline has passed: the remaining steps are skipped")
             self.result["deadline_hit"] = True
@@ -271,7 +292,10 @@ class Run:
             self.pack()
             self.log(f"done in {time.time() - self.started:.0f}s; outputs in {self.out}")
             self.log_file.close()
-        return 0 if summary.load(self.out)["ok"] else 1
+        try:
+            return 0 if summary.load(self.out)["ok"] else 1
+        except (OSError, ValueError, KeyError):
+            return 1
 
 
 class Worker:
