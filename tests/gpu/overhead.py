@@ -42,7 +42,7 @@ def peak_rss_bytes(pid: int) -> int | None:
     return None
 
 
-def _stop(proc: subprocess.Popen[Any], sig: int, wait: float) -> None:
+def stop_group(proc: subprocess.Popen[Any], sig: int, wait: float) -> None:
     if proc.poll() is not None:
         return
     try:
@@ -73,8 +73,8 @@ def measure(agent: Sequence[str], smi: Sequence[str], *, seconds: float, lead_in
             span = time.monotonic() - start
             rss = peak_rss_bytes(agent_proc.pid)
         finally:
-            _stop(smi_proc, signal.SIGTERM, 5)
-            _stop(agent_proc, signal.SIGINT, 20)  # diagnose prints what it has on Ctrl-C
+            stop_group(smi_proc, signal.SIGTERM, 5)
+            stop_group(agent_proc, signal.SIGINT, 20)  # diagnose prints what it has on Ctrl-C
     result: dict[str, Any] = {"seconds": span, "lead_in_seconds": lead_in,
                               "agent_command": list(agent), "nvidia_smi_command": list(smi),
                               "agent_peak_rss_bytes": rss,

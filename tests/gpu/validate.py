@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -36,6 +34,7 @@ from typing import Any
 
 from tests.gpu import overhead, summary
 from tests.gpu.phases import PHASES
+from tests.gpu.worker_client import Worker
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ("install", "probes", "compare", "phases", "overhead")
@@ -113,7 +112,7 @@ class Run:
                 rc: int | None = proc.wait(timeout=limit)
             except subprocess.TimeoutExpired:
                 rc = None
-                overhead._stop(proc, 15, 5)  # SIGTERM, then SIGKILL
+                overhead.stop_group(proc, 15, 5)  # SIGTERM, then SIGKILL
         done = {"name": name, "rc": rc, "timed_out": rc is None,
                 "seconds": round(time.monotonic() - started, 2), "output": target.name}
         self.log(f"{name}: rc={rc} in {done['seconds']}s" + (" (TIMED OUT)" if rc is None else ""))
@@ -180,6 +179,12 @@ class Run:
         self.result["compare"].append(done)
         return done
 
+    def start_worker(self, module: str) -> Worker:
+        worker = Worker(self.python, module, self.work, self.work / "worker.log", self.env,
+                        REPO, self.log)
+        self.result["pids"].append(worker.proc.pid)
+        return worker
+
     def phases(self) -> None:
         config = self.work / "agent.toml"
         config.write_text(
@@ -187,7 +192,7 @@ class Run:
             f"[probes.oom]\nfiles = [{json.dumps(str(self.work / 'worker.log'))}]\n"
             "interval_seconds = 1.0\n", encoding="utf-8")
         (self.work / "worker.log").touch()
-        worker = Worker(self, "standin_load" if self.dry else "torch_load")
+        worker = self.start_worker("standin_load" if self.dry else "torch_load")
         try:
             hello = worker.wait(("hello", "failed"), self.left(self.args.worker_start_seconds))
             self.result["worker"] = hello
@@ -197,7 +202,7 @@ class Run:
             self.log(f"worker: {hello[1]}")
             for phase in [p for p in PHASES if p.name in self.args.phases.split(",")]:
                 if worker.proc.poll() is not None:
-                    worker = Worker(self, worker.module)
+                    worker = self.start_worker(worker.module)
                     worker.wait(("hello", "failed"), self.left(self.args.worker_start_seconds))
                 self.result["phases"].append(self.phase(phase.name, worker, config))
                 self.pack()
@@ -296,64 +301,6 @@ class Run:
             return 0 if summary.load(self.out)["ok"] else 1
         except (OSError, ValueError, KeyError):
             return 1
-
-
-class Worker:
-    """The load worker (tests/gpu/worker_protocol.py), its answers read on a thread."""
-
-    def __init__(self, run: Run, module: str) -> None:
-        self.run = run
-        self.module = module
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.stderr = open(run.work / f"{module}.stderr", "a", encoding="utf-8")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [run.python, "-m", f"tests.gpu.{module}", "--log", str(run.work / "worker.log")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-            cwd=REPO, env=run.env, start_new_session=True)
-        run.result["pids"].append(self.proc.pid)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def send(self, line: str) -> None:
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(line + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass
-
-    def wait(self, words: tuple[str, ...], timeout: float) -> tuple[str, Any] | None:
-        end = time.monotonic() + timeout
-        while (left := end - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                return None
-            word, _, rest = line.partition(" ")
-            if word in words:
-                try:
-                    return word, json.loads(rest or "{}")
-                except ValueError:
-                    return word, {"text": rest}
-        return None
-
-    def kill_if_silent(self, answer: tuple[str, Any] | None) -> None:
-        """A worker that did not answer may be stuck inside CUDA: end it, a new one follows."""
-        if answer is None:
-            self.run.log(f"worker {self.module} did not answer in time: ending it")
-            self.close()
-
-    def close(self) -> None:
-        self.send("quit")
-        overhead._stop(self.proc, 15, 20)
-        self.stderr.close()
 
 
 def main(argv: list[str] | None = None) -> int:
