@@ -8,6 +8,7 @@ device tool brings back eight), everything else travels inside the tarball.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import os
@@ -31,6 +32,23 @@ def _json(path: Path) -> Any:
         return None
 
 
+def first_gpu_pass(recording: Path) -> dict[str, Any] | None:
+    """The GPU values of a recording's first pass. Its utilization averages every sample
+    the driver still held, so it may carry the previous phase: worth a look."""
+    try:
+        with gzip.open(recording, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                sample = json.loads(line)
+                if sample.get("probe") == "gpu" and "pid" not in sample.get("labels", {}):
+                    values = sample.get("values", {})
+                    return {k: values.get(k) for k in (
+                        "utilization_ratio", "utilization_samples", "sm_active_ratio",
+                        "gpm_available", "memory_used_bytes")}
+    except (OSError, ValueError, EOFError):
+        return None
+    return None
+
+
 def phase_summary(record: dict[str, Any], work: Path) -> dict[str, Any]:
     """What the agent said about one phase, beside what it should have said."""
     name = record["name"]
@@ -40,6 +58,7 @@ def phase_summary(record: dict[str, Any], work: Path) -> dict[str, Any]:
                            "recording": record.get("recording")}
     rec = work / "rec" / f"{name}.jsonl.gz"
     out["recording_bytes"] = rec.stat().st_size if rec.exists() else None
+    out["first_gpu_pass"] = first_gpu_pass(rec)
     diagnosed = _json(work / f"diagnose_{name}.json")
     windows = diagnosed.get("windows", []) if isinstance(diagnosed, dict) else []
     out["windows"] = [{"label": w.get("label"), "confidence": w.get("confidence"),
@@ -91,7 +110,9 @@ def probes(work: Path) -> dict[str, str]:
 
 
 def card(work: Path, result: dict[str, Any]) -> dict[str, Any]:
-    idle = _json(work / "nvml_idle.json") or {}
+    # idle where it ran; else any context (a second try may compare under load only)
+    found_files = [work / "nvml_idle.json", *sorted(work.glob("nvml_*.json"))]
+    idle = next((d for d in map(_json, found_files) if isinstance(d, dict)), {})
     hello = result.get("worker")
     found = next((s.get("found") for s in result["steps"] if s.get("name") == "install"), None)
     return {"nvidia_smi": idle.get("card", {}),

@@ -21,6 +21,7 @@ raw files and recordings) in --out. The card's settings are never touched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -296,6 +297,8 @@ class Run:
             self.result["finished"] = time.time()
             self.pack()
             self.log(f"done in {time.time() - self.started:.0f}s; outputs in {self.out}")
+            with contextlib.suppress(OSError):  # the device tool's reply shows stdout's end
+                print((self.out / "summary.md").read_text(encoding="utf-8"), flush=True)
             self.log_file.close()
         try:
             return 0 if summary.load(self.out)["ok"] else 1
