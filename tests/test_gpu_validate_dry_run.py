@@ -103,6 +103,8 @@ def test_every_nvml_value_stands_beside_nvidia_smi_in_every_context(
     assert float(busy["utilization_ratio"]["ours"]) == pytest.approx(1.0)
     held = {r["value"]: r for r in rows if r["context"] == "memory_held"}
     assert float(held["process_count"]["ours"]) == 1.0
+    (per_pid,) = [r for v, r in held.items() if v.endswith(" process_memory_used_bytes")]
+    assert per_pid["agree"] == "True" and float(per_pid["ours"]) > 0.9 * 143771 * 2**20
 
 
 def test_each_phase_is_recorded_labelled_and_replays_to_the_live_labels(

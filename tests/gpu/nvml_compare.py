@@ -82,7 +82,9 @@ def measure(context: str, settle_seconds: float = 1.0) -> dict[str, Any]:
         context, dict(gpu.values) if gpu is not None and gpu.ok else {},
         dict(gpu.labels) if gpu is not None else {}, query, chosen, apps=apps,
         pcie=raw["pcie"][1] if raw["pcie"][0] == 0 else None,
-        gpm=raw["gpm"][1] if raw["gpm"][0] == 0 else None)
+        gpm=raw["gpm"][1] if raw["gpm"][0] == 0 else None,
+        processes=[(dict(s.labels), dict(s.values)) for s in samples
+                   if s.labels.get("gpu") == "0" and "pid" in s.labels])
     return {
         "context": context,
         "probe_check": {"usable": availability.usable, "reason": availability.reason},

@@ -192,10 +192,37 @@ def compare_row(context: str, value: str, ours: float | None, smi_field: str,
             "tolerance": tolerance, "agree": agree, "note": note}
 
 
+def _per_process(context: str, apps: list[Mapping[str, str]],
+                 processes: Iterable[tuple[Mapping[str, str], Mapping[str, float]]],
+                 ) -> list[dict[str, object]]:
+    """Each process our probe lists beside nvidia-smi's row for the same pid."""
+    by_pid = {a.get("pid", "").strip(): a for a in apps}
+    rows: list[dict[str, object]] = []
+    for labels, values in processes:
+        pid = labels.get("pid", "")
+        app = by_pid.get(pid)
+        text = app.get("used_gpu_memory", app.get("used_memory")) if app else None
+        smi_bytes = number(text) if text is not None else None
+        rows.append(compare_row(
+            context, f"process {pid} process_memory_used_bytes",
+            values.get("process_memory_used_bytes"), "--query-compute-apps used_gpu_memory",
+            text, None if smi_bytes is None else smi_bytes * MIB, "bytes", 4 * MIB,
+            "" if app else "nvidia-smi does not list this pid"))
+        name = app.get("process_name") if app else None
+        rows.append({**compare_row(context, f"process {pid} process_name", None,
+                                   "--query-compute-apps process_name", name, None, "text",
+                                   None), "ours": labels.get("process_name"),
+                     "nvidia_smi": name, "agree": None if name is None else (
+                         name.rsplit("/", 1)[-1] == labels.get("process_name"))})
+    return rows
+
+
 def compare(context: str, ours: Mapping[str, float], labels: Mapping[str, str],
             query: Mapping[str, str], chosen: Mapping[str, str], *,
             apps: Iterable[Mapping[str, str]] | None = None, pcie: str | None = None,
-            gpm: str | None = None) -> list[dict[str, object]]:
+            gpm: str | None = None,
+            processes: Iterable[tuple[Mapping[str, str], Mapping[str, float]]] = (),
+            ) -> list[dict[str, object]]:
     """Rows for one GPU: each of our values beside nvidia-smi's answer for it."""
     rows: list[dict[str, object]] = []
     for label, field in LABEL_PAIRS:
@@ -221,6 +248,7 @@ def compare(context: str, ours: Mapping[str, float], labels: Mapping[str, str],
         rows.append(compare_row(context, "process_memory_used_bytes",
                                 ours.get("process_memory_used_bytes"), "--query-compute-apps",
                                 None, total, "bytes", 4 * MIB))
+        rows.extend(_per_process(context, listed, processes))
     if pcie is not None:
         _, dmon_rows = dmon(pcie)
         first = dmon_rows[0] if dmon_rows else {}
