@@ -67,8 +67,8 @@ def phase_summary(record: dict[str, Any], work: Path) -> dict[str, Any]:
                        "busy_signal": sorted({g.get("busy_signal") for g in (
                            w.get("summary", {}).get("gpu") or {}).values()} - {None})}
                       for w in windows]
-    signals = {s for w in out["windows"] for s in w["busy_signal"]}
-    out["gpm"] = signals == {"sm_active"}  # GPM read in every window
+    with_gpm = sum(1 for w in out["windows"] if w["busy_signal"] == ["sm_active"])
+    out["gpm"] = 2 * with_gpm > len(out["windows"])  # GPM read in most windows
     expected = out["expected_label"] = BY_NAME[name].expected(out["gpm"])
     labels = [w.get("label") for w in windows]
     if labels:
