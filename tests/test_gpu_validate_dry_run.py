@@ -182,6 +182,10 @@ def test_a_run_past_its_deadline_keeps_its_outputs_and_leaves_no_process(
     assert s["deadline_hit"] is True and s["ok"] is False
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUTS)
     assert len(s["phases"]) < len(PHASES) and s["pids"]
+    # the phase the deadline cut is listed; only complete recordings become fixtures
+    made = fixtures.make(tmp_path / "out", tmp_path / "fixtures")
+    assert {p.stem for p in made if p.suffix == ".json"} == {
+        p["name"] for p in s["phases"] if p["diagnose_rc"] == 0}
     alive = [pid for pid in s["pids"] if Path(f"/proc/{pid}").exists()
              and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
     assert alive == []

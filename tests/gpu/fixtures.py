@@ -63,8 +63,9 @@ def make(run_dir: Path, dest: Path = FIXTURES) -> list[Path]:
         for phase in summary["phases"]:
             name = phase["name"]
             raw = _member(tar, f"rec/{name}.jsonl.gz")
-            if raw is None:
-                print(f"{name}: no recording in the run; left out", file=sys.stderr)
+            if raw is None or phase.get("diagnose_rc") != 0:
+                print(f"{name}: no complete recording in the run (diagnose exit "
+                      f"{phase.get('diagnose_rc')}); left out", file=sys.stderr)
                 continue
             header_line, _, body = gzip.decompress(raw).partition(b"\n")
             header = json.loads(header_line)

@@ -55,7 +55,8 @@ def phase_summary(record: dict[str, Any], work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"name": name,
                            "load": BY_NAME[name].load, "worker_ready": record.get("ready"),
                            "worker_stopped": record.get("stopped"),
-                           "recording": record.get("recording")}
+                           "recording": record.get("recording"),
+                           "diagnose_rc": (record.get("diagnose") or {}).get("rc")}
     rec = work / "rec" / f"{name}.jsonl.gz"
     out["recording_bytes"] = rec.stat().st_size if rec.exists() else None
     out["first_gpu_pass"] = first_gpu_pass(rec)

@@ -169,7 +169,7 @@ def oom(ready: Ready, stopping: Stopping, log: TextIO) -> Mapping[str, Any]:
         next_try += OOM_EVERY_SECONDS
         try:
             extra = torch.empty(ask, device="cuda", dtype=torch.uint8)
-        except torch.OutOfMemoryError as exc:
+        except torch.cuda.OutOfMemoryError as exc:  # the same class as torch.OutOfMemoryError
             failures += 1
             # one line per failure, as a server's log would carry it
             log_line(log, "loading weights failed: torch.OutOfMemoryError: "

@@ -205,21 +205,23 @@ class Run:
                 if worker.proc.poll() is not None:
                     worker = self.start_worker(worker.module)
                     worker.wait(("hello", "failed"), self.left(self.args.worker_start_seconds))
-                self.result["phases"].append(self.phase(phase.name, worker, config))
+                record: dict[str, Any] = {"name": phase.name}
+                self.result["phases"].append(record)  # kept, also if the deadline cuts it
+                self.phase(record, worker, config)
                 self.pack()
         finally:
             worker.close()
         self.step("phases", {"name": "phases", "rc": 0})
 
-    def phase(self, name: str, worker: Worker, config: Path) -> dict[str, Any]:
-        record: dict[str, Any] = {"name": name}
+    def phase(self, record: dict[str, Any], worker: Worker, config: Path) -> None:
+        name = record["name"]
         worker.send(f"phase {name}")
         ready = worker.wait(("ready", "failed"), self.left(90))
         record["ready"] = ready[1] if ready else {"error": "no answer in time"}
         if ready is None or ready[0] != "ready":
             self.log(f"phase {name}: not ready: {ready}")
             worker.kill_if_silent(ready)
-            return record
+            return
         seconds = self.args.phase_seconds
         rec = self.work / "rec" / f"{name}.jsonl.gz"
         diagnose_out = self.work / f"diagnose_{name}.json"
@@ -235,7 +237,6 @@ class Run:
         record["stopped"] = stopped[1] if stopped else {"error": "no answer in time"}
         worker.kill_if_silent(stopped)
         record["recording"] = rec.name if rec.exists() else None
-        return record
 
     def measure_overhead(self) -> None:
         config = self.work / "overhead.toml"
