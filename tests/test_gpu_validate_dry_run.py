@@ -130,6 +130,21 @@ def test_each_phase_is_recorded_labelled_and_replays_to_the_live_labels(
     assert "CUDA out of memory" in _member(run["out"], "worker.log").decode()
 
 
+def test_nvidia_smi_is_only_ever_asked_to_read(run: dict[str, Any]) -> None:
+    # The card's settings are never changed: every call is a query, a listing or dmon.
+    calls = [json.loads(line) for line in _member(
+        run["out"], "nvidia_smi_calls.jsonl").decode().splitlines()]
+    assert len(calls) >= 4 * len(CONTEXTS) + 1
+    for argv in calls:
+        if argv[0] == "dmon":
+            assert set(argv[1:]) <= {"-c", "1", "-s", "t", "--gpm-metrics", "2,3,5,10"}, argv
+        elif argv == ["--help-query-gpu"]:
+            pass
+        else:
+            kinds = {a.split("=", 1)[0] for a in argv}
+            assert kinds <= {"--query-gpu", "--query-compute-apps", "--format", "-l", "1"}, argv
+
+
 def test_the_overhead_figures_cover_the_span_for_both_programs(run: dict[str, Any]) -> None:
     o = run["summary"]["overhead"]
     assert o["seconds"] == pytest.approx(OVERHEAD_SECONDS, abs=1.5)

@@ -21,6 +21,7 @@ from typing import Any
 from tests.fakes.nvml_state import STATE_ENV, FakeGpu, read_state
 
 MIB = 2**20
+CALLS_ENV = "AI_BOTTLENECK_STANDIN_SMI_CALLS"
 _FLAG_BITS = {"gpu_idle": 0x1, "applications_clocks_setting": 0x2, "sw_power_cap": 0x4,
               "hw_slowdown": 0x8, "sync_boost": 0x10, "sw_thermal_slowdown": 0x20,
               "hw_thermal_slowdown": 0x40, "hw_power_brake_slowdown": 0x80,
@@ -140,7 +141,20 @@ def _dmon(args: list[str]) -> int:
     return 0
 
 
+def _note_call(argv: list[str]) -> None:
+    """Every call goes into CALLS_ENV's file, so the dry run can show that the validation
+    only ever asks nvidia-smi to read."""
+    import json
+    import os
+
+    path = os.environ.get(CALLS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(argv) + "\n")
+
+
 def main(argv: list[str]) -> int:
+    _note_call(argv)
     if argv and argv[0] == "dmon":
         return _dmon(argv[1:])
     if "--help-query-gpu" in argv:

@@ -86,6 +86,7 @@ class Run:
         if self.dry:
             env["AI_BOTTLENECK_NVML_BACKEND"] = "tests.fakes.fake_nvml:from_env"
             env["AI_BOTTLENECK_FAKE_NVML"] = str(self.work / "fake_nvml.json")
+            env["AI_BOTTLENECK_STANDIN_SMI_CALLS"] = str(self.work / "nvidia_smi_calls.jsonl")
             env["PATH"] = f"{self.work / 'bin'}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
         return env
 
