@@ -11,17 +11,15 @@ and tries these rules at their places in its table.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ai_bottleneck.engine_signals import EngineReading, engine_readings, engine_summary
-from ai_bottleneck.facts import Facts, Signal, above, memory_text
-from ai_bottleneck.signals import Readings
+from ai_bottleneck.engine_signals import EngineReading, engine_summary
+from ai_bottleneck.facts import Facts, memory_text
+from ai_bottleneck.findings import Finding, Signal, above
+from ai_bottleneck.labels import Label
+from ai_bottleneck.readings import Readings
 from ai_bottleneck.thresholds import Thresholds
-from ai_bottleneck.windows import Window
 from ai_bottleneck.words import pct, secs
-
-if TYPE_CHECKING:
-    from ai_bottleneck.classifier import Finding
 
 #: Client time at least this many times the engine's own time per request means the
 #: difference is spent before the engine.
@@ -82,7 +80,7 @@ class EngineFacts(Facts):
             self.llm_note = met
 
     def _waits(self, e: EngineReading) -> bool:
-        return e.waiting is not None and e.waiting >= self.th.engine_waiting_min_requests
+        return e.waiting is not None and e.waiting >= self.thresholds.engine_waiting_min_requests
 
     @property
     def engine_quiet(self) -> bool:
@@ -99,7 +97,7 @@ class EngineFacts(Facts):
             if own is not None and client is not None:
                 if own * BEFORE_ENGINE_FACTOR > client:
                     return False
-            elif e.running is None or e.running > self.th.engine_quiet_running_requests:
+            elif e.running is None or e.running > self.thresholds.engine_quiet_running_requests:
                 return False
         return True
 
@@ -107,10 +105,9 @@ class EngineFacts(Facts):
         return self.llm_missed + super().slow_signals()
 
 
-def facts(window: Window, r: Readings, th: Thresholds) -> Facts:
+def facts(r: Readings, th: Thresholds) -> Facts:
     """The Facts the classifier's rules read: EngineFacts when an engine was read."""
-    engines = engine_readings(window)
-    return EngineFacts(r, th, engines) if engines else Facts(r, th)
+    return EngineFacts(r, th, list(r.engines)) if r.engines else Facts(r, th)
 
 
 def summary(f: Facts) -> dict[str, Any]:
@@ -127,11 +124,9 @@ def objective_text(f: Facts) -> str | None:
 
 def kv_cache_full(f: Facts) -> Finding | None:
     """KV cache at or near full with requests waiting or preempted -> vram_bound (soft)."""
-    from ai_bottleneck.classifier import Finding, Label
-
     if not isinstance(f, EngineFacts) or not f.kv_full:
         return None
-    th = f.th
+    th = f.thresholds
     e = max(f.kv_full, key=lambda x: (x.kv_usage or 0.0, x.waiting or 0.0))
     assert e.kv_usage is not None
     signals = [Signal(above(e.kv_usage, th.engine_kv_full_ratio),
@@ -159,8 +154,6 @@ def kv_cache_full(f: Facts) -> Finding | None:
 
 def queue_with_gpu_busy(f: Facts) -> Finding | None:
     """Requests wait in the engine while the GPU is busy -> gpu_bound."""
-    from ai_bottleneck.classifier import Finding, Label
-
     g = f.top_gpu
     if (not isinstance(f, EngineFacts) or not f.queued or not f.gpu_saturated or g is None
             or g.busy is None):
@@ -168,7 +161,7 @@ def queue_with_gpu_busy(f: Facts) -> Finding | None:
     e = max(f.queued, key=lambda x: x.waiting or 0.0)
     signals = [Signal(above(g.busy, f.gpu_busy_threshold),
                       f"{f.gpu_text(g)} (>= {pct(f.gpu_busy_threshold)})"),
-               _waiting_signal(e, f.th)]
+               _waiting_signal(e, f.thresholds)]
     if e.queue is not None and e.compute:
         share = e.queue / (e.queue + e.compute)
         signals.append(Signal(above(share, 0.25), f"{e.title}: requests wait "
@@ -191,8 +184,6 @@ def queue_with_gpu_busy(f: Facts) -> Finding | None:
 def engine_idle_while_slow(f: Facts) -> Finding | None:
     """Clients see slow requests while the engine is quiet -> unknown, naming where the
     time is not: the engine. (Positive network evidence is labelled earlier.)"""
-    from ai_bottleneck.classifier import Finding, Label
-
     if not isinstance(f, EngineFacts) or not f.slow or not f.engine_quiet:
         return None
     notes = [s.text for s in f.slow_signals()]

@@ -4,12 +4,22 @@ read. Pure functions of a Window; a value the engine did not give stays None.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ai_bottleneck.windows import SeriesWindow, Window
-from ai_bottleneck.words import pct, secs
+from ai_bottleneck.probes.vocabulary import (
+    ENGINE_COMPLETED_TOTAL,
+    ENGINE_GENERATION_TOKENS_TOTAL,
+    ENGINE_KV_CAPACITY,
+    ENGINE_KV_USAGE,
+    ENGINE_LABEL,
+    ENGINE_PREEMPTIONS_TOTAL,
+    ENGINE_RUNNING,
+    ENGINE_WAITING,
+    EngineTiming,
+)
+from ai_bottleneck.series import SeriesWindow
+from ai_bottleneck.windows import Window
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,31 +86,27 @@ def engine_readings(window: Window) -> list[EngineReading]:
     for sw in window.of("engine"):
         if not sw.count:
             continue
-        waiting = sw.stats("requests_waiting")
-        kv = sw.stats("kv_cache_usage_ratio")
+        waiting = sw.stats(ENGINE_WAITING)
+        kv = sw.stats(ENGINE_KV_USAGE)
+        queue, ttft, itl, compute = (EngineTiming.QUEUE, EngineTiming.TIME_TO_FIRST_TOKEN,
+                                     EngineTiming.INTER_TOKEN, EngineTiming.COMPUTE)
         out.append(EngineReading(
-            engine=sw.labels.get("engine", "?"), target=sw.labels.get("target", "?"),
+            engine=sw.labels.get(ENGINE_LABEL, "?"), target=sw.labels.get("target", "?"),
             samples=sw.count,
-            running=sw.mean("requests_running"),
+            running=sw.mean(ENGINE_RUNNING),
             waiting=waiting.mean if waiting else None,
             waiting_max=waiting.max if waiting else None,
             kv_usage=kv.max if kv else None,
-            kv_capacity_tokens=sw.last("kv_cache_capacity_tokens"),
-            preemptions=sw.increase("preemptions_total"),
-            generated_tokens=sw.increase("generation_tokens_total"),
-            completed=sw.increase("requests_completed_total"),
-            queue=sw.mean("queue_seconds"), queue_p95=_p95(sw, "queue_p95_seconds"),
-            ttft=sw.mean("time_to_first_token_seconds"),
-            ttft_p95=_p95(sw, "time_to_first_token_p95_seconds"),
-            inter_token=sw.mean("inter_token_seconds"),
-            inter_token_p95=_p95(sw, "inter_token_p95_seconds"),
-            compute=sw.mean("compute_seconds"), compute_p95=_p95(sw, "compute_p95_seconds"),
+            kv_capacity_tokens=sw.last(ENGINE_KV_CAPACITY),
+            preemptions=sw.increase(ENGINE_PREEMPTIONS_TOTAL),
+            generated_tokens=sw.increase(ENGINE_GENERATION_TOKENS_TOTAL),
+            completed=sw.increase(ENGINE_COMPLETED_TOTAL),
+            queue=sw.mean(queue.mean_name), queue_p95=_p95(sw, queue.p95_name),
+            ttft=sw.mean(ttft.mean_name), ttft_p95=_p95(sw, ttft.p95_name),
+            inter_token=sw.mean(itl.mean_name), inter_token_p95=_p95(sw, itl.p95_name),
+            compute=sw.mean(compute.mean_name), compute_p95=_p95(sw, compute.p95_name),
         ))
     return out
-
-
-def engine_errors(window: Window) -> list[str]:
-    return [e for sw in window.of("engine") for e in sw.errors(1)]
 
 
 def engine_summary(readings: list[EngineReading]) -> dict[str, Any]:
@@ -115,36 +121,3 @@ def engine_summary(readings: list[EngineReading]) -> dict[str, Any]:
         "inter_token_seconds": r.inter_token, "inter_token_p95_seconds": r.inter_token_p95,
         "compute_seconds": r.compute}.items() if v is not None} for r in readings}}
 
-
-def engine_key_numbers(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One report line per engine across the run's window summaries: means, peaks and
-    the worst window's p95 latencies."""
-    seen: dict[str, dict[str, list[float]]] = {}
-    names: dict[str, str] = {}
-    for s in summaries:
-        for target, values in (s.get("engine") or {}).items():
-            if not isinstance(values, Mapping):
-                continue
-            names[target] = str(values.get("engine", "engine"))
-            slot = seen.setdefault(target, {})
-            for key, v in values.items():
-                if isinstance(v, int | float) and not isinstance(v, bool):
-                    slot.setdefault(key, []).append(float(v))
-    lines = []
-    for target, k in sorted(seen.items()):
-        parts = []
-        for key, what in (("requests_running", "running"), ("requests_waiting", "waiting")):
-            if k.get(key):
-                parts.append(f"{what} mean {sum(k[key]) / len(k[key]):.3g}, "
-                             f"max {max(k[key]):.3g}")
-        if k.get("kv_cache_usage_ratio"):
-            parts.append(f"KV cache max {pct(max(k['kv_cache_usage_ratio']))}")
-        if k.get("preemptions"):
-            parts.append(f"{sum(k['preemptions']):.0f} preemptions")
-        for key, what in (("queue_p95_seconds", "queue"),
-                          ("time_to_first_token_p95_seconds", "time to first token"),
-                          ("inter_token_p95_seconds", "inter-token")):
-            if k.get(key):
-                parts.append(f"{what} p95 worst window {secs(max(k[key]))}")
-        lines.append(f"Engine {names[target]} {target}: " + ("; ".join(parts) or "no readings"))
-    return lines

@@ -21,11 +21,18 @@ from typing import Any, Literal
 
 import httpx
 
-from ai_bottleneck.options import bounds, parse_options
-from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    clean_values,
+    failed,
+    option_info,
+    parse_options,
+)
 from ai_bottleneck.probes.engine_map import ENGINES, SPECS, Engine, EngineSpec, detect
 from ai_bottleneck.probes.promtext import Exposition, Histogram, parse
-from ai_bottleneck.samples import Sample, clean_values
+from ai_bottleneck.probes.vocabulary import ENGINE_KV_CAPACITY, ENGINE_LABEL
 
 #: Largest metrics page read; a vLLM page is tens of kilobytes, so this is only a guard.
 MAX_BODY_BYTES = 8 * 2**20
@@ -45,14 +52,14 @@ def public_url(url: str) -> str:
 class Target:
     """One metrics endpoint of a model server."""
 
-    url: str = field(metadata=bounds(doc="the server's metrics URL (http://host:8000/metrics)"))
+    url: str = field(metadata=option_info(doc="the server's metrics URL (http://host:8000/metrics)"))
     engine: Literal["auto", "vllm", "sglang", "tgi", "triton", "llamacpp"] = field(
-        default="auto", metadata=bounds(doc="which engine serves it (default: detected)"))
-    name: str = field(default="", metadata=bounds(
+        default="auto", metadata=option_info(doc="which engine serves it (default: detected)"))
+    name: str = field(default="", metadata=option_info(
         doc="value of the `target` label (default: the URL without credentials or query)"))
-    headers: dict[str, str] = field(default_factory=dict, metadata=bounds(
+    headers: dict[str, str] = field(default_factory=dict, metadata=option_info(
         doc="extra request headers (a bearer token)"))
-    timeout_seconds: float = field(default=5.0, metadata=bounds(
+    timeout_seconds: float = field(default=5.0, metadata=option_info(
         min=0.01, max=120, doc="limit for one scrape"))
 
     def __post_init__(self) -> None:
@@ -71,11 +78,11 @@ class Target:
 
 @dataclass(frozen=True)
 class Options:
-    targets: list[Target] = field(default_factory=list, metadata=bounds(
+    targets: list[Target] = field(default_factory=list, metadata=option_info(
         doc="metrics URLs, or tables with url, engine, name, headers, timeout_seconds"))
-    interval_seconds: float = field(default=5.0, metadata=bounds(
+    interval_seconds: float = field(default=5.0, metadata=option_info(
         min=0.1, max=86400, doc="how often to scrape"))
-    verify_tls: bool = field(default=True, metadata=bounds(doc="check server certificates"))
+    verify_tls: bool = field(default=True, metadata=option_info(doc="check server certificates"))
 
     def __post_init__(self) -> None:
         labels = [t.label for t in self.targets]
@@ -130,7 +137,7 @@ class EngineProbe:
         t = self._wall_clock()
         labels = {"target": target.label}
         if target.engine != "auto":
-            labels["engine"] = target.engine
+            labels[ENGINE_LABEL] = target.engine
         try:
             text = self._fetch(target)
         except (httpx.HTTPError, ValueError) as exc:
@@ -143,7 +150,7 @@ class EngineProbe:
             return failed(self.name, f"{target.label}: no metric of a known engine "
                           f"({', '.join(ENGINES)}) among {len(page.samples)} series; is this "
                           "the server's metrics URL, with metrics enabled?", labels, t=t)
-        labels["engine"] = engine
+        labels[ENGINE_LABEL] = engine
         previous = self._previous.get(target.label)
         if previous is not None and previous.engine != engine:
             previous = None  # another server now answers at this URL: no deltas across
@@ -185,8 +192,8 @@ def read_values(spec: EngineSpec, page: Exposition, previous: _Previous | None,
         now.histograms[base] = hist
         delta = hist.since(previous.histograms.get(base) if previous else None)
         if delta is not None:
-            values[f"{base}_seconds"] = delta.mean
-            values[f"{base}_p95_seconds"] = delta.quantile(_P95)
+            values[base.mean_name] = delta.mean
+            values[base.p95_name] = delta.quantile(_P95)
     for base, ratio in spec.ratios.items():
         num = _total(page, ratio.numerator)
         den = _total(page, ratio.denominator)
@@ -200,9 +207,9 @@ def read_values(spec: EngineSpec, page: Exposition, previous: _Previous | None,
         if grown_num < 0 or grown_den < 0:  # restarted: the totals are all new
             grown_num, grown_den = num, den
         if grown_den > 0:
-            values[f"{base}_seconds"] = ratio.scale * grown_num / grown_den
+            values[base.mean_name] = ratio.scale * grown_num / grown_den
     if spec.engine == "vllm":
-        values["kv_cache_capacity_tokens"] = _vllm_capacity(page)
+        values[ENGINE_KV_CAPACITY] = _vllm_capacity(page)
     return values
 
 

@@ -13,6 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ai_bottleneck.probes.vocabulary import (
+    ENGINE_COMPLETED_TOTAL,
+    ENGINE_GENERATION_TOKENS_TOTAL,
+    ENGINE_KV_CAPACITY,
+    ENGINE_KV_USAGE,
+    ENGINE_PREEMPTIONS_TOTAL,
+    ENGINE_PROMPT_TOKENS_TOTAL,
+    ENGINE_RUNNING,
+    ENGINE_WAITING,
+    EngineTiming,
+)
+
 Engine = Literal["vllm", "sglang", "tgi", "triton", "llamacpp"]
 ENGINES: tuple[Engine, ...] = ("vllm", "sglang", "tgi", "triton", "llamacpp")
 
@@ -40,11 +52,11 @@ class EngineSpec:
     counters: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Histograms in seconds: base -> names; gives <base>_seconds (mean) and
     #: <base>_p95_seconds from the buckets observed since the previous scrape.
-    histograms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    histograms: dict[EngineTiming, tuple[str, ...]] = field(default_factory=dict)
     #: Histograms whose _sum is a counter worth keeping (tokens per request).
     histogram_sums: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Means from two counters: base -> Ratio; gives <base>_seconds.
-    ratios: dict[str, Ratio] = field(default_factory=dict)
+    ratios: dict[EngineTiming, Ratio] = field(default_factory=dict)
 
 
 SPECS: dict[Engine, EngineSpec] = {
@@ -52,48 +64,48 @@ SPECS: dict[Engine, EngineSpec] = {
     # and engine on V1. kv_cache_usage_perc is a ratio 0..1 despite its name.
     "vllm": EngineSpec(
         "vllm", "vllm:",
-        summed={"requests_running": ("vllm:num_requests_running",),
-                "requests_waiting": ("vllm:num_requests_waiting",)},
-        maximum={"kv_cache_usage_ratio": ("vllm:kv_cache_usage_perc",
+        summed={ENGINE_RUNNING: ("vllm:num_requests_running",),
+                ENGINE_WAITING: ("vllm:num_requests_waiting",)},
+        maximum={ENGINE_KV_USAGE: ("vllm:kv_cache_usage_perc",
                                           "vllm:gpu_cache_usage_perc")},
-        counters={"preemptions_total": ("vllm:num_preemptions_total",),
-                  "prompt_tokens_total": ("vllm:prompt_tokens_total",),
-                  "generation_tokens_total": ("vllm:generation_tokens_total",),
-                  "requests_completed_total": ("vllm:request_success_total",)},
-        histograms={"queue": ("vllm:request_queue_time_seconds",),
-                    "time_to_first_token": ("vllm:time_to_first_token_seconds",),
-                    "inter_token": ("vllm:inter_token_latency_seconds",
+        counters={ENGINE_PREEMPTIONS_TOTAL: ("vllm:num_preemptions_total",),
+                  ENGINE_PROMPT_TOKENS_TOTAL: ("vllm:prompt_tokens_total",),
+                  ENGINE_GENERATION_TOKENS_TOTAL: ("vllm:generation_tokens_total",),
+                  ENGINE_COMPLETED_TOTAL: ("vllm:request_success_total",)},
+        histograms={EngineTiming.QUEUE: ("vllm:request_queue_time_seconds",),
+                    EngineTiming.TIME_TO_FIRST_TOKEN: ("vllm:time_to_first_token_seconds",),
+                    EngineTiming.INTER_TOKEN: ("vllm:inter_token_latency_seconds",
                                     "vllm:time_per_output_token_seconds"),
-                    "compute": ("vllm:request_inference_time_seconds",)},
+                    EngineTiming.COMPUTE: ("vllm:request_inference_time_seconds",)},
     ),
     # SGLang (python/sglang/srt/metrics/collector.py; --enable-metrics): token_usage is
     # the share of the KV token pool in use.
     "sglang": EngineSpec(
         "sglang", "sglang:",
-        summed={"requests_running": ("sglang:num_running_reqs",),
-                "requests_waiting": ("sglang:num_queue_reqs",),
-                "kv_cache_capacity_tokens": ("sglang:max_total_num_tokens",)},
-        maximum={"kv_cache_usage_ratio": ("sglang:token_usage",)},
-        counters={"prompt_tokens_total": ("sglang:prompt_tokens_total",),
-                  "generation_tokens_total": ("sglang:generation_tokens_total",),
-                  "requests_completed_total": ("sglang:num_requests_total",)},
-        histograms={"queue": ("sglang:queue_time_seconds",),
-                    "time_to_first_token": ("sglang:time_to_first_token_seconds",),
-                    "inter_token": ("sglang:inter_token_latency_seconds",
+        summed={ENGINE_RUNNING: ("sglang:num_running_reqs",),
+                ENGINE_WAITING: ("sglang:num_queue_reqs",),
+                ENGINE_KV_CAPACITY: ("sglang:max_total_num_tokens",)},
+        maximum={ENGINE_KV_USAGE: ("sglang:token_usage",)},
+        counters={ENGINE_PROMPT_TOKENS_TOTAL: ("sglang:prompt_tokens_total",),
+                  ENGINE_GENERATION_TOKENS_TOTAL: ("sglang:generation_tokens_total",),
+                  ENGINE_COMPLETED_TOTAL: ("sglang:num_requests_total",)},
+        histograms={EngineTiming.QUEUE: ("sglang:queue_time_seconds",),
+                    EngineTiming.TIME_TO_FIRST_TOKEN: ("sglang:time_to_first_token_seconds",),
+                    EngineTiming.INTER_TOKEN: ("sglang:inter_token_latency_seconds",
                                     "sglang:time_per_output_token_seconds")},
     ),
     # Hugging Face TGI (router/src/server.rs; docs reference/metrics): durations are
     # histograms in seconds; batch_current_size is what runs, queue_size what waits.
     "tgi": EngineSpec(
         "tgi", "tgi_",
-        summed={"requests_running": ("tgi_batch_current_size",),
-                "requests_waiting": ("tgi_queue_size",)},
-        counters={"requests_completed_total": ("tgi_request_success",)},
-        histograms={"queue": ("tgi_request_queue_duration",),
-                    "inter_token": ("tgi_request_mean_time_per_token_duration",),
-                    "compute": ("tgi_request_inference_duration",)},
-        histogram_sums={"prompt_tokens_total": ("tgi_request_input_length",),
-                        "generation_tokens_total": ("tgi_request_generated_tokens",)},
+        summed={ENGINE_RUNNING: ("tgi_batch_current_size",),
+                ENGINE_WAITING: ("tgi_queue_size",)},
+        counters={ENGINE_COMPLETED_TOTAL: ("tgi_request_success",)},
+        histograms={EngineTiming.QUEUE: ("tgi_request_queue_duration",),
+                    EngineTiming.INTER_TOKEN: ("tgi_request_mean_time_per_token_duration",),
+                    EngineTiming.COMPUTE: ("tgi_request_inference_duration",)},
+        histogram_sums={ENGINE_PROMPT_TOKENS_TOTAL: ("tgi_request_input_length",),
+                        ENGINE_GENERATION_TOKENS_TOTAL: ("tgi_request_generated_tokens",)},
     ),
     # NVIDIA Triton (docs user_guide/metrics.md): cumulative microsecond counters per
     # model; pending_request_count is requests not yet handed to a backend. Triton has
@@ -101,11 +113,11 @@ SPECS: dict[Engine, EngineSpec] = {
     # exports nv_trt_llm_* series, not mapped here).
     "triton": EngineSpec(
         "triton", "nv_inference_",
-        summed={"requests_waiting": ("nv_inference_pending_request_count",)},
-        counters={"requests_completed_total": ("nv_inference_request_success",)},
-        ratios={"queue": Ratio(("nv_inference_queue_duration_us",),
+        summed={ENGINE_WAITING: ("nv_inference_pending_request_count",)},
+        counters={ENGINE_COMPLETED_TOTAL: ("nv_inference_request_success",)},
+        ratios={EngineTiming.QUEUE: Ratio(("nv_inference_queue_duration_us",),
                                ("nv_inference_request_success",), 1e-6),
-                "compute": Ratio(("nv_inference_compute_input_duration_us",
+                EngineTiming.COMPUTE: Ratio(("nv_inference_compute_input_duration_us",
                                   "nv_inference_compute_infer_duration_us",
                                   "nv_inference_compute_output_duration_us"),
                                  ("nv_inference_request_success",), 1e-6)},
@@ -115,13 +127,13 @@ SPECS: dict[Engine, EngineSpec] = {
     # then the value is absent.
     "llamacpp": EngineSpec(
         "llamacpp", "llamacpp:",
-        summed={"requests_running": ("llamacpp:requests_processing",),
-                "requests_waiting": ("llamacpp:requests_deferred",)},
-        maximum={"kv_cache_usage_ratio": ("llamacpp:kv_cache_usage_ratio",)},
-        counters={"prompt_tokens_total": ("llamacpp:prompt_tokens_total",),
-                  "generation_tokens_total": ("llamacpp:tokens_predicted_total",)},
+        summed={ENGINE_RUNNING: ("llamacpp:requests_processing",),
+                ENGINE_WAITING: ("llamacpp:requests_deferred",)},
+        maximum={ENGINE_KV_USAGE: ("llamacpp:kv_cache_usage_ratio",)},
+        counters={ENGINE_PROMPT_TOKENS_TOTAL: ("llamacpp:prompt_tokens_total",),
+                  ENGINE_GENERATION_TOKENS_TOTAL: ("llamacpp:tokens_predicted_total",)},
         # Seconds of generation per generated token: the inter-token time of a slot.
-        ratios={"inter_token": Ratio(("llamacpp:tokens_predicted_seconds_total",),
+        ratios={EngineTiming.INTER_TOKEN: Ratio(("llamacpp:tokens_predicted_seconds_total",),
                                      ("llamacpp:tokens_predicted_total",))},
     ),
 }

@@ -100,9 +100,17 @@ def test_the_recording_has_engine_samples_and_replays_to_the_live_labels(
 def test_the_report_gives_the_engine_key_numbers(kv_full_run: Run) -> None:
     proc = clitool.run(["replay", str(kv_full_run.record)], kv_full_run.env, kv_full_run.home)
     assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if "Engine vllm" in x)
-    assert "waiting mean 12, max 12" in line and "KV cache max 99%" in line, line
-    assert "preemptions" in line and "queue p95 worst window" in line, line
+    lines = proc.stdout.splitlines()
+    header = next(i for i, x in enumerate(lines) if x.split()[:2] == ["ENGINE", "RUN"])
+    assert lines[header].split() == ["ENGINE", "RUN", "WAIT", "KV", "PREEMPT", "QUEUE",
+                                     "P95", "TTFT", "P95", "ITL", "P95"]
+    assert all(len(x) <= 80 for x in lines[header:header + 3]), lines[header:header + 3]
+    row = lines[header + 1].split()
+    # running and waiting as mean/highest window, KV peak, preemptions, then the
+    # queue p95 (mean/worst window) the engine measured; the URL on a line below.
+    assert row[0] == "vllm" and row[2] == "12/12" and row[3] == "99%", row
+    assert int(row[4]) > 0 and row[5] != "-", row
+    assert lines[header + 2].startswith("  vllm at http://127.0.0.1:"), lines[header + 2]
 
 
 def test_probes_lists_the_engine_probe(tmp_path: Path) -> None:

@@ -7,10 +7,9 @@ import math
 
 import pytest
 
-from ai_bottleneck.options import OptionError
+from ai_bottleneck.probes.base import OptionError, Sample
 from ai_bottleneck.probes.engine import EngineProbe, create
 from ai_bottleneck.probes.promtext import Histogram, parse
-from ai_bottleneck.samples import Sample
 from tests.engine_pages import PAGES, EngineState, metrics_server, vllm
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from ai_bottleneck.classifier import Classification, Label, classify
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.classifier import classify
+from ai_bottleneck.findings import Classification
+from ai_bottleneck.labels import Label
+from ai_bottleneck.probes.base import Sample
 from ai_bottleneck.thresholds import Thresholds
 from tests.synth import H100, T0, Part, gpu, host, http, nic, window_of
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ai_bottleneck.probes.base import Sample
 from ai_bottleneck.probes.engine import create
-from ai_bottleneck.samples import Sample
 from tests import clitool
 from tests.fakes.fake_nvml import make_gpus, write_state
 from tests.llama_server import llama_server
