@@ -29,6 +29,7 @@ from ai_bottleneck.sampler import Round, Sampler
 from ai_bottleneck.samples import Sample
 from ai_bottleneck.session import ProbeSet, build_probes
 from ai_bottleneck.state import AgentState
+from ai_bottleneck.window_means import Means, WindowMeans
 
 log = logging.getLogger("ai_bottleneck.agent")
 
@@ -113,11 +114,14 @@ class Agent:
         servers = [s for p in probes.probes
                    if (s := getattr(p, "make_server", lambda: None)()) is not None]
 
+        means = WindowMeans()
+
         def on_samples(batch: Sequence[Sample]) -> None:
             if recorder is not None:
                 recorder.write_many(batch)
+            means.add_many(batch)
             for result in labeller.feed_many(batch):
-                self._publish(result)
+                self._publish(result, means.close(result.start, result.end))
             # Render the new samples' metric lines here, once per round, not per scrape.
             self.server.exposition.prepare()
 
@@ -135,9 +139,11 @@ class Agent:
         else:
             self.state.record_samples(r.probe, r.samples, duration_seconds=r.duration_seconds)
 
-    def _publish(self, result: WindowResult) -> None:
+    def _publish(self, result: WindowResult, means: Means | None = None) -> None:
         self.state.record_window(result.label, result.confidence, result.start, result.end,
-                                 len(result.evidence))
+                                 len(result.evidence),
+                                 top_evidence=result.evidence[0] if result.evidence else "",
+                                 means=means)
         change = result.transition.to_json() if result.transition is not None else None
         log.info("window %s..%s: %s (%.2f)%s",
                  time.strftime("%H:%M:%S", time.localtime(result.start)),

@@ -22,9 +22,12 @@ from prometheus_client.registry import Collector as CollectorBase
 from prometheus_client.registry import CollectorRegistry
 
 from ai_bottleneck import exporter_metrics as m
+from ai_bottleneck.budget import SkipKind
 from ai_bottleneck.state import ERROR_REASONS, LABELS, AgentState, Series, Snapshot
 
 log = logging.getLogger(__name__)
+
+SKIP_KINDS = tuple(k.value for k in SkipKind)
 
 Plan = tuple[tuple[bool, str], ...]
 # Points by metric name (a str caches its hash; the Metric dataclass hashes all its
@@ -111,10 +114,15 @@ def _agent_points(points: _Points, snap: Snapshot, now: float) -> None:
     for label in LABELS:
         _put(points, m.WINDOWS_TOTAL, (label,), 0.0, float(snap.windows_total.get(label, 0)))
     window = snap.window
+    # Before the first window the state set already exists, saying "unknown": a fleet
+    # query never sees a host without a label, and alerts on it do not start late.
+    current = "unknown" if window is None else window.label
+    for label in LABELS:
+        _put(points, m.WINDOW_LABEL, (label,), 0.0, 1.0 if label == current else 0.0)
     if window is None:
         return
-    for label in LABELS:
-        _put(points, m.WINDOW_LABEL, (label,), 0.0, 1.0 if label == window.label else 0.0)
+    if window.top_evidence:
+        _put(points, m.WINDOW_TOP_EVIDENCE, (window.top_evidence,), 0.0, 1.0)
     for metric, value in ((m.WINDOW_CONFIDENCE, window.confidence),
                           (m.WINDOW_START, window.start), (m.WINDOW_END, window.end),
                           (m.WINDOW_EVIDENCE, float(window.evidence_items)),
@@ -134,7 +142,11 @@ def _probe_points(points: _Points, snap: Snapshot) -> None:
             _put(points, m.PROBE_ERRORS, (name, reason), 0.0,
                  float(h.errors_total.get(reason, 0)))
         _put(points, m.PROBE_SAMPLES, (name,), 0.0, float(h.samples_total))
-        for reason, count in sorted(h.skips_total.items()):
+        # Every kind an active probe can be skipped for exists from the start, at 0,
+        # so increase() sees the first skip.
+        skips = dict.fromkeys(SKIP_KINDS, 0) if h.active else {}
+        skips.update(h.skips_total)
+        for reason, count in sorted(skips.items()):
             _put(points, m.PROBE_SKIPS, (name, reason), 0.0, float(count))
         if h.last_success is not None:
             _put(points, m.PROBE_LAST_SUCCESS, (name,), 0.0, h.last_success)

@@ -16,6 +16,7 @@ average); CPU utilization appears from the second on.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ T = TypeVar("T")
 PROBE_NAME = "host"
 PSI_RESOURCES = ("cpu", "io", "memory")
 PSI_KINDS = ("some", "full")
+#: The /proc/stat columns, in order (proc(5)); the probe reads the first eight.
+CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+# /proc/stat counts in USER_HZ ticks (100 on every Linux architecture in use).
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,11 @@ class HostProbe:
         cores = [name for name in now if name != "cpu"]
         self._cpu_count = len(cores) or None
         out: dict[str, float | None] = {"cpu_count": self._cpu_count}
+        # All CPUs' time per mode, as the kernel counts it (Prometheus rebuilds exact
+        # utilization over any range from these; the ratios cover one pass).
+        ticks_per_second = _TICKS_PER_SECOND or 100
+        for mode, ticks in zip(CPU_MODES, now["cpu"], strict=True):
+            out[f"cpu_{mode}_seconds_total"] = ticks / ticks_per_second
         if before is None:
             return out
         out["cpu_utilization_ratio"] = busy_ratio(before["cpu"], now["cpu"])
@@ -180,6 +190,7 @@ class HostProbe:
         for kind in PSI_KINDS:
             line = lines.get(kind)
             if line is not None:
+                out[f"{resource}_pressure_{kind}_seconds_total"] = line.total_microseconds / 1e6
                 out[f"{resource}_pressure_{kind}_ratio"] = self._stall_ratio(
                     resource, kind, line, at)
         return out

@@ -233,8 +233,8 @@ class NicProbe:
         samples: list[Sample | None] = [
             self._nic_sample(t, now, name, counters[name]) for name in chosen]
         samples.append(self._tcp_sample(t))
-        # An interface with nothing to say this pass (the priming pass with an unknown
-        # link speed) gives no sample rather than an empty one.
+        # Every interface sample carries its raw counters; the filter drops a TCP
+        # sample that is None (no IPv4 stack) or empty.
         return [s for s in samples if s is not None and (s.values or s.error)]
 
     def close(self) -> None:
@@ -258,6 +258,9 @@ class NicProbe:
         before = self._nic_before.get(name)
         self._nic_before[name] = _NicReading(ifindex, cur, now)
         values: dict[str, float | None] = {"link_speed_bits_per_second": speed}
+        # The kernel's own counters too, as read: Prometheus rebuilds exact totals and
+        # rates from them whatever its scrape interval (the rates above cover one pass).
+        values.update(_raw_totals(cur))
         if before is not None and before.ifindex == ifindex and now > before.at:
             elapsed = now - before.at
             most_bytes = speed / 8 * elapsed * _WRAP_HEADROOM if speed else None
@@ -295,8 +298,11 @@ class NicProbe:
             self._tcp_before = None
             return failed(PROBE_NAME, f"{path}: {exc}", HOST_LABELS, t=t)
         before, self._tcp_before = self._tcp_before, cur
+        totals: dict[str, float | None] = {"tcp_retransmits_total": cur.retransmits,
+                                           "tcp_out_segments_total": cur.out_segments}
         if before is None or now <= before.at:
-            return None
+            return Sample(t=t, probe=PROBE_NAME, labels=dict(HOST_LABELS),
+                          values=clean_values(totals))
         elapsed = now - before.at
         retransmits = counter_delta(before.retransmits, cur.retransmits)
         out_segments = counter_delta(before.out_segments, cur.out_segments)
@@ -307,6 +313,15 @@ class NicProbe:
             # nothing sent: no ratio to speak of (absent, not zero and not a division by zero)
             "tcp_retransmit_ratio": (retransmits / out_segments
                                      if retransmits is not None and out_segments else None),
+            **totals,
         }
         return Sample(t=t, probe=PROBE_NAME, labels=dict(HOST_LABELS),
                       values=clean_values(values))
+
+
+def _raw_totals(c: NetDevCounters) -> dict[str, float | None]:
+    """The interface's raw /proc/net/dev counters (they restart with the device)."""
+    return {"rx_bytes_total": c.rx_bytes, "tx_bytes_total": c.tx_bytes,
+            "rx_packets_total": c.rx_packets, "tx_packets_total": c.tx_packets,
+            "rx_drops_total": c.rx_drops, "tx_drops_total": c.tx_drops,
+            "rx_errors_total": c.rx_errors, "tx_errors_total": c.tx_errors}
