@@ -22,6 +22,7 @@ from types import FrameType
 from ai_bottleneck.budget import ActiveBudget
 from ai_bottleneck.config import Config, ConfigError, load_config
 from ai_bottleneck.endpoint import MetricsServer
+from ai_bottleneck.gpu_presence import count_nvidia_gpus
 from ai_bottleneck.pipeline import Labeller, WindowResult
 from ai_bottleneck.probes.iperf3_server import Iperf3Server
 from ai_bottleneck.record import RecordError, RecordWriter, make_header
@@ -152,6 +153,7 @@ class Agent:
                  f"; changed from {change['from']}" if change and change.get("from") else "")
 
     def _register(self, run: _Run) -> None:
+        self.state.set_gpu_pci_devices(count_nvidia_gpus())
         for p in run.probes.probes:
             self.state.register_probe(p.name, usable=True, interval_seconds=p.interval_seconds,
                                       active=p.active)

@@ -111,6 +111,8 @@ def _agent_points(points: _Points, snap: Snapshot, now: float) -> None:
     _put(points, m.START_TIME, (), 0.0, snap.start_time)
     _put(points, m.SAMPLING_INTERVAL, (), 0.0, snap.interval_seconds)
     _put(points, m.WINDOW_LENGTH, (), 0.0, snap.window_seconds)
+    if snap.gpu_pci_devices is not None:
+        _put(points, m.GPU_PCI_DEVICES, (), 0.0, float(snap.gpu_pci_devices))
     for label in LABELS:
         _put(points, m.WINDOWS_TOTAL, (label,), 0.0, float(snap.windows_total.get(label, 0)))
     window = snap.window

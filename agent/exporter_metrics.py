@@ -105,6 +105,10 @@ WINDOWS_TOTAL = counter("windows_total", ("label",), "Windows labelled, per labe
 LAST_WINDOW_AGE = gauge("last_window_age_seconds", (),
                         "Seconds since the end of the latest window; absent before the first.")
 
+GPU_PCI_DEVICES = gauge("gpu_pci_devices", (),
+                        "NVIDIA GPUs on the PCI bus (sysfs), whether or not NVML can read "
+                        "them; absent where the bus cannot be listed.")
+
 # -- probe health ---------------------------------------------------------------------
 
 PROBE_USABLE = gauge("probe_usable", ("probe",),

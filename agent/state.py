@@ -108,6 +108,8 @@ class Snapshot:
     # (ai_bottleneck.window_means): they stand in for the sample's own.
     window_means: Mapping[SeriesKey, Mapping[str, float]] = field(
         default_factory=lambda: MappingProxyType({}))
+    # NVIDIA GPUs the PCI bus shows (ai_bottleneck.gpu_presence); None: not looked.
+    gpu_pci_devices: int | None = None
 
     def live_series(self, now: float) -> Iterator[Series]:
         """Series not yet stale at ``now`` (also checked here: the writer may be stuck)."""
@@ -316,6 +318,11 @@ class AgentState:
                 changes["window_means"] = frozen
                 changes["series"] = MappingProxyType(_with_means(snap.series, frozen))
             self._publish(snap, **changes)
+
+    def set_gpu_pci_devices(self, count: int | None) -> None:
+        """How many NVIDIA GPUs the PCI bus shows (None: unknown)."""
+        with self._lock:
+            self._publish(self._snapshot, gpu_pci_devices=count)
 
     # -- helpers --------------------------------------------------------------------
 

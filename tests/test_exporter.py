@@ -52,6 +52,7 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
     for name in ("iperf3", "download"):
         state.register_probe(name, interval_seconds=600, active=True)
     state.register_probe("vendor", usable=False, reason="no such device")
+    state.set_gpu_pci_devices(gpus)
     gpu_samples = []
     for i in range(gpus):
         labels = {"gpu": str(i), "uuid": f"GPU-{i:04d}", "name": "NVIDIA H100",
