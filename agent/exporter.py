@@ -121,6 +121,8 @@ def _agent_points(points: _Points, snap: Snapshot, now: float) -> None:
     current = "unknown" if window is None else window.label
     for label in LABELS:
         _put(points, m.WINDOW_LABEL, (label,), 0.0, 1.0 if label == current else 0.0)
+    _put(points, m.WINDOW_LABEL_SINCE, (), 0.0,
+         snap.start_time if window is None else window.label_since)
     if window is None:
         return
     if window.top_evidence:

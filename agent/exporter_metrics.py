@@ -98,6 +98,10 @@ WINDOW_START = gauge("window_start_timestamp_seconds", (), "Start of the latest 
 WINDOW_END = gauge("window_end_timestamp_seconds", (), "End of the latest window.")
 WINDOW_EVIDENCE = gauge("window_evidence_items", (),
                         "Evidence lines behind the latest window's label.")
+WINDOW_LABEL_SINCE = gauge("window_label_since_timestamp_seconds", (),
+                           "Since when the latest window's label has held: the start of the "
+                           "first window of its current run; the agent's start before the "
+                           "first window.")
 WINDOW_TOP_EVIDENCE = gauge("window_top_evidence_info", ("evidence",),
                             "Always 1; the label is the first evidence line of the latest "
                             "window (at most 160 characters); absent before the first.")

@@ -90,6 +90,7 @@ class WindowSummary:
     end: float
     evidence_items: int
     top_evidence: str = ""  # the first evidence line, cut to TOP_EVIDENCE_CHARS
+    label_since: float = 0.0  # start of the first window of this run of the label
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,11 +305,14 @@ class AgentState:
         if not (math.isfinite(start) and math.isfinite(end) and start <= end):
             raise ValueError(f"window start {start!r} must be <= end {end!r}")
         top = one_line(top_evidence, TOP_EVIDENCE_CHARS)
-        window = WindowSummary(label=name, confidence=float(confidence), start=float(start),
-                               end=float(end), evidence_items=int(evidence_items),
-                               top_evidence=top)
         with self._lock:
             snap = self._snapshot
+            previous = snap.window
+            since = (previous.label_since if previous is not None and previous.label == name
+                     else float(start))
+            window = WindowSummary(label=name, confidence=float(confidence), start=float(start),
+                                   end=float(end), evidence_items=int(evidence_items),
+                                   top_evidence=top, label_since=since)
             totals = dict(snap.windows_total)
             totals[name] += 1
             changes: dict[str, Any] = {"window": window,

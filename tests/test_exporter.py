@@ -600,3 +600,15 @@ def test_build_registry_is_not_the_global_one() -> None:
     assert registry is not REGISTRY
     assert registry.get_sample_value("ai_bottleneck_sampling_interval_seconds") == 1.0
     assert REGISTRY.get_sample_value("ai_bottleneck_sampling_interval_seconds") is None
+
+
+def test_label_since_is_the_start_of_the_labels_current_run() -> None:
+    clock = Clock()
+    state = AgentState(clock=clock)
+    registry = registry_for(state)
+    assert value(registry, "ai_bottleneck_window_label_since_timestamp_seconds") == clock()
+    for i, label in enumerate(("idle", "network_bound", "network_bound", "network_bound")):
+        state.record_window(label, 0.8, 100.0 + 10 * i, 110.0 + 10 * i)
+    assert value(registry, "ai_bottleneck_window_label_since_timestamp_seconds") == 110.0
+    state.record_window("gpu_bound", 0.8, 140.0, 150.0)
+    assert value(registry, "ai_bottleneck_window_label_since_timestamp_seconds") == 140.0
