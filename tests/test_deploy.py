@@ -330,8 +330,13 @@ def test_daemonset_runs_on_gpu_nodes_with_host_network_read_only() -> None:
     assert ds["spec"]["selector"]["matchLabels"].items() <= \
         ds["spec"]["template"]["metadata"]["labels"].items()
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    # One expression per term: terms are ORed, so any of these labels selects a node.
+    assert all(len(t["matchExpressions"]) == 1 for t in terms["nodeSelectorTerms"])
     expressions = [e for t in terms["nodeSelectorTerms"] for e in t["matchExpressions"]]
     assert {"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]} in expressions
+    keys = {e["key"] for e in expressions}
+    assert {"feature.node.kubernetes.io/pci-10de.present", "cloud.google.com/gke-accelerator",
+            "k8s.amazonaws.com/accelerator", "kubernetes.azure.com/accelerator"} <= keys
     assert any(t["key"] == "nvidia.com/gpu" and t["operator"] == "Exists"
                for t in pod["tolerations"])
     assert pod["hostNetwork"] is True
@@ -347,8 +352,17 @@ def test_daemonset_runs_on_gpu_nodes_with_host_network_read_only() -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
     resources = container["resources"]
-    assert {"cpu", "memory"} <= resources["limits"].keys()
+    # No CPU limit: it would throttle iperf3 and the link test would measure the limit.
+    assert resources["limits"].keys() == {"memory"}
     assert {"cpu", "memory"} <= resources["requests"].keys()
+    # Optional, not built in: some managed clusters refuse system-node-critical here.
+    assert "priorityClassName" not in pod
+    # hostPath volumes never create anything on the node (a created /var/log/journal
+    # turns a volatile journal persistent).
+    host_paths = [v["hostPath"] for v in pod["volumes"] if "hostPath" in v]
+    assert host_paths and all(h["type"] in ("Directory", "File") for h in host_paths)
+    assert all(m.get("readOnly") for m in container["volumeMounts"]
+               if any(v["name"] == m["name"] and "hostPath" in v for v in pod["volumes"]))
     # Watching GPUs must not take one away from the workloads.
     assert not any("nvidia.com/gpu" in k for part in resources.values() for k in part)
     (port,) = container["ports"]
@@ -400,3 +414,109 @@ def test_service_and_service_monitor_select_the_agents() -> None:
     assert service["metadata"]["labels"][job_label] == "ai-bottleneck"
     namespaces = {d["metadata"].get("namespace") for d in found.values()} - {None}
     assert namespaces == {found["Namespace"]["metadata"]["name"]}
+
+
+# -- kustomize: the image in one place, the release label, the optional priority class ------
+
+KUSTOMIZATION = DEPLOY / "kubernetes" / "kustomization.yaml"
+
+
+def test_image_is_named_in_the_kustomization_only() -> None:
+    kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
+    (image,) = kustomization["images"]
+    (container,) = manifests()["DaemonSet"]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == image["name"] == "ai-bottleneck"  # replaced by kustomize
+    assert image["newName"].endswith("/ai-bottleneck") and image["newTag"] == "0.1.0"
+    assert "registry.example.com" in image["newName"]  # the documented placeholder
+    assert "registry.example.com" in (REPO / "docs" / "deployment.md").read_text()
+
+
+def test_release_label_is_set_once_and_not_in_selectors() -> None:
+    kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
+    (labels,) = kustomization["labels"]
+    assert "release" in labels["pairs"] and labels["includeSelectors"] is False
+
+
+def test_namespace_allows_what_the_agent_needs_and_says_so() -> None:
+    namespace = manifests()["Namespace"]
+    labels = namespace["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "privileged"
+    text = (DEPLOY / "kubernetes" / "namespace.yaml").read_text()
+    assert "hostNetwork" in text and "hostPath" in text  # the reason, beside the label
+
+
+#: prometheus-operator v1 fields these manifests may use (its CRD schemas; checked by
+#: hand: no offline schema package for the operator's CRDs is installed).
+OPERATOR_FIELDS = {
+    "ServiceMonitor": {"jobLabel", "namespaceSelector", "selector", "endpoints",
+                       "targetLabels", "podTargetLabels", "sampleLimit"},
+    "endpoint": {"port", "path", "interval", "scrapeTimeout", "relabelings", "scheme",
+                 "metricRelabelings", "honorLabels", "tlsConfig", "basicAuth"},
+    "relabeling": {"sourceLabels", "targetLabel", "action", "regex", "replacement",
+                   "separator", "modulus"},
+    "PrometheusRule": {"groups"},
+    "group": {"name", "rules", "interval", "limit"},
+    "rule": {"record", "alert", "expr", "for", "labels", "annotations", "keep_firing_for"},
+}
+
+
+def test_operator_objects_use_only_fields_of_the_operator_api() -> None:
+    found = manifests()
+    monitor, rule = found["ServiceMonitor"], found["PrometheusRule"]
+    assert set(monitor["spec"]) <= OPERATOR_FIELDS["ServiceMonitor"]
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert set(endpoint) <= OPERATOR_FIELDS["endpoint"]
+        for relabel in endpoint.get("relabelings", []):
+            assert set(relabel) <= OPERATOR_FIELDS["relabeling"]
+            assert re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", relabel["targetLabel"])
+    assert set(rule["spec"]) == OPERATOR_FIELDS["PrometheusRule"]
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= OPERATOR_FIELDS["group"]
+        for r in group["rules"]:
+            assert set(r) <= OPERATOR_FIELDS["rule"] and ("record" in r) != ("alert" in r)
+    for doc in (monitor, rule):
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+
+
+def kustomize_build(folder: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with its built-in kustomize) not installed")
+    result = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def test_kustomize_renders_the_image_release_label_and_optional_priority(
+        tmp_path: Path) -> None:
+    validate = pytest.importorskip("kubernetes_validate")
+    base = kustomize_build(DEPLOY / "kubernetes")
+    by_kind = {d["kind"]: d for d in base}
+    pod = by_kind["DaemonSet"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == "registry.example.com/ai-bottleneck:0.1.0"
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert by_kind[kind]["metadata"]["labels"]["release"]
+    assert "release" not in pod["metadata"]["labels"]
+    assert "release" not in by_kind["DaemonSet"]["spec"]["selector"]["matchLabels"]
+    assert "priorityClassName" not in pod["spec"]
+    # With the optional component: its own class, and the DaemonSet uses it.
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [str(DEPLOY / "kubernetes")],
+        "components": [str(DEPLOY / "kubernetes" / "components" / "priority-class")]}))
+    # kustomize wants relative paths for local bases and components
+    (overlay / "kustomization.yaml").write_text(
+        (overlay / "kustomization.yaml").read_text().replace(
+            str(DEPLOY / "kubernetes"), os.path.relpath(DEPLOY / "kubernetes", overlay)))
+    with_priority = {d["kind"]: d for d in kustomize_build(overlay)}
+    name = with_priority["PriorityClass"]["metadata"]["name"]
+    assert with_priority["DaemonSet"]["spec"]["template"]["spec"]["priorityClassName"] == name
+    version = validate.latest_version()
+    for doc in with_priority.values():
+        if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            validate.validate(doc, version, strict=True)
