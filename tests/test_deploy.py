@@ -235,15 +235,22 @@ def dashboard_exprs() -> list[str]:
     return exprs
 
 
+def recording_rule_names() -> set[str]:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "ai-bottleneck.rules.yml")
+                           .read_text())
+    return {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+
+
 def test_dashboard_queries_refer_only_to_exported_metrics() -> None:
     used: set[str] = set()
+    recorded = recording_rule_names()
     for expr in dashboard_exprs():
         names = metric_names_in(expr)
         assert names, f"a query with no ai_bottleneck metric: {expr}"
         assert names <= METRICS, f"not exported: {names - METRICS} in {expr}"
         # Any selector's metric name is one of ours (no other exporter's metrics).
         for selector in re.findall(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*\{", expr):
-            assert selector in METRICS, f"{selector} in {expr}"
+            assert selector in METRICS | recorded, f"{selector} in {expr}"
         used |= names
     for variable in dashboard()["templating"]["list"]:
         if variable["type"] == "query":
@@ -260,7 +267,8 @@ def test_dashboard_queries_refer_only_to_exported_metrics() -> None:
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     # promtool parses every expression when it checks a rule file.
-    variables = {"$__rate_interval": "1m", "$__range": "1h", "$instance": ".*"}
+    variables = {"$__rate_interval": "1m", "$__range": "1h", "$host": ".*", "$node": ".*",
+                 "$namespace": ".*"}
     rules = []
     for i, query in enumerate(dashboard_exprs()):
         expr = query
@@ -281,7 +289,8 @@ def test_dashboard_layout_and_timeline_mapping() -> None:
     for panel in data["panels"]:
         pos = panel["gridPos"]
         assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24
-        assert panel["datasource"]["uid"] == "${datasource}"
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}"
     timeline = next(p for p in data["panels"] if p["type"] == "state-timeline"
                     and "ai_bottleneck_window_label" in p["targets"][0]["expr"])
     mapping = timeline["fieldConfig"]["defaults"]["mappings"][0]["options"]
@@ -520,3 +529,27 @@ def test_kustomize_renders_the_image_release_label_and_optional_priority(
     for doc in with_priority.values():
         if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
             validate.validate(doc, version, strict=True)
+
+
+def test_dashboard_has_the_fleet_view_variables_and_instant_single_values() -> None:
+    data = dashboard()
+    variables = {v["name"]: v for v in data["templating"]["list"]}
+    for name in ("host", "node", "namespace"):
+        assert variables[name]["type"] == "query" and variables[name]["allValue"] == ".*"
+        assert name in variables[name]["definition"]
+    recorded = recording_rule_names()
+    panels = [p for p in data["panels"] if p["type"] != "row"]
+    overview = [p for p in panels if any(r in t["expr"] for t in p["targets"] for r in recorded)]
+    assert len(overview) >= 3  # hosts per label now and over time, top hosts by bottleneck
+    assert any("ai_bottleneck_target_up" in t["expr"] for p in panels for t in p["targets"])
+    assert any("ai_bottleneck_probe_up" in t["expr"] for p in panels for t in p["targets"])
+    for panel in panels:
+        for t in panel["targets"]:
+            # Every query filters on the three variables or is a fleet-wide recording rule.
+            assert all(f"${v}" in t["expr"] for v in ("host", "node", "namespace")) or \
+                t["expr"].strip() in recorded, t["expr"]
+            if panel["type"] in ("bargauge", "table", "stat", "gauge"):
+                assert t.get("instant") is True and t.get("range") is False, panel["title"]
+        # No costly range query over the whole dashboard range.
+        if any("$__range" in t["expr"] for t in panel["targets"]):
+            assert all(t.get("instant") for t in panel["targets"]), panel["title"]
