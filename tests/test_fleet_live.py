@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -36,6 +37,7 @@ import pytest
 import yaml
 
 from tests.clitool import clean_env, run
+from tests.clitool import command as cli_command
 from tests.fakes.fake_nvml import make_gpus, write_state
 from tests.netns import netns_link
 from tests.servers import HttpServer, ServerConfig
@@ -198,6 +200,16 @@ def fleet(tmp_path: Path) -> Iterator[dict[str, Any]]:
                "tmp": tmp_path}
 
 
+def doc_check_commands() -> list[str]:
+    """The commands of step 3 of the plain-host path in docs/deployment.md."""
+    text = (REPO / "docs" / "deployment.md").read_text(encoding="utf-8")
+    step = text.split("3. **Check** that Prometheus scrapes the agents", 1)[1]
+    block = step.split("```sh", 1)[1].split("```", 1)[0]
+    lines = [line.strip() for line in block.strip().splitlines()]
+    assert len(lines) == 2 and lines[1].startswith("ai-bottleneck fleet"), lines
+    return lines
+
+
 def wait_for(what: str, check: Any, deadline: float) -> Any:
     last: Any = None
     while time.monotonic() < deadline:
@@ -279,6 +291,20 @@ def test_live_fleet_rules_alerts_panels_and_fleet_command(fleet: dict[str, Any])
     table = run(["fleet", "--prometheus", prom.url], clean_env(fleet["tmp"]), fleet["tmp"])
     assert table.returncode == 0, table.stderr
     assert {line.split()[0] for line in table.stdout.splitlines()[1:]} == set(hosts)
+    # The check commands of docs/deployment.md ("From nothing to a dashboard and
+    # alerts", plain hosts, step 3), as written there, against this Prometheus.
+    for line in doc_check_commands():
+        command = line.replace("http://localhost:9090", prom.url)
+        if command.startswith("ai-bottleneck "):
+            command = command.replace("ai-bottleneck ", shlex.join(cli_command()) + " ", 1)
+        done = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, (command, done.stderr)
+        if "api/v1/rules" in command:
+            assert "'ok'" in done.stdout and "'err'" not in done.stdout, done.stdout
+            assert "'AiBottleneckTargetDown': 'ok'" in done.stdout
+        else:
+            assert {"fleet-gpu", "fleet-target", "fleet-oom"} <= set(done.stdout.split())
     print("\nrules:", ", ".join(f"{r['name']}={r['health']}" for r in evaluated))
     print("alerts:", ", ".join(f"{n}[{h}]={s}" for (n, h), s in sorted(alerts().items())))
     print("panels with data:", len(queries), "queries")
