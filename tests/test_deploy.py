@@ -455,8 +455,9 @@ def test_namespace_allows_what_the_agent_needs_and_says_so() -> None:
     assert "hostNetwork" in text and "hostPath" in text  # the reason, beside the label
 
 
-#: prometheus-operator v1 fields these manifests may use (its CRD schemas; checked by
-#: hand: no offline schema package for the operator's CRDs is installed).
+#: prometheus-operator v1 fields these manifests may use. The CRD schemas below check
+#: types and required fields but let unknown fields pass (the API server prunes them
+#: silently), so unknown fields are caught here.
 OPERATOR_FIELDS = {
     "ServiceMonitor": {"jobLabel", "namespaceSelector", "selector", "endpoints",
                        "targetLabels", "podTargetLabels", "sampleLimit"},
@@ -486,6 +487,39 @@ def test_operator_objects_use_only_fields_of_the_operator_api() -> None:
             assert set(r) <= OPERATOR_FIELDS["rule"] and ("record" in r) != ("alert" in r)
     for doc in (monitor, rule):
         assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+
+
+OPERATOR_SCHEMAS = REPO / "tests" / "operator_schemas"
+
+
+def operator_validate(docs: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    """Run the prometheus-operator CRD schemas (npm @kubernetes-models/prometheus-operator,
+    installed by .ci/run into tests/operator_schemas) over ``docs``."""
+    node = shutil.which("node")
+    installed = (OPERATOR_SCHEMAS / "node_modules" / "@kubernetes-models"
+                 / "prometheus-operator").is_dir()
+    if node is None or not installed:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must install node and tests/operator_schemas (.ci/run)")
+        pytest.skip("operator schemas not installed: cd tests/operator_schemas && npm install")
+    return subprocess.run([node, str(OPERATOR_SCHEMAS / "validate.mjs")], input=json.dumps(docs),
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_operator_objects_match_the_operator_crd_schemas() -> None:
+    found = manifests()
+    result = operator_validate([found["ServiceMonitor"], found["PrometheusRule"]])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["ok ServiceMonitor ai-bottleneck",
+                                             "ok PrometheusRule ai-bottleneck"]
+    # The schemas do catch mistakes: a ServiceMonitor without its selector, a number
+    # where the operator wants a duration string.
+    broken = json.loads(json.dumps(found["ServiceMonitor"]))
+    del broken["spec"]["selector"]
+    broken["spec"]["endpoints"][0]["interval"] = 15
+    bad = operator_validate([broken])
+    assert bad.returncode == 1
+    assert "selector" in bad.stderr and "interval must be string" in bad.stderr
 
 
 def kustomize_build(folder: Path) -> list[dict[str, Any]]:
