@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from ai_bottleneck.pipeline import replay
+from ai_bottleneck.assembly import assemble_replay as replay
 from tests.clitool import LABELS, REPO_ROOT
 from tests.gpu import fixtures, smi
 from tests.gpu.phases import BY_NAME, PHASES

@@ -24,9 +24,9 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from ai_bottleneck.pipeline import replay
+from ai_bottleneck.assembly import assemble_replay as replay
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import RecordReader
-from ai_bottleneck.samples import Sample
 from tests.gpu.phases import BY_NAME
 
 REPO = Path(__file__).resolve().parents[2]
