@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import ProcessCollector
@@ -22,8 +22,10 @@ from prometheus_client.registry import Collector as CollectorBase
 from prometheus_client.registry import CollectorRegistry
 
 from ai_bottleneck import exporter_metrics as m
-from ai_bottleneck.budget import SkipKind
-from ai_bottleneck.state import ERROR_REASONS, LABELS, AgentState, Series, Snapshot
+from ai_bottleneck.labels import LABEL_NAMES
+from ai_bottleneck.probes.base import Clock, SkipKind
+from ai_bottleneck.probes.vocabulary import is_process_sample
+from ai_bottleneck.state import ERROR_REASONS, AgentState, Series, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def _series_points(series: Iterator[Series]) -> _Points:
         labels, t = s.labels, s.t
         by_plan: dict[int, tuple[str, ...]] = {}  # id(plan) -> this series' label values
         event_labels: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-        if s.probe == "gpu" and "pid" in labels:
+        if s.probe == "gpu" and is_process_sample(labels):
             routes = _PROCESS_ROUTES
         else:
             routes = _ROUTES.get(s.probe, {})
@@ -113,13 +115,13 @@ def _agent_points(points: _Points, snap: Snapshot, now: float) -> None:
     _put(points, m.WINDOW_LENGTH, (), 0.0, snap.window_seconds)
     if snap.gpu_pci_devices is not None:
         _put(points, m.GPU_PCI_DEVICES, (), 0.0, float(snap.gpu_pci_devices))
-    for label in LABELS:
+    for label in LABEL_NAMES:
         _put(points, m.WINDOWS_TOTAL, (label,), 0.0, float(snap.windows_total.get(label, 0)))
     window = snap.window
     # Before the first window the state set already exists, saying "unknown": a fleet
     # query never sees a host without a label, and alerts on it do not start late.
     current = "unknown" if window is None else window.label
-    for label in LABELS:
+    for label in LABEL_NAMES:
         _put(points, m.WINDOW_LABEL, (label,), 0.0, 1.0 if label == current else 0.0)
     _put(points, m.WINDOW_LABEL_SINCE, (), 0.0,
          snap.start_time if window is None else window.label_since)
@@ -221,7 +223,7 @@ class Collector(CollectorBase):
     agent's own figures (window, probe health), which change with time.
     """
 
-    def __init__(self, state: AgentState, clock: Callable[[], float] | None = None):
+    def __init__(self, state: AgentState, clock: Clock | None = None):
         self._state = state
         self._clock = clock or state.clock
         # id(series) -> (the series, its lines). The entry holds the series, so its id

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.state import SeriesKey, series_key
 
 #: Probes whose rate and ratio values are window means in /metrics: the passive

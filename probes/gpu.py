@@ -29,11 +29,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ai_bottleneck.options import bounds, parse_options
 from ai_bottleneck.probes import nvml
-from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    failed,
+    one_line,
+    option_info,
+    parse_options,
+)
 from ai_bottleneck.probes.gpm import GpmReader
-from ai_bottleneck.samples import Sample, one_line
+from ai_bottleneck.probes.gpu_device import (
+    Device,
+    read_memory,
+    read_utilization,
+    read_value,
+    text,
+)
+from ai_bottleneck.probes.vocabulary import (
+    GPU_POWER,
+    GPU_POWER_LIMIT,
+    GPU_TEMPERATURE,
+    PROCESS_LABEL,
+)
 
 NAME = "gpu"
 log = logging.getLogger(__name__)
@@ -45,58 +64,28 @@ _POWER_LIMIT = ("nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetPowerManagement
 _TEMPERATURE = ("nvmlDeviceGetTemperature", "nvmlDeviceGetTemperatureV")
 _CLOCKS_EVENT = ("nvmlDeviceGetCurrentClocksEventReasons",
                  "nvmlDeviceGetCurrentClocksThrottleReasons")
-_MEMORY_V2 = "nvmlDeviceGetMemoryInfo_v2"  # the C symbol behind version=nvmlMemory_v2
 _PROCESSES = ("nvmlDeviceGetComputeRunningProcesses",
               "nvmlDeviceGetComputeRunningProcesses_v2")
 
 _FLAGS = tuple((f"clocks_event_{name}_flag", bit) for name, bit in nvml.CLOCKS_EVENT_REASONS)
-_ABSENT_FOR_GOOD = frozenset({nvml.NOT_SUPPORTED, nvml.NO_PERMISSION})
 _KIB = 1024.0  # NVML's PCIe "KB/s" are KiB/s
 
 
 @dataclass(frozen=True)
 class Options:
-    timeout_seconds: float = field(default=5.0, metadata=bounds(
+    timeout_seconds: float = field(default=5.0, metadata=option_info(
         min=0.1, max=120, doc="longest one pass over all GPUs may take"))
-    sample_buffer: bool = field(default=True, metadata=bounds(
+    sample_buffer: bool = field(default=True, metadata=option_info(
         doc="average utilization over the driver's samples since the previous pass, so "
             "bursts between passes count; false reads only the driver's latest value"))
-    gpm: bool = field(default=True, metadata=bounds(
+    gpm: bool = field(default=True, metadata=option_info(
         doc="read GPM metrics (SM activity and occupancy, tensor and DRAM activity) on GPUs "
             "that have them (Hopper and newer)"))
-    pcie: bool = field(default=True, metadata=bounds(
+    pcie: bool = field(default=True, metadata=option_info(
         doc="read PCIe rx/tx throughput; NVML measures each over 20 ms, so this adds about "
             "40 ms per GPU per pass"))
-    processes: bool = field(default=True, metadata=bounds(
+    processes: bool = field(default=True, metadata=option_info(
         doc="list compute processes and the GPU memory each uses"))
-
-
-class _Device:
-    """What the probe keeps about one GPU between passes."""
-
-    __slots__ = ("absent", "cursor", "error", "gpm", "handle", "index", "labels",
-                 "sample_buffer", "sm_clock_max_hertz")
-
-    def __init__(self, index: int, sample_buffer: bool) -> None:
-        self.index = index
-        self.handle: Any = None
-        self.labels: dict[str, str] = {"gpu": str(index), "uuid": ""}
-        self.error = ""
-        self.absent: set[str] = set()  # values this GPU does not give; not asked again
-        self.cursor = 0  # newest driver sample timestamp seen (microseconds)
-        self.sample_buffer = sample_buffer
-        self.sm_clock_max_hertz: float | None = None
-        self.gpm: GpmReader | None = None
-
-    @property
-    def error_labels(self) -> dict[str, str]:
-        return {"gpu": self.labels["gpu"], "uuid": self.labels["uuid"]}
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return str(value).strip("\x00 ")
 
 
 class GpuProbe:
@@ -114,7 +103,7 @@ class GpuProbe:
         self._clock = clock
         self._monotonic = monotonic
         self._busy = threading.Lock()
-        self._devices: list[_Device] | None = None
+        self._devices: list[Device] | None = None
         self._start_error: str | None = None
         self._retry_at = 0.0
         self._process_names: dict[int, str] = {}
@@ -174,7 +163,7 @@ class GpuProbe:
             error = f"NVML cannot count GPUs: {nvml.describe(exc)}"
         else:
             self._start_error = None
-            self._devices = [_Device(i, self.options.sample_buffer) for i in range(count)]
+            self._devices = [Device(i, self.options.sample_buffer) for i in range(count)]
             for dev in self._devices:
                 self._attach(dev)
             return None
@@ -184,7 +173,7 @@ class GpuProbe:
         log.debug("gpu: NVML unavailable: %s", error)
         return error
 
-    def _attach(self, dev: _Device) -> None:
+    def _attach(self, dev: Device) -> None:
         """Get the handle and the facts that do not change (name, uuid, bus id, max clock)."""
         try:
             handle = self._nvml.call("nvmlDeviceGetHandleByIndex", dev.index)
@@ -196,12 +185,12 @@ class GpuProbe:
             dev.error = nvml.describe(exc)
             return
         # A new dict, never changed afterwards: samples already out keep theirs.
-        labels = {"gpu": str(dev.index), "uuid": _text(uuid) if uuid is not None else ""}
+        labels = {"gpu": str(dev.index), "uuid": text(uuid) if uuid is not None else ""}
         if name is not None:
-            labels["name"] = _text(name)
+            labels["name"] = text(name)
         bus_id = getattr(pci, "busId", None) if pci is not None else None
         if bus_id:
-            labels["pci_bus_id"] = _text(bus_id)
+            labels["pci_bus_id"] = text(bus_id)
         dev.labels = labels
         if max_mhz is not None and max_mhz > 0:
             dev.sm_clock_max_hertz = float(max_mhz) * 1e6
@@ -255,38 +244,39 @@ class GpuProbe:
             del self._process_names[pid]
         return out
 
-    def _read(self, dev: _Device, t: float, pids: set[int]) -> list[Sample]:
+    def _read(self, dev: Device, t: float, pids: set[int]) -> list[Sample]:
         handle = dev.handle
         values: dict[str, float] = {}
-        self._read_utilization(dev, values)
-        self._read_memory(dev, values)
-        power = self._value(dev, "power", ("nvmlDeviceGetPowerUsage",), handle)
+        read_utilization(self._nvml, dev, values)
+        read_memory(self._nvml, dev, values)
+        power = read_value(self._nvml, dev, "power", ("nvmlDeviceGetPowerUsage",), handle)
         if power is not None:
-            values["power_watts"] = power / 1000.0
-        limit = self._value(dev, "power_limit", _POWER_LIMIT, handle)
+            values[GPU_POWER] = power / 1000.0
+        limit = read_value(self._nvml, dev, "power_limit", _POWER_LIMIT, handle)
         if limit is not None:
-            values["power_limit_watts"] = limit / 1000.0
-        temperature = self._value(dev, "temperature", _TEMPERATURE, handle, nvml.TEMPERATURE_GPU)
+            values[GPU_POWER_LIMIT] = limit / 1000.0
+        temperature = read_value(self._nvml, dev, "temperature", _TEMPERATURE, handle,
+                                 nvml.TEMPERATURE_GPU)
         if temperature is not None:
-            values["temperature_celsius"] = float(temperature)
-        sm_clock = self._value(dev, "sm_clock", ("nvmlDeviceGetClockInfo",), handle,
+            values[GPU_TEMPERATURE] = float(temperature)
+        sm_clock = read_value(self._nvml, dev, "sm_clock", ("nvmlDeviceGetClockInfo",), handle,
                                nvml.CLOCK_SM)
         if sm_clock is not None:
             values["sm_clock_hertz"] = sm_clock * 1e6
         if dev.sm_clock_max_hertz is not None:
             values["sm_clock_max_hertz"] = dev.sm_clock_max_hertz
-        reasons = self._value(dev, "clocks_event", _CLOCKS_EVENT, handle)
+        reasons = read_value(self._nvml, dev, "clocks_event", _CLOCKS_EVENT, handle)
         if reasons is not None:
             bits = int(reasons)
             values["clocks_event_reasons_bitmask"] = float(bits)
             for key, bit in _FLAGS:
                 values[key] = 1.0 if bits & bit else 0.0
         if self.options.pcie:
-            rx = self._value(dev, "pcie_rx", ("nvmlDeviceGetPcieThroughput",), handle,
+            rx = read_value(self._nvml, dev, "pcie_rx", ("nvmlDeviceGetPcieThroughput",), handle,
                              nvml.PCIE_UTIL_RX_BYTES)
             if rx is not None:
                 values["pcie_rx_bytes_per_second"] = rx * _KIB
-            tx = self._value(dev, "pcie_tx", ("nvmlDeviceGetPcieThroughput",), handle,
+            tx = read_value(self._nvml, dev, "pcie_tx", ("nvmlDeviceGetPcieThroughput",), handle,
                              nvml.PCIE_UTIL_TX_BYTES)
             if tx is not None:
                 values["pcie_tx_bytes_per_second"] = tx * _KIB
@@ -297,93 +287,9 @@ class GpuProbe:
         processes = self._read_processes(dev, values, t, pids) if self.options.processes else []
         return [Sample(t=t, probe=NAME, labels=dev.labels, values=values), *processes]
 
-    def _value(self, dev: _Device, key: str, functions: Sequence[str], *args: Any) -> Any:
-        """One reading, or None. Unsupported: remembered, not asked again. GPU-fatal: raised."""
-        if key in dev.absent:
-            return None
-        try:
-            return self._nvml.call_first(functions, *args)
-        except nvml.FunctionMissing:
-            dev.absent.add(key)
-            return None
-        except nvml.NVMLError as exc:
-            if nvml.is_gpu_fatal(exc):
-                raise
-            code = nvml.error_code(exc)
-            if code in _ABSENT_FOR_GOOD:
-                dev.absent.add(key)
-            self._nvml.log_once(f"{key}:{dev.index}:{code}", "gpu %d: %s: %s; left out",
-                                dev.index, key, nvml.describe(exc))
-            return None
-
-    def _read_utilization(self, dev: _Device, values: dict[str, float]) -> None:
-        if dev.sample_buffer:
-            try:
-                value_type, samples = self._nvml.call(
-                    "nvmlDeviceGetSamples", dev.handle, nvml.GPU_UTILIZATION_SAMPLES, dev.cursor)
-            except nvml.FunctionMissing:
-                dev.sample_buffer = False
-            except nvml.NVMLError as exc:
-                code = nvml.error_code(exc)
-                if nvml.is_gpu_fatal(exc):
-                    raise
-                if code != nvml.NOT_FOUND:  # NOT_FOUND: no sample since the last pass
-                    if code in _ABSENT_FOR_GOOD:
-                        dev.sample_buffer = False
-                    self._nvml.log_once(f"samples:{dev.index}:{code}",
-                                        "gpu %d: driver sample buffer: %s; using the latest "
-                                        "utilization instead", dev.index, nvml.describe(exc))
-            else:
-                field_name = nvml.SAMPLE_VALUE_FIELDS.get(value_type, "uiVal")
-                total = 0.0
-                count = 0
-                newest = dev.cursor
-                for s in samples:
-                    newest = max(newest, int(s.timeStamp))
-                    value = getattr(s.sampleValue, field_name, None)
-                    if value is not None and 0 <= value <= 100:  # drop driver glitches
-                        total += value
-                        count += 1
-                dev.cursor = newest
-                if count:
-                    values["utilization_ratio"] = total / count / 100.0
-                    values["utilization_samples"] = float(count)
-                    return
-        rates = self._value(dev, "utilization", ("nvmlDeviceGetUtilizationRates",), dev.handle)
-        if rates is not None:
-            ratio = nvml.percent_ratio(rates.gpu)
-            if ratio is not None:
-                values["utilization_ratio"] = ratio
-
-    def _read_memory(self, dev: _Device, values: dict[str, float]) -> None:
-        memory = None
-        v2 = False
-        if not self._nvml.is_missing(_MEMORY_V2) and "memory" not in dev.absent:
-            try:
-                memory = self._nvml.call_variant(_MEMORY_V2, "nvmlDeviceGetMemoryInfo",
-                                                 dev.handle, version=nvml.MEMORY_V2)
-                v2 = True
-            except nvml.FunctionMissing:
-                pass
-            except TypeError:  # an nvidia-ml-py without the version argument
-                self._nvml.mark_missing(_MEMORY_V2, "this nvidia-ml-py is old")
-            except nvml.NVMLError as exc:
-                if nvml.is_gpu_fatal(exc):
-                    raise
-                if nvml.error_code(exc) == nvml.ARGUMENT_VERSION_MISMATCH:
-                    self._nvml.mark_missing(_MEMORY_V2, "the NVIDIA driver does not know version 2")
-        if memory is None:
-            memory = self._value(dev, "memory", ("nvmlDeviceGetMemoryInfo",), dev.handle)
-            if memory is None:
-                return
-        values["memory_used_bytes"] = float(memory.used)
-        values["memory_total_bytes"] = float(memory.total)
-        if v2:
-            values["memory_reserved_bytes"] = float(memory.reserved)
-
-    def _read_processes(self, dev: _Device, values: dict[str, float], t: float,
+    def _read_processes(self, dev: Device, values: dict[str, float], t: float,
                         pids: set[int]) -> list[Sample]:
-        processes = self._value(dev, "processes", _PROCESSES, dev.handle)
+        processes = read_value(self._nvml, dev, "processes", _PROCESSES, dev.handle)
         if processes is None:
             return []
         out = []
@@ -398,7 +304,7 @@ class GpuProbe:
                 proc_values["process_memory_used_bytes"] = float(used)
                 total += used
                 known = True
-            labels = {**dev.error_labels, "pid": str(pid),
+            labels = {**dev.error_labels, PROCESS_LABEL: str(pid),
                       "process_name": self._process_name(pid)}
             out.append(Sample(t=t, probe=NAME, labels=labels, values=proc_values))
         values["process_count"] = float(len(processes))
@@ -413,12 +319,12 @@ class GpuProbe:
                 raw = self._nvml.call("nvmlSystemGetProcessName", pid)
             except (nvml.FunctionMissing, nvml.NVMLError):
                 raw = None  # gone already, or another container's process
-            name = os.path.basename(_text(raw)) if raw else ""
+            name = os.path.basename(text(raw)) if raw else ""
             name = name or "unknown"
             self._process_names[pid] = name
         return name
 
-    def _drop_gpm(self, dev: _Device) -> None:
+    def _drop_gpm(self, dev: Device) -> None:
         if dev.gpm is not None:
             dev.gpm.close()
             dev.gpm = None

@@ -24,8 +24,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ai_bottleneck.options import parse_options
-from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    clean_values,
+    failed,
+    parse_options,
+)
 from ai_bottleneck.probes.procfs import (
     PsiLine,
     busy_ratio,
@@ -36,15 +42,22 @@ from ai_bottleneck.probes.procfs import (
     read_optional,
     read_text,
 )
-from ai_bottleneck.samples import Sample, clean_values
+from ai_bottleneck.probes.vocabulary import (
+    CPU_MODES,
+    HOST_BUSIEST_CORE,
+    HOST_CPU,
+    HOST_CPU_COUNT,
+    HOST_MEMORY_USED,
+    cpu_seconds_total,
+    pressure_seconds_total,
+    pressure_value,
+)
 
 T = TypeVar("T")
 
 PROBE_NAME = "host"
 PSI_RESOURCES = ("cpu", "io", "memory")
 PSI_KINDS = ("some", "full")
-#: The /proc/stat columns, in order (proc(5)); the probe reads the first eight.
-CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 # /proc/stat counts in USER_HZ ticks (100 on every Linux architecture in use).
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -150,19 +163,19 @@ class HostProbe:
         before, self._cpu_before = self._cpu_before, now
         cores = [name for name in now if name != "cpu"]
         self._cpu_count = len(cores) or None
-        out: dict[str, float | None] = {"cpu_count": self._cpu_count}
+        out: dict[str, float | None] = {HOST_CPU_COUNT: self._cpu_count}
         # All CPUs' time per mode, as the kernel counts it (Prometheus rebuilds exact
         # utilization over any range from these; the ratios cover one pass).
         ticks_per_second = _TICKS_PER_SECOND or 100
         for mode, ticks in zip(CPU_MODES, now["cpu"], strict=True):
-            out[f"cpu_{mode}_seconds_total"] = ticks / ticks_per_second
+            out[cpu_seconds_total(mode)] = ticks / ticks_per_second
         if before is None:
             return out
-        out["cpu_utilization_ratio"] = busy_ratio(before["cpu"], now["cpu"])
+        out[HOST_CPU] = busy_ratio(before["cpu"], now["cpu"])
         # A core that went offline or came online in between has no interval to speak of.
         per_core = [busy_ratio(before[c], now[c]) for c in cores if c in before]
         known = [r for r in per_core if r is not None]
-        out["cpu_busiest_core_ratio"] = max(known) if known else None
+        out[HOST_BUSIEST_CORE] = max(known) if known else None
         return out
 
     def _memory(self) -> dict[str, float | None]:
@@ -170,7 +183,7 @@ class HostProbe:
         total, available = info.get("MemTotal"), info.get("MemAvailable")
         if not total or available is None:  # MemAvailable exists since Linux 3.14
             return {}
-        return {"memory_used_ratio": min(1.0, max(0.0, (total - available) / total))}
+        return {HOST_MEMORY_USED: min(1.0, max(0.0, (total - available) / total))}
 
     def _load(self) -> dict[str, float | None]:
         load1 = _parsed(self._loadavg, parse_load1)
@@ -190,8 +203,8 @@ class HostProbe:
         for kind in PSI_KINDS:
             line = lines.get(kind)
             if line is not None:
-                out[f"{resource}_pressure_{kind}_seconds_total"] = line.total_microseconds / 1e6
-                out[f"{resource}_pressure_{kind}_ratio"] = self._stall_ratio(
+                out[pressure_seconds_total(resource, kind)] = line.total_microseconds / 1e6
+                out[pressure_value(resource, kind)] = self._stall_ratio(
                     resource, kind, line, at)
         return out
 

@@ -17,8 +17,8 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import RecordWriter, make_header
-from ai_bottleneck.samples import Sample
 from ai_bottleneck.windows import Window
 
 T0 = 1_700_000_000.0

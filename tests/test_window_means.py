@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ai_bottleneck.exporter import build_registry
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.state import AgentState, series_key
 from ai_bottleneck.window_means import WindowMeans, is_window_mean
 

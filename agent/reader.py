@@ -1,20 +1,65 @@
-"""Per-resource readings of one window: the numbers the classifier's rules read.
+"""Read one window into per-resource readings (readings.py), and the key numbers per
+resource that reports and the exporter show (``summary``).
 
-Pure functions of a Window. A value a source did not give stays None here
-too, never 0, so a rule can tell "GPU idle" from "GPU not measured".
+Pure functions of a Window. A value a source did not give stays None, never 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from ai_bottleneck.windows import ProbeStatus, SeriesWindow, Stats, Window
+from ai_bottleneck.capacity import Capacity, tightest_capacity
+from ai_bottleneck.probes.vocabulary import (
+    GPU_DRAM_ACTIVE,
+    GPU_MEMORY_TOTAL,
+    GPU_MEMORY_USED,
+    GPU_POWER,
+    GPU_POWER_LIMIT,
+    GPU_SM_ACTIVE,
+    GPU_TEMPERATURE,
+    GPU_UTILIZATION,
+    HOST_BUSIEST_CORE,
+    HOST_CPU,
+    HOST_CPU_COUNT,
+    HOST_MEMORY_USED,
+    HTTP_PHASES,
+    IN_FLIGHT_CALLS,
+    IN_FLIGHT_NETWORK_SECONDS,
+    IN_FLIGHT_SECONDS,
+    IN_FLIGHT_SERVER_SECONDS,
+    LINK_SPEED,
+    LOAD_FAILURE_EVENTS,
+    LOAD_FAILURE_EVENTS_TOTAL,
+    OOM_EVENTS,
+    OOM_EVENTS_TOTAL,
+    REQUEST_BYTES,
+    RESPONSE_BYTES,
+    SERVER_SECONDS,
+    STATUS_VALUE,
+    TCP_RETRANSMIT_RATIO,
+    TCP_RETRANSMITS,
+    THROUGHPUT_VALUE,
+    TOTAL_SECONDS,
+    is_host_total,
+    is_in_flight,
+    is_process_sample,
+    nic_value,
+    pressure_value,
+)
+from ai_bottleneck.readings import (
+    GpuReading,
+    HostReading,
+    HttpReading,
+    NicReading,
+    Readings,
+    TcpReading,
+    ThroughputReading,
+)
+from ai_bottleneck.series import SeriesWindow
+from ai_bottleneck.windows import Window
 
-#: HTTP phases that are the network's time, not the server's.
-NETWORK_PHASES = ("dns_seconds", "connect_seconds", "tls_seconds", "upload_seconds",
-                  "download_seconds")
 #: Clock-event reasons that are not a slowdown (idle clocks, user-set clocks).
 BENIGN_CLOCK_EVENTS = frozenset({"gpu_idle", "applications_clocks_setting",
                                  "display_clock_setting", "sync_boost"})
@@ -34,173 +79,6 @@ def _max(sw: SeriesWindow, name: str) -> float | None:
     return None if st is None else st.max
 
 
-@dataclass(frozen=True, slots=True)
-class GpuReading:
-    id: str
-    name: str | None
-    samples: int
-    utilization: float | None = None      # coarse: share of time a kernel ran
-    sm_active: float | None = None        # GPM: share of SMs doing work
-    dram_active: float | None = None      # GPM: share of memory bandwidth in use
-    memory_used_bytes: float | None = None   # peak in the window
-    memory_total_bytes: float | None = None
-    power_watts: float | None = None
-    power_limit_watts: float | None = None
-    oom_events: float = 0.0
-    slowdowns: tuple[tuple[str, float], ...] = ()  # (reason, share of samples)
-
-    @property
-    def gpm(self) -> bool:
-        return self.sm_active is not None
-
-    @property
-    def busy(self) -> float | None:
-        """How saturated the GPU is: GPM SM (or DRAM) activity where read, else the
-        coarse utilization. DRAM counts because memory-bound work (LLM decoding)
-        saturates the GPU with SMs only partly active."""
-        if self.sm_active is not None:
-            return max(self.sm_active, self.dram_active or 0.0)
-        return self.utilization
-
-    @property
-    def activity(self) -> float | None:
-        """Whether anything runs at all: the largest of every activity signal."""
-        seen = [v for v in (self.utilization, self.sm_active, self.dram_active) if v is not None]
-        return max(seen) if seen else None
-
-    @property
-    def busy_signal(self) -> str:
-        return "SM activity" if self.gpm else "utilization (coarse)"
-
-    @property
-    def memory_used_ratio(self) -> float | None:
-        if self.memory_used_bytes is None or not self.memory_total_bytes:
-            return None
-        return self.memory_used_bytes / self.memory_total_bytes
-
-    @property
-    def title(self) -> str:
-        return f"GPU {self.id}" + (f" ({self.name})" if self.name else "")
-
-
-@dataclass(frozen=True, slots=True)
-class HostReading:
-    samples: int
-    cpu: float | None = None
-    busiest_core: float | None = None
-    cpu_pressure: float | None = None
-    io_pressure: float | None = None
-    memory_pressure: float | None = None
-    memory_used_ratio: float | None = None
-    cpu_count: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NicReading:
-    name: str
-    samples: int
-    rx_bits_per_second: float | None = None
-    tx_bits_per_second: float | None = None
-    link_bits_per_second: float | None = None
-    rx_utilization: float | None = None
-    tx_utilization: float | None = None
-    drops_per_second: float | None = None
-
-    @property
-    def loopback(self) -> bool:
-        return self.name == "lo"
-
-    @property
-    def traffic_bits_per_second(self) -> float:
-        return (self.rx_bits_per_second or 0.0) + (self.tx_bits_per_second or 0.0)
-
-    @property
-    def peak(self) -> tuple[str, float] | None:
-        """The busier direction and its share of the link, when the link speed is known."""
-        pairs = [(d, u) for d, u in (("rx", self.rx_utilization), ("tx", self.tx_utilization))
-                 if u is not None]
-        return max(pairs, key=lambda p: p[1]) if pairs else None
-
-
-@dataclass(frozen=True, slots=True)
-class TcpReading:
-    retransmit_ratio: float | None = None
-    retransmits_per_second: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HttpReading:
-    target: str
-    calls: int
-    failures: int
-    errors: tuple[str, ...] = ()
-    total: Stats | None = None
-    phases: dict[str, float] = field(default_factory=dict)  # mean seconds per phase
-    request_bytes: float | None = None
-    response_bytes: float | None = None
-    concurrency: float | None = None
-    overload_answers: int = 0       # 429/503/504 among the failures
-    server_errors: int = 0          # any 5xx among the failures
-    server_min_seconds: float | None = None  # the fastest answered call's server time
-    bytes_moved: float | None = None         # request + response bytes of the answered calls
-
-    @property
-    def failure_ratio(self) -> float:
-        n = self.calls + self.failures
-        return self.failures / n if n else 0.0
-
-    @property
-    def network_seconds(self) -> float | None:
-        found = [self.phases[p] for p in NETWORK_PHASES if p in self.phases]
-        return sum(found) if found else None
-
-    @property
-    def network_share(self) -> float | None:
-        net = self.network_seconds
-        if net is None or self.total is None or self.total.mean <= 0:
-            return None
-        return min(1.0, net / self.total.mean)
-
-    @property
-    def server_share(self) -> float | None:
-        server = self.phases.get("server_seconds")
-        if server is None or self.total is None or self.total.mean <= 0:
-            return None
-        return min(1.0, server / self.total.mean)
-
-
-@dataclass(frozen=True, slots=True)
-class ThroughputReading:
-    probe: str                 # iperf3 or download
-    target: str
-    bits_per_second: float
-    age_seconds: float         # from the measurement to the end of this window
-    retransmits: float | None = None
-
-    @property
-    def internal(self) -> bool:
-        return self.probe == "iperf3"
-
-
-@dataclass(frozen=True, slots=True)
-class Readings:
-    gpus: tuple[GpuReading, ...]
-    host: HostReading | None
-    nics: tuple[NicReading, ...]
-    tcp: TcpReading | None
-    http: tuple[HttpReading, ...]
-    throughputs: tuple[ThroughputReading, ...]
-    oom_events: float
-    load_failures: float
-    event_sources: tuple[str, ...]
-    status: dict[str, ProbeStatus]
-    gpu_errors: tuple[str, ...] = ()
-    window_seconds: float | None = None
-
-    def probe(self, name: str) -> ProbeStatus:
-        return self.status[name]
-
-
 def _slowdowns(sw: SeriesWindow) -> list[tuple[str, float]]:
     out = []
     for name in sw.ok_samples[-1].values:
@@ -215,7 +93,7 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
     devices: dict[str, list[SeriesWindow]] = {}
     errors: list[str] = []
     for sw in window.of("gpu"):
-        if "pid" in sw.labels:
+        if is_process_sample(sw.labels):
             continue  # a process on a GPU, not a GPU
         dev = sw.labels.get("uuid") or sw.labels.get("gpu")
         if dev is None:
@@ -235,19 +113,20 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
         # Nothing but idle or user-set clocks in the bitmask: no need to read every flag.
         quiet = bool(bitmask) and not any(int(v) & ~BENIGN_CLOCK_BITS for v in bitmask)
         slowdowns = [] if quiet else _slowdowns(sw)
-        oom = sum(v for v in (sw.increase("oom_events_total"),
-                              sw.increase("load_failure_events_total")) if v)
+        oom = sum(v for v in (sw.increase(OOM_EVENTS_TOTAL),
+                              sw.increase(LOAD_FAILURE_EVENTS_TOTAL)) if v)
         out.append(GpuReading(
             id=sw.labels.get("gpu") or sw.labels.get("uuid", "?"),
             name=sw.labels.get("name"),
             samples=sw.count,
-            utilization=_mean(sw, "utilization_ratio"),
-            sm_active=_mean(sw, "sm_active_ratio"),
-            dram_active=_mean(sw, "dram_active_ratio"),
-            memory_used_bytes=_max(sw, "memory_used_bytes"),
-            memory_total_bytes=sw.last("memory_total_bytes"),
-            power_watts=_mean(sw, "power_watts"),
-            power_limit_watts=sw.last("power_limit_watts"),
+            utilization=_mean(sw, GPU_UTILIZATION),
+            sm_active=_mean(sw, GPU_SM_ACTIVE),
+            dram_active=_mean(sw, GPU_DRAM_ACTIVE),
+            memory_used_bytes=_max(sw, GPU_MEMORY_USED),
+            memory_total_bytes=sw.last(GPU_MEMORY_TOTAL),
+            power_watts=_mean(sw, GPU_POWER),
+            power_limit_watts=sw.last(GPU_POWER_LIMIT),
+            temperature_celsius=_max(sw, GPU_TEMPERATURE),
             oom_events=oom,
             slowdowns=tuple(sorted(slowdowns, key=lambda p: -p[1])),
         ))
@@ -261,24 +140,23 @@ def _host_reading(window: Window) -> HostReading | None:
     sw = max(measured, key=lambda s: s.count)
     return HostReading(
         samples=sw.count,
-        cpu=_mean(sw, "cpu_utilization_ratio"),
-        busiest_core=_mean(sw, "cpu_busiest_core_ratio"),
-        cpu_pressure=_mean(sw, "cpu_pressure_some_ratio"),
-        io_pressure=_mean(sw, "io_pressure_some_ratio"),
-        memory_pressure=_mean(sw, "memory_pressure_some_ratio"),
-        memory_used_ratio=_max(sw, "memory_used_ratio"),
-        cpu_count=sw.last("cpu_count"),
+        cpu=_mean(sw, HOST_CPU),
+        busiest_core=_mean(sw, HOST_BUSIEST_CORE),
+        cpu_pressure=_mean(sw, pressure_value("cpu")),
+        io_pressure=_mean(sw, pressure_value("io")),
+        memory_pressure=_mean(sw, pressure_value("memory")),
+        memory_used_ratio=_max(sw, HOST_MEMORY_USED),
+        cpu_count=sw.last(HOST_CPU_COUNT),
     )
 
 
-def _utilization(sw: SeriesWindow, direction: str, link: float | None) -> float | None:
-    given = _mean(sw, f"{direction}_utilization_ratio")
-    if given is not None:
-        return given
-    bits = _mean(sw, f"{direction}_bits_per_second")
-    if bits is None or not link:
-        return None
-    return bits / link
+def _utilization(sw: SeriesWindow, direction: str, capacity: Capacity | None) -> float | None:
+    """Mean throughput over the tightest known rate; the probe's own ratio where the
+    rates are not in the samples (it was computed against the link speed then)."""
+    bits = _mean(sw, nic_value(direction, "bits_per_second"))
+    if bits is not None and capacity is not None:
+        return bits / capacity.bits_per_second
+    return _mean(sw, nic_value(direction, "utilization_ratio"))
 
 
 def _nic_readings(window: Window) -> tuple[list[NicReading], TcpReading | None]:
@@ -287,39 +165,61 @@ def _nic_readings(window: Window) -> tuple[list[NicReading], TcpReading | None]:
     for sw in window.of("nic"):
         if not sw.count:
             continue
-        if sw.labels.get("scope") == "host":
-            tcp = TcpReading(retransmit_ratio=_mean(sw, "tcp_retransmit_ratio"),
-                             retransmits_per_second=_mean(sw, "tcp_retransmits_per_second"))
+        if is_host_total(sw.labels):
+            tcp = TcpReading(retransmit_ratio=_mean(sw, TCP_RETRANSMIT_RATIO),
+                             retransmits_per_second=_mean(sw, TCP_RETRANSMITS))
             continue
         name = sw.labels.get("nic")
         if name is None:
             continue
-        link = sw.last("link_speed_bits_per_second")
-        drops = [v for v in (_mean(sw, "rx_drops_per_second"),
-                             _mean(sw, "tx_drops_per_second")) if v is not None]
+        link = sw.last(LINK_SPEED)
+        drops = [v for v in (_mean(sw, nic_value("rx", "drops_per_second")),
+                             _mean(sw, nic_value("tx", "drops_per_second"))) if v is not None]
+        rx_cap, tx_cap = tightest_capacity(sw, "rx"), tightest_capacity(sw, "tx")
         nics.append(NicReading(
             name=name, samples=sw.count,
-            rx_bits_per_second=_mean(sw, "rx_bits_per_second"),
-            tx_bits_per_second=_mean(sw, "tx_bits_per_second"),
+            rx_bits_per_second=_mean(sw, nic_value("rx", "bits_per_second")),
+            tx_bits_per_second=_mean(sw, nic_value("tx", "bits_per_second")),
             link_bits_per_second=link,
-            rx_utilization=_utilization(sw, "rx", link),
-            tx_utilization=_utilization(sw, "tx", link),
+            rx_utilization=_utilization(sw, "rx", rx_cap),
+            tx_utilization=_utilization(sw, "tx", tx_cap),
             drops_per_second=sum(drops) if drops else None,
+            rx_capacity=rx_cap, tx_capacity=tx_cap,
+            rx_stats=sw.stats("rx_bits_per_second"), tx_stats=sw.stats("tx_bits_per_second"),
         ))
     return nics, tcp
 
 
+def _in_flight(group: Sequence[SeriesWindow]) -> dict[str, Any]:
+    """The running-call fields of an HttpReading from a target's in-flight series: the
+    window's latest report (calls grow longer while they run)."""
+    reports = [sw for sw in group if sw.count]
+    if not reports:
+        return {}
+    sw = max(reports, key=lambda s: s.last_t)
+    return {"in_flight_seconds": sw.last(IN_FLIGHT_SECONDS),
+            "in_flight_network_seconds": sw.last(IN_FLIGHT_NETWORK_SECONDS),
+            "in_flight_server_seconds": sw.last(IN_FLIGHT_SERVER_SECONDS),
+            "in_flight_calls": int(sw.last(IN_FLIGHT_CALLS) or 1)}
+
+
 def _http_readings(window: Window) -> list[HttpReading]:
     targets: dict[str, list[SeriesWindow]] = {}
+    running: dict[str, list[SeriesWindow]] = {}
     for sw in window.of("http"):
-        targets.setdefault(sw.labels.get("target", "?"), []).append(sw)
+        into = running if is_in_flight(sw.labels) else targets
+        into.setdefault(sw.labels.get("target", "?"), []).append(sw)
     out = []
-    for target, group in targets.items():
+    for target in dict.fromkeys([*targets, *running]):
+        group = targets.get(target, [])
         calls = sum(sw.count for sw in group)
         failures = sum(sw.failures for sw in group)
+        flight = _in_flight(running.get(target, []))
         if calls == 0 and failures == 0:
+            if flight.get("in_flight_seconds"):
+                out.append(HttpReading(target=target, calls=0, failures=0, **flight))
             continue  # only skipped
-        statuses = [v for sw in group for v in sw.failed_values("status")]
+        statuses = [v for sw in group for v in sw.failed_values(STATUS_VALUE)]
         errors = tuple(dict.fromkeys(e for sw in group for e in sw.errors()))
         reading = HttpReading(
             target=target, calls=calls, failures=failures, errors=errors[:3],
@@ -328,20 +228,22 @@ def _http_readings(window: Window) -> list[HttpReading]:
         measured = [sw for sw in group if sw.count]
         if measured:
             sw = max(measured, key=lambda s: s.count)
-            phases = {p: m for p in (*NETWORK_PHASES, "server_seconds")
+            phases = {p: m for p in HTTP_PHASES
                       if (m := _mean(sw, p)) is not None}
-            server = sw.stats("server_seconds")
-            moved = [st.sum for name in ("request_bytes", "response_bytes")
+            server = sw.stats(SERVER_SECONDS)
+            moved = [st.sum for name in (REQUEST_BYTES, RESPONSE_BYTES)
                      if (st := sw.stats(name)) is not None]
             reading = HttpReading(
                 target=target, calls=calls, failures=failures, errors=reading.errors,
-                total=sw.stats("total_seconds"), phases=phases,
-                request_bytes=_mean(sw, "request_bytes"),
-                response_bytes=_mean(sw, "response_bytes"),
+                total=sw.stats(TOTAL_SECONDS), phases=phases,
+                request_bytes=_mean(sw, REQUEST_BYTES),
+                response_bytes=_mean(sw, RESPONSE_BYTES),
                 concurrency=_max(sw, "concurrency"),
                 overload_answers=reading.overload_answers, server_errors=reading.server_errors,
                 server_min_seconds=server.min if server is not None else None,
                 bytes_moved=sum(moved) if moved else None)
+        if flight:
+            reading = dataclasses.replace(reading, **flight)
         out.append(reading)
     return out
 
@@ -351,7 +253,7 @@ def _throughputs(window: Window) -> list[ThroughputReading]:
     for sw in (*window.of("iperf3"), *window.of("download"), *window.carried):
         if sw.probe not in ("iperf3", "download") or not sw.count:
             continue
-        bps = _mean(sw, "bits_per_second")
+        bps = _mean(sw, THROUGHPUT_VALUE)
         if bps is None:
             continue
         target = sw.labels.get("target") or sw.labels.get("url") or "?"
@@ -359,7 +261,8 @@ def _throughputs(window: Window) -> list[ThroughputReading]:
         out.append(ThroughputReading(
             probe=sw.probe, target=f"{target} ({direction})" if direction else target,
             bits_per_second=bps, age_seconds=max(0.0, window.end - sw.last_t),
-            retransmits=(st.sum if (st := sw.stats("retransmits")) else None)))
+            retransmits=(st.sum if (st := sw.stats("retransmits")) else None),
+            direction="tx" if sw.probe == "iperf3" and direction != "receive" else "rx"))
     return out
 
 
@@ -370,9 +273,9 @@ def _events(window: Window, gpus: Sequence[GpuReading]) -> tuple[float, float, l
         if not sw.count:
             continue
         source = sw.labels.get("source", "oom")
-        o = (st.sum if (st := sw.stats("oom_events")) else sw.increase("oom_events_total")) or 0
-        f = ((st.sum if (st := sw.stats("load_failure_events")) else
-              sw.increase("load_failure_events_total")) or 0)
+        o = (st.sum if (st := sw.stats(OOM_EVENTS)) else sw.increase(OOM_EVENTS_TOTAL)) or 0
+        f = ((st.sum if (st := sw.stats(LOAD_FAILURE_EVENTS)) else
+              sw.increase(LOAD_FAILURE_EVENTS_TOTAL)) or 0)
         if o or f:
             sources.append(source)
         oom += o
