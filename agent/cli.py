@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ai_bottleneck import __version__
+from ai_bottleneck.fleet_cli import fleet_cmd
 from ai_bottleneck.logs import setup_logging, stderr_is_journal
 from ai_bottleneck.plan_cli import plan_cmd
 from ai_bottleneck.probes.options import parse_duration
@@ -387,6 +388,7 @@ def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
 
 
 main.add_command(plan_cmd)
+main.add_command(fleet_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -83,24 +83,35 @@ def counter(name: str, labels: tuple[str, ...], help: str, source: str = "agent"
 
 # -- the agent and its windows ------------------------------------------------------
 
-BUILD_INFO = gauge("build_info", ("version", "python_version"),
+BUILD_INFO = gauge("build_info", ("version", "revision", "python_version"),
                    "Always 1; the labels say which agent build is running.")
 START_TIME = gauge("start_time_seconds", (), "When the agent started, unix seconds.")
 SAMPLING_INTERVAL = gauge("sampling_interval_seconds", (),
                           "Configured interval of the passive probes.")
 WINDOW_LENGTH = gauge("window_length_seconds", (), "Configured length of one labelled window.")
 WINDOW_LABEL = gauge("window_label", ("label",),
-                     "1 for the label of the latest window, 0 for every other label "
-                     "(all seven are always present once a window exists).")
+                     "1 for the label of the latest window, 0 for every other label; "
+                     "all seven are always present, unknown at 1 before the first window.")
 WINDOW_CONFIDENCE = gauge("window_confidence", (),
                           "Confidence of the latest window's label, 0 to 1.")
 WINDOW_START = gauge("window_start_timestamp_seconds", (), "Start of the latest window.")
 WINDOW_END = gauge("window_end_timestamp_seconds", (), "End of the latest window.")
 WINDOW_EVIDENCE = gauge("window_evidence_items", (),
                         "Evidence lines behind the latest window's label.")
+WINDOW_LABEL_SINCE = gauge("window_label_since_timestamp_seconds", (),
+                           "Since when the latest window's label has held: the start of the "
+                           "first window of its current run; the agent's start before the "
+                           "first window.")
+WINDOW_TOP_EVIDENCE = gauge("window_top_evidence_info", ("evidence",),
+                            "Always 1; the label is the first evidence line of the latest "
+                            "window (at most 160 characters); absent before the first.")
 WINDOWS_TOTAL = counter("windows_total", ("label",), "Windows labelled, per label.")
 LAST_WINDOW_AGE = gauge("last_window_age_seconds", (),
                         "Seconds since the end of the latest window; absent before the first.")
+
+GPU_PCI_DEVICES = gauge("gpu_pci_devices", (),
+                        "NVIDIA GPUs on the PCI bus (sysfs), whether or not NVML can read "
+                        "them; absent where the bus cannot be listed.")
 
 # -- probe health ---------------------------------------------------------------------
 
@@ -211,6 +222,40 @@ _NIC_VALUES = (
     ("tx_errors_per_second", "nic_tx_errors_per_second", "Transmit errors.", 1.0),
 )
 
+#: Raw kernel counters, exported as read: (sample value, metric name, help, constant labels).
+_HOST_COUNTERS = (
+    *((f"cpu_{mode}_seconds_total", "host_cpu_seconds_total",
+       "CPU time of all CPUs per mode, from /proc/stat.", {"mode": mode})
+      for mode in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")),
+    *((f"{resource}_pressure_{kind}_seconds_total", "host_pressure_stalled_seconds_total",
+       "PSI: total time some (or all, kind=full) tasks stalled on the resource.",
+       {"resource": resource, "kind": kind})
+      for resource in ("cpu", "io", "memory") for kind in ("some", "full")),
+)
+_NIC_COUNTERS = (
+    ("rx_bytes_total", "nic_rx_bytes_total", "Bytes received, /proc/net/dev."),
+    ("tx_bytes_total", "nic_tx_bytes_total", "Bytes transmitted, /proc/net/dev."),
+    ("rx_packets_total", "nic_rx_packets_total", "Packets received, /proc/net/dev."),
+    ("tx_packets_total", "nic_tx_packets_total", "Packets transmitted, /proc/net/dev."),
+    ("rx_drops_total", "nic_rx_drops_total", "Received packets dropped, /proc/net/dev."),
+    ("tx_drops_total", "nic_tx_drops_total", "Transmit packets dropped, /proc/net/dev."),
+    ("rx_errors_total", "nic_rx_errors_total", "Receive errors, /proc/net/dev."),
+    ("tx_errors_total", "nic_tx_errors_total", "Transmit errors, /proc/net/dev."),
+)
+_HOST_TCP_COUNTERS = (
+    ("tcp_out_segments_total", "host_tcp_out_segments_total",
+     "TCP segments sent, host-wide (/proc/net/snmp OutSegs)."),
+    ("tcp_retransmits_total", "host_tcp_retransmits_total",
+     "TCP segments retransmitted, host-wide (/proc/net/snmp RetransSegs)."),
+)
+_WINDOW_MEAN_NOTE = " Mean over the latest window."
+
+
+def _windowed(value: str, text: str) -> str:
+    # The passive probes' rates and ratios are window means (ai_bottleneck.window_means).
+    return text + _WINDOW_MEAN_NOTE if value.endswith(("_ratio", "_per_second")) else text
+
+
 # -- HTTP, throughput, OOM ------------------------------------------------------------
 
 HTTP_DURATION = gauge("http_request_duration_seconds", ("target", "phase"),
@@ -250,16 +295,29 @@ def _build_routes() -> dict[str, dict[str, Route]]:
                                            ("gpu", "host", "nic", "http", "download", "iperf3",
                                             "oom")}
     for value, name, text in _GPU_VALUES:
-        routes["gpu"][value] = Route(gauge(name, _GPU, text, f"gpu: {value}"))
+        routes["gpu"][value] = Route(gauge(name, _GPU, _windowed(value, text), f"gpu: {value}"))
     routes["gpu"]["oom_events_total"] = Route(counter(
         "gpu_oom_events_total", _GPU, "Out-of-memory events the GPU probe saw.",
         "gpu: oom_events_total"))
     for value, name, text in _HOST_VALUES:
-        routes["host"][value] = Route(gauge(name, (), text, f"host: {value}"))
+        routes["host"][value] = Route(gauge(name, (), _windowed(value, text), f"host: {value}"))
+    shared: dict[str, Metric] = {}
+    for value, name, text, constants in _HOST_COUNTERS:
+        if name not in shared:
+            shared[name] = counter(name, tuple(constants), text,
+                                   "host: " + ("cpu_<mode>_seconds_total" if "cpu_seconds" in name
+                                               else "<resource>_pressure_<kind>_seconds_total"))
+        routes["host"][value] = Route(shared[name], constants=constants)
     for value, name, text, scale in _NIC_VALUES:
-        routes["nic"][value] = Route(gauge(name, ("nic",), text, f"nic: {value}"), scale)
+        routes["nic"][value] = Route(gauge(name, ("nic",), _windowed(value, text),
+                                           f"nic: {value}"), scale)
+    for value, name, text in _NIC_COUNTERS:
+        routes["nic"][value] = Route(counter(name, ("nic",), text, f"nic: {value}"))
     for value, name, text in _HOST_TCP_VALUES:
-        routes["nic"][value] = Route(gauge(name, (), text, f"nic (scope=host): {value}"))
+        routes["nic"][value] = Route(gauge(name, (), _windowed(value, text),
+                                           f"nic (scope=host): {value}"))
+    for value, name, text in _HOST_TCP_COUNTERS:
+        routes["nic"][value] = Route(counter(name, (), text, f"nic (scope=host): {value}"))
     for phase in _HTTP_PHASES:
         routes["http"][f"{phase}_seconds"] = Route(HTTP_DURATION, constants={"phase": phase})
     for value, name, text in _HTTP_VALUES:

@@ -40,6 +40,21 @@ def pressure_value(resource: str, kind: str = "some") -> str:
     return f"{resource}_pressure_{kind}_ratio"
 
 
+#: The /proc/stat CPU columns, in order (proc(5)); the host probe reads the first eight.
+CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_seconds_total(mode: str) -> str:
+    """All CPUs' time in ``mode`` (one of CPU_MODES) since boot, as the kernel counts
+    it: a counter, so Prometheus rebuilds exact utilization over any range."""
+    return f"cpu_{mode}_seconds_total"
+
+
+def pressure_seconds_total(resource: str, kind: str = "some") -> str:
+    """The pressure-stall time of ``resource`` since boot (PSI's ``total``), a counter."""
+    return f"{resource}_pressure_{kind}_seconds_total"
+
+
 # -- http and download -----------------------------------------------------------------
 
 STATUS_VALUE = "status"
@@ -97,6 +112,16 @@ def nic_value(direction: str, what: str) -> str:
     ``rx_bits_per_second`` (also ``utilization_ratio``, ``drops_per_second``)."""
     return f"{direction}_{what}"
 
+
+def nic_total(direction: str, what: str) -> str:
+    """An interface's raw /proc/net/dev counter as read: ``nic_total("rx", "bytes")``
+    is ``rx_bytes_total`` (also ``packets``, ``drops``, ``errors``)."""
+    return f"{direction}_{what}_total"
+
+
+#: The host's TCP counters as read (/proc/net/snmp), beside their per-second rates.
+TCP_RETRANSMITS_TOTAL = "tcp_retransmits_total"
+TCP_OUT_SEGMENTS_TOTAL = "tcp_out_segments_total"
 
 RX_UTILIZATION = nic_value("rx", "utilization_ratio")
 TX_UTILIZATION = nic_value("tx", "utilization_ratio")
