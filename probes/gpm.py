@@ -80,8 +80,13 @@ class GpmReader:
             return None
         reader = cls(session, handle, index, buffers=buffers, request=request,
                      monotonic=monotonic)
-        # The first sample now, so that the first pass already has an interval.
-        reader.read({})
+        # The first sample now, so that the first pass already has an interval. The GPU
+        # can be lost right here: the buffers are ours to free before the error goes up.
+        try:
+            reader.read({})
+        except BaseException:
+            reader.close()
+            raise
         return None if reader.closed else reader
 
     def read(self, values: dict[str, float]) -> bool:

@@ -93,6 +93,14 @@ class _Device:
         return {"gpu": self.labels["gpu"], "uuid": self.labels["uuid"]}
 
 
+def _attach_errors(devices: Sequence[_Device]) -> str:
+    """``GPU 0, 1: <error>; GPU 2: <other error>``: devices grouped by their error."""
+    by_error: dict[str, list[str]] = {}
+    for dev in devices:
+        by_error.setdefault(dev.error or "cannot be read", []).append(str(dev.index))
+    return "; ".join(f"GPU {', '.join(ids)}: {error}" for error, ids in by_error.items())
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
@@ -123,14 +131,27 @@ class GpuProbe:
 
     def check(self) -> Availability:
         with self._busy:
+            started_before = self._devices is not None
             error = self._start(retry_now=True)
             devices = self._devices
+            for dev in devices if started_before and devices else ():
+                if dev.handle is None:  # failed to attach earlier: it may be back
+                    self._attach(dev)
         if error is not None:
             return Availability.no(error)
         if not devices:
             return Availability.no("NVML found no NVIDIA GPU on this host")
-        names = Counter(d.labels.get("name", "unknown GPU") for d in devices)
+        attached = [d for d in devices if d.handle is not None]
+        failed_devices = [d for d in devices if d.handle is None]
+        if not attached:
+            # Counting GPUs is not reading them: every GPU failed to attach.
+            return Availability.no(f"NVML sees {len(devices)} GPU(s) but none can be read: "
+                                   + _attach_errors(failed_devices))
+        names = Counter(d.labels.get("name", "unknown GPU") for d in attached)
         summary = ", ".join(f"{n}x {name}" for name, n in names.items())
+        if failed_devices:
+            return Availability.yes(f"{len(attached)} of {len(devices)} GPU(s) readable: "
+                                    f"{summary}; {_attach_errors(failed_devices)}")
         return Availability.yes(f"{len(devices)} GPU(s): {summary}")
 
     def sample(self) -> Sequence[Sample]:
