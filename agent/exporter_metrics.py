@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ai_bottleneck.probes.gpu_health import FLAG_PREFIX, FLAG_SUFFIX, HEALTH_STATES
+
 PREFIX = "ai_bottleneck_"
 Kind = Literal["gauge", "counter"]
 
@@ -167,6 +169,38 @@ _GPU_VALUES = (
      "GPU memory used by all its processes together."),
 )
 
+_GPU_HEALTH = ("gpu", "uuid")  # also on a failed sample, so its state replaces the last good one
+GPU_HEALTH = gauge("gpu_health", (*_GPU_HEALTH, "state"),
+                   "1 for the GPU's health state, 0 for the others: ok, degraded (row remap or "
+                   "page retirement pending, remap failure), reset_required (XID needing a "
+                   "reset, uncorrectable ECC since the last reset), lost (fell off the bus).",
+                   "gpu: health_<state>_flag")
+GPU_ECC_ERRORS = counter("gpu_ecc_errors_total", (*_GPU, "error_type", "counter"),
+                         "ECC errors; error_type corrected or uncorrected, counter volatile "
+                         "(since the last driver load or reset) or aggregate (lifetime).",
+                         "gpu: ecc_<error_type>_<counter>_errors_total")
+GPU_REMAPPED_ROWS = gauge("gpu_remapped_rows", (*_GPU, "cause"),
+                          "Memory rows remapped (as recorded in the InfoROM), by the cause: "
+                          "correctable or uncorrectable errors.",
+                          "gpu: remapped_rows_<cause>")
+GPU_RETIRED_PAGES = gauge("gpu_retired_pages", (*_GPU, "cause"),
+                          "Memory pages retired (GPUs before Ampere), by the cause: "
+                          "single_bit (repeated) or double_bit ECC errors.",
+                          "gpu: retired_pages_<cause>")
+_GPU_HEALTH_VALUES = (
+    ("xid_errors_total", "gpu_xid_errors_total", "counter",
+     "XID error events since the agent started (absent where events cannot be watched)."),
+    ("xid_reset_required_errors_total", "gpu_xid_reset_required_errors_total", "counter",
+     "XID events whose catalogue action is a GPU reset or a reboot."),
+    ("xid_last_code", "gpu_xid_last_code", "gauge", "The latest XID seen since the agent started."),
+    ("row_remap_pending_flag", "gpu_row_remap_pending", "gauge",
+     "1 when a row remapping waits for the next GPU reset."),
+    ("row_remap_failure_flag", "gpu_row_remap_failure", "gauge",
+     "1 when a row remapping has ever failed (NVIDIA's RMA criterion)."),
+    ("retired_pages_pending_flag", "gpu_retired_pages_pending", "gauge",
+     "1 when a page retirement waits for the next driver reload."),
+)
+
 # -- host and NICs ----------------------------------------------------------------------
 
 _HOST_VALUES = (
@@ -254,6 +288,22 @@ def _build_routes() -> dict[str, dict[str, Route]]:
     routes["gpu"]["oom_events_total"] = Route(counter(
         "gpu_oom_events_total", _GPU, "Out-of-memory events the GPU probe saw.",
         "gpu: oom_events_total"))
+    for value, name, kind, text in _GPU_HEALTH_VALUES:
+        make = counter if kind == "counter" else gauge
+        routes["gpu"][value] = Route(make(name, _GPU, text, f"gpu: {value}"))
+    for error_type in ("corrected", "uncorrected"):
+        for kind in ("volatile", "aggregate"):
+            routes["gpu"][f"ecc_{error_type}_{kind}_errors_total"] = Route(
+                GPU_ECC_ERRORS, constants={"error_type": error_type, "counter": kind})
+    for cause in ("correctable", "uncorrectable"):
+        routes["gpu"][f"remapped_rows_{cause}"] = Route(GPU_REMAPPED_ROWS,
+                                                        constants={"cause": cause})
+    for cause in ("single_bit", "double_bit"):
+        routes["gpu"][f"retired_pages_{cause}"] = Route(GPU_RETIRED_PAGES,
+                                                        constants={"cause": cause})
+    for state in HEALTH_STATES:
+        routes["gpu"][f"{FLAG_PREFIX}{state}{FLAG_SUFFIX}"] = Route(GPU_HEALTH,
+                                                                    constants={"state": state})
     for value, name, text in _HOST_VALUES:
         routes["host"][value] = Route(gauge(name, (), text, f"host: {value}"))
     for value, name, text, scale in _NIC_VALUES:

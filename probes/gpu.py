@@ -27,12 +27,14 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ai_bottleneck.options import bounds, parse_options
 from ai_bottleneck.probes import nvml
 from ai_bottleneck.probes.base import Availability, Clock, failed
 from ai_bottleneck.probes.gpm import GpmReader
+from ai_bottleneck.probes.gpu_health import HealthReader, fault_values
 from ai_bottleneck.samples import Sample, one_line
 
 NAME = "gpu"
@@ -69,13 +71,15 @@ class Options:
             "40 ms per GPU per pass"))
     processes: bool = field(default=True, metadata=bounds(
         doc="list compute processes and the GPU memory each uses"))
+    health: bool = field(default=True, metadata=bounds(
+        doc="watch XID error events and read ECC counters, row remapping and retired pages"))
 
 
 class _Device:
     """What the probe keeps about one GPU between passes."""
 
-    __slots__ = ("absent", "cursor", "error", "gpm", "handle", "index", "labels",
-                 "sample_buffer", "sm_clock_max_hertz")
+    __slots__ = ("absent", "cursor", "error", "fault", "gpm", "handle", "health", "index",
+                 "labels", "sample_buffer", "sm_clock_max_hertz")
 
     def __init__(self, index: int, sample_buffer: bool) -> None:
         self.index = index
@@ -87,6 +91,8 @@ class _Device:
         self.sample_buffer = sample_buffer
         self.sm_clock_max_hertz: float | None = None
         self.gpm: GpmReader | None = None
+        self.health: HealthReader | None = None
+        self.fault: dict[str, float] = {}  # health values of the attach failure
 
     @property
     def error_labels(self) -> dict[str, str]:
@@ -170,6 +176,8 @@ class GpuProbe:
         try:
             for dev in self._devices or ():
                 self._drop_gpm(dev)
+                if dev.health is not None:
+                    dev.health.close()
             self._devices = None
             self._nvml.stop()
         finally:
@@ -215,6 +223,7 @@ class GpuProbe:
             max_mhz = self._static("nvmlDeviceGetMaxClockInfo", handle, nvml.CLOCK_SM)
         except (nvml.NVMLError, nvml.FunctionMissing) as exc:
             dev.error = nvml.describe(exc)
+            dev.fault = fault_values(exc)
             return
         # A new dict, never changed afterwards: samples already out keep theirs.
         labels = {"gpu": str(dev.index), "uuid": _text(uuid) if uuid is not None else ""}
@@ -228,12 +237,18 @@ class GpuProbe:
             dev.sm_clock_max_hertz = float(max_mhz) * 1e6
         dev.handle = handle
         dev.error = ""
-        if self.options.gpm:
-            try:
+        try:
+            if self.options.gpm:
                 dev.gpm = GpmReader.open(self._nvml, handle, dev.index, self._monotonic)
-            except nvml.NVMLError as exc:  # the GPU went away between calls
-                dev.handle = None
-                dev.error = nvml.describe(exc)
+            if dev.health is not None:  # kept across a lost GPU: it remembers past XIDs
+                dev.health.handle = handle
+            elif self.options.health:
+                dev.health = HealthReader(self._nvml, handle, dev.index)
+        except nvml.NVMLError as exc:  # the GPU went away between calls
+            self._drop_gpm(dev)
+            dev.handle = None
+            dev.error = nvml.describe(exc)
+            dev.fault = fault_values(exc)
 
     def _static(self, function: str, *args: Any) -> Any:
         try:
@@ -261,12 +276,14 @@ class GpuProbe:
             if dev.handle is None:
                 self._attach(dev)
                 if dev.handle is None:
-                    out.append(failed(NAME, dev.error, dev.error_labels, t=t))
+                    out.append(Sample(t=t, probe=NAME, labels=dev.error_labels,
+                                      values=dev.fault, error=one_line(dev.error)))
                     continue
             try:
                 out.extend(self._read(dev, t, pids))
             except nvml.NVMLError as exc:  # GPU-fatal: this GPU only
-                out.append(failed(NAME, nvml.describe(exc), dev.error_labels, t=t))
+                out.append(Sample(t=t, probe=NAME, labels=dev.error_labels,
+                                  values=fault_values(exc), error=nvml.describe(exc)))
             except Exception as exc:  # a bug or a broken backend: still one GPU, one line
                 self._nvml.log_once(f"bug:{type(exc).__name__}", "gpu: reading GPU %d failed",
                                     dev.index, level=logging.ERROR)
@@ -315,6 +332,8 @@ class GpuProbe:
         values["gpm_available"] = 1.0 if gpm is not None and gpm.read(values) else 0.0
         if gpm is not None and gpm.closed:
             dev.gpm = None
+        if dev.health is not None:
+            dev.health.read(values, partial(self._value, dev))
         processes = self._read_processes(dev, values, t, pids) if self.options.processes else []
         return [Sample(t=t, probe=NAME, labels=dev.labels, values=values), *processes]
 

@@ -59,6 +59,7 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
         values = {v: 0.5 for v, _n, _h in em._GPU_VALUES}
         values |= {"clocks_event_sw_power_cap_flag": 1.0, "clocks_event_hw_slowdown_flag": 0.0,
                    "oom_events_total": 0.0}
+        values |= {v: 0.0 for v in em.ROUTES["gpu"] if v not in values}  # health and others
         gpu_samples.append(Sample(t, "gpu", labels, values))
         gpu_samples.append(Sample(t, "gpu", {"gpu": str(i), "uuid": f"GPU-{i:04d}",
                                               "pid": str(100 + i), "process_name": "python3"},

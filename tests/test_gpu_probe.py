@@ -357,7 +357,8 @@ def test_gpu_lost_mid_run_reports_the_error_and_the_others_keep_sampling() -> No
         assert not lost.ok
         assert lost.labels == {"gpu": "1", "uuid": fake.gpus[1].uuid}
         assert "lost" in lost.error and "\n" not in lost.error
-        assert not lost.values
+        assert lost.values == {"health_ok_flag": 0.0, "health_degraded_flag": 0.0,
+                               "health_reset_required_flag": 0.0, "health_lost_flag": 1.0}
     fake.recover(1)
     clock.advance(1.0)
     assert by_gpu(probe.sample())["1"].ok

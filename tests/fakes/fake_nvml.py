@@ -19,6 +19,8 @@ matching subclass). It behaves like the library where that is known:
 - GPM (Hopper and newer): ``nvmlGpmQueryDeviceSupport``, ``nvmlGpmSampleAlloc``,
   ``nvmlGpmSampleGet``, ``nvmlGpmMetricsGet`` (with the fake's own
   ``c_nvmlGpmMetricsGet_t``), ``nvmlGpmSampleFree``; metric values in percent;
+- health (tests/fakes/fake_nvml_health.py): XID events through event sets
+  (``fake.xid(i, 79)``), ECC counters, remapped rows, retired pages;
 - an old driver lacks C symbols (NVMLError_FunctionNotFound; the unversioned
   process call raises pynvml.NVMLLibraryMismatchError like the real wrapper);
   an old nvidia-ml-py lacks Python functions (AttributeError).
@@ -60,6 +62,7 @@ from typing import Any
 
 import pynvml
 
+from tests.fakes.fake_nvml_health import HealthCalls
 from tests.fakes.nvml_state import (
     STATE_ENV,
     FakeGpu,
@@ -185,6 +188,7 @@ class _GpuState:
         self.next_sample_us = now_us
         self.faults: dict[str, list[Any]] = {}  # function -> [code, remaining or None]
         self.handle: FakeHandle | None = None
+        self.xids_delivered = 0  # how many of the GPU's xid_events were handed out
 
 
 class _Absent:
@@ -197,7 +201,7 @@ class _Absent:
         raise AttributeError(self.name)
 
 
-class FakeNvml:
+class FakeNvml(HealthCalls):
     """pynvml-shaped fake for any number of GPUs. See the module docstring."""
 
     c_nvmlGpmMetricsGet_t = FakeGpmMetricsGet
@@ -215,6 +219,7 @@ class FakeNvml:
         self.calls: dict[str, int] = {}
         self.gpm_samples_live: set[int] = set()  # ids of allocated, not yet freed samples
         self._removed: set[str] = set()
+        self._health_init()
         self._states = [_GpuState(self._now_us()) for _ in self.gpus]
         self._path = Path(state_path) if state_path is not None else None
         self._file_key: tuple[int, int, int] | None = None

@@ -28,7 +28,13 @@ replace; one writer at a time). Schema::
           "unsupported": ["nvmlDeviceGetPowerUsage"],   # these raise NotSupported
           "sample_period_seconds": 0.1667,              # or null: no samples
           "processes": [{"pid": 1234, "name": "python3",
-                         "used_memory_bytes": 60000000000}]
+                         "used_memory_bytes": 60000000000}],
+          "xid_events": [79],                           # XIDs the driver reports, in order
+          "ecc": {"corrected_volatile": 0, "uncorrected_volatile": 0,
+                  "corrected_aggregate": 0, "uncorrected_aggregate": 0},  # or null: ECC off
+          "remapped_rows": {"correctable": 0, "uncorrectable": 0, "pending": 0,
+                            "failure": 0},              # or null: before Ampere
+          "retired_pages": null   # or {"single_bit": 0, "double_bit": 0, "pending": 0}
         }
       ]
     }
@@ -63,6 +69,15 @@ def _default_gpm() -> dict[str, float]:
     return {"sm_util": 0.0, "sm_occupancy": 0.0, "tensor_util": 0.0, "dram_bw_util": 0.0}
 
 
+def _default_ecc() -> dict[str, int]:
+    return {"corrected_volatile": 0, "uncorrected_volatile": 0, "corrected_aggregate": 0,
+            "uncorrected_aggregate": 0}
+
+
+def _default_remapped_rows() -> dict[str, int]:
+    return {"correctable": 0, "uncorrectable": 0, "pending": 0, "failure": 0}
+
+
 @dataclass
 class FakeGpu:
     """Scripted readings of one GPU (field names are the JSON keys)."""
@@ -89,6 +104,10 @@ class FakeGpu:
     unsupported: list[str] = field(default_factory=list)
     sample_period_seconds: float | None = 1 / 6
     processes: list[FakeProcess] = field(default_factory=list)
+    xid_events: list[int] = field(default_factory=list)
+    ecc: dict[str, int] | None = field(default_factory=_default_ecc)
+    remapped_rows: dict[str, int] | None = field(default_factory=_default_remapped_rows)
+    retired_pages: dict[str, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -106,6 +125,7 @@ class FakeGpu:
         if kwargs.get("gpm") is not None:
             kwargs["gpm"] = dict(kwargs["gpm"])
         kwargs["unsupported"] = list(kwargs.get("unsupported", []))
+        kwargs["xid_events"] = list(kwargs.get("xid_events", []))
         return cls(**kwargs, extra={k: v for k, v in obj.items() if k not in known})
 
 
