@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ai_bottleneck import advice
+from ai_bottleneck import advice, gpu_faults
 from ai_bottleneck.facts import Facts, Signal, above, below, memory_text
 from ai_bottleneck.signals import read, summary
 from ai_bottleneck.thresholds import Thresholds
@@ -346,8 +346,10 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
     """Label one window. Pure: the same window and thresholds give the same answer."""
     r = read(window)
     f = Facts(r, thresholds)
-    found: Finding | None = None
-    for _, rule in RULES:
+    # A GPU fallen off the bus or needing a reset comes before every rule (gpu_faults.py).
+    faults = gpu_faults.hard_faults(window)
+    found: Finding | None = Finding(Label.UNKNOWN, notes=faults, hard=True) if faults else None
+    for _, rule in RULES if found is None else ():
         found = rule(f)
         if found is not None:
             break
@@ -357,7 +359,8 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
     return Classification(
         label=found.label, confidence=found.confidence(), evidence=tuple(evidence),
         advice=tuple(advice.advice_for(found, f)),
-        warnings=tuple(advice.warnings_for(f, found.label, window)), summary=summary(r),
+        warnings=(*advice.warnings_for(f, found.label, window), *gpu_faults.warnings(window)),
+        summary=summary(r),
         probes={name: str(st) for name, st in r.status.items()}, hard=found.hard)
 
 

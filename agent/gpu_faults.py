@@ -1,0 +1,125 @@
+"""GPU health in one window: the hard faults that make the window ``unknown``, and the
+warnings that do not.
+
+A pure function of the window's GPU samples, read by the classifier before its
+rules (docs/classifier.md, "GPU health"). A GPU that fell off the bus or needs a
+reset makes any bottleneck verdict about the host moot: the window says
+``unknown`` and names the fault, at once (hard evidence, no hysteresis). A
+pending row remap, a failed one or a warning-class XID is worth knowing but
+stops nothing: a warning. Recordings without health values (older agents) give
+neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from ai_bottleneck.probes.gpu_health import (
+    XID_RESET_REQUIRED,
+    XID_WARNING,
+    HealthState,
+    state_of,
+    xid_text,
+)
+from ai_bottleneck.samples import Sample
+from ai_bottleneck.windows import SeriesWindow, Window
+
+_WORST_FIRST = (HealthState.LOST, HealthState.RESET_REQUIRED, HealthState.DEGRADED,
+                HealthState.OK)
+
+
+def _gpus(window: Window) -> Iterator[tuple[str, Sequence[SeriesWindow]]]:
+    """Per GPU (by its index label): its series in the window (a failed GPU's samples
+    carry fewer labels, so one GPU can be two series)."""
+    by_gpu: dict[str, list[SeriesWindow]] = {}
+    for sw in window.of("gpu"):
+        if "pid" in sw.labels or "gpu" not in sw.labels:
+            continue
+        key = sw.labels["gpu"] + ("/" + sw.labels["mig"] if "mig" in sw.labels else "")
+        by_gpu.setdefault(key, []).append(sw)
+    yield from sorted(by_gpu.items())
+
+
+def _samples(group: Sequence[SeriesWindow]) -> list[Sample]:
+    return sorted((s for sw in group for s in sw.samples), key=lambda s: s.t)
+
+
+def _worst(samples: Sequence[Sample]) -> tuple[HealthState, Sample] | None:
+    found: dict[HealthState, Sample] = {}
+    for s in samples:
+        state = state_of(s.values)
+        if state is not None:
+            found[state] = s  # the latest sample in that state
+    for state in _WORST_FIRST:
+        if state in found:
+            return state, found[state]
+    return None
+
+
+def _increase(group: Sequence[SeriesWindow], name: str) -> float:
+    return sum(v for sw in group if (v := sw.increase(name)) is not None)
+
+
+def _last(group: Sequence[SeriesWindow], name: str) -> float | None:
+    values = [(s.t, v) for sw in group for s in sw.ok_samples
+              if (v := s.values.get(name)) is not None]
+    return max(values)[1] if values else None
+
+
+def hard_faults(window: Window) -> list[str]:
+    """One line per GPU that fell off the bus or needs a reset in this window."""
+    out = []
+    for gpu, group in _gpus(window):
+        worst = _worst(_samples(group))
+        if worst is None:
+            continue
+        state, sample = worst
+        if state is HealthState.LOST:
+            out.append(f"GPU {gpu} fell off the bus (NVML: GPU is lost): look for Xid errors in "
+                       "dmesg, then reset the GPU or reboot; no verdict while a GPU is gone")
+        elif state is HealthState.RESET_REQUIRED:
+            out.append(f"GPU {gpu} needs a reset ({_reset_reason(group, sample)}): drain it, then "
+                       "reset it (nvidia-smi -r) or reboot; no verdict while it is faulty")
+    return out
+
+
+def _reset_reason(group: Sequence[SeriesWindow], sample: Sample) -> str:
+    if sample.error is not None:
+        return f"NVML: {sample.error}"
+    reasons = []
+    last = _last(group, "xid_last_code")
+    if _last(group, "xid_reset_required_errors_total") and last is not None:
+        code = int(last)
+        reasons.append(xid_text(code) if code in XID_RESET_REQUIRED
+                       else "an XID that needs a reset, since the agent started")
+    uncorrected = _last(group, "ecc_uncorrected_volatile_errors_total")
+    if uncorrected:
+        reasons.append(f"{uncorrected:.0f} uncorrectable ECC error(s) since the last reset")
+    return "; ".join(reasons) or "its health says so"
+
+
+def warnings(window: Window) -> list[str]:
+    """GPU health worth knowing that does not stop the verdict."""
+    out = []
+    for gpu, group in _gpus(window):
+        worst = _worst(_samples(group))
+        if worst is not None and worst[0] is HealthState.DEGRADED:
+            if _last(group, "row_remap_failure_flag"):
+                out.append(f"GPU {gpu}: a row remapping has failed (NVIDIA's criterion for "
+                           "replacing the GPU)")
+            if _last(group, "row_remap_pending_flag"):
+                out.append(f"GPU {gpu}: a row remapping is pending; it takes effect at the next "
+                           "GPU reset (at a convenient time: running work is not affected)")
+            if _last(group, "retired_pages_pending_flag"):
+                out.append(f"GPU {gpu}: a retired memory page takes effect at the next driver "
+                           "reload")
+        new_xids = _increase(group, "xid_errors_total")
+        if new_xids:
+            last = _last(group, "xid_last_code")
+            code = int(last) if last is not None else None
+            what = f", the latest {xid_text(code)}" if code is not None else ""
+            line = f"GPU {gpu}: {new_xids:.0f} XID error event(s) in this window{what}"
+            if code in XID_WARNING:
+                line += ": failing hardware, watch the trend"
+            out.append(line)
+    return out
