@@ -201,6 +201,24 @@ _GPU_HEALTH_VALUES = (
      "1 when a page retirement waits for the next driver reload."),
 )
 
+_GPU_MIG = ("gpu", "uuid", "mig", "mig_uuid", "name")
+#: Values of a MIG instance's samples (label ``mig``): their own families, labelled by
+#: the GPU and the GPU instance id.
+_GPU_MIG_VALUES = (
+    ("memory_used_bytes", "gpu_mig_memory_used_bytes", "Memory in use in the MIG instance."),
+    ("memory_total_bytes", "gpu_mig_memory_total_bytes", "Memory of the MIG instance."),
+    ("sm_active_ratio", "gpu_mig_sm_active_ratio",
+     "Share of time the instance's SMs were active (GPM)."),
+    ("sm_occupancy_ratio", "gpu_mig_sm_occupancy_ratio",
+     "Achieved SM occupancy in the instance (GPM)."),
+    ("tensor_active_ratio", "gpu_mig_tensor_active_ratio",
+     "Share of time the instance's tensor cores were active (GPM)."),
+    ("dram_active_ratio", "gpu_mig_dram_active_ratio",
+     "Share of time the instance's memory was busy (GPM)."),
+    ("gpm_available", "gpu_mig_gpm_available",
+     "1 when GPM metrics were read for the instance, 0 when not."),
+)
+
 # -- host and NICs ----------------------------------------------------------------------
 
 _HOST_VALUES = (
@@ -334,6 +352,9 @@ def _build_routes() -> dict[str, dict[str, Route]]:
 ROUTES = _build_routes()
 #: GPU samples that carry a ``pid`` label describe one process, not the GPU.
 GPU_PROCESS_ROUTES = {"process_memory_used_bytes": Route(GPU_PROCESS_MEMORY)}
+#: GPU samples that carry a ``mig`` label describe one MIG instance.
+GPU_MIG_ROUTES = {value: Route(gauge(name, _GPU_MIG, text, f"gpu (MIG instance): {value}"))
+                  for value, name, text in _GPU_MIG_VALUES}
 #: Per probe: the "did this source answer" gauge each of its samples sets.
 UP_ROUTES = {
     "gpu": Route(GPU_UP),

@@ -221,6 +221,8 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
         if dev is None:
             errors.extend(sw.errors(1))  # the whole probe failed (no device named)
             continue
+        if "mig" in sw.labels:  # a MIG instance is a GPU of its own to the rules
+            dev += "/mig" + sw.labels["mig"]
         devices.setdefault(dev, []).append(sw)
     out: list[GpuReading] = []
     for group in devices.values():
@@ -238,7 +240,8 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
         oom = sum(v for v in (sw.increase("oom_events_total"),
                               sw.increase("load_failure_events_total")) if v)
         out.append(GpuReading(
-            id=sw.labels.get("gpu") or sw.labels.get("uuid", "?"),
+            id=(sw.labels.get("gpu") or sw.labels.get("uuid", "?"))
+            + (f" MIG instance {sw.labels['mig']}" if "mig" in sw.labels else ""),
             name=sw.labels.get("name"),
             samples=sw.count,
             utilization=_mean(sw, "utilization_ratio"),

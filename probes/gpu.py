@@ -35,6 +35,7 @@ from ai_bottleneck.probes import nvml
 from ai_bottleneck.probes.base import Availability, Clock, failed
 from ai_bottleneck.probes.gpm import GpmReader
 from ai_bottleneck.probes.gpu_health import HealthReader, fault_values
+from ai_bottleneck.probes.gpu_mig import MigReader
 from ai_bottleneck.samples import Sample, one_line
 
 NAME = "gpu"
@@ -71,6 +72,8 @@ class Options:
             "40 ms per GPU per pass"))
     processes: bool = field(default=True, metadata=bounds(
         doc="list compute processes and the GPU memory each uses"))
+    mig: bool = field(default=True, metadata=bounds(
+        doc="on GPUs in MIG mode, one sample per GPU instance (memory, GPM metrics)"))
     health: bool = field(default=True, metadata=bounds(
         doc="watch XID error events and read ECC counters, row remapping and retired pages"))
 
@@ -79,7 +82,7 @@ class _Device:
     """What the probe keeps about one GPU between passes."""
 
     __slots__ = ("absent", "cursor", "error", "fault", "gpm", "handle", "health", "index",
-                 "labels", "sample_buffer", "sm_clock_max_hertz")
+                 "labels", "mig", "sample_buffer", "sm_clock_max_hertz")
 
     def __init__(self, index: int, sample_buffer: bool) -> None:
         self.index = index
@@ -92,6 +95,7 @@ class _Device:
         self.sm_clock_max_hertz: float | None = None
         self.gpm: GpmReader | None = None
         self.health: HealthReader | None = None
+        self.mig: MigReader | None = None
         self.fault: dict[str, float] = {}  # health values of the attach failure
 
     @property
@@ -244,6 +248,9 @@ class GpuProbe:
                 dev.health.handle = handle
             elif self.options.health:
                 dev.health = HealthReader(self._nvml, handle, dev.index)
+            if self.options.mig:
+                dev.mig = MigReader.open(self._nvml, handle, labels, dev.index,
+                                         self._monotonic, gpm=self.options.gpm)
         except nvml.NVMLError as exc:  # the GPU went away between calls
             self._drop_gpm(dev)
             dev.handle = None
@@ -335,7 +342,9 @@ class GpuProbe:
         if dev.health is not None:
             dev.health.read(values, partial(self._value, dev))
         processes = self._read_processes(dev, values, t, pids) if self.options.processes else []
-        return [Sample(t=t, probe=NAME, labels=dev.labels, values=values), *processes]
+        instances = dev.mig.read(t, NAME, partial(self._value, dev)) if dev.mig else []
+        return [Sample(t=t, probe=NAME, labels=dev.labels, values=values), *instances,
+                *processes]
 
     def _value(self, dev: _Device, key: str, functions: Sequence[str], *args: Any) -> Any:
         """One reading, or None. Unsupported: remembered, not asked again. GPU-fatal: raised."""
@@ -462,6 +471,9 @@ class GpuProbe:
         if dev.gpm is not None:
             dev.gpm.close()
             dev.gpm = None
+        if dev.mig is not None:
+            dev.mig.close()
+            dev.mig = None
 
 
 def create(options: Mapping[str, Any]) -> GpuProbe:

@@ -64,6 +64,9 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
         gpu_samples.append(Sample(t, "gpu", {"gpu": str(i), "uuid": f"GPU-{i:04d}",
                                               "pid": str(100 + i), "process_name": "python3"},
                                   {"process_memory_used_bytes": 2e9}))
+        gpu_samples.append(Sample(t, "gpu", {"gpu": str(i), "uuid": f"GPU-{i:04d}", "mig": "1",
+                                              "mig_uuid": f"MIG-{i:04d}", "name": "MIG 1g"},
+                                  dict.fromkeys(em.GPU_MIG_ROUTES, 0.25)))
     state.record_samples("gpu", gpu_samples, duration_seconds=0.004)
     state.record_samples("host", [Sample(t, "host", {}, {v: 0.25 for v, _n, _h in
                                                           em._HOST_VALUES})])
@@ -424,6 +427,7 @@ def test_series_metrics_and_the_agents_own_metrics_never_share_a_family() -> Non
     own = set(points)
     routed = {r.metric.name for table in em.ROUTES.values() for r in table.values()}
     routed |= {r.metric.name for r in em.GPU_PROCESS_ROUTES.values()}
+    routed |= {r.metric.name for r in em.GPU_MIG_ROUTES.values()}
     routed |= {r.metric.name for r in em.UP_ROUTES.values()}
     routed |= {em.GPU_INFO.name, em.GPU_CLOCKS_EVENT.name}
     assert own and routed and not own & routed

@@ -21,6 +21,8 @@ matching subclass). It behaves like the library where that is known:
   ``c_nvmlGpmMetricsGet_t``), ``nvmlGpmSampleFree``; metric values in percent;
 - health (tests/fakes/fake_nvml_health.py): XID events through event sets
   (``fake.xid(i, 79)``), ECC counters, remapped rows, retired pages;
+- MIG (tests/fakes/fake_nvml_mig.py): ``FakeGpu(mig=[FakeMigInstance(1), ...])``
+  puts a GPU in MIG mode with those GPU instances;
 - an old driver lacks C symbols (NVMLError_FunctionNotFound; the unversioned
   process call raises pynvml.NVMLLibraryMismatchError like the real wrapper);
   an old nvidia-ml-py lacks Python functions (AttributeError).
@@ -63,9 +65,11 @@ from typing import Any
 import pynvml
 
 from tests.fakes.fake_nvml_health import HealthCalls
+from tests.fakes.fake_nvml_mig import MIG_PARENT_UNSUPPORTED, FakeMigHandle, MigCalls
 from tests.fakes.nvml_state import (
     STATE_ENV,
     FakeGpu,
+    FakeMigInstance,
     FakeProcess,
     make_gpus,
     read_state,
@@ -75,8 +79,8 @@ from tests.fakes.nvml_state import (
 
 __all__ = [
     "BACKEND_SPEC", "STATE_ENV", "FakeClock", "FakeGpmMetricsGet", "FakeGpmSample", "FakeGpu",
-    "FakeHandle", "FakeNvml", "FakeProcess", "from_env", "make_gpus", "read_state",
-    "update_gpu", "write_state",
+    "FakeHandle", "FakeMigInstance", "FakeNvml", "FakeProcess", "from_env", "make_gpus",
+    "read_state", "update_gpu", "write_state",
 ]
 
 BACKEND_SPEC = "tests.fakes.fake_nvml:from_env"
@@ -201,7 +205,7 @@ class _Absent:
         raise AttributeError(self.name)
 
 
-class FakeNvml(HealthCalls):
+class FakeNvml(HealthCalls, MigCalls):
     """pynvml-shaped fake for any number of GPUs. See the module docstring."""
 
     c_nvmlGpmMetricsGet_t = FakeGpmMetricsGet
@@ -313,6 +317,8 @@ class FakeNvml(HealthCalls):
             raise _err(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
         if self.init_count <= 0:
             raise _err(pynvml.NVML_ERROR_UNINITIALIZED)
+        if type(handle) is FakeMigHandle:
+            return self._mig_view(handle, name)
         return self._check_device(handle.index, name)
 
     def _check_device(self, index: int, name: str) -> FakeGpu:
@@ -335,6 +341,8 @@ class FakeNvml(HealthCalls):
                         fault[1] = remaining - 1
                 raise _err(code)
         if gpu.unsupported and name in gpu.unsupported:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if gpu.mig is not None and name in MIG_PARENT_UNSUPPORTED:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return gpu
 

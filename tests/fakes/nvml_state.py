@@ -34,7 +34,10 @@ replace; one writer at a time). Schema::
                   "corrected_aggregate": 0, "uncorrected_aggregate": 0},  # or null: ECC off
           "remapped_rows": {"correctable": 0, "uncorrectable": 0, "pending": 0,
                             "failure": 0},              # or null: before Ampere
-          "retired_pages": null   # or {"single_bit": 0, "double_bit": 0, "pending": 0}
+          "retired_pages": null,  # or {"single_bit": 0, "double_bit": 0, "pending": 0}
+          "mig": null   # MIG mode off; or a list of instances: {"gpu_instance_id": 1,
+                        # "name": "... MIG 3g.40gb", "uuid": "MIG-...",
+                        # "memory_used_bytes": ..., "memory_total_bytes": ..., "gpm": {...}}
         }
       ]
     }
@@ -67,6 +70,19 @@ class FakeProcess:
 
 def _default_gpm() -> dict[str, float]:
     return {"sm_util": 0.0, "sm_occupancy": 0.0, "tensor_util": 0.0, "dram_bw_util": 0.0}
+
+
+@dataclass
+class FakeMigInstance:
+    """One MIG GPU instance (with one compute instance) of a GPU in MIG mode."""
+
+    gpu_instance_id: int
+    compute_instance_id: int = 0
+    name: str = "NVIDIA H100 80GB HBM3 MIG 1g.10gb"
+    uuid: str = "MIG-00000000-0000-0000-0000-000000000000"
+    memory_used_bytes: int = 0
+    memory_total_bytes: int = 10 * 2**30
+    gpm: dict[str, float] | None = field(default_factory=_default_gpm)
 
 
 def _default_ecc() -> dict[str, int]:
@@ -108,6 +124,7 @@ class FakeGpu:
     ecc: dict[str, int] | None = field(default_factory=_default_ecc)
     remapped_rows: dict[str, int] | None = field(default_factory=_default_remapped_rows)
     retired_pages: dict[str, int] | None = None
+    mig: list[FakeMigInstance] | None = None  # None: MIG mode off
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -126,6 +143,8 @@ class FakeGpu:
             kwargs["gpm"] = dict(kwargs["gpm"])
         kwargs["unsupported"] = list(kwargs.get("unsupported", []))
         kwargs["xid_events"] = list(kwargs.get("xid_events", []))
+        if kwargs.get("mig") is not None:
+            kwargs["mig"] = [FakeMigInstance(**m) for m in kwargs["mig"]]
         return cls(**kwargs, extra={k: v for k, v in obj.items() if k not in known})
 
 
