@@ -135,10 +135,19 @@ GPU_INFO = gauge("gpu_info", ("gpu", "uuid", "name", "pci_bus_id"),
 GPU_CLOCKS_EVENT = gauge("gpu_clocks_event_active", (*_GPU, "reason"),
                          "1 while the named clocks event (throttle reason) is active.",
                          "gpu: clocks_event_<reason>_flag")
+#: Where a GPU process runs ("" where unknown or not in one): container, Kubernetes
+#: pod, systemd service. Properties of the PID, so they add no series of their own.
+GPU_PROCESS_PLACEMENT = ("container_id", "pod_uid", "namespace", "pod", "container",
+                         "systemd_unit")
 GPU_PROCESS_MEMORY = gauge("gpu_process_memory_used_bytes",
-                           ("gpu", "uuid", "pid", "process_name"),
-                           "GPU memory used by one process.",
+                           ("gpu", "uuid", "pid", "process_name", *GPU_PROCESS_PLACEMENT),
+                           "GPU memory used by one process (pid \"other\": the processes "
+                           "beyond the per-GPU series limit, together).",
                            "gpu: process_memory_used_bytes (per-process samples)")
+GPU_PROCESSES_FOLDED = gauge("gpu_processes_folded", ("gpu", "uuid"),
+                             "Processes beyond the per-GPU series limit (max_processes), "
+                             "counted in the pid=\"other\" series.",
+                             "gpu: process_count (the pid=other sample)")
 
 _GPU_VALUES = (
     ("utilization_ratio", "gpu_utilization_ratio",
@@ -351,7 +360,8 @@ def _build_routes() -> dict[str, dict[str, Route]]:
 #: (probe, value name) -> Route, for samples of the whole GPU, host, NIC, target.
 ROUTES = _build_routes()
 #: GPU samples that carry a ``pid`` label describe one process, not the GPU.
-GPU_PROCESS_ROUTES = {"process_memory_used_bytes": Route(GPU_PROCESS_MEMORY)}
+GPU_PROCESS_ROUTES = {"process_memory_used_bytes": Route(GPU_PROCESS_MEMORY),
+                      "process_count": Route(GPU_PROCESSES_FOLDED)}
 #: GPU samples that carry a ``mig`` label describe one MIG instance.
 GPU_MIG_ROUTES = {value: Route(gauge(name, _GPU_MIG, text, f"gpu (MIG instance): {value}"))
                   for value, name, text in _GPU_MIG_VALUES}

@@ -21,7 +21,6 @@ is left out, logged once (probes/nvml.py).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -36,6 +35,8 @@ from ai_bottleneck.probes.base import Availability, Clock, failed
 from ai_bottleneck.probes.gpm import GpmReader
 from ai_bottleneck.probes.gpu_health import HealthReader, fault_values
 from ai_bottleneck.probes.gpu_mig import MigReader
+from ai_bottleneck.probes.gpu_processes import ProcessReader
+from ai_bottleneck.probes.k8s_pods import PodDirectory
 from ai_bottleneck.samples import Sample, one_line
 
 NAME = "gpu"
@@ -72,6 +73,15 @@ class Options:
             "40 ms per GPU per pass"))
     processes: bool = field(default=True, metadata=bounds(
         doc="list compute processes and the GPU memory each uses"))
+    max_processes: int = field(default=32, metadata=bounds(
+        min=1, max=1024, doc="process series per GPU, the ones using the most memory; the "
+        "rest are folded into one series with pid \"other\""))
+    proc_root: str = field(default="/proc", metadata=bounds(
+        doc="where the host's /proc is (\"/host/proc\" in a container that mounts it): "
+            "each GPU process's cgroup names its container, pod or service"))
+    pod_logs_root: str = field(default="/var/log/pods", metadata=bounds(
+        doc="the kubelet's pod log directory; its names (and the containers directory "
+            "beside it) give pod, namespace and container names"))
     mig: bool = field(default=True, metadata=bounds(
         doc="on GPUs in MIG mode, one sample per GPU instance (memory, GPM metrics)"))
     health: bool = field(default=True, metadata=bounds(
@@ -135,7 +145,10 @@ class GpuProbe:
         self._devices: list[_Device] | None = None
         self._start_error: str | None = None
         self._retry_at = 0.0
-        self._process_names: dict[int, str] = {}
+        self._processes = ProcessReader(
+            self._nvml, proc_root=self.options.proc_root,
+            pods=PodDirectory(self.options.pod_logs_root, monotonic=monotonic),
+            max_processes=self.options.max_processes)
 
     # -- protocol -------------------------------------------------------------------------
 
@@ -296,8 +309,7 @@ class GpuProbe:
                                     dev.index, level=logging.ERROR)
                 out.append(failed(NAME, f"reading the GPU failed: {one_line(exc)}",
                                   dev.error_labels, t=t))
-        for pid in self._process_names.keys() - pids:
-            del self._process_names[pid]
+        self._processes.forget_except(pids)
         return out
 
     def _read(self, dev: _Device, t: float, pids: set[int]) -> list[Sample]:
@@ -435,37 +447,10 @@ class GpuProbe:
         processes = self._value(dev, "processes", _PROCESSES, dev.handle)
         if processes is None:
             return []
-        out = []
-        total = 0.0
-        known = not processes  # no process at all: 0 bytes is a reading
-        for proc in processes:
-            pid = int(proc.pid)
-            pids.add(pid)
-            proc_values: dict[str, float] = {}
-            used = getattr(proc, "usedGpuMemory", None)
-            if used is not None and used >= 0:
-                proc_values["process_memory_used_bytes"] = float(used)
-                total += used
-                known = True
-            labels = {**dev.error_labels, "pid": str(pid),
-                      "process_name": self._process_name(pid)}
-            out.append(Sample(t=t, probe=NAME, labels=labels, values=proc_values))
-        values["process_count"] = float(len(processes))
-        if known:
-            values["process_memory_used_bytes"] = total
-        return out
-
-    def _process_name(self, pid: int) -> str:
-        name = self._process_names.get(pid)
-        if name is None:
-            try:
-                raw = self._nvml.call("nvmlSystemGetProcessName", pid)
-            except (nvml.FunctionMissing, nvml.NVMLError):
-                raw = None  # gone already, or another container's process
-            name = os.path.basename(_text(raw)) if raw else ""
-            name = name or "unknown"
-            self._process_names[pid] = name
-        return name
+        pids.update(int(proc.pid) for proc in processes)
+        samples, totals = self._processes.samples(dev.error_labels, processes, t, NAME)
+        values.update(totals)
+        return samples
 
     def _drop_gpm(self, dev: _Device) -> None:
         if dev.gpm is not None:

@@ -64,6 +64,9 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
         gpu_samples.append(Sample(t, "gpu", {"gpu": str(i), "uuid": f"GPU-{i:04d}",
                                               "pid": str(100 + i), "process_name": "python3"},
                                   {"process_memory_used_bytes": 2e9}))
+        gpu_samples.append(Sample(t, "gpu", {"gpu": str(i), "uuid": f"GPU-{i:04d}",
+                                              "pid": "other", "process_name": "other"},
+                                  {"process_memory_used_bytes": 1e9, "process_count": 3.0}))
         gpu_samples.append(Sample(t, "gpu", {"gpu": str(i), "uuid": f"GPU-{i:04d}", "mig": "1",
                                               "mig_uuid": f"MIG-{i:04d}", "name": "MIG 1g"},
                                   dict.fromkeys(em.GPU_MIG_ROUTES, 0.25)))
@@ -157,7 +160,8 @@ def test_values_map_to_metrics_with_units_and_labels() -> None:
     assert value(registry, "ai_bottleneck_gpu_clocks_event_active", **gpu,
                  reason="hw_slowdown") == 0
     assert value(registry, "ai_bottleneck_gpu_process_memory_used_bytes", gpu="1",
-                 uuid="GPU-0001", pid="101", process_name="python3") == 2e9
+                 uuid="GPU-0001", pid="101", process_name="python3",
+                 **dict.fromkeys(em.GPU_PROCESS_PLACEMENT, "")) == 2e9
     # Bits per second in samples, bytes per second (the base unit) in metrics.
     assert value(registry, "ai_bottleneck_nic_rx_bytes_per_second", nic="eth0") == 1e6 / 8
     assert value(registry, "ai_bottleneck_host_tcp_retransmit_ratio") == 0.01

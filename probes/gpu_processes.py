@@ -1,0 +1,123 @@
+"""The compute processes on one GPU, named and placed: process name, container,
+Kubernetes pod, systemd service.
+
+NVML lists the processes using a GPU with their host PIDs. For each new PID the
+reader asks NVML for its name and reads ``<proc_root>/<pid>/cgroup`` for where
+it runs (probes/cgroup_ids.py) and, on Kubernetes, the pod's and container's
+names (probes/k8s_pods.py); all of it is cached by PID until the PID leaves the
+GPUs. A PID the agent cannot see (another PID namespace without hostPID or a
+host /proc mount) keeps its memory figure and loses only the names.
+
+Cardinality: per GPU at most ``max_processes`` process series, the ones using the
+most memory; the rest are folded into one series with ``pid="other"``. The
+placement labels are properties of the PID, so they add no series of their own:
+a GPU gives at most ``max_processes + 1`` process series whatever runs on it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ai_bottleneck.probes import nvml
+from ai_bottleneck.probes.cgroup_ids import parse_cgroup
+from ai_bottleneck.probes.k8s_pods import PodDirectory
+from ai_bottleneck.samples import Sample
+
+OTHER = "other"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value).strip("\x00 ")
+
+
+class ProcessReader:
+    """Names and places GPU processes; shared by all GPUs of one probe."""
+
+    def __init__(self, session: nvml.NvmlSession, *, proc_root: str = "/proc",
+                 pods: PodDirectory | None = None, max_processes: int = 32) -> None:
+        self._nvml = session
+        self._proc_root = proc_root
+        self._pods = pods
+        self.max_processes = max_processes
+        self._labels: dict[int, dict[str, str]] = {}
+
+    def samples(self, gpu_labels: Mapping[str, str], processes: Sequence[Any], t: float,
+                probe: str) -> tuple[list[Sample], dict[str, float]]:
+        """One sample per process (at most ``max_processes`` and one folded), and the
+        GPU's own totals (``process_count``, ``process_memory_used_bytes``)."""
+        rows = []
+        for proc in processes:
+            used = getattr(proc, "usedGpuMemory", None)
+            rows.append((int(proc.pid), float(used) if used is not None and used >= 0 else None))
+        # Most memory first; unknown memory last; PID order breaks ties, so the cut is stable.
+        rows.sort(key=lambda r: (r[1] is None, -(r[1] or 0.0), r[0]))
+        out = []
+        total = 0.0
+        known = not rows  # no process at all: 0 bytes is a reading
+        for pid, used in rows[:self.max_processes]:
+            values = {"process_memory_used_bytes": used} if used is not None else {}
+            labels = {**gpu_labels, "pid": str(pid), **self._describe(pid)}
+            out.append(Sample(t=t, probe=probe, labels=labels, values=values))
+        folded = rows[self.max_processes:]
+        if folded:
+            values = {"process_count": float(len(folded))}
+            folded_known = [used for _, used in folded if used is not None]
+            if folded_known:
+                values["process_memory_used_bytes"] = sum(folded_known)
+            out.append(Sample(t=t, probe=probe, labels={**gpu_labels, "pid": OTHER,
+                                                        "process_name": OTHER}, values=values))
+        for _, used in rows:
+            if used is not None:
+                total += used
+                known = True
+        totals = {"process_count": float(len(rows))}
+        if known:
+            totals["process_memory_used_bytes"] = total
+        return out, totals
+
+    def forget_except(self, pids: Iterable[int]) -> None:
+        """Drop what is cached about PIDs no longer on any GPU (PIDs get reused)."""
+        keep = set(pids)
+        for pid in self._labels.keys() - keep:
+            del self._labels[pid]
+
+    def _describe(self, pid: int) -> dict[str, str]:
+        labels = self._labels.get(pid)
+        if labels is None:
+            labels = {"process_name": self._name(pid)}
+            labels.update(self._placement(pid))
+            self._labels[pid] = labels
+        if self._pods is not None and ("pod_uid" in labels or "container_id" in labels):
+            # Looked up each time (a dict lookup once known): a pod's names can show up
+            # in the kubelet's directories after its first GPU sample.
+            names = self._pods.labels(labels.get("pod_uid", ""), labels.get("container_id", ""))
+            if names:
+                return {**labels, **names}
+        return labels
+
+    def _name(self, pid: int) -> str:
+        try:
+            raw = self._nvml.call("nvmlSystemGetProcessName", pid)
+        except (nvml.FunctionMissing, nvml.NVMLError):
+            raw = None  # gone already, or another container's process
+        return (os.path.basename(_text(raw)) if raw else "") or "unknown"
+
+    def _placement(self, pid: int) -> dict[str, str]:
+        try:
+            with open(f"{self._proc_root}/{pid}/cgroup", encoding="utf-8",
+                      errors="replace") as fh:
+                found = parse_cgroup(fh.read(65536))
+        except OSError:  # not visible from here (PID namespace) or already gone
+            return {}
+        labels = {}
+        if found.container_id:
+            labels["container_id"] = found.container_id
+        if found.pod_uid:
+            labels["pod_uid"] = found.pod_uid
+        if found.unit:
+            labels["systemd_unit"] = found.unit
+        return labels
