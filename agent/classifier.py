@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ai_bottleneck import advice, gpu_faults
+from ai_bottleneck import advice, gpu_faults, gpu_workloads
 from ai_bottleneck.facts import Facts, Signal, above, below, memory_text
 from ai_bottleneck.signals import read, summary
 from ai_bottleneck.thresholds import Thresholds
@@ -360,7 +360,7 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
         label=found.label, confidence=found.confidence(), evidence=tuple(evidence),
         advice=tuple(advice.advice_for(found, f)),
         warnings=(*advice.warnings_for(f, found.label, window), *gpu_faults.warnings(window)),
-        summary=summary(r),
+        summary={**summary(r), **gpu_workloads.summary(window)},
         probes={name: str(st) for name, st in r.status.items()}, hard=found.hard)
 
 

@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from ai_bottleneck import report
+from ai_bottleneck.classifier import classify
 from ai_bottleneck.exporter import build_registry
 from ai_bottleneck.probes.gpu import GpuProbe, Options
 from ai_bottleneck.samples import Sample
 from ai_bottleneck.state import AgentState
+from ai_bottleneck.windows import Window
+from tests import synth
 from tests.fakes.fake_nvml import FakeClock, FakeNvml, FakeProcess
 
 CID = "3f4e2a1b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f"
@@ -171,3 +175,33 @@ def test_a_real_process_in_a_kubernetes_shaped_cgroup_is_attributed() -> None:
         labels = procs(list(probe.sample()))[str(pid)].labels
     assert labels["container_id"] == CID
     assert labels["pod_uid"] == UID
+
+
+def test_the_report_names_gpu_memory_by_workload(tmp_path: Path) -> None:
+    proc, pods = tmp_path / "proc", tmp_path / "log" / "pods"
+    fake_proc(proc, 101, f"0::/kubepods.slice/kubepods-pod{UID.replace('-', '_')}.slice/"
+                         f"cri-containerd-{CID}.scope\n")
+    fake_proc(proc, 102, f"0::/system.slice/docker-{CID2}.scope\n")
+    pods.mkdir(parents=True)
+    (pods / f"inference_vllm-0_{UID}").mkdir()
+    clock = FakeClock(synth.T0)
+    fake = FakeNvml.with_gpus(2, clock=clock, utilization_percent=50)
+    fake.gpus[0].processes = [FakeProcess(101, "python3", 40 * GIB)]
+    fake.gpus[1].processes = [FakeProcess(102, "python3", 6 * GIB),
+                              FakeProcess(103, "python3", 512 * 2**20)]
+    probe = GpuProbe(Options(pcie=False, proc_root=str(proc), pod_logs_root=str(pods)),
+                     backend=fake, clock=clock, monotonic=clock)
+    samples: list[Sample] = []
+    for _ in range(5):
+        clock.advance(1.0)
+        samples += probe.sample()
+    samples += synth.scene(synth.host(cpu=0.2), seconds=5, start=synth.T0 + 1)
+    c = classify(Window.from_samples(samples, synth.T0, synth.T0 + 6))
+    assert c.summary["gpu_workloads"] == {
+        "pod inference/vllm-0 on GPU 0": {"memory_used_bytes": 40 * GIB},
+        f"container {CID2[:12]} on GPU 1": {"memory_used_bytes": 6 * GIB},
+        "process python3 (pid 103) on GPU 1": {"memory_used_bytes": 512 * 2**20}}
+    lines = report.key_numbers([{"summary": c.summary}])
+    assert lines[-1] == ("GPU memory by workload (peak): pod inference/vllm-0 on GPU 0 40.0 GiB; "
+                         f"container {CID2[:12]} on GPU 1 6.0 GiB; "
+                         "process python3 (pid 103) on GPU 1 512 MiB")
