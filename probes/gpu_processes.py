@@ -104,6 +104,13 @@ class ProcessReader:
             raw = self._nvml.call("nvmlSystemGetProcessName", pid)
         except (nvml.FunctionMissing, nvml.NVMLError):
             raw = None  # gone already, or another container's process
+        if not raw:  # the host's /proc may still show it (a /host/proc mount)
+            try:
+                with open(f"{self._proc_root}/{pid}/comm", encoding="utf-8",
+                          errors="replace") as fh:
+                    raw = fh.read(256).strip()
+            except OSError:
+                raw = None
         return (os.path.basename(_text(raw)) if raw else "") or "unknown"
 
     def _placement(self, pid: int) -> dict[str, str]:

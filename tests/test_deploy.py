@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -375,3 +376,17 @@ def test_service_and_service_monitor_select_the_agents() -> None:
     assert service["metadata"]["labels"][job_label] == "ai-bottleneck"
     namespaces = {d["metadata"].get("namespace") for d in found.values()} - {None}
     assert namespaces == {found["Namespace"]["metadata"]["name"]}
+
+
+def test_daemonset_mounts_what_gpu_process_attribution_reads() -> None:
+    pod = manifests()["DaemonSet"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config = tomllib.loads(manifests()["ConfigMap"]["data"]["config.toml"])
+    proc_root = config["probes"]["gpu"]["proc_root"]
+    for path, host_path in ((proc_root, "/proc"), ("/var/log/pods", "/var/log/pods"),
+                            ("/var/log/containers", "/var/log/containers")):
+        assert mounts[path].get("readOnly") is True, path
+        assert volumes[mounts[path]["name"]]["hostPath"]["path"] == host_path
+    assert pod["hostPID"] is False  # the /proc mount is enough

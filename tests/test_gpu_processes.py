@@ -205,3 +205,18 @@ def test_the_report_names_gpu_memory_by_workload(tmp_path: Path) -> None:
     assert lines[-1] == ("GPU memory by workload (peak): pod inference/vllm-0 on GPU 0 40.0 GiB; "
                          f"container {CID2[:12]} on GPU 1 6.0 GiB; "
                          "process python3 (pid 103) on GPU 1 512 MiB")
+
+
+def test_process_names_fall_back_to_the_host_proc_comm(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    fake_proc(proc, 101, f"0::/system.slice/docker-{CID2}.scope\n")
+    (proc / "101" / "comm").write_text("tritonserver\n")
+    clock = FakeClock()
+    fake = FakeNvml.with_gpus(1, clock=clock, processes=[FakeProcess(101, "x", GIB),
+                                                         FakeProcess(102, "y", GIB)])
+    fake.remove_functions("nvmlSystemGetProcessName")  # no name from NVML for either
+    probe = GpuProbe(Options(pcie=False, proc_root=str(proc)), backend=fake, clock=clock,
+                     monotonic=clock)
+    got = procs(list(probe.sample()))
+    assert got["101"].labels["process_name"] == "tritonserver"
+    assert got["102"].labels["process_name"] == "unknown"
