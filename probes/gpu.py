@@ -33,6 +33,14 @@ from ai_bottleneck.options import bounds, parse_options
 from ai_bottleneck.probes import nvml
 from ai_bottleneck.probes.base import Availability, Clock, failed
 from ai_bottleneck.probes.gpm import GpmReader
+from ai_bottleneck.probes.gpu_device import (
+    Device,
+    attach_errors,
+    read_memory,
+    read_utilization,
+    read_value,
+    text,
+)
 from ai_bottleneck.probes.gpu_health import HealthReader, fault_values
 from ai_bottleneck.probes.gpu_mig import MigReader
 from ai_bottleneck.probes.gpu_processes import ProcessReader
@@ -49,12 +57,10 @@ _POWER_LIMIT = ("nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetPowerManagement
 _TEMPERATURE = ("nvmlDeviceGetTemperature", "nvmlDeviceGetTemperatureV")
 _CLOCKS_EVENT = ("nvmlDeviceGetCurrentClocksEventReasons",
                  "nvmlDeviceGetCurrentClocksThrottleReasons")
-_MEMORY_V2 = "nvmlDeviceGetMemoryInfo_v2"  # the C symbol behind version=nvmlMemory_v2
 _PROCESSES = ("nvmlDeviceGetComputeRunningProcesses",
               "nvmlDeviceGetComputeRunningProcesses_v2")
 
 _FLAGS = tuple((f"clocks_event_{name}_flag", bit) for name, bit in nvml.CLOCKS_EVENT_REASONS)
-_ABSENT_FOR_GOOD = frozenset({nvml.NOT_SUPPORTED, nvml.NO_PERMISSION})
 _KIB = 1024.0  # NVML's PCIe "KB/s" are KiB/s
 
 
@@ -88,45 +94,6 @@ class Options:
         doc="watch XID error events and read ECC counters, row remapping and retired pages"))
 
 
-class _Device:
-    """What the probe keeps about one GPU between passes."""
-
-    __slots__ = ("absent", "cursor", "error", "fault", "gpm", "handle", "health", "index",
-                 "labels", "mig", "sample_buffer", "sm_clock_max_hertz")
-
-    def __init__(self, index: int, sample_buffer: bool) -> None:
-        self.index = index
-        self.handle: Any = None
-        self.labels: dict[str, str] = {"gpu": str(index), "uuid": ""}
-        self.error = ""
-        self.absent: set[str] = set()  # values this GPU does not give; not asked again
-        self.cursor = 0  # newest driver sample timestamp seen (microseconds)
-        self.sample_buffer = sample_buffer
-        self.sm_clock_max_hertz: float | None = None
-        self.gpm: GpmReader | None = None
-        self.health: HealthReader | None = None
-        self.mig: MigReader | None = None
-        self.fault: dict[str, float] = {}  # health values of the attach failure
-
-    @property
-    def error_labels(self) -> dict[str, str]:
-        return {"gpu": self.labels["gpu"], "uuid": self.labels["uuid"]}
-
-
-def _attach_errors(devices: Sequence[_Device]) -> str:
-    """``GPU 0, 1: <error>; GPU 2: <other error>``: devices grouped by their error."""
-    by_error: dict[str, list[str]] = {}
-    for dev in devices:
-        by_error.setdefault(dev.error or "cannot be read", []).append(str(dev.index))
-    return "; ".join(f"GPU {', '.join(ids)}: {error}" for error, ids in by_error.items())
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return str(value).strip("\x00 ")
-
-
 class GpuProbe:
     """Samples every GPU NVML sees. ``backend``: a pynvml-shaped object (tests)."""
 
@@ -142,7 +109,7 @@ class GpuProbe:
         self._clock = clock
         self._monotonic = monotonic
         self._busy = threading.Lock()
-        self._devices: list[_Device] | None = None
+        self._devices: list[Device] | None = None
         self._start_error: str | None = None
         self._retry_at = 0.0
         self._processes = ProcessReader(
@@ -169,12 +136,12 @@ class GpuProbe:
         if not attached:
             # Counting GPUs is not reading them: every GPU failed to attach.
             return Availability.no(f"NVML sees {len(devices)} GPU(s) but none can be read: "
-                                   + _attach_errors(failed_devices))
+                                   + attach_errors(failed_devices))
         names = Counter(d.labels.get("name", "unknown GPU") for d in attached)
         summary = ", ".join(f"{n}x {name}" for name, n in names.items())
         if failed_devices:
             return Availability.yes(f"{len(attached)} of {len(devices)} GPU(s) readable: "
-                                    f"{summary}; {_attach_errors(failed_devices)}")
+                                    f"{summary}; {attach_errors(failed_devices)}")
         return Availability.yes(f"{len(devices)} GPU(s): {summary}")
 
     def sample(self) -> Sequence[Sample]:
@@ -220,7 +187,7 @@ class GpuProbe:
             error = f"NVML cannot count GPUs: {nvml.describe(exc)}"
         else:
             self._start_error = None
-            self._devices = [_Device(i, self.options.sample_buffer) for i in range(count)]
+            self._devices = [Device(i, self.options.sample_buffer) for i in range(count)]
             for dev in self._devices:
                 self._attach(dev)
             return None
@@ -230,7 +197,7 @@ class GpuProbe:
         log.debug("gpu: NVML unavailable: %s", error)
         return error
 
-    def _attach(self, dev: _Device) -> None:
+    def _attach(self, dev: Device) -> None:
         """Get the handle and the facts that do not change (name, uuid, bus id, max clock)."""
         try:
             handle = self._nvml.call("nvmlDeviceGetHandleByIndex", dev.index)
@@ -243,12 +210,12 @@ class GpuProbe:
             dev.fault = fault_values(exc)
             return
         # A new dict, never changed afterwards: samples already out keep theirs.
-        labels = {"gpu": str(dev.index), "uuid": _text(uuid) if uuid is not None else ""}
+        labels = {"gpu": str(dev.index), "uuid": text(uuid) if uuid is not None else ""}
         if name is not None:
-            labels["name"] = _text(name)
+            labels["name"] = text(name)
         bus_id = getattr(pci, "busId", None) if pci is not None else None
         if bus_id:
-            labels["pci_bus_id"] = _text(bus_id)
+            labels["pci_bus_id"] = text(bus_id)
         dev.labels = labels
         if max_mhz is not None and max_mhz > 0:
             dev.sm_clock_max_hertz = float(max_mhz) * 1e6
@@ -312,11 +279,11 @@ class GpuProbe:
         self._processes.forget_except(pids)
         return out
 
-    def _read(self, dev: _Device, t: float, pids: set[int]) -> list[Sample]:
+    def _read(self, dev: Device, t: float, pids: set[int]) -> list[Sample]:
         handle = dev.handle
         values: dict[str, float] = {}
-        self._read_utilization(dev, values)
-        self._read_memory(dev, values)
+        read_utilization(self._nvml, dev, values)
+        read_memory(self._nvml, dev, values)
         power = self._value(dev, "power", ("nvmlDeviceGetPowerUsage",), handle)
         if power is not None:
             values["power_watts"] = power / 1000.0
@@ -358,91 +325,11 @@ class GpuProbe:
         return [Sample(t=t, probe=NAME, labels=dev.labels, values=values), *instances,
                 *processes]
 
-    def _value(self, dev: _Device, key: str, functions: Sequence[str], *args: Any) -> Any:
+    def _value(self, dev: Device, key: str, functions: Sequence[str], *args: Any) -> Any:
         """One reading, or None. Unsupported: remembered, not asked again. GPU-fatal: raised."""
-        if key in dev.absent:
-            return None
-        try:
-            return self._nvml.call_first(functions, *args)
-        except nvml.FunctionMissing:
-            dev.absent.add(key)
-            return None
-        except nvml.NVMLError as exc:
-            if nvml.is_gpu_fatal(exc):
-                raise
-            code = nvml.error_code(exc)
-            if code in _ABSENT_FOR_GOOD:
-                dev.absent.add(key)
-            self._nvml.log_once(f"{key}:{dev.index}:{code}", "gpu %d: %s: %s; left out",
-                                dev.index, key, nvml.describe(exc))
-            return None
+        return read_value(self._nvml, dev, key, functions, *args)
 
-    def _read_utilization(self, dev: _Device, values: dict[str, float]) -> None:
-        if dev.sample_buffer:
-            try:
-                value_type, samples = self._nvml.call(
-                    "nvmlDeviceGetSamples", dev.handle, nvml.GPU_UTILIZATION_SAMPLES, dev.cursor)
-            except nvml.FunctionMissing:
-                dev.sample_buffer = False
-            except nvml.NVMLError as exc:
-                code = nvml.error_code(exc)
-                if nvml.is_gpu_fatal(exc):
-                    raise
-                if code != nvml.NOT_FOUND:  # NOT_FOUND: no sample since the last pass
-                    if code in _ABSENT_FOR_GOOD:
-                        dev.sample_buffer = False
-                    self._nvml.log_once(f"samples:{dev.index}:{code}",
-                                        "gpu %d: driver sample buffer: %s; using the latest "
-                                        "utilization instead", dev.index, nvml.describe(exc))
-            else:
-                field_name = nvml.SAMPLE_VALUE_FIELDS.get(value_type, "uiVal")
-                total = 0.0
-                count = 0
-                newest = dev.cursor
-                for s in samples:
-                    newest = max(newest, int(s.timeStamp))
-                    value = getattr(s.sampleValue, field_name, None)
-                    if value is not None and 0 <= value <= 100:  # drop driver glitches
-                        total += value
-                        count += 1
-                dev.cursor = newest
-                if count:
-                    values["utilization_ratio"] = total / count / 100.0
-                    values["utilization_samples"] = float(count)
-                    return
-        rates = self._value(dev, "utilization", ("nvmlDeviceGetUtilizationRates",), dev.handle)
-        if rates is not None:
-            ratio = nvml.percent_ratio(rates.gpu)
-            if ratio is not None:
-                values["utilization_ratio"] = ratio
-
-    def _read_memory(self, dev: _Device, values: dict[str, float]) -> None:
-        memory = None
-        v2 = False
-        if not self._nvml.is_missing(_MEMORY_V2) and "memory" not in dev.absent:
-            try:
-                memory = self._nvml.call_variant(_MEMORY_V2, "nvmlDeviceGetMemoryInfo",
-                                                 dev.handle, version=nvml.MEMORY_V2)
-                v2 = True
-            except nvml.FunctionMissing:
-                pass
-            except TypeError:  # an nvidia-ml-py without the version argument
-                self._nvml.mark_missing(_MEMORY_V2, "this nvidia-ml-py is old")
-            except nvml.NVMLError as exc:
-                if nvml.is_gpu_fatal(exc):
-                    raise
-                if nvml.error_code(exc) == nvml.ARGUMENT_VERSION_MISMATCH:
-                    self._nvml.mark_missing(_MEMORY_V2, "the NVIDIA driver does not know version 2")
-        if memory is None:
-            memory = self._value(dev, "memory", ("nvmlDeviceGetMemoryInfo",), dev.handle)
-            if memory is None:
-                return
-        values["memory_used_bytes"] = float(memory.used)
-        values["memory_total_bytes"] = float(memory.total)
-        if v2:
-            values["memory_reserved_bytes"] = float(memory.reserved)
-
-    def _read_processes(self, dev: _Device, values: dict[str, float], t: float,
+    def _read_processes(self, dev: Device, values: dict[str, float], t: float,
                         pids: set[int]) -> list[Sample]:
         processes = self._value(dev, "processes", _PROCESSES, dev.handle)
         if processes is None:
@@ -452,7 +339,7 @@ class GpuProbe:
         values.update(totals)
         return samples
 
-    def _drop_gpm(self, dev: _Device) -> None:
+    def _drop_gpm(self, dev: Device) -> None:
         if dev.gpm is not None:
             dev.gpm.close()
             dev.gpm = None

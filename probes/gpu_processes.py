@@ -5,8 +5,11 @@ NVML lists the processes using a GPU with their host PIDs. For each new PID the
 reader asks NVML for its name and reads ``<proc_root>/<pid>/cgroup`` for where
 it runs (probes/cgroup_ids.py) and, on Kubernetes, the pod's and container's
 names (probes/k8s_pods.py); all of it is cached by PID until the PID leaves the
-GPUs. A PID the agent cannot see (another PID namespace without hostPID or a
-host /proc mount) keeps its memory figure and loses only the names.
+GPUs. NVML's PIDs are the host's: ``proc_root`` is read only where its PIDs are
+the host's too, that is where it is set to something other than ``/proc`` (a
+mount of the host's /proc) or where the agent runs in the host's PID namespace;
+otherwise the same number could be another process in the agent's namespace. A
+PID the agent cannot see keeps its memory figure and loses only the names.
 
 Cardinality: per GPU at most ``max_processes`` process series, the ones using the
 most memory; the rest are folded into one series with ``pid="other"``. The
@@ -44,6 +47,11 @@ class ProcessReader:
         self._pods = pods
         self.max_processes = max_processes
         self._labels: dict[int, dict[str, str]] = {}
+        self._host_pids = proc_root != "/proc" or in_host_pid_namespace()
+        if not self._host_pids:
+            session.log_once("gpu-processes-pidns", "gpu: this agent has its own PID namespace; "
+                             "GPU processes are not named or placed (mount the host's /proc "
+                             "and set proc_root, or run with the host's PIDs)")
 
     def samples(self, gpu_labels: Mapping[str, str], processes: Sequence[Any], t: float,
                 probe: str) -> tuple[list[Sample], dict[str, float]]:
@@ -104,7 +112,7 @@ class ProcessReader:
             raw = self._nvml.call("nvmlSystemGetProcessName", pid)
         except (nvml.FunctionMissing, nvml.NVMLError):
             raw = None  # gone already, or another container's process
-        if not raw:  # the host's /proc may still show it (a /host/proc mount)
+        if not raw and self._host_pids:  # the host's /proc may still show it
             try:
                 with open(f"{self._proc_root}/{pid}/comm", encoding="utf-8",
                           errors="replace") as fh:
@@ -114,6 +122,8 @@ class ProcessReader:
         return (os.path.basename(_text(raw)) if raw else "") or "unknown"
 
     def _placement(self, pid: int) -> dict[str, str]:
+        if not self._host_pids:
+            return {}
         try:
             with open(f"{self._proc_root}/{pid}/cgroup", encoding="utf-8",
                       errors="replace") as fh:
@@ -128,3 +138,17 @@ class ProcessReader:
         if found.unit:
             labels["systemd_unit"] = found.unit
         return labels
+
+
+def in_host_pid_namespace(status_path: str = "/proc/self/status") -> bool:
+    """True when this process is in the initial PID namespace: its ``NSpid`` line (Linux
+    4.1 and newer) lists one PID, not one per nested namespace. Unknown: False."""
+    try:
+        with open(status_path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) == 2
+    except OSError:
+        pass
+    return False
+

@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def probe_for(fake: FakeNvml, clock: FakeClock, **options: Any) -> GpuProbe:
+    # The fake's PIDs are not this host's: no /proc to name or place them by.
+    options.setdefault("proc_root", "/nonexistent/proc")
     return GpuProbe(Options(**options), backend=fake, clock=clock, monotonic=clock)
 
 

@@ -17,6 +17,7 @@ from ai_bottleneck import report
 from ai_bottleneck.classifier import classify
 from ai_bottleneck.exporter import build_registry
 from ai_bottleneck.probes.gpu import GpuProbe, Options
+from ai_bottleneck.probes.gpu_processes import in_host_pid_namespace
 from ai_bottleneck.samples import Sample
 from ai_bottleneck.state import AgentState
 from ai_bottleneck.windows import Window
@@ -220,3 +221,14 @@ def test_process_names_fall_back_to_the_host_proc_comm(tmp_path: Path) -> None:
     got = procs(list(probe.sample()))
     assert got["101"].labels["process_name"] == "tritonserver"
     assert got["102"].labels["process_name"] == "unknown"
+
+
+def test_pid_namespace_is_read_from_nspid(tmp_path: Path) -> None:
+    host, nested, old = tmp_path / "host", tmp_path / "nested", tmp_path / "old"
+    host.write_text("Name:\tpython3\nNSpid:\t4242\n")
+    nested.write_text("Name:\tpython3\nNSpid:\t4242\t7\n")
+    old.write_text("Name:\tpython3\n")  # a kernel before 4.1: unknown, so not trusted
+    assert in_host_pid_namespace(str(host))
+    assert not in_host_pid_namespace(str(nested))
+    assert not in_host_pid_namespace(str(old))
+    assert not in_host_pid_namespace(str(tmp_path / "missing"))
