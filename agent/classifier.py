@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ai_bottleneck import advice, gpu_faults, gpu_workloads
+from ai_bottleneck import advice, gpu_faults, gpu_workloads, service_cpu
 from ai_bottleneck.facts import Facts, Signal, above, below, memory_text
 from ai_bottleneck.signals import read, summary
 from ai_bottleneck.thresholds import Thresholds
@@ -345,7 +345,9 @@ RULES: tuple[tuple[str, Rule], ...] = (
 def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Classification:
     """Label one window. Pure: the same window and thresholds give the same answer."""
     r = read(window)
-    f = Facts(r, thresholds)
+    # The service's own CPU where it was measured; the host's becomes context.
+    judged, service_notes = service_cpu.judge_service(r, window)
+    f = Facts(judged, thresholds)
     # A GPU fallen off the bus or needing a reset comes before every rule (gpu_faults.py).
     faults = gpu_faults.hard_faults(window)
     found: Finding | None = Finding(Label.UNKNOWN, notes=faults, hard=True) if faults else None
@@ -354,7 +356,9 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
         if found is not None:
             break
     assert found is not None  # idle always answers
-    evidence = [s.text for s in found.signals] + found.notes
+    evidence = [s.text for s in found.signals] + found.notes + service_notes
+    if found.label is Label.CPU_BOUND:
+        evidence += service_cpu.cpu_names(window)
     evidence += [f"confidence lowered: {why}" for _, why in found.factors]
     return Classification(
         label=found.label, confidence=found.confidence(), evidence=tuple(evidence),
