@@ -124,13 +124,18 @@ def probes_cmd(config_path: Path | None) -> None:
 
 #: The probe option each target flag replaces, for errors that name the flag.
 FLAG_OPTIONS = {("http", "targets"): "--url", ("iperf3", "targets"): "--iperf3",
-                ("download", "url"): "--download"}
+                ("download", "url"): "--download", ("service", "unit"): "--service",
+                ("service", "cgroup"): "--service", ("service", "process"): "--service"}
 
 
 def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str | None,
-                   config: Any) -> dict[str, dict[str, Any]]:
+                   config: Any, service: str | None = None) -> dict[str, dict[str, Any]]:
     """Command-line targets replace the config's targets for that probe."""
     out: dict[str, dict[str, Any]] = {}
+    if service:
+        from ai_bottleneck.probes.service import options_for
+
+        out["service"] = options_for(service)
     if urls:
         out["http"] = {"targets": [{"url": u} for u in urls]}
     if iperf3:
@@ -177,6 +182,9 @@ class _ProgressLine:
 @click.option("--iperf3", "iperf3", multiple=True, metavar="HOST",
               help="Measure throughput to this iperf3 server (repeatable).")
 @click.option("--download", metavar="URL", help="Measure download throughput from this URL.")
+@click.option("--service", metavar="UNIT|CGROUP|PROCESS",
+              help="The service under diagnosis: a systemd unit, a cgroup path, or a process "
+                   "name or PID; its own CPU is judged, the host's is context.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Config file (default: $AI_BOTTLENECK_CONFIG or "
                    "/etc/ai-bottleneck/config.toml when present).")
@@ -184,8 +192,8 @@ class _ProgressLine:
 @click.option("--record", "record_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Keep the raw samples in this file (JSON Lines; .gz compresses).")
 def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
-                 iperf3: tuple[str, ...], download: str | None, config_path: Path | None,
-                 as_json: bool, record_path: Path | None) -> None:
+                 iperf3: tuple[str, ...], download: str | None, service: str | None,
+                 config_path: Path | None, as_json: bool, record_path: Path | None) -> None:
     """Sample this host for a while and say what holds the service back."""
     from ai_bottleneck.config import ConfigError, load_config
     from ai_bottleneck.diagnose import run_diagnose
@@ -202,8 +210,8 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
             raise click.BadParameter(
                 f"{whose}, {window_seconds:g}s, is longer than the duration "
                 f"({duration:g}s)", param_hint="--window")
-        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config),
-                                 origins=FLAG_OPTIONS)
+        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config,
+                                                        service), origins=FLAG_OPTIONS)
     except ConfigError as exc:
         _fail(str(exc))
     progress = _ProgressLine() if not as_json else None

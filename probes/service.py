@@ -245,6 +245,18 @@ class ServiceProbe:
         return busiest
 
 
+def options_for(name: str) -> dict[str, str]:
+    """The probe options that ``diagnose --service NAME`` means: a systemd unit
+    (``*.service``, ``*.scope``, ``*.slice``), a cgroup path (contains ``/``), else a
+    process name or PID."""
+    name = name.strip()
+    if "/" in name:
+        return {"cgroup": name}
+    if name.endswith((".service", ".scope", ".slice")):
+        return {"unit": name}
+    return {"process": name}
+
+
 def create(options: Mapping[str, Any]) -> ServiceProbe:
     """Entry point ``ai_bottleneck.probes: service``."""
     return ServiceProbe(parse_options(Options, options))
