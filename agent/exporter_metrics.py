@@ -140,7 +140,7 @@ GPU_CLOCKS_EVENT = gauge("gpu_clocks_event_active", (*_GPU, "reason"),
 GPU_PROCESS_PLACEMENT = ("container_id", "pod_uid", "namespace", "pod", "container",
                          "systemd_unit")
 GPU_PROCESS_MEMORY = gauge("gpu_process_memory_used_bytes",
-                           ("gpu", "uuid", "pid", "process_name", *GPU_PROCESS_PLACEMENT),
+                           ("gpu", "uuid", "mig", "pid", "process_name", *GPU_PROCESS_PLACEMENT),
                            "GPU memory used by one process (pid \"other\": the processes "
                            "beyond the per-GPU series limit, together).",
                            "gpu: process_memory_used_bytes (per-process samples)")

@@ -44,7 +44,9 @@ def summary(window: Window) -> dict[str, Any]:
         st = sw.stats("process_memory_used_bytes")
         if st is None:
             continue
-        key = f"{workload_name(sw.labels)} on GPU {sw.labels.get('gpu', '?')}"
+        where = sw.labels.get("gpu", "?") + (f" MIG instance {sw.labels['mig']}"
+                                             if "mig" in sw.labels else "")
+        key = f"{workload_name(sw.labels)} on GPU {where}"
         peaks[key] = peaks.get(key, 0.0) + st.max
     if not peaks:
         return {}

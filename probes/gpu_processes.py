@@ -29,6 +29,7 @@ from ai_bottleneck.probes.k8s_pods import PodDirectory
 from ai_bottleneck.samples import Sample
 
 OTHER = "other"
+_NO_INSTANCE = 0xFFFFFFFF  # NVML's gpuInstanceId for a process on a GPU not in MIG mode
 
 
 def _text(value: Any) -> str:
@@ -58,9 +59,13 @@ class ProcessReader:
         """One sample per process (at most ``max_processes`` and one folded), and the
         GPU's own totals (``process_count``, ``process_memory_used_bytes``)."""
         rows = []
+        instance: dict[int, str] = {}
         for proc in processes:
             used = getattr(proc, "usedGpuMemory", None)
             rows.append((int(proc.pid), float(used) if used is not None and used >= 0 else None))
+            gi = getattr(proc, "gpuInstanceId", None)
+            if isinstance(gi, int) and gi != _NO_INSTANCE:
+                instance[int(proc.pid)] = str(gi)  # the MIG instance it runs in
         # Most memory first; unknown memory last; PID order breaks ties, so the cut is stable.
         rows.sort(key=lambda r: (r[1] is None, -(r[1] or 0.0), r[0]))
         out = []
@@ -69,6 +74,8 @@ class ProcessReader:
         for pid, used in rows[:self.max_processes]:
             values = {"process_memory_used_bytes": used} if used is not None else {}
             labels = {**gpu_labels, "pid": str(pid), **self._describe(pid)}
+            if pid in instance:
+                labels["mig"] = instance[pid]
             out.append(Sample(t=t, probe=probe, labels=labels, values=values))
         folded = rows[self.max_processes:]
         if folded:

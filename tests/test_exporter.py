@@ -160,7 +160,7 @@ def test_values_map_to_metrics_with_units_and_labels() -> None:
     assert value(registry, "ai_bottleneck_gpu_clocks_event_active", **gpu,
                  reason="hw_slowdown") == 0
     assert value(registry, "ai_bottleneck_gpu_process_memory_used_bytes", gpu="1",
-                 uuid="GPU-0001", pid="101", process_name="python3",
+                 uuid="GPU-0001", pid="101", process_name="python3", mig="",
                  **dict.fromkeys(em.GPU_PROCESS_PLACEMENT, "")) == 2e9
     # Bits per second in samples, bytes per second (the base unit) in metrics.
     assert value(registry, "ai_bottleneck_nic_rx_bytes_per_second", nic="eth0") == 1e6 / 8

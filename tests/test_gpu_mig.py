@@ -12,7 +12,14 @@ from ai_bottleneck.samples import Sample
 from ai_bottleneck.state import AgentState
 from ai_bottleneck.windows import Window
 from tests import synth
-from tests.fakes.fake_nvml import FakeClock, FakeGpu, FakeMigInstance, FakeNvml, make_gpus
+from tests.fakes.fake_nvml import (
+    FakeClock,
+    FakeGpu,
+    FakeMigInstance,
+    FakeNvml,
+    FakeProcess,
+    make_gpus,
+)
 
 GIB = 2**30
 
@@ -40,6 +47,7 @@ def mig_host(saturated_instance: int | None = 2) -> tuple[FakeNvml, FakeClock]:
 
 def passes(fake: FakeNvml, clock: FakeClock, count: int = 1,
            **options: Any) -> tuple[GpuProbe, list[Sample]]:
+    options.setdefault("proc_root", "/nonexistent/proc")  # the fake's PIDs are not this host's
     probe = GpuProbe(Options(pcie=False, **options), backend=fake, clock=clock, monotonic=clock)
     out: list[Sample] = []
     for _ in range(count):
@@ -147,3 +155,18 @@ def test_instances_are_exported_with_gpu_and_instance_labels() -> None:
     # the instance's memory is not mixed into the GPU's own series
     gpu0 = {"gpu": "0", "uuid": fake.gpus[0].uuid, "name": fake.gpus[0].name}
     assert registry.get_sample_value("ai_bottleneck_gpu_memory_used_bytes", gpu0) == 0
+
+
+def test_processes_on_a_mig_gpu_carry_their_instance() -> None:
+    fake, clock = mig_host()
+    fake.gpus[0].processes = [FakeProcess(501, "python3", 3 * GIB, gpu_instance_id=5),
+                              FakeProcess(502, "python3", GIB, gpu_instance_id=1)]
+    fake.gpus[1].processes = [FakeProcess(503, "python3", GIB)]
+    _, samples = passes(fake, clock)
+    procs = {s.labels["pid"]: s.labels for s in samples if "pid" in s.labels}
+    assert procs["501"]["mig"] == "5" and procs["502"]["mig"] == "1"
+    assert "mig" not in procs["503"]
+    window = window_for(fake, clock)
+    workloads = classify(window).summary["gpu_workloads"]
+    assert workloads["process python3 (pid 501) on GPU 0 MIG instance 5"] == {
+        "memory_used_bytes": 3 * GIB}

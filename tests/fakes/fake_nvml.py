@@ -527,8 +527,10 @@ class FakeNvml(HealthCalls, MigCalls):
         raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
 
     def _processes(self, gpu: FakeGpu) -> list[_Struct]:
+        none = 0xFFFFFFFF  # NVML's "not in a MIG instance"
         return [_Struct(pid=p.pid, usedGpuMemory=p.used_memory_bytes,
-                        gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
+                        gpuInstanceId=none if p.gpu_instance_id is None else p.gpu_instance_id,
+                        computeInstanceId=none if p.gpu_instance_id is None else 0)
                 for p in gpu.processes]
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[_Struct]:

@@ -66,6 +66,7 @@ class FakeProcess:
     pid: int
     name: str = "python3"
     used_memory_bytes: int | None = None
+    gpu_instance_id: int | None = None  # the MIG instance it runs in (GPU in MIG mode)
 
 
 def _default_gpm() -> dict[str, float]:
