@@ -231,6 +231,8 @@ def agent_config(settings: AgentSettings, *, infer_url: str, service_log: Path,
                        "interval_seconds": settings.interval_seconds},
         "probes.iperf3": {"enabled": False},
         "probes.download": {"enabled": False},
+        # The lab does not name its service's cgroup (yet): judged host-wide, as before.
+        "probes.service": {"enabled": False},
     }
     lines = ["# Written by tests/lab/runner.py for one scenario run."]
     for table, values in tables.items():
