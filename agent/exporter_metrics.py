@@ -272,6 +272,22 @@ _NIC_VALUES = (
     ("tx_errors_per_second", "nic_tx_errors_per_second", "Transmit errors.", 1.0),
 )
 
+_SERVICE_VALUES = (
+    ("cpu_cores", "service_cpu_cores", "CPU time the service's cgroup used per second."),
+    ("cpu_utilization_ratio", "service_cpu_utilization_ratio",
+     "The service's CPU use over the host's CPUs."),
+    ("cpu_pressure_some_ratio", "service_cpu_pressure_some_ratio",
+     "PSI of the service's cgroup: share of time some of its tasks waited for CPU."),
+    ("memory_pressure_some_ratio", "service_memory_pressure_some_ratio",
+     "PSI of the service's cgroup: share of time some of its tasks waited for memory."),
+    ("io_pressure_some_ratio", "service_io_pressure_some_ratio",
+     "PSI of the service's cgroup: share of time some of its tasks waited for I/O."),
+    ("memory_current_bytes", "service_memory_bytes", "Memory of the service's cgroup."),
+    ("process_count", "service_processes", "Processes in the service's cgroup."),
+    ("busiest_thread_core_ratio", "service_busiest_thread_core_ratio",
+     "The largest share of one core a thread of the service used."),
+)
+
 # -- HTTP, throughput, OOM ------------------------------------------------------------
 
 HTTP_DURATION = gauge("http_request_duration_seconds", ("target", "phase"),
@@ -309,7 +325,7 @@ _OOM_VALUES = (
 def _build_routes() -> dict[str, dict[str, Route]]:
     routes: dict[str, dict[str, Route]] = {p: {} for p in
                                            ("gpu", "host", "nic", "http", "download", "iperf3",
-                                            "oom")}
+                                            "oom", "service")}
     for value, name, text in _GPU_VALUES:
         routes["gpu"][value] = Route(gauge(name, _GPU, text, f"gpu: {value}"))
     routes["gpu"]["oom_events_total"] = Route(counter(
@@ -352,6 +368,8 @@ def _build_routes() -> dict[str, dict[str, Route]]:
     for value, name, text in _IPERF3_VALUES:
         routes["iperf3"][value] = Route(gauge(name, ("target", "direction"), text,
                                               f"iperf3: {value}"))
+    for value, name, text in _SERVICE_VALUES:
+        routes["service"][value] = Route(gauge(name, ("service",), text, f"service: {value}"))
     for value, name, text in _OOM_VALUES:
         routes["oom"][value] = Route(counter(name, ("source",), text, f"oom: {value}"))
     return routes

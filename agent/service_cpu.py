@@ -48,7 +48,7 @@ def top_processes(window: Window, limit: int = TOP) -> list[ProcessCpu]:
     for sw in window.of("service"):
         if "pid" not in sw.labels or not sw.count:
             continue
-        cores = sw.mean("cpu_cores") or 0.0
+        cores = sw.mean("process_cpu_cores") or 0.0
         out.append(ProcessCpu(sw.labels["pid"], sw.labels.get("process_name", "?"), cores,
                               sw.labels.get("in_service") == "1"))
     mine = sorted((p for p in out if p.in_service), key=lambda p: -p.cores)[:limit]

@@ -11,7 +11,7 @@ unit (found in the cgroup tree), or a PID or process name (its cgroup).
 
 Samples: one per pass labelled ``service`` (values in docs/probes.md), and one per
 top process labelled ``service``, ``pid``, ``process_name``, ``in_service``
-(``1``/``0``) with ``cpu_cores``.
+(``1``/``0``) with ``process_cpu_cores``.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ class ServiceProbe:
         return [Sample(t=t, probe=NAME, labels=labels, values=values), *[
             Sample(t=t, probe=NAME, labels={**labels, "pid": str(pid), "process_name": comm,
                                             "in_service": "1" if pid in pids else "0"},
-                   values={"cpu_cores": cores}) for pid, comm, cores in top]]
+                   values={"process_cpu_cores": cores}) for pid, comm, cores in top]]
 
     def close(self) -> None:
         pass

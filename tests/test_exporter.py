@@ -73,6 +73,9 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
     state.record_samples("gpu", gpu_samples, duration_seconds=0.004)
     state.record_samples("host", [Sample(t, "host", {}, {v: 0.25 for v, _n, _h in
                                                           em._HOST_VALUES})])
+    state.register_probe("service")
+    state.record_samples("service", [Sample(t, "service", {"service": "api.service"},
+                                            {v: 0.5 for v, _n, _h in em._SERVICE_VALUES})])
     nic_values = {v: 1e6 for v, _n, _h, _s in em._NIC_VALUES}
     tcp_values = {v: 0.01 for v, _n, _h in em._HOST_TCP_VALUES}
     state.record_samples("nic", [Sample(t, "nic", {"nic": "eth0"}, nic_values),

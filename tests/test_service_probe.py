@@ -141,7 +141,7 @@ def _window(host_cpu: float, service: dict[str, float] | None) -> Window:
             samples.append(Sample(synth.T0 + i, "service", {"service": "api.service"}, service))
             samples.append(Sample(synth.T0 + i, "service", {
                 "service": "api.service", "pid": "900", "process_name": "make",
-                "in_service": "0"}, {"cpu_cores": 1.9}))
+                "in_service": "0"}, {"process_cpu_cores": 1.9}))
     return Window.from_samples(samples, synth.T0, synth.T0 + 10)
 
 
