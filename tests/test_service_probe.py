@@ -176,8 +176,9 @@ def test_diagnose_service_judges_the_service_in_a_real_cgroup(tmp_path: Path) ->
     cpus = os.cpu_count() or 1
     with cgroup2() as root, scene(root, service=0, other=cpus) as (cgroup, _pids):
         config = tmp_path / "config.toml"
+        # The NIC probe off: other traffic on a shared test machine would read as load.
         config.write_text(f'[probes.service]\ncgroup_root = "{root}"\n'
-                          '[probes.iperf3]\nenabled = false\n')
+                          '[probes.iperf3]\nenabled = false\n[probes.nic]\nenabled = false\n')
         out = subprocess.run([*command(), "diagnose", "--duration", "6s", "--window", "3s",
                               "--service", cgroup, "--config", str(config), "--json"],
                              check=False, capture_output=True, text=True, timeout=60,
@@ -187,7 +188,4 @@ def test_diagnose_service_judges_the_service_in_a_real_cgroup(tmp_path: Path) ->
     judged = [w for w in windows if any("outside the service" in e for e in w["evidence"])]
     assert judged, windows
     seen = [(w["label"], w["evidence"]) for w in windows]
-    # Host-wide, these windows are cpu_bound. The service is idle; other traffic on this
-    # shared test machine (its NICs) can make a window read balanced instead.
-    assert not any(w["label"] == "cpu_bound" for w in windows), seen
-    assert [w["label"] for w in judged].count("idle") * 2 >= len(judged), seen
+    assert all(w["label"] == "idle" for w in judged), seen  # host-wide: cpu_bound
