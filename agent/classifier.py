@@ -364,7 +364,7 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
         label=found.label, confidence=found.confidence(), evidence=tuple(evidence),
         advice=tuple(advice.advice_for(found, f)),
         warnings=(*advice.warnings_for(f, found.label, window), *gpu_faults.warnings(window)),
-        summary={**summary(r), **gpu_workloads.summary(window)},
+        summary={**summary(r), **gpu_workloads.summary(window), **gpu_faults.summary(window)},
         probes={name: str(st) for name, st in r.status.items()}, hard=found.hard)
 
 

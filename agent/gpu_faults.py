@@ -12,7 +12,7 @@ neither.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from ai_bottleneck.probes.gpu_health import (
     XID_RESET_REQUIRED,
@@ -123,3 +123,43 @@ def warnings(window: Window) -> list[str]:
                 line += ": failing hardware, watch the trend"
             out.append(line)
     return out
+
+
+HEALTH_KEY = "gpu_health"
+
+
+def summary(window: Window) -> dict[str, object]:
+    """``{"gpu_health": {"<gpu>": {"state": "reset_required", "reason": "..."}}}`` for the
+    GPUs not ``ok`` in this window (their worst state); {} when all are ok or unknown."""
+    out: dict[str, dict[str, str]] = {}
+    for gpu, group in _gpus(window):
+        worst = _worst(_samples(group))
+        if worst is None or worst[0] is HealthState.OK:
+            continue
+        state, sample = worst
+        entry = {"state": state.value}
+        if state is HealthState.RESET_REQUIRED:
+            entry["reason"] = _reset_reason(group, sample)
+        out[gpu] = entry
+    return {HEALTH_KEY: out} if out else {}
+
+
+def key_numbers(summaries: Sequence[Mapping[str, object]]) -> list[str]:
+    """One report line naming the GPUs whose health was not ok in some window."""
+    worst: dict[str, tuple[int, str]] = {}
+    order = {s.value: i for i, s in enumerate(_WORST_FIRST)}
+    for s in summaries:
+        part = s.get(HEALTH_KEY)
+        if not isinstance(part, Mapping):
+            continue
+        for gpu, entry in part.items():
+            state = entry.get("state") if isinstance(entry, Mapping) else None
+            if state not in order:
+                continue
+            text = state + (f" ({entry['reason']})" if entry.get("reason") else "")
+            if gpu not in worst or order[state] < worst[gpu][0]:
+                worst[gpu] = (order[state], text)
+    if not worst:
+        return []
+    return ["GPU health: " + "; ".join(f"GPU {gpu} {text}"
+                                       for gpu, (_, text) in sorted(worst.items()))]

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ai_bottleneck import gpu_workloads
+from ai_bottleneck import gpu_faults, gpu_workloads
 
 LABEL_CHARS = {
     "gpu_bound": "G", "vram_bound": "V", "network_bound": "N", "cpu_bound": "C",
@@ -161,7 +161,7 @@ def key_numbers(windows: Sequence[Mapping[str, Any]]) -> list[str]:
         oom = sum(k["oom_events"].values) if k.get("oom_events") else 0
         lf = sum(k["load_failure_events"].values) if k.get("load_failure_events") else 0
         lines.append(f"Log events: {oom:.0f} out-of-memory, {lf:.0f} model-load failures")
-    lines += gpu_workloads.key_numbers(summaries)
+    lines += gpu_workloads.key_numbers(summaries) + gpu_faults.key_numbers(summaries)
     return lines
 
 

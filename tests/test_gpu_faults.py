@@ -124,3 +124,20 @@ def test_failed_gpu_samples_without_health_values_keep_the_old_behaviour() -> No
     samples += [synth.gpu_failure(synth.T0 + i, 1, "GPU is lost") for i in range(10)]
     c = classify(Window.from_samples(samples, synth.T0, synth.T0 + 10))
     assert c.label is not Label.UNKNOWN
+
+
+def test_the_window_summary_and_the_report_name_unhealthy_gpus() -> None:
+    from ai_bottleneck import report
+
+    fake, clock = busy_gpus()
+    fake.gpus[0].remapped_rows = {"correctable": 0, "uncorrectable": 0, "pending": 1,
+                                  "failure": 0}
+    healthy = verdict(FakeNvml.with_gpus(1, clock=clock), clock)
+    assert "gpu_health" not in healthy.summary
+    c = verdict(fake, clock, during=lambda i: fake.xid(1, 74) if i == 1 else None)
+    assert c.summary["gpu_health"] == {
+        "0": {"state": "degraded"},
+        "1": {"state": "reset_required", "reason": "XID 74 (NVLink error)"}}
+    lines = report.key_numbers([{"summary": healthy.summary}, {"summary": c.summary}])
+    assert lines[-1] == ("GPU health: GPU 0 degraded; GPU 1 reset_required "
+                         "(XID 74 (NVLink error))")
