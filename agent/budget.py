@@ -3,30 +3,30 @@
 Active probes (iperf3, downloads) make traffic of their own. Before one runs,
 the scheduler asks an ``ActiveBudget``:
 
-- is another active probe in flight? Active probes never overlap: two at once
-  would measure each other.
 - would this run push the traffic of the last hour (a sliding window) over
   ``bytes_per_hour``?
 - is the NIC already busier than ``busy_nic_ratio`` of its link speed? A test
   on a busy link measures what is left over and takes it from the service.
 
-Each "no" is a ``Skip``: its kind (budget, nic_busy, overlap) and a one-line
+Each "no" is a ``Skip``: its kind (budget, nic_busy) and a one-line
 reason with the figures. The probe is then skipped, and the skip is recorded as
 a Sample of that probe with values ``{"skipped": 1}`` and the labels
-``skip_reason`` and ``skip_kind`` (see ``skipped_sample``): it is neither a
-measurement nor a failure.
+``skip_reason`` and ``skip_kind`` (see ``skipped_sample`` in the probe
+contract): it is neither a measurement nor a failure. That active probes never
+overlap (two at once would measure each other) is the sampler's job: it starts
+one at a time.
 
 The class is pure apart from a lock: the clock is injected, nothing sleeps,
 nothing reads the network.
 
-Typical use by the scheduler::
+Use by the sampler::
 
-    with budget.slot(probe.name, expected_bytes_of(probe), nic_ratio) as skip:
-        if skip is not None:
-            samples = [skipped_sample(probe.name, skip)]
-        else:
-            samples = probe.sample()
-            budget.spend(probe.name, bytes_in_samples(samples))
+    skip = budget.permit(probe.name, expected_bytes_of(probe), nic_ratio)
+    if skip is not None:
+        samples = [skipped_sample(probe.name, skip)]
+    else:
+        samples = probe.sample()
+        budget.spend(probe.name, bytes_in_samples(samples))
 """
 
 from __future__ import annotations
@@ -35,60 +35,30 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Protocol, runtime_checkable
 
-from ai_bottleneck.options import bounds
-from ai_bottleneck.samples import Sample
-
-Clock = Callable[[], float]
-
-#: The value and labels that mark a skipped run of an active probe.
-SKIPPED_VALUE = "skipped"
-SKIP_REASON_LABEL = "skip_reason"
-SKIP_KIND_LABEL = "skip_kind"
-
-
-class SkipKind(StrEnum):
-    """Why an active probe was skipped, as a closed vocabulary (metric label values)."""
-
-    BUDGET = "budget"      # the hourly traffic budget has no room for the run
-    NIC_BUSY = "nic_busy"  # the NIC is busier than busy_nic_ratio
-    OVERLAP = "overlap"    # another active probe is running
-    OTHER = "other"        # a skip from elsewhere (a plugin) that names no known kind
-
-
-@dataclass(frozen=True)
-class Skip:
-    """A run the budget did not allow: the kind, and the reason in words (one line)."""
-
-    kind: SkipKind
-    reason: str
-
-    def __str__(self) -> str:
-        return self.reason
+from ai_bottleneck.probes.base import (
+    Clock,
+    Sample,
+    Skip,
+    SkipKind,
+    TrafficEstimate,
+    option_info,
+)
+from ai_bottleneck.probes.vocabulary import BYTES_VALUE
 
 
 @dataclass(frozen=True)
 class BudgetOptions:
     """The ``[budget]`` table of the agent config."""
 
-    hourly_traffic_bytes: float | None = field(default=2e9, metadata=bounds(
+    hourly_traffic_bytes: float | None = field(default=2e9, metadata=option_info(
         min=0, doc="traffic all active probes together may make in any hour "
                    "(sliding window); none = no limit"))
-    busy_nic_ratio: float | None = field(default=0.5, metadata=bounds(
+    busy_nic_ratio: float | None = field(default=0.5, metadata=option_info(
         min=0, max=1, doc="skip active probes while the NIC's rx or tx is at or above "
                           "this share of its link speed; none = never skip for this"))
-
-
-@runtime_checkable
-class TrafficEstimate(Protocol):
-    """An active probe that can say how many bytes its next run will move."""
-
-    def expected_bytes(self) -> float: ...
 
 
 def expected_bytes_of(probe: object) -> float:
@@ -101,36 +71,7 @@ def expected_bytes_of(probe: object) -> float:
 
 def bytes_in_samples(samples: Iterable[Sample]) -> float:
     """The traffic a run made, as its samples report it (the ``bytes`` value of each)."""
-    return float(sum(s.values.get("bytes", 0.0) for s in samples))
-
-
-def skipped_sample(probe: str, skip: Skip | str, labels: Mapping[str, str] | None = None,
-                   t: float | None = None) -> Sample:
-    """The record of a run that did not happen, and why (one line); a bare reason is a
-    skip of kind ``other``."""
-    from ai_bottleneck.samples import one_line
-
-    if not isinstance(skip, Skip):
-        skip = Skip(SkipKind.OTHER, skip)
-    all_labels = dict(labels or {})
-    all_labels[SKIP_REASON_LABEL] = one_line(skip.reason)
-    all_labels[SKIP_KIND_LABEL] = skip.kind.value
-    return Sample(t=time.time() if t is None else t, probe=probe, labels=all_labels,
-                  values={SKIPPED_VALUE: 1.0})
-
-
-def skip_kind(sample: Sample) -> SkipKind:
-    """The kind of a skip record; ``other`` where it names none this version knows
-    (a plugin's skip, a recording from an older version)."""
-    try:
-        return SkipKind(sample.labels.get(SKIP_KIND_LABEL, SkipKind.OTHER.value))
-    except ValueError:
-        return SkipKind.OTHER
-
-
-def is_skipped(sample: Sample) -> bool:
-    """True for a skip record: windows must count it neither as a value nor a failure."""
-    return sample.values.get(SKIPPED_VALUE) == 1.0 and SKIP_REASON_LABEL in sample.labels
+    return float(sum(s.values.get(BYTES_VALUE, 0.0) for s in samples))
 
 
 def _megabytes(n: float) -> str:
@@ -138,7 +79,7 @@ def _megabytes(n: float) -> str:
 
 
 class ActiveBudget:
-    """Traffic budget over a sliding window, busy-NIC guard, and one-at-a-time slot.
+    """Traffic budget over a sliding window, and the busy-NIC guard.
 
     Times are in the injected clock's seconds (monotonic by default); ``at``
     arguments default to ``clock()``. Thread-safe.
@@ -158,7 +99,6 @@ class ActiveBudget:
         self._clock = clock
         self._spent: deque[tuple[float, float]] = deque()  # (at, bytes), oldest first
         self._lock = threading.Lock()
-        self._in_flight: str | None = None
 
     @classmethod
     def from_options(cls, options: BudgetOptions, clock: Clock = time.monotonic) -> ActiveBudget:
@@ -225,7 +165,6 @@ class ActiveBudget:
         ``nic_utilization_ratio`` is the busier direction (rx or tx) of the NIC the
         probe will use, as a share of link speed; None when unknown (link speed not
         reported), in which case the NIC check cannot apply and does not block.
-        This does not take the slot; see ``acquire``.
         """
         with self._lock:
             return self._permit(probe, expected_bytes, nic_utilization_ratio,
@@ -233,9 +172,6 @@ class ActiveBudget:
 
     def _permit(self, probe: str, expected_bytes: float,
                 nic_utilization_ratio: float | None, now: float) -> Skip | None:
-        if self._in_flight is not None:
-            return Skip(SkipKind.OVERLAP,
-                        f"another active probe ({self._in_flight}) is running")
         if (self.busy_nic_ratio is not None and nic_utilization_ratio is not None
                 and math.isfinite(nic_utilization_ratio)
                 and nic_utilization_ratio >= self.busy_nic_ratio):
@@ -259,46 +195,3 @@ class ActiveBudget:
         return Skip(SkipKind.BUDGET,
                     f"traffic budget: {_megabytes(used)} of {_megabytes(self.bytes_per_hour)} "
                     f"per {hour} used, {probe} expects ~{_megabytes(needed)}{when}")
-
-    # -- one at a time ------------------------------------------------------------------
-
-    @property
-    def in_flight(self) -> str | None:
-        """The active probe holding the slot, if any."""
-        with self._lock:
-            return self._in_flight
-
-    def acquire(self, probe: str, expected_bytes: float,
-                nic_utilization_ratio: float | None, at: float | None = None) -> Skip | None:
-        """Check ``permit`` and take the slot in one step; never waits.
-
-        Returns None when ``probe`` now holds the slot (call ``release`` when it is
-        done), else the skip reason.
-        """
-        with self._lock:
-            reason = self._permit(probe, expected_bytes, nic_utilization_ratio,
-                                  self._clock() if at is None else at)
-            if reason is None:
-                self._in_flight = probe
-            return reason
-
-    def release(self, probe: str) -> None:
-        """Give back the slot taken by ``acquire``. Releasing a slot one does not hold is
-        a bug in the caller and raises RuntimeError."""
-        with self._lock:
-            if self._in_flight != probe:
-                raise RuntimeError(
-                    f"{probe} releases the active-probe slot held by {self._in_flight}")
-            self._in_flight = None
-
-    @contextmanager
-    def slot(self, probe: str, expected_bytes: float,
-             nic_utilization_ratio: float | None) -> Iterator[Skip | None]:
-        """``acquire`` on entry, ``release`` on exit (also on error) if it was granted.
-        Yields the skip reason, or None when the probe may run."""
-        reason = self.acquire(probe, expected_bytes, nic_utilization_ratio)
-        try:
-            yield reason
-        finally:
-            if reason is None:
-                self.release(probe)

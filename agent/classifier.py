@@ -10,68 +10,19 @@ named factors (only coarse GPU data, objective still met, few samples).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from collections.abc import Callable
 
-from ai_bottleneck import advice, gpu_faults, gpu_workloads, service_cpu
-from ai_bottleneck.facts import Facts, Signal, above, below, memory_text
-from ai_bottleneck.signals import read, summary
+from ai_bottleneck import gpu_faults, gpu_workloads, service_cpu
+from ai_bottleneck.advice import advice_for, warnings_for
+from ai_bottleneck.facts import Facts, memory_text
+from ai_bottleneck.findings import Classification, Finding, Signal, above, below
+from ai_bottleneck.labels import Label
+from ai_bottleneck.reader import read, summary
 from ai_bottleneck.thresholds import Thresholds
 from ai_bottleneck.windows import ProbeState, Window
 from ai_bottleneck.words import bits, pct, secs, size
 
 DEFAULT_THRESHOLDS = Thresholds()
-#: How much one fully convincing signal contributes to confidence (noisy-OR).
-SIGNAL_WEIGHT = 0.75
-
-
-class Label(StrEnum):
-    GPU_BOUND = "gpu_bound"
-    VRAM_BOUND = "vram_bound"
-    NETWORK_BOUND = "network_bound"
-    CPU_BOUND = "cpu_bound"
-    BALANCED = "balanced"
-    IDLE = "idle"
-    UNKNOWN = "unknown"
-
-
-@dataclass
-class Finding:
-    label: Label
-    signals: list[Signal] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    factors: list[tuple[float, str]] = field(default_factory=list)
-    hard: bool = False
-    mismatch: bool = False  # a big GPU idling behind a thin link (the article's case)
-
-    def confidence(self) -> float:
-        if self.label is Label.UNKNOWN:
-            return 0.0
-        if self.hard:
-            return 1.0
-        doubt = 1.0
-        for s in self.signals:
-            doubt *= 1.0 - SIGNAL_WEIGHT * min(1.0, max(0.0, s.strength))
-        conf = 1.0 - doubt
-        for factor, _ in self.factors:
-            conf *= factor
-        return round(min(1.0, max(0.0, conf)), 2)
-
-
-@dataclass(frozen=True)
-class Classification:
-    """The verdict on one window, before hysteresis."""
-
-    label: Label
-    confidence: float
-    evidence: tuple[str, ...]
-    advice: tuple[str, ...]
-    warnings: tuple[str, ...]
-    summary: dict[str, Any]
-    probes: dict[str, str]
-    hard: bool = False
 
 
 # -- the rules, in order -------------------------------------------------------------
@@ -80,7 +31,7 @@ Rule = Callable[[Facts], Finding | None]
 
 
 def out_of_memory(f: Facts) -> Finding | None:
-    r = f.r
+    r = f.readings
     if not (r.oom_events or r.load_failures):
         return None
     what = []
@@ -95,7 +46,7 @@ def out_of_memory(f: Facts) -> Finding | None:
 
 
 def no_data(f: Facts) -> Finding | None:
-    r = f.r
+    r = f.readings
     if any(r.probe(p).has_data for p in ("gpu", "host", "nic", "http")):
         return None
     return Finding(Label.UNKNOWN, notes=[
@@ -104,9 +55,9 @@ def no_data(f: Facts) -> Finding | None:
 
 
 def memory_full_and_failing(f: Facts) -> Finding | None:
-    th = f.th
+    th = f.thresholds
     full = [g for g in f.gpus if (m := g.memory_used_ratio) is not None and m >= th.vram_high_ratio]
-    failing = [h for h in f.r.http if h.server_errors]
+    failing = [h for h in f.readings.http if h.server_errors]
     if not full or not failing:
         return None
     g, h = full[0], failing[0]
@@ -149,7 +100,7 @@ def gpu_saturated(f: Facts) -> Finding | None:
     g = f.top_gpu
     if not f.gpu_saturated or g is None or g.busy is None:
         return None
-    th = f.th
+    th = f.thresholds
     found = Finding(Label.GPU_BOUND, signals=[Signal(
         above(g.busy, f.gpu_busy_threshold),
         f"{f.gpu_text(g)} (>= {pct(f.gpu_busy_threshold)})")])
@@ -189,13 +140,13 @@ def cpu_saturated(f: Facts) -> Finding | None:
     if (s := f.gpu_under_signal()) is not None:
         found.signals.append(s)
     if f.no_gpu:
-        found.notes.append(f"no GPU data on this host ({f.r.probe('gpu')})")
+        found.notes.append(f"no GPU data on this host ({f.readings.probe('gpu')})")
     elif not f.gpu_under and f.top_gpu is not None:
         found.notes.append(f"{f.gpu_text(f.top_gpu)}: partly used")
         found.factors.append((0.8, "GPU partly used"))
     h = f.host
     if (h is not None and h.busiest_core is not None and h.cpu is not None
-            and h.busiest_core >= f.th.cpu_saturated_ratio and h.cpu < 0.5):
+            and h.busiest_core >= f.thresholds.cpu_saturated_ratio and h.cpu < 0.5):
         found.notes.append(f"one core is pinned while the CPU overall is {pct(h.cpu)}: a "
                            "single-threaded step (one worker, the Python GIL)")
     if f.latency_ok:
@@ -211,14 +162,18 @@ def network_evidence_gpu_under_used(f: Facts) -> Finding | None:
     evidence = f.network_signals(phases=False)
     if not evidence:
         return None
-    if not f.slow and not f.saturated_nics:
-        return None  # retransmits or a slow test alone, while users are served: a warning
+    if not (f.slow or f.saturated_nics or f.load_present()):
+        return None  # a stale shortfall on a host nobody uses: idle, with a warning
     found = Finding(Label.NETWORK_BOUND, signals=evidence + f.slow_signals())
     if (s := f.gpu_under_signal()) is not None:
         found.signals.append(s)
     if f.latency_ok:
-        found.notes.append(_within_objective(f))
-        found.factors.append((0.75, "requests still within the objective"))
+        # Measured trouble on the path decides even while the agent's own calls are
+        # fast: the clients' traffic is what fills the path (a full 5 Mbit/s uplink
+        # serves one small probe call in time and ten uploads in minutes).
+        found.notes.append(_within_objective(f) + ", but the path measured above is what "
+                           "the clients' traffic crosses")
+        found.factors.append((0.85, "the agent's own calls still within the objective"))
     elif not f.slow:
         found.notes.append("no HTTP target measured: a job waiting on network input "
                            "(dataset, checkpoints, remote storage)")
@@ -233,7 +188,7 @@ def slow_in_server_gpu_working(f: Facts) -> Finding | None:
         return None
     w = f.worst
     assert w is not None and f.server_share is not None
-    server = Signal(above(f.server_share, f.th.server_phase_dominant_ratio),
+    server = Signal(above(f.server_share, f.thresholds.server_phase_dominant_ratio),
                     f"{w.target}: server time {pct(f.server_share)} of request time "
                     f"({f.phase_text(w)})")
     return Finding(Label.GPU_BOUND, signals=[*f.slow_signals(), server], notes=[
@@ -251,13 +206,14 @@ def slow_unexplained(f: Facts) -> Finding | None:
     notes.append("no resource is saturated and there is no positive network evidence; "
                  "checked: " + ("; ".join(f.context()) or "nothing measured"))
     if f.gpu_under is False and not f.gpu_saturated:
-        notes.append(f"the GPU is not under-used (>= {pct(f.th.gpu_low_utilization_ratio)}), "
+        low = f.thresholds.gpu_low_utilization_ratio
+        notes.append(f"the GPU is not under-used (>= {pct(low)}), "
                      "so low GPU cannot point at the network either")
     return Finding(Label.UNKNOWN, notes=notes)
 
 
 def blind_spot(f: Facts) -> Finding | None:
-    r = f.r
+    r = f.readings
     blind = []
     if f.gpu_blind:
         blind.append(f"gpu {r.probe('gpu')}")
@@ -273,7 +229,7 @@ def blind_spot(f: Facts) -> Finding | None:
 def balanced(f: Facts) -> Finding | None:
     if not f.load_present():
         return None
-    th = f.th
+    th = f.thresholds
     found = Finding(Label.BALANCED)
     if f.latency_ok and f.worst is not None and f.worst.total is not None:
         p95 = f.worst.total.p95
@@ -290,16 +246,21 @@ def balanced(f: Facts) -> Finding | None:
     if h is not None and h.cpu is not None:
         found.signals.append(Signal(below(h.cpu, th.cpu_saturated_ratio),
                                     f"CPU {pct(h.cpu)}: below {pct(th.cpu_saturated_ratio)}"))
-    peak = max((p[1] for n in f.nics if (p := n.peak)), default=None)
-    if peak is not None:
+    busiest = max((n for n in f.nics if n.peak), key=lambda n: n.peak[1] if n.peak else 0.0,
+                  default=None)
+    if busiest is not None and busiest.peak is not None:
+        direction, peak = busiest.peak
+        cap = busiest.capacity(direction)
+        of = f"{bits(cap.bits_per_second)} ({cap.source})" if cap is not None else "its link"
         found.signals.append(Signal(below(peak, th.nic_saturation_ratio),
-                                    f"busiest NIC at {pct(peak)} of its link"))
+                                    f"busiest NIC {busiest.name} {direction} at {pct(peak)} "
+                                    f"of {of}"))
     _add_coverage_factors(f, found)
     return found
 
 
 def idle(f: Facts) -> Finding:
-    th = f.th
+    th = f.thresholds
     found = Finding(Label.IDLE)
     own = " beyond the agent's own calls" if f.own_load_text() else ""
     gpu = f.gpu_activity_beyond_own
@@ -362,10 +323,10 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
     evidence += [f"confidence lowered: {why}" for _, why in found.factors]
     return Classification(
         label=found.label, confidence=found.confidence(), evidence=tuple(evidence),
-        advice=tuple(advice.advice_for(found, f)),
-        warnings=(*advice.warnings_for(f, found.label, window), *gpu_faults.warnings(window)),
+        advice=tuple(advice_for(found, f)),
+        warnings=(*warnings_for(f, found.label, window), *gpu_faults.warnings(window)),
         summary={**summary(r), **gpu_workloads.summary(window), **gpu_faults.summary(window)},
-        probes={name: str(st) for name, st in r.status.items()}, hard=found.hard)
+        probes={name: str(st) for name, st in r.status.items()}, hard=found.hard, readings=r)
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -376,17 +337,17 @@ def _within_objective(f: Facts) -> str:
     if w is None or w.total is None:
         return "requests within the objective"
     return (f"{w.target}: p95 request {secs(w.total.p95)} <= objective "
-            f"{secs(f.th.latency_objective_seconds)}")
+            f"{secs(f.thresholds.latency_objective_seconds)}")
 
 
 def _add_coverage_factors(f: Facts, found: Finding) -> None:
     """Doubt from thin data: few readings, or a GPU that could not be read (it may be
     the busy one) behind a label that says the GPUs are not busy."""
     counts = [g.samples for g in f.gpus] + ([f.host.samples] if f.host else [])
-    if counts and min(counts) < f.th.window_min_samples:
+    if counts and min(counts) < f.thresholds.window_min_samples:
         found.factors.append((0.7, f"only {min(counts)} sample(s) of a resource in the window"))
-    if (found.label is not Label.GPU_BOUND and f.r.gpu_errors
-            and f.r.probe("gpu").state is ProbeState.PARTIAL):
+    if (found.label is not Label.GPU_BOUND and f.readings.gpu_errors
+            and f.readings.probe("gpu").state is ProbeState.PARTIAL):
         found.factors.append((0.8, "a GPU could not be read"))
 
 
@@ -403,8 +364,4 @@ def _add_mismatch(f: Facts, found: Finding) -> None:
     found.mismatch = True
 
 
-def label_names() -> Sequence[str]:
-    return [label.value for label in Label]
-
-
-__all__ = ["RULES", "Classification", "Finding", "Label", "Signal", "classify", "label_names"]
+__all__ = ["RULES", "classify"]

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from ai_bottleneck import __version__
 from ai_bottleneck.logs import setup_logging, stderr_is_journal
-from ai_bottleneck.options import parse_duration
-from ai_bottleneck.samples import one_line
+from ai_bottleneck.plan_cli import plan_cmd
+from ai_bottleneck.probes.options import parse_duration
+from ai_bottleneck.probes.sample import one_line
+from ai_bottleneck.probes.service import options_for
 
 
 class Duration(click.ParamType[float]):
@@ -39,6 +42,20 @@ class Duration(click.ParamType[float]):
 
 
 DURATION = Duration()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def report_options(f: F) -> F:
+    """--color, --windows and --html, on every command that prints a report (the
+    report modules themselves load only when one is printed: `run` never does)."""
+    f = click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Also write a self-contained HTML report (timeline, charts) here.")(f)
+    f = click.option("--windows", "all_windows", is_flag=True,
+                     help="List every window after the report.")(f)
+    f = click.option("--color", "color", type=click.Choice(["auto", "always", "never"]),
+                     default="auto", show_default=True,
+                     help="Colour the report (auto: on a terminal, unless NO_COLOR is set).")(f)
+    return f
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -46,6 +63,12 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     # the error priority, as the log lines carry theirs (ai_bottleneck.logs).
     priority = "<3>" if stderr_is_journal() else ""
     click.echo(f"{priority}ai-bottleneck: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _fail_lines(lines: list[str], code: int = 2) -> NoReturn:
+    for line in lines:
+        click.echo(f"ai-bottleneck: error: {line}", err=True)
     sys.exit(code)
 
 
@@ -87,13 +110,35 @@ class _Group(click.Group):
         except click.UsageError as exc:
             raise _one_line(exc) from None
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list with each command's whole first sentence, wrapped, never
+        cut with "..." as click's default does past 45 characters."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="ai-bottleneck")
+
+@click.group(cls=_Group, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="ai-bottleneck")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.pass_context
 def main(ctx: click.Context, verbose: int) -> None:
-    """What is holding this AI service back right now: the GPU, the network, or neither?"""
+    """What is holding this AI service back right now: the GPU, the network, or neither?
+
+    \b
+    Shell completion (docs/cli.md), for bash:
+      eval "$(_AI_BOTTLENECK_COMPLETE=bash_source ai-bottleneck)"
+    (zsh_source for zsh, fish_source for fish)
+    """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
     setup_logging(verbose)
@@ -105,13 +150,12 @@ def main(ctx: click.Context, verbose: int) -> None:
                    "/etc/ai-bottleneck/config.toml when present).")
 def probes_cmd(config_path: Path | None) -> None:
     """List every discovered probe: usable on this host or not, and why not."""
-    from ai_bottleneck.config import ConfigError, load_config
+    from ai_bottleneck.checkconfig import config_problems
     from ai_bottleneck.discovery import discover
 
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        _fail(str(exc))
+    config, problems = config_problems(config_path)
+    if problems or config is None:
+        _fail_lines(problems)
     found = discover(config.probe_option_tables, strict_options=False)
     width = max((len(d.name) for d in found), default=5)
     click.echo(f"{'PROBE':<{width}}  {'STATUS':<10}  DETAIL")
@@ -120,6 +164,18 @@ def probes_cmd(config_path: Path | None) -> None:
         click.echo(f"{d.name:<{width}}  {status:<10}  {d.availability.reason}")
         if d.probe is not None:
             d.probe.close()
+
+
+@main.command("check-config")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def check_config_cmd(file: Path | None) -> None:
+    """Check a config file: exit 0, or 2 with one line per problem."""
+    from ai_bottleneck.checkconfig import config_problems
+
+    config, problems = config_problems(file)
+    if problems or config is None:
+        _fail_lines(problems)
+    click.echo(f"{config.source}: ok")
 
 
 #: The probe option each target flag replaces, for errors that name the flag.
@@ -133,8 +189,6 @@ def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str
     """Command-line targets replace the config's targets for that probe."""
     out: dict[str, dict[str, Any]] = {}
     if service:
-        from ai_bottleneck.probes.service import options_for
-
         out["service"] = options_for(service)
     if urls:
         out["http"] = {"targets": [{"url": u} for u in urls]}
@@ -149,29 +203,6 @@ def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str
     return out
 
 
-class _ProgressLine:
-    """One self-rewriting line on stderr while sampling (only on a terminal)."""
-
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-
-    def __call__(self, elapsed: float, total: float, last: Any) -> None:
-        if not self.enabled:
-            return
-        width = 30
-        done = min(1.0, elapsed / total)
-        bar = "#" * int(done * width) + "-" * (width - int(done * width))
-        label = (f"{last.label} ({last.confidence:.2f})" if last is not None
-                 else "first window pending")
-        sys.stderr.write(f"\rsampling [{bar}] {elapsed:4.0f}/{total:.0f} s  current: {label}   ")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 100 + "\r")
-            sys.stderr.flush()
-
-
 @main.command("diagnose")
 @click.option("--duration", type=DURATION, default="60s", show_default=True,
               help="How long to sample.")
@@ -183,24 +214,37 @@ class _ProgressLine:
               help="Measure throughput to this iperf3 server (repeatable).")
 @click.option("--download", metavar="URL", help="Measure download throughput from this URL.")
 @click.option("--service", metavar="UNIT|CGROUP|PROCESS",
-              help="The service under diagnosis: a systemd unit, a cgroup path, or a process "
-                   "name or PID; its own CPU is judged, the host's is context.")
+              help="The service under diagnosis (systemd unit, cgroup, process name or PID).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Config file (default: $AI_BOTTLENECK_CONFIG or "
                    "/etc/ai-bottleneck/config.toml when present).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--record", "record_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Keep the raw samples in this file (JSON Lines; .gz compresses).")
+@click.option("--fail-on", "fail_on", metavar="LABEL,...",
+              help="Exit 3 when the verdict is one of these labels (for scripts and CI).")
+@report_options
 def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
                  iperf3: tuple[str, ...], download: str | None, service: str | None,
-                 config_path: Path | None, as_json: bool, record_path: Path | None) -> None:
+                 config_path: Path | None, as_json: bool, record_path: Path | None,
+                 fail_on: str | None, color: str, all_windows: bool,
+                 html_path: Path | None) -> None:
     """Sample this host for a while and say what holds the service back."""
+    from ai_bottleneck.assembly import build_probes
+    from ai_bottleneck.cli_report import (
+        FAIL_ON_EXIT,
+        check_html_path,
+        parse_fail_on,
+        print_report,
+        write_html,
+    )
     from ai_bottleneck.config import ConfigError, load_config
     from ai_bottleneck.diagnose import run_diagnose
+    from ai_bottleneck.progress import ProgressLine
     from ai_bottleneck.record import RecordError
-    from ai_bottleneck.report import render
-    from ai_bottleneck.session import build_probes
 
+    fail_labels = parse_fail_on(fail_on)
+    check_html_path(html_path)
     try:
         config = load_config(config_path)
         window_seconds = window or config.agent.window_seconds
@@ -214,7 +258,7 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
                                                         service), origins=FLAG_OPTIONS)
     except ConfigError as exc:
         _fail(str(exc))
-    progress = _ProgressLine() if not as_json else None
+    progress = ProgressLine() if not as_json else None
     try:
         result = run_diagnose(config, probe_set, duration_seconds=duration,
                               window_seconds=window_seconds, record_path=record_path,
@@ -224,14 +268,26 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
     finally:
         if progress is not None:
             progress.done()
-    windows = [w.to_json() for w in result.windows]
+    notes = list(result.notes)
+    html_ok = True
+    if html_path is not None:
+        note, html_ok = write_html(html_path, result.windows, result.verdict,
+                                   title=result.title(), not_measured=result.unavailable,
+                                   notes=result.notes)
+        notes.append(note)
     if as_json:
-        click.echo(json.dumps({"windows": windows, "verdict": result.verdict.to_json(),
+        click.echo(json.dumps({"windows": [w.to_json() for w in result.windows],
+                               "verdict": result.verdict.to_json(),
                                "not_measured": result.unavailable,
                                "interrupted": result.interrupted}))
     else:
-        click.echo(render(windows, result.verdict.to_json(), title=result.title(),
-                          not_measured=result.unavailable, notes=result.notes), nl=False)
+        print_report(result.windows, result.verdict, title=result.title(),
+                     not_measured=result.unavailable, notes=notes, color=color,
+                     all_windows=all_windows)
+    if not html_ok:
+        _fail(notes[-1], code=1)
+    if result.verdict.label in fail_labels:
+        sys.exit(FAIL_ON_EXIT)
 
 
 @main.command("replay")
@@ -240,19 +296,40 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
               help="Window length (default: the recording's).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per window per line.")
-def replay_cmd(file: Path, window: float | None, as_json: bool) -> None:
+@click.option("--since", metavar="TIME",
+              help="Only windows from this time (14:05, 2026-12-04T14:05 or unix seconds).")
+@click.option("--until", metavar="TIME", help="Only windows before this time.")
+@report_options
+def replay_cmd(file: Path, window: float | None, as_json: bool, since: str | None,
+               until: str | None, color: str, all_windows: bool,
+               html_path: Path | None) -> None:
     """Label a recording with the same windows and classifier as a live run."""
-    from ai_bottleneck.options import OptionError
-    from ai_bottleneck.pipeline import overall_verdict, replay
+    from ai_bottleneck.assembly import assemble_replay
+    from ai_bottleneck.cli_report import check_html_path, parse_when, print_report, write_html
+    from ai_bottleneck.figures import select
+    from ai_bottleneck.probes.options import OptionError
     from ai_bottleneck.record import RecordError
-    from ai_bottleneck.report import render
+    from ai_bottleneck.verdict import overall_verdict
 
+    check_html_path(html_path)
     try:
-        run = replay(file, window_seconds=window)
+        run = assemble_replay(file, window_seconds=window)
     except (RecordError, OptionError) as exc:
         _fail(f"{file}: {exc}" if isinstance(exc, OptionError) else str(exc))
+    # A bad time is refused before reading; a clock time (14:05) is on the day of the
+    # recording's first window, known once it is read.
+    first = run.header.get("origin")
+    day_of = float(first) if isinstance(first, int | float) else None
+    since_t = parse_when(since, day_of, "--since") if since else None
+    until_t = parse_when(until, day_of, "--until") if until else None
     results = []
     for r in run.results:
+        if day_of is None:
+            day_of = r.start
+            since_t = parse_when(since, day_of, "--since") if since else None
+            until_t = parse_when(until, day_of, "--until") if until else None
+        if not select([r], since_t, until_t):
+            continue
         results.append(r)
         if as_json:
             click.echo(json.dumps(r.to_json()))
@@ -270,10 +347,19 @@ def replay_cmd(file: Path, window: float | None, as_json: bool) -> None:
         return
     verdict = overall_verdict(results, run.labeller.transitions)
     header = run.header
-    title = (f"ai-bottleneck replay of {file}: {stats.samples} samples, {len(results)} windows"
-             f" (recorded on {header.get('host', 'an unknown host')})")
-    click.echo(render([r.to_json() for r in results], verdict.to_json(), title=title,
-                      not_measured=run.labeller.unavailable, notes=notes), nl=False)
+    span = (" between " + " and ".join(x for x in (since, until) if x) if since or until
+            else "")
+    title = (f"ai-bottleneck replay: {stats.samples} samples, {len(results)} windows{span} "
+             f"(recorded on {header.get('host', 'an unknown host')}); file: {file}")
+    html_ok = True
+    if html_path is not None:
+        note, html_ok = write_html(html_path, results, verdict, title=title,
+                                   not_measured=run.labeller.unavailable, notes=notes)
+        notes.append(note)
+    print_report(results, verdict, title=title, not_measured=run.labeller.unavailable,
+                 notes=notes, color=color, all_windows=all_windows)
+    if not html_ok:
+        _fail(notes[-1], code=1)
 
 
 @main.command("run")
@@ -305,6 +391,9 @@ def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
         _fail(str(exc))
     except ListenError as exc:
         _fail(str(exc), code=1)
+
+
+main.add_command(plan_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover

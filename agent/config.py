@@ -11,6 +11,9 @@ Layout::
     [agent]        sampling interval, window length, listen address, files
     [thresholds]   classifier thresholds (ai_bottleneck.thresholds.Thresholds)
     [budget]       traffic budget of active probes (ai_bottleneck.budget.BudgetOptions)
+    [links]        rates the NICs cannot tell: the public bandwidth bought, known
+                   internal rates (ai_bottleneck.probes.capacity.Links; given to
+                   the nic probe)
     [probes.NAME]  options of probe NAME, plus ``enabled = true/false``
 
 Unknown keys are errors. Every error is a ``ConfigError`` whose text is one
@@ -20,7 +23,6 @@ line, ``FILE: KEY: problem``; the CLI prints it and exits 2.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import ipaddress
 import os
 import tomllib
@@ -29,8 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ai_bottleneck.options import OptionError, bounds, parse_options
-from ai_bottleneck.samples import one_line
+from ai_bottleneck.budget import BudgetOptions
+from ai_bottleneck.probes.capacity import Links
+from ai_bottleneck.probes.options import OptionError, option_info, parse_options
+from ai_bottleneck.probes.sample import one_line
 from ai_bottleneck.thresholds import Thresholds
 
 DEFAULT_PATH = Path("/etc/ai-bottleneck/config.toml")
@@ -85,17 +89,17 @@ def parse_listen(text: str) -> tuple[str, int]:
 class AgentOptions:
     """The ``[agent]`` table."""
 
-    interval_seconds: float = field(default=1.0, metadata=bounds(
+    interval_seconds: float = field(default=1.0, metadata=option_info(
         min=0.1, max=3600, doc="how often the passive probes (gpu, host, nic, oom) sample"))
-    window_seconds: float = field(default=10.0, metadata=bounds(
+    window_seconds: float = field(default=10.0, metadata=option_info(
         min=1, max=86400, doc="length of one labelled window; at least one interval"))
-    listen: str = field(default=DEFAULT_LISTEN, metadata=bounds(
+    listen: str = field(default=DEFAULT_LISTEN, metadata=option_info(
         doc="HOST:PORT of the Prometheus endpoint; ':PORT' is every interface"))
-    web_config_file: Path | None = field(default=None, metadata=bounds(
+    web_config_file: Path | None = field(default=None, metadata=option_info(
         doc="TLS and basic-auth settings in the Prometheus exporter web config format"))
-    record_file: Path | None = field(default=None, metadata=bounds(
+    record_file: Path | None = field(default=None, metadata=option_info(
         doc="append every sample to this recording (record format v1); unset = no recording"))
-    stale_after_intervals: int = field(default=3, metadata=bounds(
+    stale_after_intervals: int = field(default=3, metadata=option_info(
         min=1, max=1000, doc="a series leaves /metrics when its probe has not reported it "
                              "for this many of the probe's intervals"))
 
@@ -129,20 +133,7 @@ class ProbeSettings:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
-# Sections owned by other modules, named rather than imported so this module
-# does not depend on them: the class parses the table with parse_options.
-_OPTIONAL_SECTIONS = {"budget": ("ai_bottleneck.budget", "BudgetOptions")}
-_SECTIONS = ("agent", "thresholds", *_OPTIONAL_SECTIONS, "probes")
-
-
-def _optional_section_class(name: str) -> type[Any] | None:
-    module_name, attr = _OPTIONAL_SECTIONS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        return None
-    cls = getattr(module, attr)
-    return cls if isinstance(cls, type) else None
+_SECTIONS = ("agent", "thresholds", "budget", "links", "probes")
 
 
 @dataclass(frozen=True)
@@ -152,10 +143,11 @@ class Config:
     source: str = "(defaults)"
     agent: AgentOptions = field(default_factory=AgentOptions)
     thresholds: Thresholds = field(default_factory=Thresholds)
-    #: ai_bottleneck.budget.BudgetOptions, or None in a build without that module.
-    budget: Any = None
+    budget: BudgetOptions = field(default_factory=BudgetOptions)
     probes: Mapping[str, ProbeSettings] = field(default_factory=dict)
     known_probes: tuple[str, ...] = ()
+    #: The [links] table as written (checked): the nic probe gets it as its ``links``.
+    links: Mapping[str, Any] = field(default_factory=dict)
 
     def probe_options(self, name: str) -> dict[str, Any]:
         """The options table for probe ``name`` (without ``enabled``); {} when none."""
@@ -165,7 +157,10 @@ class Config:
     @property
     def probe_option_tables(self) -> dict[str, dict[str, Any]]:
         """Every probe's options table, for ai_bottleneck.discovery.discover(options=...)."""
-        return {name: self.probe_options(name) for name in self.probes}
+        tables = {name: self.probe_options(name) for name in self.probes}
+        if self.links:
+            tables.setdefault("nic", {})["links"] = dict(self.links)
+        return tables
 
     @property
     def enabled_probes(self) -> tuple[str, ...]:
@@ -251,18 +246,16 @@ def parse_config(raw: Mapping[str, Any], source: str = "(defaults)",
     try:
         agent = parse_options(AgentOptions, raw.get("agent"), prefix="agent")
         thresholds = parse_options(Thresholds, raw.get("thresholds"), prefix="thresholds")
-        budget_cls = _optional_section_class("budget")
-        if budget_cls is not None:
-            budget = parse_options(budget_cls, raw.get("budget"), prefix="budget")
-        elif "budget" in raw:
-            raise OptionError("budget", "this build of the agent has no active-probe budget")
-        else:
-            budget = None
+        budget = parse_options(BudgetOptions, raw.get("budget"), prefix="budget")
+        links = dict(raw.get("links", {}))
+        parse_options(Links, links, prefix="links")
     except OptionError as exc:
         raise ConfigError(source, exc.key, exc.problem) from None
     probes = _parse_probes(raw.get("probes", {}), source, known)
+    if links and "links" in probes.get("nic", ProbeSettings()).options:
+        raise ConfigError(source, "probes.nic.links", "declare link rates in [links] only")
     return Config(source=source, agent=agent, thresholds=thresholds, budget=budget,
-                  probes=probes, known_probes=known)
+                  probes=probes, known_probes=known, links=links)
 
 
 def _parse_probes(table: Mapping[str, Any], source: str,

@@ -14,20 +14,16 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from ai_bottleneck.budget import ActiveBudget
+from ai_bottleneck.assembly import LiveRun, ProbeSet, assemble_live, build_probes
 from ai_bottleneck.config import Config, ConfigError, load_config
 from ai_bottleneck.endpoint import MetricsServer
-from ai_bottleneck.pipeline import Labeller, WindowResult
-from ai_bottleneck.probes.iperf3_server import Iperf3Server
-from ai_bottleneck.record import RecordError, RecordWriter, make_header
-from ai_bottleneck.sampler import Round, Sampler
-from ai_bottleneck.samples import Sample
-from ai_bottleneck.session import ProbeSet, build_probes
+from ai_bottleneck.live_page import LivePage
+from ai_bottleneck.pipeline import WindowResult
+from ai_bottleneck.record import RecordError
 from ai_bottleneck.state import AgentState
 
 log = logging.getLogger("ai_bottleneck.agent")
@@ -54,16 +50,16 @@ def _fresh_record_path(path: Path, now: float | None = None) -> Path:
 
 @dataclass
 class _Run:
-    """What one config builds: probes, labeller, sampler, recorder, iperf3 server."""
+    """What one config builds (probes, pipeline, sampler, peer servers) and its thread."""
 
     config: Config
-    probes: ProbeSet
-    labeller: Labeller
-    sampler: Sampler
-    recorder: RecordWriter | None
-    servers: list[Iperf3Server]
+    live: LiveRun
     thread: threading.Thread | None = None
     stop: threading.Event | None = None
+
+    @property
+    def probes(self) -> ProbeSet:
+        return self.live.probes
 
 
 class Agent:
@@ -76,8 +72,9 @@ class Agent:
         self._web_override = web_config_file
         self.config = self._load()
         self.state = AgentState.from_config(self.config.agent)
+        self.page = LivePage()
         self.server = MetricsServer(self.state, self.config.agent.listen,
-                                    self.config.agent.web_config_file)
+                                    self.config.agent.web_config_file, page=self.page.render)
         self._run: _Run | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -97,47 +94,24 @@ class Agent:
 
     def _build(self, config: Config) -> _Run:
         probes = build_probes(config)
-        labeller = Labeller(config.agent.window_seconds, config.thresholds,
-                            unavailable=probes.unavailable, expected_probes=probes.names)
-        recorder = None
-        if config.agent.record_file is not None:
-            path = _fresh_record_path(config.agent.record_file)
-            try:
-                recorder = RecordWriter(path, make_header(mode="run",
-                                                          **labeller.header_fields()))
-            except RecordError as exc:
-                probes.close()
-                raise ConfigError(config.source, "agent.record_file", str(exc)) from None
+        path = (_fresh_record_path(config.agent.record_file)
+                if config.agent.record_file is not None else None)
+        try:
+            live = assemble_live(config, probes, mode="run",
+                                 window_seconds=config.agent.window_seconds, record_path=path,
+                                 state=self.state, exposition=self.server.exposition.prepare,
+                                 on_window=self._on_window, peer_servers=True)
+        except RecordError as exc:
+            probes.close()
+            raise ConfigError(config.source, "agent.record_file", str(exc)) from None
+        if path is not None:
             log.info("recording samples to %s", path)
-        budget = ActiveBudget.from_options(config.budget) if config.budget is not None else None
-        servers = [s for p in probes.probes
-                   if (s := getattr(p, "make_server", lambda: None)()) is not None]
+        return _Run(config, live)
 
-        def on_samples(batch: Sequence[Sample]) -> None:
-            if recorder is not None:
-                recorder.write_many(batch)
-            for result in labeller.feed_many(batch):
-                self._publish(result)
-            # Render the new samples' metric lines here, once per round, not per scrape.
-            self.server.exposition.prepare()
-
-        sampler = Sampler(probes.probes, config.agent.interval_seconds, [on_samples],
-                          budget=budget, on_round=self._on_round)
-        return _Run(config, probes, labeller, sampler, recorder, servers)
-
-    def _on_round(self, r: Round) -> None:
-        if r.failure == "timeout":
-            self.state.record_failure(r.probe, "timeout", r.message,
-                                      duration_seconds=r.duration_seconds)
-        elif r.failure == "crash":
-            self.state.record_failure(r.probe, "crash", r.message,
-                                      duration_seconds=r.duration_seconds)
-        else:
-            self.state.record_samples(r.probe, r.samples, duration_seconds=r.duration_seconds)
-
-    def _publish(self, result: WindowResult) -> None:
-        self.state.record_window(result.label, result.confidence, result.start, result.end,
-                                 len(result.evidence))
+    def _on_window(self, result: WindowResult) -> None:
+        """Every labelled window (the pipeline has put it in the state already): onto
+        the live page, and one log line."""
+        self.page.add(result)
         change = result.transition.to_json() if result.transition is not None else None
         log.info("window %s..%s: %s (%.2f)%s",
                  time.strftime("%H:%M:%S", time.localtime(result.start)),
@@ -146,6 +120,7 @@ class Agent:
                  f"; changed from {change['from']}" if change and change.get("from") else "")
 
     def _register(self, run: _Run) -> None:
+        self.page.set_unavailable(run.probes.unavailable)
         for p in run.probes.probes:
             self.state.register_probe(p.name, usable=True, interval_seconds=p.interval_seconds,
                                       active=p.active)
@@ -154,20 +129,12 @@ class Agent:
             log.info("probe %s not running: %s", name, reason)
 
     def _launch(self, run: _Run) -> None:
-        for server in run.servers:
-            problem = server.start()
-            if problem:
-                log.warning("iperf3 server for peers: %s", problem)
+        for problem in run.live.start_servers():
+            log.warning("server for peers: %s", problem)
         run.stop = threading.Event()
         stop = run.stop
-
-        def loop() -> None:
-            def tick() -> None:
-                for server in run.servers:
-                    server.ensure_running()
-            run.sampler.run(stop, on_tick=tick if run.servers else None)
-
-        run.thread = threading.Thread(target=loop, name="sampler", daemon=True)
+        run.thread = threading.Thread(target=lambda: run.live.run(stop), name="sampler",
+                                      daemon=True)
         run.thread.start()
         log.info("sampling every %gs, %gs windows; probes: %s", run.config.agent.interval_seconds,
                  run.config.agent.window_seconds, ", ".join(run.probes.names) or "none")
@@ -180,14 +147,10 @@ class Agent:
             run.thread.join(timeout=run.config.agent.interval_seconds + 5)
             if run.thread.is_alive():
                 log.warning("sampling loop did not stop in time; finishing without it")
-        run.sampler.close()
-        for result in run.labeller.finish():
-            self._publish(result)
-        if run.recorder is not None:
-            run.recorder.close()
-        for server in run.servers:
-            server.stop()
-        run.probes.close()
+        try:
+            run.live.finish()
+        finally:
+            run.probes.close()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -197,9 +160,7 @@ class Agent:
         try:
             self.server.start()
         except Exception:
-            run.probes.close()
-            if run.recorder is not None:
-                run.recorder.close()
+            run.live.discard()
             raise
         self._register(run)
         self._launch(run)

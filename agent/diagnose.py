@@ -6,18 +6,15 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from ai_bottleneck.budget import ActiveBudget
+from ai_bottleneck.assembly import ProbeSet, assemble_live
 from ai_bottleneck.config import Config
-from ai_bottleneck.pipeline import Labeller, Verdict, WindowResult, overall_verdict
-from ai_bottleneck.record import RecordWriter, make_header
-from ai_bottleneck.sampler import Sampler
-from ai_bottleneck.samples import Sample
-from ai_bottleneck.session import ProbeSet
+from ai_bottleneck.pipeline import WindowResult
+from ai_bottleneck.verdict import Verdict, overall_verdict
 
 Progress = Callable[[float, float, WindowResult | None], None]
 
@@ -88,31 +85,16 @@ def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float
     # little before the first one handed over would count as late. The header
     # carries the origin so a replay cuts the same windows.
     started = time.time()
-    labeller = Labeller(window_seconds, config.thresholds, unavailable=probe_set.unavailable,
-                        expected_probes=probe_set.names, origin=started)
-    recorder = (RecordWriter(record_path, make_header(mode="diagnose",
-                                                      **labeller.header_fields()))
-                if record_path is not None else None)
-    results: list[WindowResult] = []
-    count = 0
-
-    def sink(batch: Sequence[Sample]) -> None:
-        nonlocal count
-        count += len(batch)
-        if recorder is not None:
-            recorder.write_many(batch)
-        results.extend(labeller.feed_many(batch))
-
-    budget = ActiveBudget.from_options(config.budget) if config.budget is not None else None
-    interval = config.agent.interval_seconds
-    sampler = Sampler(probe_set.probes, interval, [sink], budget=budget,
-                      active_interval_override=max(duration_seconds, 1.0))
+    run = assemble_live(config, probe_set, mode="diagnose", window_seconds=window_seconds,
+                        record_path=record_path, origin=started, keep_results=True,
+                        active_interval_override=max(duration_seconds, 1.0))
+    results = run.pipeline.results
     # The sampler rounds at 0, i, 2i, ... and ends with the first round at or past
     # the duration it is given. Given the whole duration it would sample once more
     # at its very end, and that round opens a window past the run holding one
     # reading per probe (8 s in 2 s windows gave 5 windows, the last judged on one
     # sample). One interval less keeps every round inside the duration.
-    sampling_seconds = max(duration_seconds - interval, 0.0)
+    sampling_seconds = max(duration_seconds - config.agent.interval_seconds, 0.0)
 
     def tick() -> None:
         if progress is not None:
@@ -121,13 +103,11 @@ def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float
     guard = _StopOnSigint(stop)
     try:
         with guard:
-            sampler.run(stop, duration_seconds=sampling_seconds, on_tick=tick)
+            run.run(stop, duration_seconds=sampling_seconds, on_tick=tick)
     finally:
-        sampler.close()
-        results.extend(labeller.finish())
-        if recorder is not None:
-            recorder.close()
+        run.finish()
     ended = time.time()
+    labeller = run.pipeline.labeller
     notes = []
     if labeller.late_samples:
         notes.append(f"{labeller.late_samples} samples arrived late and were counted in the "
@@ -136,6 +116,7 @@ def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float
         notes.append(f"raw samples recorded to {record_path} (replay with "
                      f"`ai-bottleneck replay {record_path}`)")
     return DiagnoseResult(results, overall_verdict(results, labeller.transitions),
-                          dict(probe_set.unavailable), probe_set.names, started, ended, count,
-                          interrupted=guard.hit, record_path=record_path, notes=notes,
+                          dict(probe_set.unavailable), probe_set.names, started, ended,
+                          run.pipeline.samples, interrupted=guard.hit,
+                          record_path=record_path, notes=notes,
                           duration_seconds=duration_seconds)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from ai_bottleneck.options import OptionError
 from ai_bottleneck.probes.base import Availability, Probe
-from ai_bottleneck.samples import one_line
+from ai_bottleneck.probes.options import OptionError
+from ai_bottleneck.probes.sample import one_line
 
 GROUP = "ai_bottleneck.probes"
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,11 @@ from ai_bottleneck import __version__
 from ai_bottleneck.config import DEFAULT_LISTEN, parse_listen
 from ai_bottleneck.exporter import Exposition
 from ai_bottleneck.state import AgentState
-from ai_bottleneck.webconfig import WebGuard, peer_sans
+from ai_bottleneck.webguard import WebGuard, peer_sans
 
 log = logging.getLogger("ai_bottleneck.exporter")
+#: Renders the page at / from the request's query string (the agent's live page).
+Page = Callable[[str], bytes]
 
 
 # -- HTTP ---------------------------------------------------------------------------------
@@ -75,6 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             body, content_type = self.server.exposition.render(self.headers.get("Accept", ""))
             self._send(200, body, headers, head, content_type)
+        elif path == "/" and self.server.page is not None:
+            query = self.path.split("?", 1)[1] if "?" in self.path else ""
+            self._send(200, self.server.page(query), headers, head, "text/html; charset=utf-8")
         elif path == "/":
             page = _LANDING.format(version=html.escape(__version__)).encode()
             self._send(200, page, headers, head, "text/html; charset=utf-8")
@@ -103,12 +109,13 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 64
 
     def __init__(self, sock: socket.socket, guard: WebGuard, exposition: Exposition, *,
-                 max_connections: int, idle_timeout: float, handshake_timeout: float):
+                 max_connections: int, idle_timeout: float, handshake_timeout: float,
+                 page: Page | None = None):
         super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.server_address = sock.getsockname()[:2]
-        self.guard, self.exposition = guard, exposition
+        self.guard, self.exposition, self.page = guard, exposition, page
         self.max_connections, self.handshake_timeout = max_connections, handshake_timeout
         self.idle_timeout = idle_timeout
         # Per accepted socket: its thread and the socket it speaks on (the TLS one
@@ -208,8 +215,9 @@ class MetricsServer:
                  web_config_file: Path | str | None = None, *,
                  process_metrics: bool = True, max_connections: int = 64,
                  idle_timeout: float = 120.0, handshake_timeout: float = 10.0,
-                 web_config_check_seconds: float = 1.0):
+                 web_config_check_seconds: float = 1.0, page: Page | None = None):
         self.listen = listen
+        self._page = page
         self._host, self._port = parse_listen(listen)
         self.exposition = Exposition(state, process_metrics=process_metrics)
         self.guard = WebGuard(web_config_file, check_every=web_config_check_seconds)
@@ -234,7 +242,7 @@ class MetricsServer:
         self._server = _HTTPServer(sock, self.guard, self.exposition,
                                    max_connections=self._max_connections,
                                    idle_timeout=self._timeouts[0],
-                                   handshake_timeout=self._timeouts[1])
+                                   handshake_timeout=self._timeouts[1], page=self._page)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                          kwargs={"poll_interval": 0.2},
                                          name="metrics-server", daemon=True)

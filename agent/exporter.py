@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import ProcessCollector
@@ -22,7 +22,10 @@ from prometheus_client.registry import Collector as CollectorBase
 from prometheus_client.registry import CollectorRegistry
 
 from ai_bottleneck import exporter_metrics as m
-from ai_bottleneck.state import ERROR_REASONS, LABELS, AgentState, Series, Snapshot
+from ai_bottleneck.labels import LABEL_NAMES
+from ai_bottleneck.probes.base import Clock
+from ai_bottleneck.probes.vocabulary import is_process_sample, mig_instance
+from ai_bottleneck.state import ERROR_REASONS, AgentState, Series, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +78,9 @@ def _series_points(series: Iterator[Series]) -> _Points:
         labels, t = s.labels, s.t
         by_plan: dict[int, tuple[str, ...]] = {}  # id(plan) -> this series' label values
         event_labels: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-        if s.probe == "gpu" and "pid" in labels:
+        if s.probe == "gpu" and is_process_sample(labels):
             routes = _PROCESS_ROUTES
-        elif s.probe == "gpu" and "mig" in labels:
+        elif s.probe == "gpu" and mig_instance(labels) is not None:
             routes = _MIG_ROUTES
         else:
             routes = _ROUTES.get(s.probe, {})
@@ -111,12 +114,12 @@ def _agent_points(points: _Points, snap: Snapshot, now: float) -> None:
     _put(points, m.START_TIME, (), 0.0, snap.start_time)
     _put(points, m.SAMPLING_INTERVAL, (), 0.0, snap.interval_seconds)
     _put(points, m.WINDOW_LENGTH, (), 0.0, snap.window_seconds)
-    for label in LABELS:
+    for label in LABEL_NAMES:
         _put(points, m.WINDOWS_TOTAL, (label,), 0.0, float(snap.windows_total.get(label, 0)))
     window = snap.window
     if window is None:
         return
-    for label in LABELS:
+    for label in LABEL_NAMES:
         _put(points, m.WINDOW_LABEL, (label,), 0.0, 1.0 if label == window.label else 0.0)
     for metric, value in ((m.WINDOW_CONFIDENCE, window.confidence),
                           (m.WINDOW_START, window.start), (m.WINDOW_END, window.end),
@@ -208,7 +211,7 @@ class Collector(CollectorBase):
     agent's own figures (window, probe health), which change with time.
     """
 
-    def __init__(self, state: AgentState, clock: Callable[[], float] | None = None):
+    def __init__(self, state: AgentState, clock: Clock | None = None):
         self._state = state
         self._clock = clock or state.clock
         # id(series) -> (the series, its lines). The entry holds the series, so its id

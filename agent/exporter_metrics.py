@@ -121,7 +121,7 @@ PROBE_ERRORS = counter("probe_errors_total", ("probe", "reason"),
 PROBE_SAMPLES = counter("probe_samples_total", ("probe",),
                         "Samples the probe returned, good or failed (skips not included).")
 PROBE_SKIPS = counter("probe_skips_total", ("probe", "reason"),
-                      "Runs of an active probe skipped; reason is budget, nic_busy, overlap "
+                      "Runs of an active probe skipped; reason is budget, nic_busy "
                       "or other.")
 PROBE_LAST_SUCCESS = gauge("probe_last_success_timestamp_seconds", ("probe",),
                            "When the probe last gave a good sample, unix seconds.")

@@ -1,5 +1,4 @@
-"""What the classifier's rules ask of a window, derived once from its readings, and
-the signals (facts with a strength) that support a label.
+"""What the classifier's rules ask of a window, derived once from its readings.
 
 Pure: no I/O, no clock. See docs/classifier.md.
 """
@@ -8,7 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ai_bottleneck.signals import GpuReading, HttpReading, Readings, ThroughputReading
+from ai_bottleneck.capacity import Measured, Saturation, saturations
+from ai_bottleneck.findings import Signal, above, below
+from ai_bottleneck.probes.vocabulary import DOWNLOAD_SECONDS, SERVER_SECONDS, UPLOAD_SECONDS
+from ai_bottleneck.readings import GpuReading, HttpReading, Readings, ThroughputReading
 from ai_bottleneck.thresholds import Thresholds
 from ai_bottleneck.windows import ProbeState
 from ai_bottleneck.words import bits, pct, secs, size
@@ -18,32 +20,12 @@ from ai_bottleneck.words import bits, pct, secs, size
 WIRE_OVERHEAD_RATIO = 1.1
 
 
-@dataclass(frozen=True, slots=True)
-class Signal:
-    """One fact that supports a label; strength 0.5 at its threshold, 1 well past it."""
-
-    strength: float
-    text: str
-
-
-def above(value: float, threshold: float, top: float = 1.0) -> float:
-    if top <= threshold:
-        return 1.0
-    return 0.5 + 0.5 * min(1.0, max(0.0, (value - threshold) / (top - threshold)))
-
-
-def below(value: float, threshold: float) -> float:
-    if threshold <= 0:
-        return 1.0
-    return 0.5 + 0.5 * min(1.0, max(0.0, (threshold - value) / threshold))
-
-
 class Facts:
     """What the rules ask of a window, derived once from its readings."""
 
     def __init__(self, r: Readings, th: Thresholds) -> None:
-        self.r = r
-        self.th = th
+        self.readings = r
+        self.thresholds = th
         self.gpus = r.gpus
         gpu_state = r.probe("gpu").state
         #: No GPU data because this host has no usable GPU (a CPU-only host).
@@ -67,10 +49,9 @@ class Facts:
             None if self.gpu_busy is None else self.gpu_busy < th.gpu_low_utilization_ratio)
         self.host = r.host
         self.nics = [n for n in r.nics if not n.loopback]
-        self.saturated_nics = [(n, p) for n in self.nics
-                               if (p := n.peak) is not None and p[1] >= th.nic_saturation_ratio]
         self.retransmit_ratio = r.tcp.retransmit_ratio if r.tcp else None
-        self.working_http = [h for h in r.http if h.calls > 0 or h.overload_answers]
+        self.working_http = [h for h in r.http
+                             if h.calls > 0 or h.overload_answers or h.in_flight_seconds]
         self.down_http = [h for h in r.http if h.calls == 0 and h.failures > 0
                           and h.overload_answers * 2 < h.failures]
         self.worst = max(self.working_http, key=self._badness, default=None)
@@ -84,6 +65,31 @@ class Facts:
         self.server_dominant = (self.server_share is not None
                                 and self.server_share >= th.server_phase_dominant_ratio)
         self.own_busy_share, self.own_bits_per_second = self._own_load()
+        #: NIC directions full against the tightest capacity known (see ai_bottleneck.capacity).
+        self.saturated_nics: list[Saturation] = saturations(
+            self.nics, saturation_ratio=th.nic_saturation_ratio,
+            plateau_min_samples=th.plateau_min_samples,
+            idle_bits_per_second=th.nic_idle_bits_per_second,
+            plateau_flat_ratio=th.plateau_flat_ratio, congestion=self.congestion(),
+            measured=self._measured())
+
+    def congestion(self) -> str | None:
+        """A sign that the network path is congested, in words, or None."""
+        rt = self.retransmit_ratio
+        if rt is not None and rt > self.thresholds.retransmit_high_ratio:
+            return f"TCP retransmits were {pct(rt, 1)}"
+        if self.slow and self.net_dominant and self.net_share is not None:
+            return f"requests spent {pct(self.net_share)} of their time on the network"
+        return None
+
+    def _measured(self) -> list[Measured]:
+        """Recent throughput tests, newest first, as capacity candidates."""
+        recent = sorted((t for t in self.readings.throughputs
+                         if t.age_seconds <= self.thresholds.active_measurement_max_age_seconds),
+                        key=lambda t: t.age_seconds)
+        return [(t.direction, t.bits_per_second,
+                 f"{t.probe} {t.target} ({secs(t.age_seconds)} before the window end)")
+                for t in recent]
 
     def _own_load(self) -> tuple[float, float]:
         """What the agent's own timed HTTP calls add to the readings: the share of the
@@ -91,11 +97,11 @@ class Facts:
         server time, parallel calls overlapping), and the bits they moved with TCP/IP's
         overhead. A call to an inference endpoint runs the model, so an idle GPU serving
         only these calls shows their share as activity; they are not the service's load."""
-        seconds = self.r.window_seconds
+        seconds = self.readings.window_seconds
         if not seconds:
             return 0.0, 0.0
         busy = bits = 0.0
-        for h in self.r.http:
+        for h in self.readings.http:
             if h.calls and h.server_min_seconds is not None:
                 busy += h.calls * h.server_min_seconds / max(1.0, h.concurrency or 1.0)
             if h.bytes_moved:
@@ -104,8 +110,9 @@ class Facts:
 
     def _badness(self, h: HttpReading) -> float:
         """p95 over the objective (> 1 misses it); failures past the limit miss it too."""
-        th = self.th
-        ratio = h.total.p95 / th.latency_objective_seconds if h.total else 0.0
+        th = self.thresholds
+        p95 = h.p95_seconds
+        ratio = p95 / th.latency_objective_seconds if p95 is not None else 0.0
         if h.failures and h.failure_ratio >= th.http_failure_high_ratio:
             ratio = max(ratio, 1.0 + h.failure_ratio)
         return ratio
@@ -116,11 +123,17 @@ class Facts:
         w = self.worst
         if w is None or not self.slow:
             return []
-        th = self.th
+        th = self.thresholds
         out = []
-        if w.total is not None and w.total.p95 > th.latency_objective_seconds:
-            out.append(Signal(above(w.total.p95 / th.latency_objective_seconds, 1.0, 2.0),
-                              f"{w.target}: p95 request {secs(w.total.p95)} > objective "
+        p95 = w.p95_seconds
+        if w.in_flight_worst and p95 is not None and p95 > th.latency_objective_seconds:
+            out.append(Signal(above(p95 / th.latency_objective_seconds, 1.0, 2.0),
+                              f"{w.target}: a call still running after {secs(p95)} at the "
+                              f"window's end > objective {secs(th.latency_objective_seconds)}"
+                              f" ({w.calls} finished)"))
+        elif p95 is not None and p95 > th.latency_objective_seconds:
+            out.append(Signal(above(p95 / th.latency_objective_seconds, 1.0, 2.0),
+                              f"{w.target}: p95 request {secs(p95)} > objective "
                               f"{secs(th.latency_objective_seconds)} ({w.calls} calls)"))
         if w.failures and w.failure_ratio >= th.http_failure_high_ratio:
             how = (f"{w.overload_answers} answered 'too busy' (429/503/504)"
@@ -131,6 +144,10 @@ class Facts:
         return out
 
     def phase_text(self, h: HttpReading) -> str:
+        if h.in_flight_worst and h.in_flight_seconds:
+            net, server = h.in_flight_network_seconds, h.in_flight_server_seconds
+            return (f"running for {secs(h.in_flight_seconds)} so far: network "
+                    f"{secs(net or 0.0)}, server {secs(server or 0.0)}")
         if h.total is None:
             return ""
         parts = ", ".join(f"{k.removesuffix('_seconds')} {secs(v)}"
@@ -149,23 +166,23 @@ class Facts:
         g = self.top_gpu
         if g is None or g.busy is None or not self.gpu_under:
             return None
-        th = self.th.gpu_low_utilization_ratio
+        th = self.thresholds.gpu_low_utilization_ratio
         every = " on every GPU" if len(self.gpus) > 1 else ""
         return Signal(below(g.busy, th), f"{self.gpu_text(g)} (< {pct(th)}){every}")
 
     def network_signals(self, *, phases: bool) -> list[Signal]:
         """Positive network evidence: phases, a full NIC, retransmits, slow measurements."""
-        th = self.th
+        th = self.thresholds
         out: list[Signal] = []
         w = self.worst
         if phases and w is not None and self.net_dominant and self.net_share is not None:
             out.append(Signal(above(self.net_share, th.network_phase_dominant_ratio),
                               f"{w.target}: network is {pct(self.net_share)} of request time "
                               f"({self.phase_text(w)})"))
-        for nic, (direction, util) in self.saturated_nics:
-            out.append(Signal(above(util, th.nic_saturation_ratio),
-                              f"{nic.name} {direction} at {pct(util)} of "
-                              f"{bits(nic.link_bits_per_second or 0)}"))
+        for sat in self.saturated_nics:
+            out.append(Signal(above(min(sat.utilization, 1.0), th.nic_saturation_ratio),
+                              f"{sat.nic} {sat.direction} at {pct(min(sat.utilization, 1.0))} "
+                              f"of {bits(sat.capacity_bits_per_second)} ({sat.source})"))
         rt = self.retransmit_ratio
         if rt is not None and rt > th.retransmit_high_ratio:
             out.append(Signal(above(rt, th.retransmit_high_ratio, 5 * th.retransmit_high_ratio),
@@ -180,10 +197,10 @@ class Facts:
 
     def shortfalls(self) -> list[tuple[ThroughputReading, float, str]]:
         """Recent throughput measurements far under what the service needs."""
-        th = self.th
+        th = self.thresholds
         out = []
         needed = needed_bits_per_second(self.worst, th) if self.slow else None
-        for t in self.r.throughputs:
+        for t in self.readings.throughputs:
             if t.age_seconds > th.active_measurement_max_age_seconds:
                 continue
             need, why = ((th.internal_bandwidth_min_bits_per_second, "internal minimum")
@@ -197,7 +214,7 @@ class Facts:
 
     def cpu_signals(self) -> list[Signal]:
         h = self.host
-        th = self.th
+        th = self.thresholds
         if h is None:
             return []
         out = []
@@ -232,7 +249,7 @@ class Facts:
     def load_present(self) -> bool:
         """Whether anything but the agent itself loads the host: the agent's own timed
         calls are not load (see _own_load)."""
-        th = self.th
+        th = self.thresholds
         gpu = self.gpu_activity_beyond_own
         if gpu is not None and gpu >= th.gpu_idle_ratio:
             return True
@@ -261,24 +278,25 @@ class Facts:
             out.append(f"CPU {pct(h.cpu)}{extra}")
         busiest = max(self.nics, key=lambda n: n.peak[1] if n.peak else -1.0, default=None)
         if busiest is not None and busiest.peak is not None:
-            out.append(f"{busiest.name} {busiest.peak[0]} at {pct(busiest.peak[1])} of "
-                       f"{bits(busiest.link_bits_per_second or 0)}")
+            direction, util = busiest.peak
+            cap = busiest.capacity(direction)
+            of = f"{bits(cap.bits_per_second)} ({cap.source})" if cap is not None else "its link"
+            out.append(f"{busiest.name} {direction} at {pct(util)} of {of}")
         return out
 
     def thin_pipe(self) -> str | None:
         """The thin link in front of the GPU, in words, when one was measured: payloads
         moving under the article's public minimum, a throughput test far under need, or
         a full NIC slower than the internal minimum."""
-        th = self.th
+        th = self.thresholds
         rate = observed_transfer_rate(self.worst) if self.slow else None
         if rate is not None and rate < th.public_bandwidth_min_bits_per_second:
             return f"a link moving {bits(rate)}"
         for t, _, _ in self.shortfalls():
             return f"{t.probe} {t.target} at {bits(t.bits_per_second)}"
-        for nic, _ in self.saturated_nics:
-            link = nic.link_bits_per_second
-            if link and link < th.internal_bandwidth_min_bits_per_second:
-                return f"a full {bits(link)} {nic.name}"
+        for sat in self.saturated_nics:
+            if sat.capacity_bits_per_second < th.internal_bandwidth_min_bits_per_second:
+                return f"a full {bits(sat.capacity_bits_per_second)} path on {sat.nic}"
         return None
 
 
@@ -309,8 +327,8 @@ def transfer(h: HttpReading | None) -> tuple[str, float, float] | None:
     """(direction, payload bytes, mean seconds) of the larger transfer phase."""
     if h is None:
         return None
-    up = h.phases.get("upload_seconds")
-    down = h.phases.get("download_seconds")
+    up = h.phases.get(UPLOAD_SECONDS)
+    down = h.phases.get(DOWNLOAD_SECONDS)
     if up is not None and h.request_bytes and (down is None or up >= down):
         return "upload", h.request_bytes, up
     if down is not None and h.response_bytes:
@@ -324,7 +342,7 @@ def need(h: HttpReading | None, th: Thresholds) -> Need | None:
         return None
     direction, payload, _ = moved
     objective = th.latency_objective_seconds
-    budget = objective - h.phases.get("server_seconds", 0.0)
+    budget = objective - h.phases.get(SERVER_SECONDS, 0.0)
     if budget < 0.1 * objective:
         budget = objective  # the server alone uses the objective up; say what the link needs
     concurrency = max(1, round(h.concurrency or 1))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
+from ai_bottleneck.probes.base import Sample
 from ai_bottleneck.probes.gpu_health import (
     XID_RESET_REQUIRED,
     XID_WARNING,
@@ -21,8 +22,20 @@ from ai_bottleneck.probes.gpu_health import (
     state_of,
     xid_text,
 )
-from ai_bottleneck.samples import Sample
-from ai_bottleneck.windows import SeriesWindow, Window
+from ai_bottleneck.probes.vocabulary import (
+    ECC_UNCORRECTED_VOLATILE_TOTAL,
+    RETIRED_PAGES_PENDING,
+    ROW_REMAP_FAILURE,
+    ROW_REMAP_PENDING,
+    XID_ERRORS_TOTAL,
+    XID_LAST_CODE,
+    XID_RESET_REQUIRED_TOTAL,
+    is_process_sample,
+    mig_instance,
+)
+from ai_bottleneck.remarks import Remark, WarningKind
+from ai_bottleneck.series import SeriesWindow
+from ai_bottleneck.windows import Window
 
 _WORST_FIRST = (HealthState.LOST, HealthState.RESET_REQUIRED, HealthState.DEGRADED,
                 HealthState.OK)
@@ -33,9 +46,10 @@ def _gpus(window: Window) -> Iterator[tuple[str, Sequence[SeriesWindow]]]:
     carry fewer labels, so one GPU can be two series)."""
     by_gpu: dict[str, list[SeriesWindow]] = {}
     for sw in window.of("gpu"):
-        if "pid" in sw.labels or "gpu" not in sw.labels:
+        if is_process_sample(sw.labels) or "gpu" not in sw.labels:
             continue
-        key = sw.labels["gpu"] + ("/" + sw.labels["mig"] if "mig" in sw.labels else "")
+        mig = mig_instance(sw.labels)
+        key = sw.labels["gpu"] + (f"/{mig}" if mig is not None else "")
         by_gpu.setdefault(key, []).append(sw)
     yield from sorted(by_gpu.items())
 
@@ -87,41 +101,47 @@ def _reset_reason(group: Sequence[SeriesWindow], sample: Sample) -> str:
     if sample.error is not None:
         return f"NVML: {sample.error}"
     reasons = []
-    last = _last(group, "xid_last_code")
-    if _last(group, "xid_reset_required_errors_total") and last is not None:
+    last = _last(group, XID_LAST_CODE)
+    if _last(group, XID_RESET_REQUIRED_TOTAL) and last is not None:
         code = int(last)
         reasons.append(xid_text(code) if code in XID_RESET_REQUIRED
                        else "an XID that needs a reset, since the agent started")
-    uncorrected = _last(group, "ecc_uncorrected_volatile_errors_total")
+    uncorrected = _last(group, ECC_UNCORRECTED_VOLATILE_TOTAL)
     if uncorrected:
         reasons.append(f"{uncorrected:.0f} uncorrectable ECC error(s) since the last reset")
     return "; ".join(reasons) or "its health says so"
 
 
-def warnings(window: Window) -> list[str]:
+#: Degraded-state flags and the warning each gives.
+_REPAIRS = (
+    (ROW_REMAP_FAILURE, WarningKind.GPU_REMAP_FAILED,
+     "a row remapping has failed (NVIDIA's criterion for replacing the GPU)"),
+    (ROW_REMAP_PENDING, WarningKind.GPU_REMAP_PENDING,
+     "a row remapping is pending; it takes effect at the next GPU reset (at a convenient "
+     "time: running work is not affected)"),
+    (RETIRED_PAGES_PENDING, WarningKind.GPU_PAGE_RETIRE_PENDING,
+     "a retired memory page takes effect at the next driver reload"),
+)
+
+
+def warnings(window: Window) -> list[Remark]:
     """GPU health worth knowing that does not stop the verdict."""
     out = []
     for gpu, group in _gpus(window):
         worst = _worst(_samples(group))
         if worst is not None and worst[0] is HealthState.DEGRADED:
-            if _last(group, "row_remap_failure_flag"):
-                out.append(f"GPU {gpu}: a row remapping has failed (NVIDIA's criterion for "
-                           "replacing the GPU)")
-            if _last(group, "row_remap_pending_flag"):
-                out.append(f"GPU {gpu}: a row remapping is pending; it takes effect at the next "
-                           "GPU reset (at a convenient time: running work is not affected)")
-            if _last(group, "retired_pages_pending_flag"):
-                out.append(f"GPU {gpu}: a retired memory page takes effect at the next driver "
-                           "reload")
-        new_xids = _increase(group, "xid_errors_total")
+            for flag, kind, text in _REPAIRS:
+                if _last(group, flag):
+                    out.append(Remark(kind, f"GPU {gpu}: {text}", gpu))
+        new_xids = _increase(group, XID_ERRORS_TOTAL)
         if new_xids:
-            last = _last(group, "xid_last_code")
+            last = _last(group, XID_LAST_CODE)
             code = int(last) if last is not None else None
             what = f", the latest {xid_text(code)}" if code is not None else ""
             line = f"GPU {gpu}: {new_xids:.0f} XID error event(s) in this window{what}"
             if code in XID_WARNING:
                 line += ": failing hardware, watch the trend"
-            out.append(line)
+            out.append(Remark(WarningKind.GPU_XID, line, gpu))
     return out
 
 
@@ -144,8 +164,9 @@ def summary(window: Window) -> dict[str, object]:
     return {HEALTH_KEY: out} if out else {}
 
 
-def key_numbers(summaries: Sequence[Mapping[str, object]]) -> list[str]:
-    """One report line naming the GPUs whose health was not ok in some window."""
+def run_health(summaries: Sequence[Mapping[str, object]]) -> list[tuple[str, str]]:
+    """The GPUs whose health was not ok in some window of a run, each with its worst
+    state (and the reason a reset is needed), by GPU."""
     worst: dict[str, tuple[int, str]] = {}
     order = {s.value: i for i, s in enumerate(_WORST_FIRST)}
     for s in summaries:
@@ -159,7 +180,4 @@ def key_numbers(summaries: Sequence[Mapping[str, object]]) -> list[str]:
             text = state + (f" ({entry['reason']})" if entry.get("reason") else "")
             if gpu not in worst or order[state] < worst[gpu][0]:
                 worst[gpu] = (order[state], text)
-    if not worst:
-        return []
-    return ["GPU health: " + "; ".join(f"GPU {gpu} {text}"
-                                       for gpu, (_, text) in sorted(worst.items()))]
+    return [(gpu, text) for gpu, (_, text) in sorted(worst.items())]

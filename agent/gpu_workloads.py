@@ -11,6 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ai_bottleneck.probes.vocabulary import (
+    OTHER_PROCESSES,
+    PROCESS_LABEL,
+    PROCESS_MEMORY_USED,
+    is_process_sample,
+    mig_instance,
+)
 from ai_bottleneck.windows import Window
 
 SUMMARY_KEY = "gpu_workloads"
@@ -28,9 +35,9 @@ def workload_name(labels: Mapping[str, str]) -> str:
         return f"container {labels['container_id'][:12]}"
     if labels.get("systemd_unit"):
         return f"service {labels['systemd_unit']}"
-    if labels.get("pid") == "other":
+    if labels.get(PROCESS_LABEL) == OTHER_PROCESSES:
         return "other processes (beyond the series limit)"
-    return f"process {labels.get('process_name', '?')} (pid {labels.get('pid', '?')})"
+    return f"process {labels.get('process_name', '?')} (pid {labels.get(PROCESS_LABEL, '?')})"
 
 
 def summary(window: Window) -> dict[str, Any]:
@@ -39,13 +46,13 @@ def summary(window: Window) -> dict[str, Any]:
     processes gets the sum of their peaks (an upper bound of its peak)."""
     peaks: dict[str, float] = {}
     for sw in window.of("gpu"):
-        if "pid" not in sw.labels:
+        if not is_process_sample(sw.labels):
             continue
-        st = sw.stats("process_memory_used_bytes")
+        st = sw.stats(PROCESS_MEMORY_USED)
         if st is None:
             continue
-        where = sw.labels.get("gpu", "?") + (f" MIG instance {sw.labels['mig']}"
-                                             if "mig" in sw.labels else "")
+        mig = mig_instance(sw.labels)
+        where = sw.labels.get("gpu", "?") + (f" MIG instance {mig}" if mig is not None else "")
         key = f"{workload_name(sw.labels)} on GPU {where}"
         peaks[key] = peaks.get(key, 0.0) + st.max
     if not peaks:
@@ -54,8 +61,9 @@ def summary(window: Window) -> dict[str, Any]:
     return {SUMMARY_KEY: {key: {"memory_used_bytes": peak} for key, peak in largest}}
 
 
-def key_numbers(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One report line: GPU memory by workload, peak over the run, largest first."""
+def run_peaks(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, float]]:
+    """GPU memory by workload over a run: each workload's peak, largest first (at most
+    MAX_WORKLOADS), from the window summaries."""
     peaks: dict[str, float] = {}
     for s in summaries:
         part = s.get(SUMMARY_KEY)
@@ -65,12 +73,4 @@ def key_numbers(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
             v = values.get("memory_used_bytes") if isinstance(values, Mapping) else None
             if isinstance(v, int | float):
                 peaks[str(key)] = max(peaks.get(str(key), 0.0), float(v))
-    if not peaks:
-        return []
-    largest = sorted(peaks.items(), key=lambda kv: -kv[1])[:MAX_WORKLOADS]
-    return ["GPU memory by workload (peak): "
-            + "; ".join(f"{key} {_gib(v)}" for key, v in largest)]
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    return sorted(peaks.items(), key=lambda kv: -kv[1])[:MAX_WORKLOADS]

@@ -12,7 +12,14 @@ A new label replaces the current one when either
   (settled, or on hard evidence) must itself be the raw label for
   ``hold_windows`` windows in a row before a settled change can replace it, so
   regimes that alternate window by window move the label once, then hold it;
-- or it rests on hard evidence (an out-of-memory event): at once.
+- or it rests on hard evidence (an out-of-memory event): at once;
+- or it *recurs*: a bottleneck label that was the raw label in at least half of
+  the last ``2 * hold_windows`` windows, every other window of that span reading
+  balanced (load, no bottleneck found), is taken even though it never held
+  ``hold_windows`` windows in a row. Evidence that arrives every other window (a
+  probe call longer than a window, a test run now and then) alternates the raw
+  label between the bottleneck and balanced; without this the label would never
+  move. Once taken, the alternation keeps it: balanced never holds in a row.
 
 The first window's label is taken as it is. Every change is recorded as a
 Transition.
@@ -24,8 +31,14 @@ so a report shows both that the label holds and that it is in doubt.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
+
+#: The label of a window that found load but no bottleneck: what a window reads when
+#: the evidence of a bottleneck did not arrive in it. Windows of it do not compete
+#: with a recurring bottleneck; idle or unknown ones (or another bottleneck) do.
+NO_BOTTLENECK = frozenset({"balanced"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +49,12 @@ class Transition:
     windows: int              # windows the new label held before it took over
     hard: bool                # switched at once on hard evidence
     settled: bool = False     # switched after one window in which the change was settled
+    recurring: bool = False   # switched because the label recurred in most of a span
 
     def to_json(self) -> dict[str, Any]:
         return {"at": self.at, "from": self.from_label, "to": self.to_label,
-                "windows": self.windows, "hard": self.hard, "settled": self.settled}
+                "windows": self.windows, "hard": self.hard, "settled": self.settled,
+                "recurring": self.recurring}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,19 @@ class Hysteresis:
         self._established = False
         self._streak = 0
         self.transitions: list[Transition] = []
+        self._recent: deque[str] = deque(maxlen=2 * hold_windows)
+
+    def recurs(self, raw_label: str) -> bool:
+        """Whether ``raw_label`` (just seen) recurs: a bottleneck that was the raw label
+        in at least half of the span of the last 2 * hold_windows windows, with no other
+        bottleneck in the span (see the module's docstring)."""
+        if raw_label in NO_BOTTLENECK or raw_label in ("idle", "unknown") \
+                or self.hold_windows < 2:
+            return False
+        span = [*self._recent, raw_label]
+        if any(lbl != raw_label and lbl not in NO_BOTTLENECK for lbl in span):
+            return False
+        return span.count(raw_label) >= self.hold_windows
 
     def may_settle(self, raw_label: str, hard: bool = False) -> bool:
         """Whether a settled window would change what ``update`` does with this label:
@@ -81,6 +109,8 @@ class Hysteresis:
     def update(self, raw_label: str, confidence: float, at: float,
                hard: bool = False, settled: bool = False) -> Decision:
         settled = settled and self.may_settle(raw_label, hard)
+        recurring = raw_label != self.current and self.recurs(raw_label)
+        self._recent.append(raw_label)
         if raw_label == self.current:
             self._pending = None
             self._confidence = confidence
@@ -89,10 +119,13 @@ class Hysteresis:
             return Decision(raw_label, confidence, False, None, None)
         self._streak = 0
         count = self._count(raw_label)
-        if self.current is None or hard or settled or count >= self.hold_windows:
+        if (self.current is None or hard or settled or count >= self.hold_windows
+                or recurring):
             first = self.current is None
+            recurring = recurring and not (first or hard or settled
+                                           or count >= self.hold_windows)
             transition = Transition(at, self.current, raw_label, count, hard and not first,
-                                    settled)
+                                    settled, recurring)
             self.transitions.append(transition)
             self.current = raw_label
             self._confidence = confidence

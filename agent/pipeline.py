@@ -4,7 +4,8 @@
 A live run feeds samples as the sampler hands them over; a replay feeds the
 samples of a recording in file order. Both go through the same WindowBuilder,
 classifier and hysteresis, so a recording written in the order its samples
-were fed (the sampler's sinks are called in order) replays to the same labels.
+were fed (the sampler hands its rounds to one consumer, in order) replays to the
+same labels.
 
     labeller = Labeller(window_seconds=10, thresholds=th, unavailable=reasons)
     for sample in stream:
@@ -12,7 +13,7 @@ were fed (the sampler's sinks are called in order) replays to the same labels.
             print(json.dumps(result.to_json()))
     for result in labeller.finish():
         ...
-    verdict = overall_verdict(all_results)
+    verdict = overall_verdict(all_results)  # ai_bottleneck.verdict
 
 Recordings: put ``labeller.header_fields()`` into the record header
 (``make_header(**labeller.header_fields())``) and ``Labeller.from_header``
@@ -24,27 +25,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ai_bottleneck.classifier import Classification, Label, classify
+from ai_bottleneck.classifier import classify
+from ai_bottleneck.findings import Classification
 from ai_bottleneck.hysteresis import Hysteresis, Transition
-from ai_bottleneck.record import ReadStats, RecordReader
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.sample import Sample
+from ai_bottleneck.readings import Readings
 from ai_bottleneck.thresholds import Thresholds
 from ai_bottleneck.windows import Window, WindowBuilder
 
 DEFAULT_WINDOW_SECONDS = 10.0
 DEFAULT_REORDER_SECONDS = 2.0
-#: Labels that say "no bottleneck found"; an overall verdict prefers a bottleneck
-#: seen in a good share of the windows over these.
-QUIET_LABELS = frozenset({Label.IDLE.value, Label.UNKNOWN.value})
-#: Share of the windows a bottleneck label needs to be the overall verdict
-#: over idle/unknown windows.
-OVERALL_MIN_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -68,6 +62,8 @@ class WindowResult:
     held: bool = False         # the raw label disagreed and hysteresis kept the label
     pending: tuple[str, int] | None = None
     transition: Transition | None = None
+    # The classifier's typed readings of this window (reports reuse its figures).
+    readings: Readings | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,7 +89,7 @@ class Labeller:
     (probes seen earlier in the stream count as expected too). ``origin``:
     where windows start (default: the first sample's time). ``reorder_seconds``:
     how late a sample may arrive and still land in its own window. Not thread
-    safe: feed it from one thread (the sampler calls its sinks in order on one).
+    safe: feed it from one thread (the run pipeline does, on the sampling thread).
     """
 
     def __init__(self, window_seconds: float = DEFAULT_WINDOW_SECONDS,
@@ -172,12 +168,17 @@ class Labeller:
                 evidence = (*evidence, f"changed from {t.from_label} after one window: "
                             f"{t.to_label} holds in its second half and {t.from_label} in "
                             "neither half")
+            elif t is not None and t.recurring:
+                span = 2 * self._hysteresis.hold_windows
+                evidence = (*evidence, f"changed from {t.from_label}: {t.to_label} recurs in "
+                            f"at least half of the last {span} windows and the others read "
+                            "balanced (evidence that arrives every other window)")
         return WindowResult(
             start=window.start, end=window.end, label=d.label, confidence=d.confidence,
             raw_label=c.label.value, raw_confidence=c.confidence, evidence=evidence,
             advice=advice, warnings=c.warnings, summary=c.summary, probes=c.probes,
             samples=window.sample_count, late_samples=window.late_samples, hard=c.hard,
-            held=d.held, pending=d.pending, transition=d.transition)
+            held=d.held, pending=d.pending, transition=d.transition, readings=c.readings)
 
     def _settles(self, window: Window, label: str) -> bool:
         """Whether ``window`` settles a change to ``label``: its second half alone
@@ -211,9 +212,9 @@ class Labeller:
         """A labeller set up as the run that wrote ``header`` was; arguments override.
 
         Header fields this version does not know are ignored, as the record format
-        asks; a malformed known field raises ai_bottleneck.options.OptionError (one line).
+        asks; a malformed known field raises ai_bottleneck.probes.options.OptionError (one line).
         """
-        from ai_bottleneck.options import OptionError, parse_options
+        from ai_bottleneck.probes.options import OptionError, parse_options
 
         if window_seconds is None:
             raw = header.get("window_seconds", DEFAULT_WINDOW_SECONDS)
@@ -240,94 +241,3 @@ class Labeller:
                    unavailable={str(k): str(v) for k, v in unavailable.items()}
                    if isinstance(unavailable, Mapping) else {},
                    expected_probes=[str(p) for p in probes] if isinstance(probes, list) else [])
-
-
-@dataclass
-class Replay:
-    """A recording being labelled: iterate ``results``; ``stats`` fills in as it reads."""
-
-    header: dict[str, Any]
-    labeller: Labeller
-    results: Iterator[WindowResult]
-    stats: ReadStats = field(default_factory=ReadStats)
-
-
-def replay(path: str | os.PathLike[str], *, window_seconds: float | None = None,
-           thresholds: Thresholds | None = None) -> Replay:
-    """Label a recording with the same code path as a live run.
-
-    Raises ai_bottleneck.record.RecordError (the file is not a recording) or
-    ai_bottleneck.options.OptionError (its header is malformed), each one line.
-    """
-    reader = RecordReader(path)
-    try:
-        labeller = Labeller.from_header(reader.header, window_seconds=window_seconds,
-                                        thresholds=thresholds)
-    except Exception:
-        reader.close()
-        raise
-    return Replay(reader.header, labeller, labeller.run(reader), reader.stats)
-
-
-# -- the overall verdict ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Verdict:
-    """One label for a whole run (`diagnose --json`'s "verdict")."""
-
-    label: str
-    confidence: float
-    reasons: tuple[str, ...]
-    advice: tuple[str, ...]
-    warnings: tuple[str, ...]
-    windows: int
-    label_windows: dict[str, int]
-    transitions: tuple[Transition, ...]
-    start: float | None
-    end: float | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "confidence": self.confidence,
-                "reasons": list(self.reasons), "advice": list(self.advice),
-                "warnings": list(self.warnings), "windows": self.windows,
-                "label_windows": dict(self.label_windows),
-                "transitions": [t.to_json() for t in self.transitions],
-                "start": self.start, "end": self.end}
-
-
-def overall_verdict(results: Sequence[WindowResult],
-                    transitions: Sequence[Transition] | None = None) -> Verdict:
-    """The label of a run: hard evidence (OOM) in any window wins; otherwise the
-    most frequent bottleneck label if it held in at least a quarter of the windows,
-    else the most frequent label. Confidence is the label's mean window confidence
-    times the share of windows it held."""
-    if transitions is None:
-        transitions = [r.transition for r in results if r.transition is not None]
-    if not results:
-        return Verdict(Label.UNKNOWN.value, 0.0, ("no window: no samples were labelled",),
-                       (), (), 0, {}, tuple(transitions), None, None)
-    counts = Counter(r.label for r in results)
-    weight: dict[str, float] = {}
-    for r in results:
-        weight[r.label] = weight.get(r.label, 0.0) + r.confidence
-    n = len(results)
-    hard = [r for r in results if r.hard]
-    if hard:
-        label = hard[0].raw_label
-        chosen = hard
-    else:
-        busy = [lbl for lbl in counts if lbl not in QUIET_LABELS]
-        pool = [lbl for lbl in busy if counts[lbl] >= OVERALL_MIN_SHARE * n] or list(counts)
-        label = max(pool, key=lambda lbl: (counts[lbl], weight[lbl]))
-        chosen = [r for r in results if r.label == label]
-    own = [r for r in chosen if r.raw_label == label] or chosen
-    best = max(own, key=lambda r: r.raw_confidence)
-    if hard:
-        confidence = 1.0
-        share = f"hard evidence in {len(hard)} of {n} windows"
-    else:
-        confidence = round(weight[label] / n, 2)  # mean confidence x share of windows
-        share = f"{label} in {counts[label]} of {n} windows"
-    evidence = [e for e in best.evidence if not e.startswith("holding ")][:5]
-    return Verdict(label, confidence, (share, *evidence), best.advice, best.warnings, n,
-                   dict(counts), tuple(transitions), results[0].start, results[-1].end)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ai_bottleneck import __version__
-from ai_bottleneck.samples import Sample, SampleError, one_line
+from ai_bottleneck.probes.sample import Sample, SampleError, one_line
 
 FORMAT_NAME = "ai-bottleneck-record"
 FORMAT_VERSION = 1

@@ -1,209 +1,238 @@
 """The terminal report: what a person reads in ten seconds.
 
-Works on the JSON forms of the window results and the verdict (the same
-objects `--json` prints), so `diagnose` and `replay` render identically.
+Renders the typed results (WindowResult, Verdict) and the classifier's own
+per-window readings (through ai_bottleneck.figures), so `diagnose` and
+`replay` print the same report. Order: the verdict and how it was reached,
+the key numbers (each section says over which windows and which aggregate),
+the timeline, then the evidence, advice and warnings, then what was not
+measured. Every line fits ``width``; a long run summarises its timeline, so
+the key numbers stay on the first screen; ``all_windows`` lists every window.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from ai_bottleneck import gpu_faults, gpu_workloads
+from ai_bottleneck.figures import RunFigures, run_figures
+from ai_bottleneck.pipeline import WindowResult
+from ai_bottleneck.remarks import WarningKind, kind_of, subject_of
+from ai_bottleneck.report_tables import key_numbers, phase_lines
+from ai_bottleneck.termstyle import Style, clip, wrap
+from ai_bottleneck.timeline import LABEL_CHARS, run_text, runs, strip, summarise
+from ai_bottleneck.units import clock, duration, pct, secs
+from ai_bottleneck.verdict import Verdict
 
-LABEL_CHARS = {
-    "gpu_bound": "G", "vram_bound": "V", "network_bound": "N", "cpu_bound": "C",
-    "balanced": "B", "idle": ".", "unknown": "?",
-}
-
-
-def _fmt_time(t: float | None) -> str:
-    if t is None:
-        return "-"
-    return time.strftime("%H:%M:%S", time.localtime(t))
-
-
-def _fmt_bits(bps: float) -> str:
-    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
-        if bps >= scale:
-            return f"{bps / scale:.3g} {unit}"
-    return f"{bps:.0f} bit/s"
+#: Runs of one label listed before the timeline summarises.
+TIMELINE_RUNS = 8
+#: Distinct warnings listed (the most frequent first).
+WARNINGS_SHOWN = 6
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
+@dataclass(frozen=True)
+class ReportOptions:
+    width: int = 80
+    color: bool = False
+    all_windows: bool = False
 
 
-def _pct(r: float) -> str:
-    return f"{100 * r:.0f}%"
+def _span(start: float | None, end: float | None) -> str:
+    if start is None or end is None:
+        return "no windows"
+    days = clock(start, with_date=True)[:10] != clock(end, with_date=True)[:10]
+    if days:  # a span over midnight: its start with the date, and its length
+        return f"{duration(end - start)} from {clock(start, with_date=True)}"
+    return f"{clock(start)}-{clock(end)} ({duration(end - start)})"
 
 
-def _secs(s: float) -> str:
-    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
-
-
-class _Series:
-    """Mean and max of one number across windows."""
-
-    def __init__(self) -> None:
-        self.values: list[float] = []
-
-    def add(self, v: Any) -> None:
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-            self.values.append(float(v))
-
-    @property
-    def mean(self) -> float:
-        return sum(self.values) / len(self.values)
-
-    @property
-    def max(self) -> float:
-        return max(self.values)
-
-    def __bool__(self) -> bool:
-        return bool(self.values)
-
-
-def _collect(summaries: Iterable[Mapping[str, Any]],
-             resource: str) -> dict[str, dict[str, _Series]]:
-    """resource -> instance -> key -> series across windows (host has one instance '')."""
-    out: dict[str, dict[str, _Series]] = {}
-    for s in summaries:
-        part = s.get(resource)
-        if not isinstance(part, Mapping):
-            continue
-        instances = {"": part} if resource in ("host", "tcp", "events") else part
-        for name, values in instances.items():
-            if not isinstance(values, Mapping):
-                continue
-            slot = out.setdefault(str(name), {})
-            for key, v in values.items():
-                slot.setdefault(key, _Series()).add(v)
+def verdict_lines(results: Sequence[WindowResult], v: Verdict, o: ReportOptions,
+                  style: Style) -> list[str]:
+    w = o.width
+    conf = f"(confidence {v.confidence:.2f})"
+    if len(f"VERDICT  {v.label}  {conf}") <= w:
+        out = [f"{style.bold('VERDICT')}  {style.label(v.label)}  {conf}"]
+    else:  # a very narrow terminal
+        out = [f"{style.bold('VERDICT')}  {style.label(v.label)}", f"  {conf}"]
+    n = v.windows
+    held = v.label_windows.get(v.label, 0)
+    hard = [r for r in results if r.hard]
+    if hard:
+        how = (f"hard evidence (out-of-memory or a failed model load) in {len(hard)} of {n} "
+               "windows decides at once: confidence 1.00")
+    elif n:
+        mean_conf = sum(r.confidence for r in results if r.label == v.label) / max(1, held)
+        how = (f"{v.label} in {held} of {n} windows; confidence {v.confidence:.2f} = its mean "
+               f"window confidence {mean_conf:.2f} x its share of the windows "
+               f"{held / n:.2f}")
+    else:
+        how = v.reasons[0] if v.reasons else "no windows"
+    out += wrap(how, w, "  ", "    ")
+    leading = _leading(run_figures([r for r in results if r.label == v.label]))
+    if leading and held < n:
+        out += wrap(f"in the {held} {v.label} windows: " + ", ".join(leading), w, "  ",
+                    "    ")
+    others = sorted(((c, lbl) for lbl, c in v.label_windows.items() if lbl != v.label),
+                    reverse=True)
+    if others:
+        out += wrap("other windows: " + ", ".join(f"{lbl} {c}" for c, lbl in others), w,
+                    "  ", "    ")
     return out
 
 
-def _names(summaries: Sequence[Mapping[str, Any]], resource: str) -> dict[str, str]:
-    names: dict[str, str] = {}
-    for s in summaries:
-        for gid, g in (s.get(resource) or {}).items():
-            if isinstance(g, Mapping) and isinstance(g.get("name"), str):
-                names[str(gid)] = g["name"]
-    return names
+def _leading(f: RunFigures) -> list[str]:
+    """The few numbers that tell the labels apart, as means over ``f``'s windows."""
+    out = []
+    busy = [g.busy.mean for g in f.gpus if g.busy.mean is not None]
+    if busy:
+        out.append(f"GPU busy {pct(max(busy))}")
+    if f.host is not None and f.host.cpu.mean is not None:
+        out.append(f"CPU {pct(f.host.cpu.mean)}")
+    use = [n.use.mean for n in f.nics if n.use.mean is not None]
+    if use:
+        out.append(f"busiest link {pct(max(use))}")
+    p95 = [t.p95_seconds.mean for t in f.targets if t.p95_seconds.mean is not None]
+    if p95:
+        out.append(f"request p95 {secs(max(p95))}")
+    return out
 
 
-def key_numbers(windows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One line per resource instance: means and maxima across the run's windows."""
-    summaries = [w.get("summary") or {} for w in windows]
-    lines: list[str] = []
-    gpu_names = _names(summaries, "gpu")
-    for gid, k in sorted(_collect(summaries, "gpu").items()):
-        parts = []
-        busy = k.get("busy_ratio")
-        if busy:
-            signal = "SM activity" if k.get("sm_active_ratio") else "utilization (coarse)"
-            parts.append(f"busy mean {_pct(busy.mean)}, max {_pct(busy.max)} ({signal})")
-        used, total = k.get("memory_used_bytes"), k.get("memory_total_bytes")
-        if used and total:
-            parts.append(f"memory max {_fmt_bytes(used.max)} of {_fmt_bytes(total.max)} "
-                         f"({_pct(used.max / total.max)})")
-        if k.get("power_watts"):
-            parts.append(f"power mean {k['power_watts'].mean:.0f} W")
-        name = f" ({gpu_names[gid]})" if gid in gpu_names else ""
-        lines.append(f"GPU {gid}{name}: " + ("; ".join(parts) or "no readings"))
-    for _, k in _collect(summaries, "host").items():
-        parts = []
-        if k.get("cpu_utilization_ratio"):
-            c = k["cpu_utilization_ratio"]
-            parts.append(f"CPU mean {_pct(c.mean)}, max {_pct(c.max)}")
-        if k.get("cpu_busiest_core_ratio"):
-            parts.append(f"busiest core max {_pct(k['cpu_busiest_core_ratio'].max)}")
-        if k.get("cpu_pressure_some_ratio"):
-            parts.append(f"CPU pressure mean {_pct(k['cpu_pressure_some_ratio'].mean)}")
-        if k.get("memory_used_ratio"):
-            parts.append(f"memory max {_pct(k['memory_used_ratio'].max)}")
-        if parts:
-            lines.append("Host: " + "; ".join(parts))
-    for nic, k in sorted(_collect(summaries, "nic").items()):
-        parts = []
-        for d in ("rx", "tx"):
-            s = k.get(f"{d}_bits_per_second")
-            if s:
-                parts.append(f"{d} mean {_fmt_bits(s.mean)}, max {_fmt_bits(s.max)}")
-        link = k.get("link_speed_bits_per_second")
-        parts.append(f"link {_fmt_bits(link.max)}" if link else "link speed unknown")
-        lines.append(f"NIC {nic}: " + "; ".join(parts))
-    for _, k in _collect(summaries, "tcp").items():
-        if k.get("retransmit_ratio"):
-            lines.append(f"TCP retransmits: mean {100 * k['retransmit_ratio'].mean:.2f}% of "
-                         f"segments sent, max {100 * k['retransmit_ratio'].max:.2f}%")
-    for target, k in sorted(_collect(summaries, "http").items()):
-        calls = sum(k["calls"].values) if k.get("calls") else 0
-        fails = sum(k["failures"].values) if k.get("failures") else 0
-        parts = [f"{calls:.0f} calls, {fails:.0f} failed"]
-        if k.get("p95_total_seconds"):
-            parts.append(f"p95 {_secs(k['p95_total_seconds'].mean)} (worst window "
-                         f"{_secs(k['p95_total_seconds'].max)})")
-        phases = [(p, k[f"mean_{p}_seconds"].mean) for p in
-                  ("dns", "connect", "tls", "upload", "server", "download")
-                  if k.get(f"mean_{p}_seconds")]
-        if phases:
-            parts.append("mean phases: " + ", ".join(f"{p} {_secs(v)}" for p, v in phases))
-        lines.append(f"HTTP {target}: " + "; ".join(parts))
-    for what, k in sorted(_collect(summaries, "throughput").items()):
-        if k.get("bits_per_second"):
-            lines.append(f"Measured throughput {what}: {_fmt_bits(k['bits_per_second'].max)}")
-    for _, k in _collect(summaries, "events").items():
-        oom = sum(k["oom_events"].values) if k.get("oom_events") else 0
-        lf = sum(k["load_failure_events"].values) if k.get("load_failure_events") else 0
-        lines.append(f"Log events: {oom:.0f} out-of-memory, {lf:.0f} model-load failures")
-    lines += gpu_workloads.key_numbers(summaries) + gpu_faults.key_numbers(summaries)
-    return lines
+def _once(text: str, not_measured: Mapping[str, str]) -> str:
+    """A probe's long reason for not running is printed once, under NOT MEASURED;
+    evidence that quotes it points there instead."""
+    for reason in not_measured.values():
+        if len(reason) > 30 and reason in text:
+            text = text.replace(reason, "see NOT MEASURED")
+    return text
 
 
-def timeline(windows: Sequence[Mapping[str, Any]], width: int = 60) -> list[str]:
-    """One character per window, wrapped; and the label changes with their times."""
-    chars = "".join(LABEL_CHARS.get(str(w.get("label")), "?") for w in windows)
-    lines = [chars[i:i + width] for i in range(0, len(chars), width)] or ["(no windows)"]
+def why_lines(v: Verdict, o: ReportOptions, style: Style,
+              not_measured: Mapping[str, str] | None = None) -> list[str]:
+    evidence = [_once(e, not_measured or {}) for e in v.reasons[1:]]
+    if not evidence:
+        return []
+    where = (f"{clock(v.evidence_window[0])}-{clock(v.evidence_window[1])}"
+             if v.evidence_window else "time unknown")
+    out = [_heading("WHY", f"(the strongest {v.label} window, {where})", o.width, style)]
+    for e in evidence:
+        out += wrap(e, o.width, "  - ", "    ")
+    return out
+
+
+def timeline_lines(results: Sequence[WindowResult], o: ReportOptions,
+                   style: Style) -> list[str]:
+    w = o.width
+    chars, k = strip(results, w - 2)
+    per = "one character per window" if k == 1 else f"one character per {k} windows"
+    out = [_heading("TIMELINE", f"({per}, {len(results)} windows)", w, style)]
+    if not results:
+        return [*out, "  (no windows)"]
+    out.append("  " + "".join(style.label(_label_of(c), c) for c in chars))
     used = [lbl for lbl, c in LABEL_CHARS.items() if c in chars]
-    lines.append("legend: " + "  ".join(f"{LABEL_CHARS[lbl]}={lbl}" for lbl in used))
-    prev = None
-    for w in windows:
-        label = w.get("label")
-        if prev is not None and label != prev:
-            lines.append(f"{_fmt_time(w.get('start'))}  {prev} -> {label}")
-        prev = label
-    return lines
+    out += wrap("legend: " + "  ".join(f"{LABEL_CHARS[lbl]}={lbl}" for lbl in used), w, "  ")
+    all_runs = runs(results)
+    if len(all_runs) > 1:
+        shown, left = summarise(all_runs, TIMELINE_RUNS)
+        days = len({clock(r.start, with_date=True)[:10] for r in all_runs}) > 1
+        out += [clip("  " + run_text(r, with_date=days), w) for r in shown]
+        if left:
+            out += wrap(f"... and {left} more runs, none longer ({len(all_runs)} in all; "
+                        "--windows lists every window, --since/--until narrow the span)",
+                        w, "  ")
+    return out
 
 
-def render(windows: Sequence[Mapping[str, Any]], verdict: Mapping[str, Any], *,
-           title: str, not_measured: Mapping[str, str], notes: Sequence[str] = ()) -> str:
-    out: list[str] = [title, ""]
-    label = verdict.get("label", "unknown")
-    out.append(f"VERDICT  {label}  (confidence {float(verdict.get('confidence', 0)):.2f})")
-    out += [f"  {r}" for r in verdict.get("reasons", [])]
-    out += ["", f"TIMELINE  (one character per window, {len(windows)} windows)"]
-    out += [f"  {line}" for line in timeline(windows)]
-    numbers = key_numbers(windows)
+def _heading(name: str, rest: str, width: int, style: Style) -> str:
+    """A section name in bold and what it covers, cut to the width."""
+    text = clip(f"{name}  {rest}", width)
+    return style.bold(name) + text[len(name):]
+
+
+def _label_of(char: str) -> str:
+    return next((lbl for lbl, c in LABEL_CHARS.items() if c == char), "unknown")
+
+
+def warning_lines(results: Sequence[WindowResult], not_measured: Mapping[str, str],
+                  o: ReportOptions, style: Style) -> list[str]:
+    """Warnings across the windows, grouped by kind and subject, most frequent first.
+    A probe that cannot run here is in NOT MEASURED already, so not repeated."""
+    seen: dict[tuple[str, str | None, str], tuple[str, int]] = {}
+    for r in results:
+        latest: dict[tuple[str, str | None, str], str] = {}
+        for text in r.warnings:
+            kind = kind_of(text)
+            if kind is WarningKind.PROBE_UNAVAILABLE and subject_of(text) in not_measured:
+                continue
+            latest[(kind, subject_of(text), text if kind is WarningKind.OTHER else "")] = text
+        for key, text in latest.items():  # counted once per window
+            seen[key] = (text, seen.get(key, ("", 0))[1] + 1)
+    if not seen:
+        return []
+    ranked = sorted(seen.values(), key=lambda p: -p[1])
+    out = [_heading("WARNINGS", f"(Nw = in N of the {len(results)} windows; latest wording)",
+                    o.width, style)]
+    for text, n in ranked[:WARNINGS_SHOWN]:
+        out += wrap(f"{n}w: {text}", o.width, "  - ", "    ")
+    if len(ranked) > WARNINGS_SHOWN:
+        out.append(f"  ... and {len(ranked) - WARNINGS_SHOWN} more")
+    return [out[0], *map(style.warn, out[1:])]
+
+
+def window_lines(results: Sequence[WindowResult], o: ReportOptions,
+                 style: Style) -> list[str]:
+    out = [style.bold("WINDOWS")]
+    for r in results:
+        first = next((e for e in r.evidence if not e.startswith("holding ")), "")
+        line = (f"  {clock(r.start)}-{clock(r.end)}  {r.label:<13} {r.confidence:.2f}  "
+                f"{first}")
+        out.append(clip(line, o.width).replace(r.label, style.label(r.label), 1))
+    return out
+
+
+def render(results: Sequence[WindowResult], verdict: Verdict, *, title: str,
+           not_measured: Mapping[str, str], notes: Sequence[str] = (),
+           options: ReportOptions | None = None) -> str:
+    o = options or ReportOptions()
+    style = Style(o.color)
+    w = o.width
+    # The title's "; "-separated parts (probes, the file) go on lines of their own,
+    # so the first line keeps what matters when a path is long.
+    head, *rest = title.split("; ")
+    out: list[str] = wrap(head, w, "", "  ")
+    for part in rest:
+        out += wrap(part, w, "  ", "    ")
+    out += ["", *verdict_lines(results, verdict, o, style)]
+    figures = run_figures(results)
+    numbers = key_numbers(figures, w, style)
     if numbers:
-        out += ["", "KEY NUMBERS"] + [f"  {line}" for line in numbers]
-    advice = list(verdict.get("advice", []))
-    if advice:
-        out += ["", "ADVICE"] + [f"  - {a}" for a in advice]
-    # "probe X unavailable: ..." warnings repeat the NOT MEASURED section below.
-    warnings = [w for w in verdict.get("warnings", [])
-                if not any(str(w).startswith(f"probe {name} unavailable")
-                           for name in not_measured)]
+        out += ["", _heading("KEY NUMBERS", f"over all {figures.windows} windows, "
+                                            f"{_span(figures.start, figures.end)}", w, style)]
+        out += wrap("a/b = mean of the window values / the highest window; "
+                    "Nw = in N windows", w, "  ")
+        out += numbers
+    out += ["", *timeline_lines(results, o, style)]
+    why = why_lines(verdict, o, style, not_measured)
+    if why:
+        out += ["", *why]
+    if verdict.advice:
+        out += ["", _heading("ADVICE", "(for the same window)", w, style)]
+        for a in verdict.advice:
+            out += wrap(a, w, "  - ", "    ")
+    phases = phase_lines(figures, w)
+    if phases:
+        out += ["", _heading("REQUEST PHASES", "(mean of the window means)", w, style),
+                *phases]
+    warnings = warning_lines(results, not_measured, o, style)
     if warnings:
-        out += ["", "WARNINGS"] + [f"  - {w}" for w in warnings]
+        out += ["", *warnings]
     if not_measured:
-        out += ["", "NOT MEASURED"]
-        width = max(len(k) for k in not_measured)
-        out += [f"  {k:<{width}}  {v}" for k, v in sorted(not_measured.items())]
+        out += ["", style.bold("NOT MEASURED")]
+        name_w = max(len(k) for k in not_measured)
+        for k, v in sorted(not_measured.items()):
+            out += wrap(f"{k:<{name_w}}  {v}", w, "  ", " " * (name_w + 4))
     if notes:
-        out += [""] + [f"note: {n}" for n in notes]
+        out.append("")
+        for n in notes:
+            out += wrap(f"note: {n}", w, "", "  ")
+    if o.all_windows and results:
+        out += ["", *window_lines(results, o, style)]
     return "\n".join(out) + "\n"

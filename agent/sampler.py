@@ -4,8 +4,10 @@ Every probe call runs on that probe's own worker thread, so a probe that hangs
 or crashes never stalls the loop, the other probes or the endpoint: a call
 that overruns its ``timeout_seconds`` is reported as a failed sample once, and
 the probe is not called again until the hung call returns. Samples are handed
-to the sinks on the loop's own thread, in the order they were gathered, so
-sinks (recording, windows, exporter state) need no locks of their own.
+to one consumer on the loop's own thread, once per tick, as the rounds that
+finished (each probe call's samples, in the order they were gathered), so the
+consumer (ai_bottleneck.assembly.RunPipeline: recording, windows, exporter
+state) needs no locks of its own.
 
 Active probes (traffic generators) run under the traffic budget: never two at
 once, skipped with a recorded reason when the budget or a busy NIC says so.
@@ -21,15 +23,21 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
-from ai_bottleneck.budget import Skip, bytes_in_samples, expected_bytes_of, skipped_sample
-from ai_bottleneck.probes.base import Probe
-from ai_bottleneck.samples import Sample, one_line
+from ai_bottleneck.budget import bytes_in_samples, expected_bytes_of
+from ai_bottleneck.probes.base import (
+    Clock,
+    InFlight,
+    LinkLoadSource,
+    Probe,
+    Skip,
+    skipped_sample,
+)
+from ai_bottleneck.probes.sample import Sample, one_line
 
 log = logging.getLogger(__name__)
 
-Sink = Callable[[Sequence[Sample]], None]
 
 
 class Budget(Protocol):
@@ -43,21 +51,25 @@ class Budget(Protocol):
 
 @dataclass(frozen=True)
 class Round:
-    """One finished (or given-up) call of one probe, for health bookkeeping.
+    """One finished (or given-up) call of one probe.
 
     ``failure`` is None when ``sample()`` returned (its samples may still be
     failed samples), "timeout" when the call overran its time limit, "crash"
-    when it raised.
+    when it raised; ``samples`` then holds the one failed sample that says so.
+    ``in_progress``: not a finished call but a report on one still running
+    (``InFlight``): its samples say what the call has taken so far.
     """
 
     probe: str
     samples: Sequence[Sample]
     duration_seconds: float
-    failure: str | None = None
+    failure: Literal["timeout", "crash"] | None = None
     message: str = ""
+    in_progress: bool = False
 
 
-RoundObserver = Callable[[Round], None]
+#: What the sampler hands the rounds of one tick to (at least one round each time).
+RoundConsumer = Callable[[Sequence[Round]], None]
 
 
 class _Worker:
@@ -105,29 +117,27 @@ class _Slot:
 
 
 class Sampler:
-    """Run probes on a schedule and hand every sample to the sinks."""
+    """Run probes on a schedule and hand every round to the consumer."""
 
     def __init__(
         self,
         probes: Sequence[Probe],
         interval_seconds: float,
-        sinks: Sequence[Sink] = (),
+        consumer: RoundConsumer | None = None,
         *,
         budget: Budget | None = None,
-        wall_clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
         active_interval_override: float | None = None,
-        on_round: RoundObserver | None = None,
     ) -> None:
         if interval_seconds <= 0:
             raise ValueError("interval_seconds must be > 0")
         self.interval = interval_seconds
-        self.sinks = list(sinks)
+        self._consumer = consumer
         self.budget = budget
         self._wall = wall_clock
         self._mono = monotonic
-        self._nic_utilization: float | None = None
-        self._on_round = on_round
+        self._link_utilization: float | None = None
         self._slots: list[_Slot] = []
         start = monotonic()
         for p in probes:
@@ -135,7 +145,6 @@ class Sampler:
             if p.active and active_interval_override is not None:
                 interval = active_interval_override
             self._slots.append(_Slot(p, _Worker(p.name), interval, next_due=start))
-        self.samples_total = 0
 
     # -- the worker side -------------------------------------------------
 
@@ -143,7 +152,8 @@ class Sampler:
         """Runs on the probe's worker thread."""
         if not probe.active or self.budget is None:
             return list(probe.sample())
-        reason = self.budget.permit(probe.name, expected_bytes_of(probe), self._nic_utilization)
+        reason = self.budget.permit(probe.name, expected_bytes_of(probe),
+                                    self._link_utilization)
         if reason is not None:
             return [skipped_sample(probe.name, reason, t=self._wall())]
         samples = list(probe.sample())
@@ -180,8 +190,8 @@ class Sampler:
         if due:
             self._start(min(due, key=lambda s: s.next_due), now)
 
-    def _collect(self, now: float) -> list[Sample]:
-        out: list[Sample] = []
+    def _collect(self, now: float) -> list[Round]:
+        out: list[Round] = []
         for slot in self._slots:
             fut = slot.future
             if fut is None:
@@ -200,31 +210,33 @@ class Sampler:
                 except Exception as exc:  # a probe bug: counted, recorded, never fatal
                     msg = f"probe crashed: {type(exc).__name__}: {one_line(exc)}"
                     log.warning("probe %s: %s", name, msg)
-                    out.append(Sample(t=self._wall(), probe=name, error=msg))
-                    self._round(Round(name, (), duration, "crash", msg))
+                    out.append(Round(name, (Sample(t=self._wall(), probe=name, error=msg),),
+                                     duration, "crash", msg))
                     continue
-                if name == "nic":
-                    self._note_nic(samples)
-                self._round(Round(name, samples, duration))
-                out.extend(samples)
+                if isinstance(slot.probe, LinkLoadSource):
+                    self._link_utilization = slot.probe.link_utilization(samples)
+                out.append(Round(name, samples, duration))
+            elif not slot.timed_out and duration > slot.interval and isinstance(
+                    slot.probe, InFlight):
+                # A call that outlasts its interval can outlast a window: say what runs.
+                running = tuple(slot.probe.in_flight())
+                if running:
+                    out.append(Round(name, running, duration, in_progress=True))
+                if duration > slot.probe.timeout_seconds:
+                    out.append(self._time_out(slot, duration))
             elif not slot.timed_out and duration > slot.probe.timeout_seconds:
-                slot.timed_out = True
-                msg = f"timed out after {slot.probe.timeout_seconds:g}s"
-                log.warning("probe %s: %s", name, msg)
-                out.append(Sample(t=self._wall(), probe=name, error=msg))
-                self._round(Round(name, (), duration, "timeout", msg))
+                out.append(self._time_out(slot, duration))
         return out
 
-    def _round(self, r: Round) -> None:
-        if self._on_round is not None:
-            self._on_round(r)
+    def _time_out(self, slot: _Slot, duration: float) -> Round:
+        name = slot.probe.name
+        slot.timed_out = True
+        msg = f"timed out after {slot.probe.timeout_seconds:g}s"
+        log.warning("probe %s: %s", name, msg)
+        return Round(name, (Sample(t=self._wall(), probe=name, error=msg),), duration,
+                     "timeout", msg)
 
-    def _note_nic(self, samples: Sequence[Sample]) -> None:
-        ratios = [v for s in samples if s.ok for k, v in s.values.items()
-                  if k in ("rx_utilization_ratio", "tx_utilization_ratio")]
-        self._nic_utilization = max(ratios) if ratios else None
-
-    def tick(self) -> list[Sample]:
+    def tick(self) -> list[Round]:
         """One pass: start the due calls, wait (bounded) for them, collect what finished."""
         now = self._mono()
         self._submit_due(now)
@@ -238,12 +250,10 @@ class Sampler:
                 fut.exception(timeout=remaining)
             except TimeoutError:
                 break
-        samples = self._collect(self._mono())
-        if samples:
-            self.samples_total += len(samples)
-            for sink in self.sinks:
-                sink(samples)
-        return samples
+        rounds = self._collect(self._mono())
+        if rounds and self._consumer is not None:
+            self._consumer(rounds)
+        return rounds
 
     def run(self, stop: threading.Event, duration_seconds: float | None = None,
             on_tick: Callable[[], None] | None = None) -> None:

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ai_bottleneck.signals import HostReading, Readings
+from ai_bottleneck.probes.vocabulary import (
+    HOST_CPU,
+    IN_SERVICE_LABEL,
+    PROCESS_CPU_CORES,
+    PROCESS_LABEL,
+    SERVICE_BUSIEST_THREAD,
+    is_process_sample,
+    pressure_value,
+)
+from ai_bottleneck.readings import HostReading, Readings
 from ai_bottleneck.windows import Window
 from ai_bottleneck.words import pct
 
@@ -28,29 +37,29 @@ class ProcessCpu:
 
 
 def _service(window: Window) -> tuple[str, HostReading] | None:
-    measured = [sw for sw in window.of("service") if "pid" not in sw.labels and sw.count]
+    measured = [sw for sw in window.of("service") if not is_process_sample(sw.labels) and sw.count]
     if not measured:
         return None
     sw = max(measured, key=lambda s: s.count)
-    cpu = sw.mean("cpu_utilization_ratio")
+    cpu = sw.mean(HOST_CPU)
     if cpu is None:
         return None
     return sw.labels.get("service", "?"), HostReading(
-        samples=sw.count, cpu=cpu, busiest_core=sw.mean("busiest_thread_core_ratio"),
-        cpu_pressure=sw.mean("cpu_pressure_some_ratio"),
-        io_pressure=sw.mean("io_pressure_some_ratio"),
-        memory_pressure=sw.mean("memory_pressure_some_ratio"))
+        samples=sw.count, cpu=cpu, busiest_core=sw.mean(SERVICE_BUSIEST_THREAD),
+        cpu_pressure=sw.mean(pressure_value("cpu")),
+        io_pressure=sw.mean(pressure_value("io")),
+        memory_pressure=sw.mean(pressure_value("memory")))
 
 
 def top_processes(window: Window, limit: int = TOP) -> list[ProcessCpu]:
     """Processes by CPU in the window, the service's first."""
     out = []
     for sw in window.of("service"):
-        if "pid" not in sw.labels or not sw.count:
+        if not is_process_sample(sw.labels) or not sw.count:
             continue
-        cores = sw.mean("process_cpu_cores") or 0.0
-        out.append(ProcessCpu(sw.labels["pid"], sw.labels.get("process_name", "?"), cores,
-                              sw.labels.get("in_service") == "1"))
+        cores = sw.mean(PROCESS_CPU_CORES) or 0.0
+        out.append(ProcessCpu(sw.labels[PROCESS_LABEL], sw.labels.get("process_name", "?"), cores,
+                              sw.labels.get(IN_SERVICE_LABEL) == "1"))
     mine = sorted((p for p in out if p.in_service), key=lambda p: -p.cores)[:limit]
     others = sorted((p for p in out if not p.in_service), key=lambda p: -p.cores)[:limit]
     return mine + others

@@ -20,19 +20,16 @@ import math
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
 from ai_bottleneck import __version__
-from ai_bottleneck.budget import is_skipped, skip_kind
-from ai_bottleneck.samples import Sample, one_line
+from ai_bottleneck.labels import LABEL_NAMES
+from ai_bottleneck.probes.base import Clock
+from ai_bottleneck.probes.sample import Sample, is_skipped, one_line, skip_kind
 
-Clock = Callable[[], float]
-
-#: Every window label, in the order the exporter lists them (DESIGN.md).
-LABELS = ("gpu_bound", "vram_bound", "network_bound", "cpu_bound", "balanced", "idle", "unknown")
 #: Why a probe round failed: a failed sample it returned, a time-out waiting
 #: for it, or an exception out of it (a probe bug).
 ERROR_REASONS = ("error", "timeout", "crash")
@@ -127,7 +124,7 @@ class AgentState:
             series=MappingProxyType({}),
             probes=MappingProxyType({}),
             window=None,
-            windows_total=MappingProxyType(dict.fromkeys(LABELS, 0)),
+            windows_total=MappingProxyType(dict.fromkeys(LABEL_NAMES, 0)),
             build_info=MappingProxyType(dict(build_info or default_build_info())),
             start_time=clock(),
             interval_seconds=float(interval_seconds),
@@ -260,10 +257,11 @@ class AgentState:
 
     def record_window(self, label: object, confidence: float, start: float, end: float,
                       evidence_items: int = 0) -> None:
-        """A labelled window. ``label`` is one of LABELS (a str or a str-valued Enum)."""
+        """A labelled window. ``label`` is one of LABEL_NAMES (a str or a str-valued Enum)."""
         name = str(getattr(label, "value", label))
-        if name not in LABELS:
-            raise ValueError(f"unknown window label {name!r}; expected one of {', '.join(LABELS)}")
+        if name not in LABEL_NAMES:
+            raise ValueError(f"unknown window label {name!r}; expected one of "
+                             f"{', '.join(LABEL_NAMES)}")
         if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
             raise ValueError(f"confidence must be within 0..1, got {confidence!r}")
         if not (math.isfinite(start) and math.isfinite(end) and start <= end):

@@ -1,9 +1,9 @@
 """Cut the sample stream into fixed windows and aggregate each series in a window.
 
 A *series* is one probe with one set of labels (GPU 0, NIC eth0, one HTTP
-target). For each series a window knows its samples and gives, on demand,
-count / mean / p95 / min / max / sum / last of any value, how many samples
-failed (and why) and how many active-probe runs were skipped. A window also
+target). For each series a window holds a SeriesWindow (series.py): its samples and,
+on demand, count / mean / p95 / min / max / sum / last of any value, how many
+samples failed (and why) and how many active-probe runs were skipped. A window also
 knows which probes were unavailable on this host, missing from the window or
 only failing, so the classifier can say ``unknown`` honestly instead of
 guessing.
@@ -33,160 +33,19 @@ from bisect import bisect_left
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from operator import attrgetter
 
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.sample import Sample
+from ai_bottleneck.series import SeriesWindow, by_time
 
-PERCENTILE = 0.95
-SKIPPED_VALUE = "skipped"
 #: Active probes run every few minutes, not every window: their latest result
 #: is carried into later windows (with its age) instead of reported missing.
 CARRY_PROBES = frozenset({"iperf3", "download"})
 
-_by_time = attrgetter("t")
 #: Per-series memory (last window, carried results) is dropped for series not
 #: seen for this long; checked every PRUNE_EVERY_WINDOWS windows. A day, so an
 #: active probe's last result outlives any sensible max-age threshold.
 FORGET_AFTER_SECONDS = 86400.0
 PRUNE_EVERY_WINDOWS = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    """Aggregates of one value of one series over one window."""
-
-    count: int
-    mean: float
-    p95: float
-    min: float
-    max: float
-    sum: float
-    last: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Stats:
-        """Aggregate ``values`` given in time order (non-empty)."""
-        n = len(values)
-        if n == 1:
-            v = values[0]
-            return cls(1, v, v, v, v, v, v)
-        total = math.fsum(values)  # exact: ten readings of 0.8 average to 0.8, not 0.7999...
-        ordered = sorted(values)
-        return cls(n, total / n, ordered[max(1, math.ceil(PERCENTILE * n - 1e-9)) - 1],
-                   ordered[0], ordered[-1], total, values[-1])
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of sorted values: the smallest value with at least
-    ``q`` of the values at or below it. No interpolation, so it is always a value
-    that was measured (with 10 samples, p95 is the maximum)."""
-    rank = max(1, math.ceil(q * len(ordered) - 1e-9))
-    return ordered[rank - 1]
-
-
-class SeriesWindow:
-    """One series (a probe plus one set of labels) within one window.
-
-    ``samples`` are all of its samples in time order; ``ok_samples`` the
-    measurements (neither failed nor skipped); ``failed_samples`` those with an
-    error; ``skipped`` how many active-probe runs were skipped.
-    """
-
-    __slots__ = ("_rows", "_stats", "count", "failed_samples", "failures", "labels",
-                 "ok_samples", "previous", "probe", "samples", "skipped")
-
-    def __init__(self, probe: str, labels: Mapping[str, str], samples: list[Sample],
-                 previous: SeriesWindow | None = None) -> None:
-        self.probe = probe
-        self.labels = labels
-        times = [s.t for s in samples]
-        if times != sorted(times):
-            samples.sort(key=_by_time)
-        self.samples: Sequence[Sample] = samples
-        #: The same series in the window before (for counter increases), or None.
-        self.previous = previous
-        # List comprehensions rather than one loop: this runs for every series of
-        # every window, and the common case (all measured) is one C-speed pass.
-        ok = [s for s in samples if s.error is None]
-        failed = [s for s in samples if s.error is not None] if len(ok) < len(samples) else []
-        skipped = [s for s in ok if SKIPPED_VALUE in s.values]
-        if skipped:
-            ok = [s for s in ok if SKIPPED_VALUE not in s.values]
-        self.ok_samples: Sequence[Sample] = ok
-        self.failed_samples: Sequence[Sample] = failed
-        self.count = len(ok)
-        self.failures = len(failed)
-        self.skipped = len(skipped)
-        self._rows = [s.values for s in ok]
-        self._stats: dict[str, Stats | None] = {}
-
-    def errors(self, limit: int = 3) -> list[str]:
-        """Distinct error texts, most recent first."""
-        out: list[str] = []
-        for s in reversed(self.failed_samples):
-            if s.error is not None and s.error not in out:
-                out.append(s.error)
-                if len(out) >= limit:
-                    break
-        return out
-
-    @property
-    def last_t(self) -> float:
-        return (self.ok_samples or self.samples)[-1].t
-
-    def values(self, name: str) -> list[float]:
-        """The value ``name`` from every measurement that has it, in time order."""
-        rows = self._rows
-        if rows and name in rows[0] and name in rows[-1]:
-            try:
-                return [v[name] for v in rows]
-            except KeyError:
-                pass
-        return [v[name] for v in rows if name in v]  # not every measurement carries it
-
-    def stats(self, name: str) -> Stats | None:
-        """Aggregates of value ``name``; None when no measurement carried it."""
-        try:
-            return self._stats[name]
-        except KeyError:
-            pass
-        vals = self.values(name)
-        st = Stats.of(vals) if vals else None
-        self._stats[name] = st
-        return st
-
-    def mean(self, name: str) -> float | None:
-        st = self._stats.get(name)
-        if st is not None:
-            return st.mean
-        vals = self.values(name)  # no sort needed for a mean alone
-        return math.fsum(vals) / len(vals) if vals else None
-
-    def any_nonzero(self, name: str) -> bool:
-        return any(self.values(name))
-
-    def last(self, name: str) -> float | None:
-        st = self.stats(name)
-        return None if st is None else st.last
-
-    def failed_values(self, name: str) -> list[float]:
-        """Values carried by failed samples (an HTTP status that came back with an error)."""
-        return [v for s in self.failed_samples if (v := s.values.get(name)) is not None]
-
-    def increase(self, name: str) -> float | None:
-        """How much counter ``name`` grew in this window, counting from the last value
-        of the window before; a drop is a counter reset (the new value is the growth).
-        The first value ever seen is a baseline, not growth."""
-        vals = self.values(name)
-        if not vals:
-            return None
-        prev = self.previous.last(name) if self.previous is not None else None
-        grown = 0.0
-        for v in vals:
-            if prev is not None:
-                grown += v - prev if v >= prev else v
-            prev = v
-        return grown
 
 
 class ProbeState(StrEnum):
@@ -292,7 +151,7 @@ class Window:
         for probe, group in self.series.items():
             for sw in group:
                 samples = list(sw.samples)  # in time order (SeriesWindow sorts them)
-                cut = bisect_left(samples, at, key=_by_time)
+                cut = bisect_left(samples, at, key=by_time)
                 first = None
                 if cut:
                     first = SeriesWindow(probe, sw.labels, samples[:cut], sw.previous)

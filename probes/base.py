@@ -1,24 +1,65 @@
-"""The probe protocol.
+"""The probe plugin contract: everything a probe author imports, from one module.
 
 A probe is a source of Samples. The agent discovers probe factories through
 the entry-point group ``ai_bottleneck.probes`` (built-ins included), builds
 each with its options table, asks ``check()`` whether it can run here, and
 then calls ``sample()`` on its schedule, each call under a time limit, from
 a worker thread. A probe never raises out of ``sample()`` for a failure of
-what it measures: it returns a Sample with ``error`` set. An exception out of
-``sample()`` is treated as a probe bug: recorded as a failed sample and
-counted, and the loop goes on.
+what it measures: it returns a Sample with ``error`` set (``failed``). An
+exception out of ``sample()`` is treated as a probe bug: recorded as a failed
+sample and counted, and the loop goes on.
+
+Built-in probes import only from this module and from their own helper
+modules in ``ai_bottleneck.probes`` (tests/test_layering.py holds them to it);
+a third-party probe needs nothing else::
+
+    from ai_bottleneck.probes.base import Availability, Sample, parse_options
+
+Optional capabilities are declared Protocols the agent checks for with
+``isinstance``: ``TrafficEstimate`` (an active probe says how much traffic its
+next run makes), ``PeerServerHost`` (the probe runs a server that peers test
+against), ``LinkLoadSource`` (its samples say how busy the network link is,
+which holds active probes back) and ``InFlight`` (it says what its calls still
+running have taken so far).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.options import (
+    OptionError,
+    option_info,
+    parse_bytes,
+    parse_duration,
+    parse_options,
+    parse_rate,
+)
+from ai_bottleneck.probes.sample import (
+    Sample,
+    Skip,
+    SkipKind,
+    clean_values,
+    failed,
+    is_skipped,
+    one_line,
+    skip_kind,
+    skipped_sample,
+)
+from ai_bottleneck.probes.vocabulary import IN_FLIGHT_LABELS
 
+__all__ = [
+    "IN_FLIGHT_LABELS", "Availability", "Clock", "InFlight", "LinkLoadSource", "OptionError",
+    "PeerServer", "PeerServerHost",
+    "Probe", "ProbeFactory", "Sample", "Skip", "SkipKind", "TrafficEstimate", "clean_values",
+    "failed", "is_skipped", "one_line", "option_info", "parse_bytes", "parse_duration",
+    "parse_options", "parse_rate", "skip_kind", "skipped_sample",
+]
+
+#: A source of seconds (``time.time``, ``time.monotonic``, ``time.perf_counter``),
+#: injected so that tests can drive time.
 Clock = Callable[[], float]
 
 
@@ -66,14 +107,65 @@ class Probe(Protocol):
 
 #: What the entry point ``ai_bottleneck.probes`` names: a callable that takes
 #: the probe's options table (from the config file or CLI flags) and returns a
-#: Probe. It raises ai_bottleneck.options.OptionError for bad options.
+#: Probe. It raises OptionError for bad options (``parse_options`` does).
 ProbeFactory = Callable[[Mapping[str, Any]], Probe]
 
 
-def failed(probe: str, error: str, labels: Mapping[str, str] | None = None,
-           t: float | None = None) -> Sample:
-    """A failed-sample record, one line of error text."""
-    from ai_bottleneck.samples import one_line
+# -- optional capabilities -----------------------------------------------------------
 
-    return Sample(t=time.time() if t is None else t, probe=probe, labels=dict(labels or {}),
-                  error=one_line(error))
+@runtime_checkable
+class TrafficEstimate(Protocol):
+    """An active probe that can say how many bytes its next run will move; the traffic
+    budget skips the run when that does not fit. A run reports what it moved as the
+    ``bytes`` value of its samples."""
+
+    def expected_bytes(self) -> float: ...
+
+
+class PeerServer(Protocol):
+    """A server a probe runs for its peers (iperf3's ``server`` table). The agent starts
+    it with the run, calls ``ensure_running`` every sampling round and stops it at the
+    end of the run (and on reload)."""
+
+    def start(self) -> str | None:
+        """Start serving; None on success, else why not (one line, logged)."""
+        ...
+
+    def ensure_running(self) -> str | None:
+        """Restart it if it exited; None when it runs, else why not."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+@runtime_checkable
+class PeerServerHost(Protocol):
+    """A probe that may run a server for peers: ``make_server`` returns it (not yet
+    started) when the probe's options ask for one, else None."""
+
+    def make_server(self) -> PeerServer | None: ...
+
+
+@runtime_checkable
+class LinkLoadSource(Protocol):
+    """A probe whose samples tell how busy the host's network link is (the nic probe).
+
+    After each of its rounds the sampler asks ``link_utilization`` for the busier
+    direction as a share of link speed (None: not known), and the traffic budget
+    holds active probes back while it is at or above ``busy_nic_ratio``.
+    """
+
+    def link_utilization(self, samples: Sequence[Sample]) -> float | None: ...
+
+
+@runtime_checkable
+class InFlight(Protocol):
+    """A probe whose calls can outlast a window says what is still running.
+
+    The sampler asks ``in_flight()`` on its own thread while a call of the probe
+    has run past the probe's interval; the samples (labelled ``IN_FLIGHT_LABELS``,
+    see ai_bottleneck.probes.vocabulary) join the stream like any other, so a window
+    in which a 14 s download is still under way sees it, and a replay sees it too.
+    """
+
+    def in_flight(self) -> Sequence[Sample]: ...

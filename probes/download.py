@@ -27,17 +27,20 @@ from typing import Any
 import httpcore
 import httpx
 
-from ai_bottleneck.options import bounds, parse_options
-from ai_bottleneck.probes.base import Availability, Clock, failed
-from ai_bottleneck.probes.http import check_url, host_and_port
-from ai_bottleneck.probes.httptiming import (
-    CallTimer,
-    TimingBackend,
-    describe_failure,
-    make_client,
-    make_ssl_context,
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    clean_values,
+    failed,
+    option_info,
+    parse_options,
 )
-from ai_bottleneck.samples import Sample, clean_values
+from ai_bottleneck.probes.calltimer import CallTimer
+from ai_bottleneck.probes.http import check_url, host_and_port
+from ai_bottleneck.probes.httpfailure import describe_failure
+from ai_bottleneck.probes.httptiming import TimingBackend, make_client, make_ssl_context
+from ai_bottleneck.probes.vocabulary import BYTES_VALUE, STATUS_VALUE, THROUGHPUT_VALUE
 
 #: Query parameter added by ``cache_bust`` (a fresh random value every sample).
 CACHE_BUST_PARAM = "nocache"
@@ -49,25 +52,25 @@ _GRACE_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class Options:
-    url: str | None = field(default=None, metadata=bounds(
+    url: str | None = field(default=None, metadata=option_info(
         doc="http:// or https:// URL of a large file"))
-    interval_seconds: float = field(default=300.0, metadata=bounds(
+    interval_seconds: float = field(default=300.0, metadata=option_info(
         min=1, max=86400, doc="how often to download"))
-    max_bytes: int = field(default=50_000_000, metadata=bounds(
+    max_bytes: int = field(default=50_000_000, metadata=option_info(
         min=1, max=10**12, doc="byte cap: stop after this many body bytes"))
-    max_seconds: float = field(default=10.0, metadata=bounds(
+    max_seconds: float = field(default=10.0, metadata=option_info(
         min=0.1, max=600, doc="time cap for the whole download, connect included"))
-    warmup_seconds: float = field(default=1.0, metadata=bounds(
+    warmup_seconds: float = field(default=1.0, metadata=option_info(
         min=0, max=60, doc="leave this first part of the transfer out of the rate"))
-    cache_bust: bool = field(default=False, metadata=bounds(
+    cache_bust: bool = field(default=False, metadata=option_info(
         doc=f"add a random `{CACHE_BUST_PARAM}` query parameter so caches pass it through"))
-    range_request: bool = field(default=True, metadata=bounds(
+    range_request: bool = field(default=True, metadata=option_info(
         doc="ask for the first max_bytes only (Range header), so a server that honours "
             "it sends no more than the cap"))
-    headers: dict[str, str] = field(default_factory=dict, metadata=bounds(
+    headers: dict[str, str] = field(default_factory=dict, metadata=option_info(
         doc="extra request headers"))
-    verify_tls: bool = field(default=True, metadata=bounds(doc="check server certificates"))
-    ca_file: Path | None = field(default=None, metadata=bounds(
+    verify_tls: bool = field(default=True, metadata=option_info(doc="check server certificates"))
+    ca_file: Path | None = field(default=None, metadata=option_info(
         doc="PEM file of CA certificates to trust instead of the bundled ones"))
 
     def __post_init__(self) -> None:
@@ -175,12 +178,12 @@ class DownloadProbe:
         rate = (measured_bytes * 8 / measured_seconds
                 if measured_seconds and measured_bytes else None)
         return Sample(t=t, probe=self.name, labels=labels, values=clean_values({
-            "bits_per_second": rate,
-            "bytes": meter.bytes,
+            THROUGHPUT_VALUE: rate,
+            BYTES_VALUE: meter.bytes,
             "seconds": (meter.last_time or timer.start) - timer.start,
             "measured_bytes": measured_bytes if rate is not None else None,
             "measured_seconds": measured_seconds if rate is not None else None,
-            "status": status,
+            STATUS_VALUE: status,
         }))
 
     def _read(self, response: httpx.Response, meter: _RateMeter, timer: CallTimer) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ai_bottleneck.probes import nvml
 from ai_bottleneck.probes.base import Clock
+from ai_bottleneck.probes.vocabulary import GPU_DRAM_ACTIVE, GPU_SM_ACTIVE
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,10 @@ MIN_GAP_SECONDS = 0.1  # NVML: GPM samples closer than 100 ms give no meaningful
 
 #: (value name, GPM metric id); NVML gives each in percent.
 METRICS = (
-    ("sm_active_ratio", nvml.GPM_METRIC_SM_UTIL),
+    (GPU_SM_ACTIVE, nvml.GPM_METRIC_SM_UTIL),
     ("sm_occupancy_ratio", nvml.GPM_METRIC_SM_OCCUPANCY),
     ("tensor_active_ratio", nvml.GPM_METRIC_ANY_TENSOR_UTIL),
-    ("dram_active_ratio", nvml.GPM_METRIC_DRAM_BW_UTIL),
+    (GPU_DRAM_ACTIVE, nvml.GPM_METRIC_DRAM_BW_UTIL),
 )
 _GIVE_UP = frozenset({nvml.NOT_SUPPORTED, nvml.NO_PERMISSION})
 

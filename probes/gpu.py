@@ -29,9 +29,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ai_bottleneck.options import bounds, parse_options
 from ai_bottleneck.probes import nvml
-from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    failed,
+    one_line,
+    option_info,
+    parse_options,
+)
 from ai_bottleneck.probes.gpm import GpmReader
 from ai_bottleneck.probes.gpu_device import (
     Device,
@@ -45,7 +52,7 @@ from ai_bottleneck.probes.gpu_health import HealthReader, fault_values
 from ai_bottleneck.probes.gpu_mig import MigReader
 from ai_bottleneck.probes.gpu_processes import ProcessReader
 from ai_bottleneck.probes.k8s_pods import PodDirectory
-from ai_bottleneck.samples import Sample, one_line
+from ai_bottleneck.probes.vocabulary import GPU_POWER, GPU_POWER_LIMIT, GPU_TEMPERATURE
 
 NAME = "gpu"
 log = logging.getLogger(__name__)
@@ -66,31 +73,31 @@ _KIB = 1024.0  # NVML's PCIe "KB/s" are KiB/s
 
 @dataclass(frozen=True)
 class Options:
-    timeout_seconds: float = field(default=5.0, metadata=bounds(
+    timeout_seconds: float = field(default=5.0, metadata=option_info(
         min=0.1, max=120, doc="longest one pass over all GPUs may take"))
-    sample_buffer: bool = field(default=True, metadata=bounds(
+    sample_buffer: bool = field(default=True, metadata=option_info(
         doc="average utilization over the driver's samples since the previous pass, so "
             "bursts between passes count; false reads only the driver's latest value"))
-    gpm: bool = field(default=True, metadata=bounds(
+    gpm: bool = field(default=True, metadata=option_info(
         doc="read GPM metrics (SM activity and occupancy, tensor and DRAM activity) on GPUs "
             "that have them (Hopper and newer)"))
-    pcie: bool = field(default=True, metadata=bounds(
+    pcie: bool = field(default=True, metadata=option_info(
         doc="read PCIe rx/tx throughput; NVML measures each over 20 ms, so this adds about "
             "40 ms per GPU per pass"))
-    processes: bool = field(default=True, metadata=bounds(
+    processes: bool = field(default=True, metadata=option_info(
         doc="list compute processes and the GPU memory each uses"))
-    max_processes: int = field(default=32, metadata=bounds(
+    max_processes: int = field(default=32, metadata=option_info(
         min=1, max=1024, doc="process series per GPU, the ones using the most memory; the "
         "rest are folded into one series with pid \"other\""))
-    proc_root: str = field(default="/proc", metadata=bounds(
+    proc_root: str = field(default="/proc", metadata=option_info(
         doc="where the host's /proc is (\"/host/proc\" in a container that mounts it): "
             "each GPU process's cgroup names its container, pod or service"))
-    pod_logs_root: str = field(default="/var/log/pods", metadata=bounds(
+    pod_logs_root: str = field(default="/var/log/pods", metadata=option_info(
         doc="the kubelet's pod log directory; its names (and the containers directory "
             "beside it) give pod, namespace and container names"))
-    mig: bool = field(default=True, metadata=bounds(
+    mig: bool = field(default=True, metadata=option_info(
         doc="on GPUs in MIG mode, one sample per GPU instance (memory, GPM metrics)"))
-    health: bool = field(default=True, metadata=bounds(
+    health: bool = field(default=True, metadata=option_info(
         doc="watch XID error events and read ECC counters, row remapping and retired pages"))
 
 
@@ -286,13 +293,13 @@ class GpuProbe:
         read_memory(self._nvml, dev, values)
         power = self._value(dev, "power", ("nvmlDeviceGetPowerUsage",), handle)
         if power is not None:
-            values["power_watts"] = power / 1000.0
+            values[GPU_POWER] = power / 1000.0
         limit = self._value(dev, "power_limit", _POWER_LIMIT, handle)
         if limit is not None:
-            values["power_limit_watts"] = limit / 1000.0
+            values[GPU_POWER_LIMIT] = limit / 1000.0
         temperature = self._value(dev, "temperature", _TEMPERATURE, handle, nvml.TEMPERATURE_GPU)
         if temperature is not None:
-            values["temperature_celsius"] = float(temperature)
+            values[GPU_TEMPERATURE] = float(temperature)
         sm_clock = self._value(dev, "sm_clock", ("nvmlDeviceGetClockInfo",), handle,
                                nvml.CLOCK_SM)
         if sm_clock is not None:

@@ -1,7 +1,10 @@
-"""One GPU as the GPU probe keeps it, and the readings that need more than one call:
-utilization from the driver's sample buffer, memory (v2, else v1), and the rule for
-a value a GPU does not give (absent, not asked again) or a GPU that is gone (raised).
-Split from probes/gpu.py, which runs the passes."""
+"""The gpu probe's per-GPU state and the readings that need more than one NVML call:
+utilization (driver sample buffer, else the latest value) and memory (version 2
+where the driver and binding have it).
+
+A value the GPU does not support is remembered in ``Device.absent`` and not asked
+for again; errors that end the GPU's pass (``nvml.is_gpu_fatal``) are raised.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,11 @@ from ai_bottleneck.probes import nvml
 from ai_bottleneck.probes.gpm import GpmReader
 from ai_bottleneck.probes.gpu_health import HealthReader
 from ai_bottleneck.probes.gpu_mig import MigReader
+from ai_bottleneck.probes.vocabulary import GPU_MEMORY_TOTAL, GPU_MEMORY_USED, GPU_UTILIZATION
 
-_MEMORY_V2 = "nvmlDeviceGetMemoryInfo_v2"  # the C symbol behind version=nvmlMemory_v2
-_ABSENT_FOR_GOOD = frozenset({nvml.NOT_SUPPORTED, nvml.NO_PERMISSION})
+#: Answers that will not change while the probe runs: the value is left out for good.
+ABSENT_FOR_GOOD = frozenset({nvml.NOT_SUPPORTED, nvml.NO_PERMISSION})
+MEMORY_V2 = "nvmlDeviceGetMemoryInfo_v2"  # the C symbol behind version=nvmlMemory_v2
 
 
 class Device:
@@ -51,18 +56,19 @@ def attach_errors(devices: Sequence[Device]) -> str:
 
 
 def text(value: Any) -> str:
+    """An NVML string (bytes or str, NUL-padded) as text."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return str(value).strip("\x00 ")
 
 
-def read_value(session: nvml.NvmlSession, dev: Device, key: str, functions: Sequence[str],
+def read_value(lib: nvml.NvmlSession, dev: Device, key: str, functions: Sequence[str],
                *args: Any) -> Any:
     """One reading, or None. Unsupported: remembered, not asked again. GPU-fatal: raised."""
     if key in dev.absent:
         return None
     try:
-        return session.call_first(functions, *args)
+        return lib.call_first(functions, *args)
     except nvml.FunctionMissing:
         dev.absent.add(key)
         return None
@@ -70,16 +76,18 @@ def read_value(session: nvml.NvmlSession, dev: Device, key: str, functions: Sequ
         if nvml.is_gpu_fatal(exc):
             raise
         code = nvml.error_code(exc)
-        if code in _ABSENT_FOR_GOOD:
+        if code in ABSENT_FOR_GOOD:
             dev.absent.add(key)
-        session.log_once(f"{key}:{dev.index}:{code}", "gpu %d: %s: %s; left out",
+        lib.log_once(f"{key}:{dev.index}:{code}", "gpu %d: %s: %s; left out",
                             dev.index, key, nvml.describe(exc))
         return None
 
-def read_utilization(session: nvml.NvmlSession, dev: Device, values: dict[str, float]) -> None:
+def read_utilization(lib: nvml.NvmlSession, dev: Device, values: dict[str, float]) -> None:
+    """``utilization_ratio``: the mean of the driver's samples since the last pass where
+    the sample buffer answers, else the latest value."""
     if dev.sample_buffer:
         try:
-            value_type, samples = session.call(
+            value_type, samples = lib.call(
                 "nvmlDeviceGetSamples", dev.handle, nvml.GPU_UTILIZATION_SAMPLES, dev.cursor)
         except nvml.FunctionMissing:
             dev.sample_buffer = False
@@ -88,9 +96,9 @@ def read_utilization(session: nvml.NvmlSession, dev: Device, values: dict[str, f
             if nvml.is_gpu_fatal(exc):
                 raise
             if code != nvml.NOT_FOUND:  # NOT_FOUND: no sample since the last pass
-                if code in _ABSENT_FOR_GOOD:
+                if code in ABSENT_FOR_GOOD:
                     dev.sample_buffer = False
-                session.log_once(f"samples:{dev.index}:{code}",
+                lib.log_once(f"samples:{dev.index}:{code}",
                                     "gpu %d: driver sample buffer: %s; using the latest "
                                     "utilization instead", dev.index, nvml.describe(exc))
         else:
@@ -106,37 +114,38 @@ def read_utilization(session: nvml.NvmlSession, dev: Device, values: dict[str, f
                     count += 1
             dev.cursor = newest
             if count:
-                values["utilization_ratio"] = total / count / 100.0
+                values[GPU_UTILIZATION] = total / count / 100.0
                 values["utilization_samples"] = float(count)
                 return
-    rates = read_value(session, dev, "utilization", ("nvmlDeviceGetUtilizationRates",), dev.handle)
+    rates = read_value(lib, dev, "utilization", ("nvmlDeviceGetUtilizationRates",), dev.handle)
     if rates is not None:
         ratio = nvml.percent_ratio(rates.gpu)
         if ratio is not None:
-            values["utilization_ratio"] = ratio
+            values[GPU_UTILIZATION] = ratio
 
-def read_memory(session: nvml.NvmlSession, dev: Device, values: dict[str, float]) -> None:
+def read_memory(lib: nvml.NvmlSession, dev: Device, values: dict[str, float]) -> None:
+    """Memory used and total, and reserved where NVML's version 2 call answers."""
     memory = None
     v2 = False
-    if not session.is_missing(_MEMORY_V2) and "memory" not in dev.absent:
+    if not lib.is_missing(MEMORY_V2) and "memory" not in dev.absent:
         try:
-            memory = session.call_variant(_MEMORY_V2, "nvmlDeviceGetMemoryInfo",
+            memory = lib.call_variant(MEMORY_V2, "nvmlDeviceGetMemoryInfo",
                                              dev.handle, version=nvml.MEMORY_V2)
             v2 = True
         except nvml.FunctionMissing:
             pass
         except TypeError:  # an nvidia-ml-py without the version argument
-            session.mark_missing(_MEMORY_V2, "this nvidia-ml-py is old")
+            lib.mark_missing(MEMORY_V2, "this nvidia-ml-py is old")
         except nvml.NVMLError as exc:
             if nvml.is_gpu_fatal(exc):
                 raise
             if nvml.error_code(exc) == nvml.ARGUMENT_VERSION_MISMATCH:
-                session.mark_missing(_MEMORY_V2, "the NVIDIA driver does not know version 2")
+                lib.mark_missing(MEMORY_V2, "the NVIDIA driver does not know version 2")
     if memory is None:
-        memory = read_value(session, dev, "memory", ("nvmlDeviceGetMemoryInfo",), dev.handle)
+        memory = read_value(lib, dev, "memory", ("nvmlDeviceGetMemoryInfo",), dev.handle)
         if memory is None:
             return
-    values["memory_used_bytes"] = float(memory.used)
-    values["memory_total_bytes"] = float(memory.total)
+    values[GPU_MEMORY_USED] = float(memory.used)
+    values[GPU_MEMORY_TOTAL] = float(memory.total)
     if v2:
         values["memory_reserved_bytes"] = float(memory.reserved)

@@ -24,6 +24,15 @@ from enum import StrEnum
 from typing import Any
 
 from ai_bottleneck.probes import nvml
+from ai_bottleneck.probes.vocabulary import (
+    ECC_UNCORRECTED_VOLATILE_TOTAL,
+    RETIRED_PAGES_PENDING,
+    ROW_REMAP_FAILURE,
+    ROW_REMAP_PENDING,
+    XID_ERRORS_TOTAL,
+    XID_LAST_CODE,
+    XID_RESET_REQUIRED_TOTAL,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +100,7 @@ def xid_text(code: int) -> str:
 #: (value name, error type, counter type) of nvmlDeviceGetTotalEccErrors.
 ECC_COUNTERS = (
     ("ecc_corrected_volatile_errors_total", nvml.ECC_CORRECTED, nvml.ECC_VOLATILE),
-    ("ecc_uncorrected_volatile_errors_total", nvml.ECC_UNCORRECTED, nvml.ECC_VOLATILE),
+    (ECC_UNCORRECTED_VOLATILE_TOTAL, nvml.ECC_UNCORRECTED, nvml.ECC_VOLATILE),
     ("ecc_corrected_aggregate_errors_total", nvml.ECC_CORRECTED, nvml.ECC_AGGREGATE),
     ("ecc_uncorrected_aggregate_errors_total", nvml.ECC_UNCORRECTED, nvml.ECC_AGGREGATE),
 )
@@ -143,10 +152,10 @@ class HealthReader:
         """Add this pass's health values (and the state flags) to ``values``."""
         self._drain_events()
         if self._events is not None:
-            values["xid_errors_total"] = float(self.xid_total)
-            values["xid_reset_required_errors_total"] = float(self.xid_reset_total)
+            values[XID_ERRORS_TOTAL] = float(self.xid_total)
+            values[XID_RESET_REQUIRED_TOTAL] = float(self.xid_reset_total)
         if self.last_xid is not None:
-            values["xid_last_code"] = float(self.last_xid)
+            values[XID_LAST_CODE] = float(self.last_xid)
         for key, error_type, counter_type in ECC_COUNTERS:
             count = value(key, ("nvmlDeviceGetTotalEccErrors",), self.handle, error_type,
                           counter_type)
@@ -157,8 +166,8 @@ class HealthReader:
             correctable, uncorrectable, pending, failure = (int(v) for v in rows)
             values["remapped_rows_correctable"] = float(correctable)
             values["remapped_rows_uncorrectable"] = float(uncorrectable)
-            values["row_remap_pending_flag"] = 1.0 if pending else 0.0
-            values["row_remap_failure_flag"] = 1.0 if failure else 0.0
+            values[ROW_REMAP_PENDING] = 1.0 if pending else 0.0
+            values[ROW_REMAP_FAILURE] = 1.0 if failure else 0.0
         for key, cause in (("retired_pages_single_bit", nvml.RETIRED_MULTIPLE_SBE),
                            ("retired_pages_double_bit", nvml.RETIRED_DBE)):
             pages = value(key, ("nvmlDeviceGetRetiredPages",), self.handle, cause)
@@ -167,16 +176,16 @@ class HealthReader:
         pending_pages = value("retired_pages_pending", ("nvmlDeviceGetRetiredPagesPendingStatus",),
                               self.handle)
         if pending_pages is not None:
-            values["retired_pages_pending_flag"] = 1.0 if int(pending_pages) else 0.0
+            values[RETIRED_PAGES_PENDING] = 1.0 if int(pending_pages) else 0.0
         values.update(state_values(self.state(values)))
 
     def state(self, values: Mapping[str, float]) -> HealthState:
         if self.lost_by_xid:
             return HealthState.LOST
-        if self.reset_reason is not None or values.get("ecc_uncorrected_volatile_errors_total"):
+        if self.reset_reason is not None or values.get(ECC_UNCORRECTED_VOLATILE_TOTAL):
             return HealthState.RESET_REQUIRED
-        if any(values.get(k) for k in ("row_remap_pending_flag", "row_remap_failure_flag",
-                                       "retired_pages_pending_flag")):
+        if any(values.get(k) for k in (ROW_REMAP_PENDING, ROW_REMAP_FAILURE,
+                                       RETIRED_PAGES_PENDING)):
             return HealthState.DEGRADED
         return HealthState.OK
 

@@ -20,9 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ai_bottleneck.probes import nvml
-from ai_bottleneck.probes.base import Clock
+from ai_bottleneck.probes.base import Clock, Sample
 from ai_bottleneck.probes.gpm import GpmReader
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.vocabulary import (
+    GPU_MEMORY_TOTAL,
+    GPU_MEMORY_USED,
+    MIG_LABEL,
+)
 
 #: ``value(key, functions, *args)`` of probes/gpu.py: a reading or None; raises only
 #: NVMLError for a GPU that is gone.
@@ -93,8 +97,8 @@ class MigReader:
             memory = value(f"mig_memory:{inst.gpu_instance_id}", ("nvmlDeviceGetMemoryInfo",),
                            inst.handle)
             if memory is not None:
-                values["memory_used_bytes"] = float(memory.used)
-                values["memory_total_bytes"] = float(memory.total)
+                values[GPU_MEMORY_USED] = float(memory.used)
+                values[GPU_MEMORY_TOTAL] = float(memory.total)
             gpm = inst.gpm
             values["gpm_available"] = 1.0 if gpm is not None and gpm.read(values) else 0.0
             if gpm is not None and gpm.closed:
@@ -123,7 +127,7 @@ def _instance(session: nvml.NvmlSession, handle: Any, slot: int,
             session.log_once(f"mig-slot:{slot}:{nvml.error_code(exc)}",
                              "MIG slot %d: %s", slot, nvml.describe(exc))
         return None
-    labels = {"gpu": gpu_labels["gpu"], "uuid": gpu_labels["uuid"], "mig": str(gpu_instance_id)}
+    labels = {"gpu": gpu_labels["gpu"], "uuid": gpu_labels["uuid"], MIG_LABEL: str(gpu_instance_id)}
     for key, function in (("mig_uuid", "nvmlDeviceGetUUID"), ("name", "nvmlDeviceGetName")):
         try:
             labels[key] = _text(session.call(function, mig))

@@ -24,11 +24,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ai_bottleneck.probes import nvml
+from ai_bottleneck.probes.base import Sample
 from ai_bottleneck.probes.cgroup_ids import parse_cgroup
 from ai_bottleneck.probes.k8s_pods import PodDirectory
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.vocabulary import (
+    MIG_LABEL,
+    OTHER_PROCESSES,
+    PROCESS_COUNT,
+    PROCESS_LABEL,
+    PROCESS_MEMORY_USED,
+)
 
-OTHER = "other"
+OTHER = OTHER_PROCESSES
 _NO_INSTANCE = 0xFFFFFFFF  # NVML's gpuInstanceId for a process on a GPU not in MIG mode
 
 
@@ -72,26 +79,26 @@ class ProcessReader:
         total = 0.0
         known = not rows  # no process at all: 0 bytes is a reading
         for pid, used in rows[:self.max_processes]:
-            values = {"process_memory_used_bytes": used} if used is not None else {}
-            labels = {**gpu_labels, "pid": str(pid), **self._describe(pid)}
+            values = {PROCESS_MEMORY_USED: used} if used is not None else {}
+            labels = {**gpu_labels, PROCESS_LABEL: str(pid), **self._describe(pid)}
             if pid in instance:
-                labels["mig"] = instance[pid]
+                labels[MIG_LABEL] = instance[pid]
             out.append(Sample(t=t, probe=probe, labels=labels, values=values))
         folded = rows[self.max_processes:]
         if folded:
-            values = {"process_count": float(len(folded))}
+            values = {PROCESS_COUNT: float(len(folded))}
             folded_known = [used for _, used in folded if used is not None]
             if folded_known:
-                values["process_memory_used_bytes"] = sum(folded_known)
-            out.append(Sample(t=t, probe=probe, labels={**gpu_labels, "pid": OTHER,
+                values[PROCESS_MEMORY_USED] = sum(folded_known)
+            out.append(Sample(t=t, probe=probe, labels={**gpu_labels, PROCESS_LABEL: OTHER,
                                                         "process_name": OTHER}, values=values))
         for _, used in rows:
             if used is not None:
                 total += used
                 known = True
-        totals = {"process_count": float(len(rows))}
+        totals = {PROCESS_COUNT: float(len(rows))}
         if known:
-            totals["process_memory_used_bytes"] = total
+            totals[PROCESS_MEMORY_USED] = total
         return out, totals
 
     def forget_except(self, pids: Iterable[int]) -> None:

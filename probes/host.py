@@ -23,8 +23,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ai_bottleneck.options import parse_options
-from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    clean_values,
+    failed,
+    parse_options,
+)
 from ai_bottleneck.probes.procfs import (
     PsiLine,
     busy_ratio,
@@ -35,7 +41,13 @@ from ai_bottleneck.probes.procfs import (
     read_optional,
     read_text,
 )
-from ai_bottleneck.samples import Sample, clean_values
+from ai_bottleneck.probes.vocabulary import (
+    HOST_BUSIEST_CORE,
+    HOST_CPU,
+    HOST_CPU_COUNT,
+    HOST_MEMORY_USED,
+    pressure_value,
+)
 
 T = TypeVar("T")
 
@@ -145,14 +157,14 @@ class HostProbe:
         before, self._cpu_before = self._cpu_before, now
         cores = [name for name in now if name != "cpu"]
         self._cpu_count = len(cores) or None
-        out: dict[str, float | None] = {"cpu_count": self._cpu_count}
+        out: dict[str, float | None] = {HOST_CPU_COUNT: self._cpu_count}
         if before is None:
             return out
-        out["cpu_utilization_ratio"] = busy_ratio(before["cpu"], now["cpu"])
+        out[HOST_CPU] = busy_ratio(before["cpu"], now["cpu"])
         # A core that went offline or came online in between has no interval to speak of.
         per_core = [busy_ratio(before[c], now[c]) for c in cores if c in before]
         known = [r for r in per_core if r is not None]
-        out["cpu_busiest_core_ratio"] = max(known) if known else None
+        out[HOST_BUSIEST_CORE] = max(known) if known else None
         return out
 
     def _memory(self) -> dict[str, float | None]:
@@ -160,7 +172,7 @@ class HostProbe:
         total, available = info.get("MemTotal"), info.get("MemAvailable")
         if not total or available is None:  # MemAvailable exists since Linux 3.14
             return {}
-        return {"memory_used_ratio": min(1.0, max(0.0, (total - available) / total))}
+        return {HOST_MEMORY_USED: min(1.0, max(0.0, (total - available) / total))}
 
     def _load(self) -> dict[str, float | None]:
         load1 = _parsed(self._loadavg, parse_load1)
@@ -180,7 +192,7 @@ class HostProbe:
         for kind in PSI_KINDS:
             line = lines.get(kind)
             if line is not None:
-                out[f"{resource}_pressure_{kind}_ratio"] = self._stall_ratio(
+                out[pressure_value(resource, kind)] = self._stall_ratio(
                     resource, kind, line, at)
         return out
 

@@ -27,16 +27,28 @@ from typing import Any, Literal
 
 import httpx
 
-from ai_bottleneck.options import bounds, parse_options
-from ai_bottleneck.probes.base import Availability, Clock, failed
-from ai_bottleneck.probes.httptiming import (
-    CallTimer,
-    TimingBackend,
-    describe_failure,
-    make_client,
-    make_ssl_context,
+from ai_bottleneck.probes.base import (
+    IN_FLIGHT_LABELS,
+    Availability,
+    Clock,
+    Sample,
+    clean_values,
+    failed,
+    option_info,
+    parse_options,
 )
-from ai_bottleneck.samples import Sample, clean_values
+from ai_bottleneck.probes.calltimer import CallTimer
+from ai_bottleneck.probes.httpfailure import describe_failure
+from ai_bottleneck.probes.httptiming import TimingBackend, make_client, make_ssl_context
+from ai_bottleneck.probes.vocabulary import (
+    IN_FLIGHT_CALLS,
+    IN_FLIGHT_NETWORK_SECONDS,
+    IN_FLIGHT_SECONDS,
+    IN_FLIGHT_SERVER_SECONDS,
+    REQUEST_BYTES,
+    RESPONSE_BYTES,
+    STATUS_VALUE,
+)
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: Extra seconds the probe allows beyond its targets' timeouts before the agent
@@ -65,19 +77,19 @@ def host_and_port(url: str) -> str:
 class Target:
     """One URL to call."""
 
-    url: str = field(metadata=bounds(doc="http:// or https:// URL to call"))
-    name: str = field(default="", metadata=bounds(
+    url: str = field(metadata=option_info(doc="http:// or https:// URL to call"))
+    name: str = field(default="", metadata=option_info(
         doc="value of the `target` label (default: the URL)"))
-    method: Method = field(default="GET", metadata=bounds(doc="HTTP method"))
-    body_bytes: int | None = field(default=None, metadata=bounds(
+    method: Method = field(default="GET", metadata=option_info(doc="HTTP method"))
+    body_bytes: int | None = field(default=None, metadata=option_info(
         min=0, max=2**31, doc="send a request body of this size (e.g. \"5MB\")"))
-    body_file: Path | None = field(default=None, metadata=bounds(
+    body_file: Path | None = field(default=None, metadata=option_info(
         doc="send this file as the request body (e.g. an image to upload)"))
-    headers: dict[str, str] = field(default_factory=dict, metadata=bounds(
+    headers: dict[str, str] = field(default_factory=dict, metadata=option_info(
         doc="extra request headers"))
-    expect_status: int | list[int] | None = field(default=None, metadata=bounds(
+    expect_status: int | list[int] | None = field(default=None, metadata=option_info(
         doc="status code(s) that count as success (default: any below 400)"))
-    timeout_seconds: float = field(default=10.0, metadata=bounds(
+    timeout_seconds: float = field(default=10.0, metadata=option_info(
         min=0.01, max=600, doc="limit for the whole call, from DNS to the last byte"))
 
     def __post_init__(self) -> None:
@@ -102,18 +114,18 @@ class Target:
 
 @dataclass(frozen=True)
 class Options:
-    targets: list[Target] = field(default_factory=list, metadata=bounds(
+    targets: list[Target] = field(default_factory=list, metadata=option_info(
         doc="URLs to call (tables with url, method, body_bytes or body_file, headers, "
             "expect_status, timeout_seconds, name)"))
-    concurrency: int = field(default=1, metadata=bounds(
+    concurrency: int = field(default=1, metadata=option_info(
         min=1, max=256, doc="parallel calls per target per sample"))
-    keep_alive: bool = field(default=False, metadata=bounds(
+    keep_alive: bool = field(default=False, metadata=option_info(
         doc="reuse connections between calls (default: a fresh connection per call, "
             "as curl measures)"))
-    interval_seconds: float = field(default=30.0, metadata=bounds(
+    interval_seconds: float = field(default=30.0, metadata=option_info(
         min=0.1, max=86400, doc="how often to sample"))
-    verify_tls: bool = field(default=True, metadata=bounds(doc="check server certificates"))
-    ca_file: Path | None = field(default=None, metadata=bounds(
+    verify_tls: bool = field(default=True, metadata=option_info(doc="check server certificates"))
+    ca_file: Path | None = field(default=None, metadata=option_info(
         doc="PEM file of CA certificates to trust instead of the bundled ones"))
 
     def __post_init__(self) -> None:
@@ -141,6 +153,8 @@ class HttpProbe:
         self._backend = backend or TimingBackend(clock=clock)
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
+        #: Calls running now: id -> (target label, timer), for in_flight().
+        self._running: dict[int, tuple[str, CallTimer]] = {}
         self._random_bodies: dict[int, bytes] = {}
 
     def check(self) -> Availability:
@@ -163,6 +177,30 @@ class HttpProbe:
         for target in self.options.targets:
             samples.extend(self._sample_target(target))
         return samples
+
+    def in_flight(self) -> Sequence[Sample]:
+        """Calls still running, one sample per target (its longest call): elapsed
+        time so far and how much of it was the network's and the server's, each a
+        lower bound. Labelled ``call: in_flight``; they count as no finished call."""
+        now = self._clock()
+        t = self._wall_clock()
+        with self._lock:
+            running = list(self._running.values())
+        longest: dict[str, tuple[tuple[float, float, float], int]] = {}
+        for label, timer in running:
+            progress = timer.progress(now)
+            if progress is None:
+                continue
+            best = longest.get(label)
+            count = (best[1] if best else 0) + 1
+            if best is None or progress[0] > best[0][0]:
+                longest[label] = (progress, count)
+            else:
+                longest[label] = (best[0], count)
+        return [Sample(t=t, probe=self.name, labels={"target": label, **IN_FLIGHT_LABELS},
+                       values={IN_FLIGHT_SECONDS: elapsed, IN_FLIGHT_NETWORK_SECONDS: network,
+                               IN_FLIGHT_SERVER_SECONDS: server, IN_FLIGHT_CALLS: float(count)})
+                for label, ((elapsed, network, server), count) in longest.items()]
 
     def close(self) -> None:
         with self._lock:
@@ -234,6 +272,8 @@ class HttpProbe:
         timer.start = self._clock()
         timer.deadline = timer.start + target.timeout_seconds
         status = 0
+        with self._lock:
+            self._running[id(timer)] = (target.label, timer)
         try:
             with self._backend.bind(timer):
                 response = client.send(request, stream=True)
@@ -249,15 +289,18 @@ class HttpProbe:
             error = describe_failure(exc, timer, where, target.timeout_seconds)
             return Sample(t=t, probe=self.name, labels=labels,
                           values={"status": status} if status else {}, error=error)
+        finally:
+            with self._lock:
+                self._running.pop(id(timer), None)
         expected = target.expected_statuses()
         if status not in expected if expected is not None else status >= 400:
             want = " or ".join(map(str, expected)) if expected is not None else "below 400"
             return Sample(t=t, probe=self.name, labels=labels, values={"status": status},
                           error=f"status {status} from {target.url}, expected {want}")
         values: dict[str, float | None] = dict(timer.phases())
-        values.update(status=status, request_bytes=timer.request_bytes,
-                      response_bytes=timer.response_bytes,
-                      concurrency=self.options.concurrency)
+        values.update({STATUS_VALUE: status, REQUEST_BYTES: timer.request_bytes,
+                       RESPONSE_BYTES: timer.response_bytes,
+                       "concurrency": self.options.concurrency})
         return Sample(t=t, probe=self.name, labels=labels, values=clean_values(values))
 
     def _load_body(self, target: Target) -> tuple[bytes | None, str | None]:

@@ -1,10 +1,10 @@
 """Timed HTTP/1.1 calls: where the time of one call went, phase by phase.
 
-Shared by the ``http`` and ``download`` probes. Three pieces:
+Shared by the ``http`` and ``download`` probes. Three pieces here, beside
+``CallTimer`` (calltimer.py: one per call, the callback for httpx's ``trace``
+request extension, turns the connection and HTTP/1.1 events into phase times
+and holds the call's deadline) and ``describe_failure`` (httpfailure.py):
 
-* ``CallTimer``: one per call. It is the callback for httpx's ``trace`` request
-  extension and turns the connection and HTTP/1.1 events into phase times. It
-  also holds the call's deadline.
 * ``TimingBackend``: an httpcore network backend. It resolves names itself so
   that DNS time is measured apart from the TCP handshake (the connection still
   uses the URL's host name for the Host header and TLS SNI), and it wraps each
@@ -33,7 +33,7 @@ import struct
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,10 @@ import httpcore
 import httpx
 
 from ai_bottleneck import __version__
+from ai_bottleneck.probes.base import Clock
+from ai_bottleneck.probes.calltimer import CallTimer
+from ai_bottleneck.probes.vocabulary import HttpPhase
 
-Clock = Callable[[], float]
 Resolver = Callable[[str, int], list[tuple[Any, ...]]]
 
 #: Writes go to the kernel in pieces of this size so that the deadline is
@@ -52,113 +54,6 @@ WRITE_PIECE_BYTES = 64 * 1024
 
 def default_resolver(host: str, port: int) -> list[tuple[Any, ...]]:
     return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-
-
-class PhaseFailure(Exception):
-    """Where and why a call failed, as one line a person can act on."""
-
-
-class CallTimer:
-    """Phase timestamps of one call (clock seconds) and its deadline.
-
-    Phase boundaries (see docs/probes.md for the user-facing definitions):
-    ``start`` -> DNS -> TCP connect -> TLS -> ``upload_started`` (request
-    headers begin) -> ``upload_done`` (body handed to the kernel and sent, see
-    ``wait_until_sent``) -> ``first_byte`` (first response byte read) ->
-    ``body_done`` (last response body byte read).
-    """
-
-    def __init__(self, deadline: float, clock: Clock = time.perf_counter):
-        self.clock = clock
-        self.deadline = deadline
-        self.start: float | None = None
-        self.dns_seconds: float | None = None
-        self.connect_started: float | None = None
-        self.connect_done: float | None = None
-        self.tls_started: float | None = None
-        self.tls_done: float | None = None
-        self.upload_started: float | None = None
-        self.upload_done: float | None = None
-        self.first_byte: float | None = None
-        self.body_done: float | None = None
-        self.request_bytes = 0
-        self.response_bytes = 0
-        #: The phase in progress, named as in the error messages.
-        self.phase = "start"
-        #: Set by the backend when it knows better than the exception text.
-        self.failure: str | None = None
-        self._stream: TimedStream | None = None
-
-    # -- trace extension callback -------------------------------------------------
-
-    def trace(self, event: str, info: Mapping[str, Any]) -> None:
-        """httpx ``trace`` extension: ``<module>.<step>.started|complete|failed``."""
-        now = self.clock()
-        step = event.split(".", 1)[-1]
-        if step == "connect_tcp.started":
-            self.phase, self.connect_started = "connect", now
-        elif step == "connect_tcp.complete":
-            self.connect_done = now
-        elif step == "start_tls.started":
-            self.phase, self.tls_started = "tls", now
-        elif step == "start_tls.complete":
-            self.tls_done = now
-        elif step == "send_request_headers.started":
-            self.phase, self.upload_started = "upload", now
-        elif step == "send_request_body.complete":
-            # Raises httpcore.WriteTimeout at the deadline: the call fails in
-            # the upload phase, where the time went.
-            if self._stream is not None:
-                self._stream.wait_until_sent(self)
-            self.upload_done = self.clock()
-            self.phase = "server"
-        elif step == "send_request_body.failed":
-            # httpcore goes on to read the response (a server may answer early
-            # and close); the upload is over either way.
-            self.upload_done = now
-            self.phase = "server"
-        elif step == "receive_response_headers.complete":
-            self.phase = "download"
-        elif step == "receive_response_body.complete":
-            self.body_done = now
-
-    # -- called by TimedStream ---------------------------------------------------
-
-    def on_write(self, stream: TimedStream, nbytes: int) -> None:
-        self._stream = stream
-        self.request_bytes += nbytes
-
-    def on_read(self, nbytes: int, now: float) -> None:
-        if nbytes and self.first_byte is None and self.upload_started is not None:
-            self.first_byte = now
-        self.response_bytes += nbytes
-
-    def remaining(self) -> float:
-        return self.deadline - self.clock()
-
-    # -- results -----------------------------------------------------------------
-
-    @property
-    def reused_connection(self) -> bool:
-        return self.connect_started is None
-
-    def phases(self) -> dict[str, float | None]:
-        """Phase durations in seconds; None where a phase did not happen or was not seen."""
-        def span(a: float | None, b: float | None) -> float | None:
-            return None if a is None or b is None else max(0.0, b - a)
-
-        connect = span(self.connect_started, self.connect_done)
-        if connect is not None and self.dns_seconds is not None:
-            connect = max(0.0, connect - self.dns_seconds)
-        return {
-            "total_seconds": span(self.start, self.body_done),
-            "dns_seconds": self.dns_seconds,
-            "connect_seconds": connect,
-            "tls_seconds": span(self.tls_started, self.tls_done),
-            "upload_seconds": span(self.upload_started, self.upload_done),
-            "server_seconds": span(self.upload_done, self.first_byte),
-            "download_seconds": span(self.first_byte, self.body_done),
-        }
 
 
 class TimedStream(httpcore.NetworkStream):
@@ -334,7 +229,7 @@ class TimingBackend(httpcore.NetworkBackend):
         else:  # an address literal: nothing to resolve, so no DNS time
             return self._resolver(host, port)
         if timer is not None:
-            timer.phase = "dns"
+            timer.phase = HttpPhase.DNS
         started = self._clock()
         result: list[Any] = []
         error: list[BaseException] = []
@@ -362,7 +257,7 @@ class TimingBackend(httpcore.NetworkBackend):
             raise httpcore.ConnectError(f"DNS lookup of {host} failed: {reason}")
         if timer is not None:
             timer.dns_seconds = self._clock() - started
-            timer.phase = "connect"
+            timer.phase = HttpPhase.CONNECT
         return result
 
     def sleep(self, seconds: float) -> None:
@@ -447,62 +342,3 @@ def make_client(backend: TimingBackend, ssl_context: ssl.SSLContext, *,
         # Lets a server's operator see what is calling.
         headers={"User-Agent": f"ai-bottleneck/{__version__}"},
     )
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The OS or TLS error under httpcore's wrappers (httpcore wraps the original as
-    its first argument; the ``from`` link is not always kept)."""
-    seen = {id(exc)}
-    while True:
-        inner = exc.__cause__
-        if inner is None and exc.args and isinstance(exc.args[0], BaseException):
-            inner = exc.args[0]
-        if inner is None or id(inner) in seen:
-            return exc
-        exc = inner
-        seen.add(id(exc))
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return exc.reason or str(exc)
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset by the peer"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def describe_failure(exc: BaseException, timer: CallTimer, where: str,
-                     timeout: float) -> str:
-    """One line: what failed, in which phase, against ``where`` (host:port)."""
-    if timer.failure is not None:
-        return timer.failure
-    cause = _root_cause(exc)
-    timed_out = isinstance(exc, httpcore.TimeoutException | httpx.TimeoutException |
-                           TimeoutError) or isinstance(cause, TimeoutError)
-    phase = timer.phase
-    if timed_out:
-        doing = {
-            "connect": f"connecting to {where}",
-            "dns": f"resolving {where}",
-            "tls": f"in the TLS handshake with {where}",
-            "upload": "sending the request",
-            "server": "waiting for the response (no byte of it yet)",
-            "download": f"reading the response ({timer.response_bytes} bytes so far)",
-        }.get(phase, f"calling {where}")
-        return f"timed out after {timeout:g}s {doing}"
-    reason = _reason(cause)
-    if phase == "connect":
-        return f"cannot connect to {where}: {reason}"
-    if phase == "tls":
-        return f"TLS handshake with {where} failed: {reason}"
-    if phase in ("upload", "server"):
-        return f"no response from {where}: {reason}"
-    if phase == "download":
-        return f"response from {where} cut short: {reason}"
-    return f"call to {where} failed: {reason}"

@@ -31,10 +31,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ai_bottleneck.options import bounds, parse_options
-from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    clean_values,
+    failed,
+    one_line,
+    option_info,
+    parse_options,
+)
 from ai_bottleneck.probes.iperf3_server import Iperf3Server, ServerOptions
-from ai_bottleneck.samples import Sample, clean_values, one_line
+from ai_bottleneck.probes.vocabulary import BYTES_VALUE, THROUGHPUT_VALUE
 
 log = logging.getLogger(__name__)
 
@@ -90,39 +98,39 @@ def _whole_seconds(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class Options:
-    targets: tuple[str, ...] = field(default=(), metadata=bounds(
+    targets: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="peers running an iperf3 server: host, host:port or [IPv6]:port (port 5201 "
             "if none)"))
-    duration_seconds: float = field(default=5.0, metadata=bounds(
+    duration_seconds: float = field(default=5.0, metadata=option_info(
         min=1, max=60, doc="how long each test sends (iperf3 -t), whole seconds"))
-    parallel_streams: int = field(default=1, metadata=bounds(
+    parallel_streams: int = field(default=1, metadata=option_info(
         min=1, max=32, doc="parallel TCP streams per test (iperf3 -P)"))
-    reverse: bool = field(default=False, metadata=bounds(
+    reverse: bool = field(default=False, metadata=option_info(
         doc="the peer sends and this host receives (iperf3 -R; direction 'receive')"))
-    omit_seconds: float = field(default=0.0, metadata=bounds(
+    omit_seconds: float = field(default=0.0, metadata=option_info(
         min=0, max=10, doc="leading seconds left out of the result, to skip TCP slow start "
                            "(iperf3 -O); they add to the test's time and traffic"))
-    max_bits_per_second: float | None = field(default=None, metadata=bounds(
+    max_bits_per_second: float | None = field(default=None, metadata=option_info(
         min=1000, doc="cap on the test's total rate (iperf3 -b, split over the streams); "
                       "none = as fast as the path allows"))
-    assumed_bits_per_second: float = field(default=1e9, metadata=bounds(
+    assumed_bits_per_second: float = field(default=1e9, metadata=option_info(
         min=1000, doc="rate assumed for the traffic estimate of a target not measured yet"))
-    interval_seconds: float = field(default=600.0, metadata=bounds(
+    interval_seconds: float = field(default=600.0, metadata=option_info(
         min=10, doc="how often to test every target"))
-    connect_timeout_seconds: float = field(default=3.0, metadata=bounds(
+    connect_timeout_seconds: float = field(default=3.0, metadata=option_info(
         min=0.1, max=60, doc="limit for connecting to a peer (iperf3 --connect-timeout)"))
-    grace_seconds: float = field(default=5.0, metadata=bounds(
+    grace_seconds: float = field(default=5.0, metadata=option_info(
         min=1, max=60, doc="time beyond connect + omit + duration for iperf3 to exchange "
                            "results; after it the process is killed"))
-    busy_retries: int = field(default=2, metadata=bounds(
+    busy_retries: int = field(default=2, metadata=option_info(
         min=0, max=10, doc="retries when the peer is busy running another test or resets "
             "the connection between two tests"))
-    busy_backoff_seconds: float = field(default=2.0, metadata=bounds(
+    busy_backoff_seconds: float = field(default=2.0, metadata=option_info(
         min=0, max=60, doc="a busy peer is retried after a random wait between half and all "
                            "of this, doubled on each retry"))
-    program: str = field(default="iperf3", metadata=bounds(
+    program: str = field(default="iperf3", metadata=option_info(
         doc="the iperf3 program, by name on PATH or by path"))
-    server: ServerOptions = field(default_factory=ServerOptions, metadata=bounds(
+    server: ServerOptions = field(default_factory=ServerOptions, metadata=option_info(
         doc="an iperf3 server this agent runs for its peers (off by default)"))
 
     def __post_init__(self) -> None:
@@ -198,8 +206,8 @@ def parse_result(obj: Mapping[str, Any]) -> dict[str, float]:
         if rtt is not None and rtt > 0:
             rtts.append(rtt)
     return clean_values({
-        "bits_per_second": _number(received, "bits_per_second"),
-        "bytes": _number(received, "bytes"),
+        THROUGHPUT_VALUE: _number(received, "bits_per_second"),
+        BYTES_VALUE: _number(received, "bytes"),
         "seconds": _number(received, "seconds"),
         "retransmits": retransmits,
         "rtt_seconds": sum(rtts) / len(rtts) / 1e6 if rtts else None,
@@ -289,7 +297,7 @@ class Iperf3Probe:
                 if busy and attempts > 1:
                     message += f" ({attempts} tries)"
                 return failed(self.name, message, labels, t=t)
-            self._last_rate[target] = values["bits_per_second"]
+            self._last_rate[target] = values[THROUGHPUT_VALUE]
             return Sample(t=t, probe=self.name, labels=labels, values=values)
 
     def _backoff(self, attempt: int) -> float:

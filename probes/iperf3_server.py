@@ -15,22 +15,20 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-from ai_bottleneck.options import bounds
-from ai_bottleneck.probes.base import Clock
-from ai_bottleneck.samples import one_line
+from ai_bottleneck.probes.base import Clock, one_line, option_info
 
 
 @dataclass(frozen=True)
 class ServerOptions:
-    enabled: bool = field(default=False, metadata=bounds(
+    enabled: bool = field(default=False, metadata=option_info(
         doc="run an iperf3 server for peers"))
-    bind_address: str = field(default="", metadata=bounds(
+    bind_address: str = field(default="", metadata=option_info(
         doc="address to listen on (iperf3 -B); empty = all addresses"))
-    port: int = field(default=5201, metadata=bounds(min=1, max=65535, doc="port to listen on"))
-    idle_restart_seconds: int = field(default=60, metadata=bounds(
+    port: int = field(default=5201, metadata=option_info(min=1, max=65535, doc="port to listen on"))
+    idle_restart_seconds: int = field(default=60, metadata=option_info(
         min=1, max=3600, doc="iperf3 --idle-timeout: reset a server idle this long, so a "
                              "client that vanished mid-test cannot leave it stuck"))
-    restart_delay_seconds: float = field(default=5.0, metadata=bounds(
+    restart_delay_seconds: float = field(default=5.0, metadata=option_info(
         min=0, max=600, doc="least time between starts of a server that keeps dying"))
 
 

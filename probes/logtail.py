@@ -27,9 +27,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from ai_bottleneck.probes.base import Clock
 
 CHUNK_BYTES = 64 * 1024
 
@@ -172,7 +173,7 @@ class JournalFollower:
 
     def __init__(self, unit: str, *, program: str = "journalctl", from_start: bool = False,
                  max_entries: int = 10_000, timeout_seconds: float = 10.0,
-                 directory: Path | None = None, clock: Callable[[], float] = time.time):
+                 directory: Path | None = None, clock: Clock = time.time):
         self.unit = unit
         self.program = program
         self.max_entries = max_entries

@@ -28,8 +28,16 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from ai_bottleneck.options import bounds, parse_options
-from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    clean_values,
+    failed,
+    option_info,
+    parse_options,
+)
+from ai_bottleneck.probes.capacity import Links, Shapers
 from ai_bottleneck.probes.procfs import (
     NetDevCounters,
     counter_delta,
@@ -39,10 +47,16 @@ from ai_bottleneck.probes.procfs import (
     read_optional,
     read_text,
 )
-from ai_bottleneck.samples import Sample, clean_values
+from ai_bottleneck.probes.vocabulary import HOST_TOTAL_LABELS as HOST_LABELS
+from ai_bottleneck.probes.vocabulary import (
+    LINK_SPEED,
+    LINK_UTILIZATION_VALUES,
+    TCP_RETRANSMIT_RATIO,
+    TCP_RETRANSMITS,
+    nic_value,
+)
 
 PROBE_NAME = "nic"
-HOST_LABELS = {"scope": "host"}
 
 #: Values of /sys/class/net/<nic>/speed that mean "unknown": the kernel's
 #: SPEED_UNKNOWN (-1) and how older drivers spelled it (0xFFFF, 0xFFFFFFFF).
@@ -67,14 +81,18 @@ def _names_or_patterns(names: tuple[str, ...], key: str) -> None:
 
 @dataclass(frozen=True)
 class Options:
-    include: tuple[str, ...] = field(default=(), metadata=bounds(
+    include: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="interface names or shell patterns (eth*, ens*) reported even when virtual, "
             "loopback or a bond slave"))
-    exclude: tuple[str, ...] = field(default=(), metadata=bounds(
+    exclude: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="interface names or shell patterns never reported; wins over include"))
-    include_virtual: bool = field(default=False, metadata=bounds(
+    include_virtual: bool = field(default=False, metadata=option_info(
         doc="also report every virtual interface (veth, bridge, VLAN, tunnel, loopback); "
             "bond slaves still need naming"))
+    links: Links = field(default_factory=Links, metadata=option_info(
+        doc="declared rates (the config's [links] table, given here by the agent)"))
+    read_shapers: bool = field(default=True, metadata=option_info(
+        doc="report the rate of a tc shaper (root tbf, htb root class) on each interface"))
 
     def __post_init__(self) -> None:
         _names_or_patterns(self.include, "include")
@@ -121,6 +139,15 @@ def link_speed_bits_per_second(text: str | None) -> float | None:
     return mbit * 1e6
 
 
+def tightest(values: Mapping[str, float | None], direction: str) -> float | None:
+    """The smallest of the link speed, the declared rate and the shaper's rate (tx only)
+    for ``direction``, from a nic sample's values; None when none is known."""
+    known = [v for k in ("link_speed_bits_per_second", f"declared_{direction}_bits_per_second",
+                         f"shaped_{direction}_bits_per_second")
+             if (v := values.get(k)) is not None and v > 0]
+    return min(known) if known else None
+
+
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(name, p) for p in patterns)
 
@@ -137,6 +164,7 @@ class _Choice:
     names: frozenset[str]
     chosen: tuple[str, ...]
     at: float
+    public: frozenset[str] = frozenset()  # carry the default route (declared public rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +190,7 @@ class NicProbe:
 
     def __init__(self, options: Options | None = None, *, proc_root: str | Path = "/proc",
                  sys_root: str | Path = "/sys", clock: Clock = time.monotonic,
-                 wall_clock: Clock = time.time) -> None:
+                 wall_clock: Clock = time.time, shapers: Shapers | None = None) -> None:
         self.options = options or Options()
         proc = str(Path(proc_root))  # plain strings: pathlib costs more than the reads
         self._net_dev, self._snmp = f"{proc}/net/dev", f"{proc}/net/snmp"
@@ -173,6 +201,8 @@ class NicProbe:
         self._nic_before: dict[str, _NicReading] = {}
         self._tcp_before: _TcpReading | None = None
         self._choice: _Choice | None = None
+        self._shapers = shapers if shapers is not None else (
+            Shapers() if self.options.read_shapers else None)
 
     # --- choosing interfaces ----------------------------------------------------
 
@@ -215,6 +245,11 @@ class NicProbe:
         missing = [p for p in self.options.include if not any(fnmatchcase(n, p) for n in names)]
         if missing:
             parts.append(f"include names no present interface: {', '.join(missing)}")
+        if self._shapers is not None:
+            shaped = {n: r for n, r in self._shapers.rates().items() if n in chosen}
+            if shaped:
+                parts.append("shaped: " + ", ".join(f"{n} tx {r / 1e6:g} Mbit/s"
+                                                    for n, r in shaped.items()))
         return Availability.yes("; ".join(parts))
 
     def sample(self) -> Sequence[Sample]:
@@ -237,6 +272,14 @@ class NicProbe:
         # link speed) gives no sample rather than an empty one.
         return [s for s in samples if s is not None and (s.values or s.error)]
 
+    def link_utilization(self, samples: Sequence[Sample]) -> float | None:
+        """The busiest direction of any NIC in ``samples`` as a share of its link speed
+        (LinkLoadSource: the traffic budget holds active probes back while it is high);
+        None when no NIC reports a link speed."""
+        ratios = [v for s in samples if s.ok for k, v in s.values.items()
+                  if k in LINK_UTILIZATION_VALUES]
+        return max(ratios) if ratios else None
+
     def close(self) -> None:
         self._nic_before.clear()
         self._tcp_before = None
@@ -247,7 +290,11 @@ class NicProbe:
         key = frozenset(listed)
         c = self._choice
         if c is None or c.names != key or not 0 <= now - c.at < RECLASSIFY_SECONDS:
-            c = self._choice = _Choice(key, tuple(self.choose(listed)[0]), now)
+            public: frozenset[str] = frozenset()
+            if self.options.links.public_bits_per_second is not None:
+                public = frozenset(default_route_interfaces(
+                    *(read_optional(p) for p in self._routes)))
+            c = self._choice = _Choice(key, tuple(self.choose(listed)[0]), now, public)
         return c.chosen
 
     # --- values -------------------------------------------------------------------
@@ -257,7 +304,8 @@ class NicProbe:
         speed = link_speed_bits_per_second(read_optional(f"{self._sys_net}/{name}/speed"))
         before = self._nic_before.get(name)
         self._nic_before[name] = _NicReading(ifindex, cur, now)
-        values: dict[str, float | None] = {"link_speed_bits_per_second": speed}
+        values: dict[str, float | None] = {LINK_SPEED: speed}
+        values.update(self._capacities(name))
         if before is not None and before.ifindex == ifindex and now > before.at:
             elapsed = now - before.at
             most_bytes = speed / 8 * elapsed * _WRAP_HEADROOM if speed else None
@@ -267,9 +315,12 @@ class NicProbe:
                 grown = counter_delta(b0, b1, most_bytes)
                 if grown is not None:
                     bps = grown * 8 / elapsed
-                    values[f"{direction}_bits_per_second"] = bps
-                    if speed:  # unknown link speed: no utilization, never a division by zero
-                        values[f"{direction}_utilization_ratio"] = bps / speed
+                    values[nic_value(direction, "bits_per_second")] = bps
+                    # Against the tightest rate known: a shaper or a bought rate far
+                    # under the link speed is what fills up. Unknown: no ratio.
+                    capacity = tightest(values, direction)
+                    if capacity:
+                        values[nic_value(direction, "utilization_ratio")] = bps / capacity
             for key, c0, c1 in (("rx_drops", prev.rx_drops, cur.rx_drops),
                                 ("tx_drops", prev.tx_drops, cur.tx_drops),
                                 ("rx_errors", prev.rx_errors, cur.rx_errors),
@@ -277,6 +328,19 @@ class NicProbe:
                 grown = counter_delta(c0, c1)
                 values[f"{key}_per_second"] = None if grown is None else grown / elapsed
         return Sample(t=t, probe=PROBE_NAME, labels={"nic": name}, values=clean_values(values))
+
+    def _capacities(self, name: str) -> dict[str, float | None]:
+        """Rates besides the link speed: declared in [links], and a shaper on this host."""
+        links = self.options.links
+        out: dict[str, float | None] = {}
+        if not links.empty:
+            public = self._choice is not None and name in self._choice.public
+            for direction in ("rx", "tx"):
+                out[f"declared_{direction}_bits_per_second"] = links.declared(
+                    name, direction, public)
+        if self._shapers is not None:
+            out["shaped_tx_bits_per_second"] = self._shapers.rate(name)
+        return out
 
     def _tcp_sample(self, t: float) -> Sample | None:
         path = self._snmp
@@ -301,11 +365,11 @@ class NicProbe:
         retransmits = counter_delta(before.retransmits, cur.retransmits)
         out_segments = counter_delta(before.out_segments, cur.out_segments)
         values: dict[str, float | None] = {
-            "tcp_retransmits_per_second": None if retransmits is None else retransmits / elapsed,
+            TCP_RETRANSMITS: None if retransmits is None else retransmits / elapsed,
             "tcp_out_segments_per_second": (
                 None if out_segments is None else out_segments / elapsed),
             # nothing sent: no ratio to speak of (absent, not zero and not a division by zero)
-            "tcp_retransmit_ratio": (retransmits / out_segments
+            TCP_RETRANSMIT_RATIO: (retransmits / out_segments
                                      if retransmits is not None and out_segments else None),
         }
         return Sample(t=t, probe=PROBE_NAME, labels=dict(HOST_LABELS),

@@ -26,7 +26,7 @@ from typing import Any
 
 import pynvml  # pure-Python bindings: importing them does not load the driver library
 
-from ai_bottleneck.samples import one_line
+from ai_bottleneck.probes.base import one_line
 
 BACKEND_ENV = "AI_BOTTLENECK_NVML_BACKEND"
 

@@ -30,10 +30,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ai_bottleneck.options import bounds, parse_options
-from ai_bottleneck.probes.base import Availability, Clock, failed
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    failed,
+    one_line,
+    option_info,
+    parse_options,
+)
 from ai_bottleneck.probes.logtail import FileFollower, JournalError, JournalFollower
-from ai_bottleneck.samples import Sample, one_line
+from ai_bottleneck.probes.vocabulary import (
+    LOAD_FAILURE_EVENTS,
+    LOAD_FAILURE_EVENTS_TOTAL,
+    OOM_EVENTS,
+    OOM_EVENTS_TOTAL,
+)
 
 NAME = "oom"
 
@@ -68,34 +80,34 @@ def _compile_all(name: str, patterns: Sequence[str]) -> list[re.Pattern[str]]:
 
 @dataclass(frozen=True)
 class Options:
-    files: tuple[str, ...] = field(default=(), metadata=bounds(
+    files: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="log files to follow (followed across rotation; may not exist yet)"))
-    units: tuple[str, ...] = field(default=(), metadata=bounds(
+    units: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="systemd units whose journal to follow (needs journalctl)"))
-    oom_patterns: tuple[str, ...] = field(default=DEFAULT_OOM_PATTERNS, metadata=bounds(
+    oom_patterns: tuple[str, ...] = field(default=DEFAULT_OOM_PATTERNS, metadata=option_info(
         doc="regular expressions of a GPU out-of-memory line (replaces the defaults)"))
     load_failure_patterns: tuple[str, ...] = field(
-        default=DEFAULT_LOAD_FAILURE_PATTERNS, metadata=bounds(
+        default=DEFAULT_LOAD_FAILURE_PATTERNS, metadata=option_info(
             doc="regular expressions of a model-load failure line (replaces the defaults)"))
-    extra_oom_patterns: tuple[str, ...] = field(default=(), metadata=bounds(
+    extra_oom_patterns: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="more out-of-memory patterns, added to oom_patterns"))
-    extra_load_failure_patterns: tuple[str, ...] = field(default=(), metadata=bounds(
+    extra_load_failure_patterns: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="more load-failure patterns, added to load_failure_patterns"))
-    from_start: bool = field(default=False, metadata=bounds(
+    from_start: bool = field(default=False, metadata=option_info(
         doc="count what the sources already hold at start, not only what comes after"))
-    interval_seconds: float = field(default=5.0, metadata=bounds(
+    interval_seconds: float = field(default=5.0, metadata=option_info(
         min=0.1, doc="how often to read the sources"))
-    max_read_bytes: int = field(default=4 * 1024 * 1024, metadata=bounds(
+    max_read_bytes: int = field(default=4 * 1024 * 1024, metadata=option_info(
         min=4096, doc="most bytes read from one file per sample; the rest waits for the "
                       "next sample"))
-    max_journal_entries: int = field(default=10_000, metadata=bounds(
+    max_journal_entries: int = field(default=10_000, metadata=option_info(
         min=1, doc="most journal entries read for one unit per sample"))
-    journal_timeout_seconds: float = field(default=10.0, metadata=bounds(
+    journal_timeout_seconds: float = field(default=10.0, metadata=option_info(
         min=0.5, max=120, doc="limit for one journalctl run"))
-    journal_directory: str = field(default="", metadata=bounds(
+    journal_directory: str = field(default="", metadata=option_info(
         doc="read the journal from this directory (journalctl --directory) instead of "
             "the system journal; empty = the system journal"))
-    journalctl: str = field(default="journalctl", metadata=bounds(
+    journalctl: str = field(default="journalctl", metadata=option_info(
         doc="the journalctl program, by name on PATH or by path"))
 
     def __post_init__(self) -> None:
@@ -235,10 +247,10 @@ class OomProbe:
         total.oom += new.oom
         total.load_failure += new.load_failure
         return Sample(t=t, probe=self.name, labels=labels, values={
-            "oom_events": float(new.oom),
-            "load_failure_events": float(new.load_failure),
-            "oom_events_total": float(total.oom),
-            "load_failure_events_total": float(total.load_failure),
+            OOM_EVENTS: float(new.oom),
+            LOAD_FAILURE_EVENTS: float(new.load_failure),
+            OOM_EVENTS_TOTAL: float(total.oom),
+            LOAD_FAILURE_EVENTS_TOTAL: float(total.load_failure),
         })
 
     def close(self) -> None:

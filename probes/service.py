@@ -22,9 +22,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ai_bottleneck.options import bounds, parse_options
-from ai_bottleneck.probes.base import Availability, Clock, failed
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.base import (
+    Availability,
+    Clock,
+    Sample,
+    failed,
+    option_info,
+    parse_options,
+)
+from ai_bottleneck.probes.vocabulary import (
+    HOST_CPU,
+    IN_SERVICE_LABEL,
+    PROCESS_COUNT,
+    PROCESS_CPU_CORES,
+    PROCESS_LABEL,
+    SERVICE_BUSIEST_THREAD,
+)
 
 NAME = "service"
 _PSI = ("cpu", "memory", "io")
@@ -32,16 +45,16 @@ _PSI = ("cpu", "memory", "io")
 
 @dataclass(frozen=True)
 class Options:
-    cgroup: str = field(default="", metadata=bounds(
+    cgroup: str = field(default="", metadata=option_info(
         doc="the service's cgroup-v2 path, under cgroup_root (system.slice/vllm.service)"))
-    unit: str = field(default="", metadata=bounds(
+    unit: str = field(default="", metadata=option_info(
         doc="a systemd unit; its cgroup is found under cgroup_root"))
-    process: str = field(default="", metadata=bounds(
+    process: str = field(default="", metadata=option_info(
         doc="a process name or PID; the service is that process's cgroup"))
-    cgroup_root: str = field(default="/sys/fs/cgroup", metadata=bounds(
+    cgroup_root: str = field(default="/sys/fs/cgroup", metadata=option_info(
         doc="where the cgroup-v2 hierarchy is mounted"))
-    proc_root: str = field(default="/proc", metadata=bounds(doc="where /proc is"))
-    top_processes: int = field(default=5, metadata=bounds(
+    proc_root: str = field(default="/proc", metadata=option_info(doc="where /proc is"))
+    top_processes: int = field(default=5, metadata=option_info(
         min=0, max=50, doc="processes named per pass, by CPU, the service's and the host's"))
 
 
@@ -161,7 +174,7 @@ class ServiceProbe:
         for resource in _PSI:
             counters[resource] = _psi_total(_read(f"{self._path}/{resource}.pressure"))
         pids = [int(p) for p in (_read(f"{self._path}/cgroup.procs") or "").split()]
-        values: dict[str, float] = {"process_count": float(len(pids))}
+        values: dict[str, float] = {PROCESS_COUNT: float(len(pids))}
         memory = _read(f"{self._path}/memory.current")
         if memory is not None and memory.strip().isdigit():
             values["memory_current_bytes"] = float(memory)
@@ -172,7 +185,7 @@ class ServiceProbe:
             if usage is not None and before is not None:
                 cores = max(0.0, usage - before) / 1e6 / elapsed
                 values["cpu_cores"] = cores
-                values["cpu_utilization_ratio"] = min(1.0, cores / self._cpus)
+                values[HOST_CPU] = min(1.0, cores / self._cpus)
             for resource in _PSI:
                 total, before = counters[resource], self._before.get(resource)
                 if total is not None and before is not None:
@@ -180,14 +193,14 @@ class ServiceProbe:
                         1.0, max(0.0, total - before) / 1e6 / elapsed)
             busiest = self._busiest_thread(pids, elapsed)
             if busiest is not None:
-                values["busiest_thread_core_ratio"] = busiest
+                values[SERVICE_BUSIEST_THREAD] = busiest
         self._before = {k: v for k, v in counters.items() if v is not None}
         self._before_at = now
         labels = {"service": self._label}
         return [Sample(t=t, probe=NAME, labels=labels, values=values), *[
-            Sample(t=t, probe=NAME, labels={**labels, "pid": str(pid), "process_name": comm,
-                                            "in_service": "1" if pid in pids else "0"},
-                   values={"process_cpu_cores": cores}) for pid, comm, cores in top]]
+            Sample(t=t, probe=NAME, labels={**labels, PROCESS_LABEL: str(pid), "process_name": comm,
+                                            IN_SERVICE_LABEL: "1" if pid in pids else "0"},
+                   values={PROCESS_CPU_CORES: cores}) for pid, comm, cores in top]]
 
     def close(self) -> None:
         pass

@@ -53,6 +53,10 @@ class Link:
     rate_in_bits_per_second: float | None
     rate_out_bits_per_second: float | None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: Limit on traffic into the namespace applied inside it (an ifb device the
+    #: namespace's ingress is redirected to): a hop beyond this host, which this
+    #: namespace's tc cannot see. None: no such hop.
+    hop_rate_in_bits_per_second: float | None = None
 
     def cmd(self, argv: Sequence[str]) -> list[str]:
         """argv run inside the namespace."""
@@ -79,6 +83,29 @@ class Link:
             _tc("-n", self.ns, "qdisc", "replace", "dev", self.ns_dev, "root", "tbf",
                 *tbf_args(rate_out))
             self.rate_out_bits_per_second = rate_out
+
+
+    def set_hop_rate(self, rate_in: float | None) -> None:
+        """Shape traffic into the namespace one hop away from this host: its ingress is
+        redirected to an ifb device inside the namespace whose tbf sets the rate. Seen
+        from here the veth shows no shaper, as a provider's cap or a full switch port
+        upstream shows none. None removes the hop's limit."""
+        ifb = "abi" + self.ns[3:]
+        if rate_in is None:
+            if self.hop_rate_in_bits_per_second is not None:
+                _tc("-n", self.ns, "qdisc", "del", "dev", self.ns_dev, "ingress")
+                self.hop_rate_in_bits_per_second = None
+            return
+        if self.hop_rate_in_bits_per_second is None:
+            _ip("-n", self.ns, "link", "add", ifb, "type", "ifb")
+            _ip("-n", self.ns, "link", "set", ifb, "up")
+            _tc("-n", self.ns, "qdisc", "replace", "dev", self.ns_dev, "handle", "ffff:",
+                "ingress")
+            _tc("-n", self.ns, "filter", "replace", "dev", self.ns_dev, "parent", "ffff:",
+                "protocol", "all", "u32", "match", "u32", "0", "0", "action", "mirred",
+                "egress", "redirect", "dev", ifb)
+        _tc("-n", self.ns, "qdisc", "replace", "dev", ifb, "root", "tbf", *tbf_args(rate_in))
+        self.hop_rate_in_bits_per_second = rate_in
 
 
 def _kill_namespace_processes(ns: str) -> None:

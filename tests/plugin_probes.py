@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ai_bottleneck.options import parse_options
 from ai_bottleneck.probes.base import Availability
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.options import parse_options
+from ai_bottleneck.probes.sample import Sample
 
 
 @dataclass(frozen=True)

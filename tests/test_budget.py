@@ -1,25 +1,13 @@
-"""The active-probe budget: sliding traffic window, busy-NIC skip, never two at once."""
+"""The active-probe budget: sliding traffic window, busy-NIC skip; skip records."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
-from ai_bottleneck.budget import (
-    ActiveBudget,
-    BudgetOptions,
-    Skip,
-    SkipKind,
-    bytes_in_samples,
-    expected_bytes_of,
-    is_skipped,
-    skip_kind,
-    skipped_sample,
-)
-from ai_bottleneck.options import OptionError, parse_options
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.budget import ActiveBudget, BudgetOptions, bytes_in_samples, expected_bytes_of
+from ai_bottleneck.probes.base import Skip, SkipKind, is_skipped, skip_kind, skipped_sample
+from ai_bottleneck.probes.options import OptionError, parse_options
+from ai_bottleneck.probes.sample import Sample
 
 MB = 1e6
 
@@ -103,64 +91,6 @@ def test_busy_nic_skips_with_reason() -> None:
     # Unknown utilization (no link speed): the check cannot apply.
     assert budget.permit("iperf3", 0.0, None) is None
     assert budget.permit("iperf3", 0.0, float("nan")) is None
-
-
-def test_slot_blocks_a_second_probe_and_is_released_on_error() -> None:
-    budget = ActiveBudget(bytes_per_hour=None, clock=FakeClock())
-    with pytest.raises(RuntimeError, match="boom"), budget.slot("iperf3", 0, None) as skip:
-        assert skip is None
-        assert budget.in_flight == "iperf3"
-        assert budget.acquire("download", 0, None) == Skip(
-            SkipKind.OVERLAP, "another active probe (iperf3) is running")
-        with budget.slot("download", 0, None) as inner:
-            assert inner is not None and "iperf3" in inner.reason
-        assert budget.in_flight == "iperf3"  # a refused slot releases nothing
-        raise RuntimeError("boom")
-    assert budget.in_flight is None
-    assert budget.acquire("download", 0, None) is None
-    with pytest.raises(RuntimeError, match="held by download"):
-        budget.release("iperf3")
-    budget.release("download")
-
-
-def test_no_overlap_across_threads() -> None:
-    budget = ActiveBudget(bytes_per_hour=None, busy_nic_ratio=None)
-    lock = threading.Lock()
-    holders = 0
-    max_holders = 0
-    ran = 0
-    skips: list[Skip] = []
-    start = threading.Barrier(4)
-
-    def worker(name: str) -> None:
-        nonlocal holders, max_holders, ran
-        start.wait(timeout=10)
-        for _ in range(200):
-            with budget.slot(name, 0, None) as skip:
-                if skip is not None:
-                    with lock:
-                        skips.append(skip)
-                    continue
-                with lock:
-                    holders += 1
-                    max_holders = max(max_holders, holders)
-                    ran += 1
-                time.sleep(0.0005)  # hold the slot long enough for the others to try
-                with lock:
-                    holders -= 1
-
-    threads = [threading.Thread(target=worker, args=(f"probe{i}",)) for i in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=30)
-    assert not any(th.is_alive() for th in threads)
-    assert max_holders == 1
-    assert ran > 0 and skips
-    assert all(s.kind is SkipKind.OVERLAP for s in skips)
-    assert all(s.reason.startswith("another active probe (probe") for s in skips)
-    assert ran + len(skips) == 800
-    assert budget.in_flight is None
 
 
 def test_skipped_sample_is_neither_value_nor_failure() -> None:

@@ -8,8 +8,10 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from ai_bottleneck.classifier import RULES, Classification, Label, classify
-from ai_bottleneck.options import OptionError, parse_options
+from ai_bottleneck.classifier import RULES, classify
+from ai_bottleneck.findings import Classification
+from ai_bottleneck.labels import Label
+from ai_bottleneck.probes.options import OptionError, parse_options
 from ai_bottleneck.thresholds import Thresholds
 from tests.synth import (
     A100,
@@ -183,11 +185,12 @@ CASES: dict[str, Case] = {
              concurrency=1.0),
         label=Label.GPU_BOUND, evidence=("RTX 4090", "server time 98%")),
     "article: public OCR API, 10 concurrent 5 MB uploads at 5 Mbit/s": case(
-        gpu(util=0.04, mem=0.3, name=A100), QUIET_HOST, nic(rx=5e6, tx=1e5, link=1e9),
+        gpu(util=0.04, mem=0.3, total=80 * 2**30, name=A100), QUIET_HOST,
+        nic(rx=5e6, tx=1e5, link=1e9),
         http(total=80.5, upload=80.0, server=0.4, download=0.05, request_bytes=5e6,
              concurrency=10.0),
         label=Label.NETWORK_BOUND,
-        evidence=("resource mismatch", "A100", "80 GB", "4% busy", "5 Mbit/s")),
+        evidence=("resource mismatch", "A100", "80 GiB", "4% busy", "5 Mbit/s")),
     "article: fine-tuning a 7B model": case(
         gpu(util=1.0, sm=0.93, mem=0.88, name=H100), host(cpu=0.35), nic(rx=2e8),
         label=Label.GPU_BOUND, evidence=("SM activity 93%",)),

@@ -6,7 +6,8 @@ posting a 75 kB image to /infer twice a second) read as `balanced` at 10% GPU ac
 
 from __future__ import annotations
 
-from ai_bottleneck.classifier import Label, classify
+from ai_bottleneck.classifier import classify
+from ai_bottleneck.labels import Label
 from tests.synth import H100, gpu, host, http, nic, window_of
 
 QUIET_HOST = host(cpu=0.05, busiest=0.1)

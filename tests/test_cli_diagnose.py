@@ -241,9 +241,13 @@ def test_a_new_user_on_a_bare_machine_gets_a_readable_report(tmp_path: Path) -> 
     assert verdict_line.split()[1] in LABELS
     not_measured = lines[lines.index("NOT MEASURED") + 1:]
     rows = {}
+    name = ""
     for line in not_measured:
         if not line.startswith("  "):
             break
+        if line.startswith("   ") and name:  # a long reason wraps onto the next lines
+            rows[name] += " " + line.strip()
+            continue
         name, reason = line.split(None, 1)
         rows[name] = reason
     gpu_status, gpu_reason = probes["gpu"]
@@ -275,7 +279,7 @@ def test_ctrl_c_ends_sampling_early_and_still_reports(tmp_path: Path) -> None:
             proc.communicate()
     assert "Traceback" not in stderr, stderr
     assert proc.returncode == 0, stderr
-    title = stdout.splitlines()[0]
+    title = " ".join(stdout.split("\n\n")[0].split())  # wrapped to the width
     assert "(ended early by Ctrl-C)" in title
     n = int(title.split(" windows")[0].rsplit(" ", 1)[1])
     assert 3 <= n < 60

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import RecordWriter, make_header
-from ai_bottleneck.samples import Sample
 from tests import clitool, synth
 from tests.clitool import LABELS
 

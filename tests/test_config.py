@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ai_bottleneck.budget import BudgetOptions
 from ai_bottleneck.config import (
     DEFAULT_PATH,
     DEFAULT_PORT,
@@ -17,7 +18,7 @@ from ai_bottleneck.config import (
     load_config,
     parse_listen,
 )
-from ai_bottleneck.options import OptionError
+from ai_bottleneck.probes.options import OptionError
 from ai_bottleneck.thresholds import Thresholds
 
 PROBES = ("download", "gpu", "host", "http", "iperf3", "nic", "oom")
@@ -100,9 +101,8 @@ def test_enabled_true_marks_a_probe_required(tmp_path: Path) -> None:
 
 
 def test_budget_table_is_parsed_when_the_budget_module_exists(tmp_path: Path) -> None:
-    budget = pytest.importorskip("ai_bottleneck.budget")
     config = load(write(tmp_path, '[budget]\nbusy_nic_ratio = "40%"\n'))
-    assert isinstance(config.budget, budget.BudgetOptions)
+    assert isinstance(config.budget, BudgetOptions)
     assert config.budget.busy_nic_ratio == 0.4
     text = error_of(write(tmp_path, "[budget]\nbusy_nic_ratio = 3\n"))
     assert "budget.busy_nic_ratio" in text

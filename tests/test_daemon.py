@@ -33,9 +33,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from ai_bottleneck.daemon import _fresh_record_path
 from ai_bottleneck.discovery import GROUP
 from ai_bottleneck.exporter import Collector
+from ai_bottleneck.labels import LABEL_NAMES as LABELS
 from ai_bottleneck.probes.nvml import BACKEND_ENV
-from ai_bottleneck.samples import Sample
-from ai_bottleneck.state import LABELS
+from ai_bottleneck.probes.sample import Sample
 from tests.fakes.fake_nvml import BACKEND_SPEC, STATE_ENV, make_gpus, update_gpu, write_state
 from tests.test_exporter import Clock, full_state
 from tests.tlsfiles import make_pki

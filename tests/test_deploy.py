@@ -261,7 +261,7 @@ def test_dashboard_layout_and_timeline_mapping() -> None:
     timeline = next(p for p in data["panels"] if p["type"] == "state-timeline"
                     and "ai_bottleneck_window_label" in p["targets"][0]["expr"])
     mapping = timeline["fieldConfig"]["defaults"]["mappings"][0]["options"]
-    from ai_bottleneck.state import LABELS
+    from ai_bottleneck.labels import LABEL_NAMES as LABELS
 
     assert [mapping[str(i + 1)]["text"] for i in range(len(LABELS))] == list(LABELS)
     for i, label in enumerate(LABELS):

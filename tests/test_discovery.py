@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ai_bottleneck.discovery import GROUP, discover
-from ai_bottleneck.options import OptionError
+from ai_bottleneck.probes.options import OptionError
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from ai_bottleneck.options import OptionError
 from ai_bottleneck.probes.download import CACHE_BUST_PARAM, DownloadProbe, create
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.options import OptionError
+from ai_bottleneck.probes.sample import Sample
 from tests.netns import netns_link
 from tests.servers import HttpServer, ServerConfig, subprocess_server
 

@@ -14,11 +14,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from ai_bottleneck import exporter_metrics as em
-from ai_bottleneck.budget import Skip, SkipKind, skipped_sample
 from ai_bottleneck.endpoint import ListenError, MetricsServer
 from ai_bottleneck.exporter import Collector, build_registry
-from ai_bottleneck.samples import Sample
-from ai_bottleneck.state import LABELS, AgentState
+from ai_bottleneck.labels import LABEL_NAMES as LABELS
+from ai_bottleneck.probes.base import Skip, SkipKind, skipped_sample
+from ai_bottleneck.probes.sample import Sample
+from ai_bottleneck.state import AgentState
 from tests.promtool import run_promtool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -290,7 +291,7 @@ def test_skips_are_counted_by_kind_and_leave_series_and_health_alone() -> None:
     for kind, reason in ((SkipKind.BUDGET, "traffic budget: 1.9 GB of 2.0 GB per hour used"),
                          (SkipKind.NIC_BUSY, "NIC busy: 85% of link speed in use"),
                          (SkipKind.NIC_BUSY, "NIC busy: 91% of link speed in use"),
-                         (SkipKind.OVERLAP, "another active probe (download) is running")):
+                         (SkipKind.OTHER, "a plugin's own reason")):
         state.record_samples("iperf3", [skipped_sample("iperf3", Skip(kind, reason),
                                                        t=clock())])
     # A plugin's skip with a bare reason, even one worded like the budget's, is "other".
@@ -298,8 +299,8 @@ def test_skips_are_counted_by_kind_and_leave_series_and_health_alone() -> None:
                                            {"skip_reason": "traffic budget: spent"},
                                            {"skipped": 1})])
     skips = {r: value(registry, "ai_bottleneck_probe_skips_total", probe="iperf3", reason=r)
-             for r in ("budget", "nic_busy", "overlap", "other")}
-    assert skips == {"budget": 1, "nic_busy": 2, "overlap": 1, "other": 1}
+             for r in ("budget", "nic_busy", "other")}
+    assert skips == {"budget": 1, "nic_busy": 2, "other": 2}
     assert value(registry, "ai_bottleneck_probe_up", probe="iperf3") == 1
     assert value(registry, "ai_bottleneck_probe_samples_total", probe="iperf3") == 1
     assert value(registry, "ai_bottleneck_throughput_bytes_per_second", probe="iperf3",

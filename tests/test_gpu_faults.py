@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pynvml
 
 from ai_bottleneck.classifier import Classification, Label, classify
+from ai_bottleneck.probes.base import Sample
 from ai_bottleneck.probes.gpu import GpuProbe, Options
-from ai_bottleneck.samples import Sample
 from ai_bottleneck.windows import Window
 from tests import synth
 from tests.fakes.fake_nvml import FakeClock, FakeNvml
@@ -127,7 +127,8 @@ def test_failed_gpu_samples_without_health_values_keep_the_old_behaviour() -> No
 
 
 def test_the_window_summary_and_the_report_name_unhealthy_gpus() -> None:
-    from ai_bottleneck import report
+    from ai_bottleneck.figures import run_figures
+    from ai_bottleneck.report_tables import health_lines
 
     fake, clock = busy_gpus()
     fake.gpus[0].remapped_rows = {"correctable": 0, "uncorrectable": 0, "pending": 1,
@@ -138,6 +139,7 @@ def test_the_window_summary_and_the_report_name_unhealthy_gpus() -> None:
     assert c.summary["gpu_health"] == {
         "0": {"state": "degraded"},
         "1": {"state": "reset_required", "reason": "XID 74 (NVLink error)"}}
-    lines = report.key_numbers([{"summary": healthy.summary}, {"summary": c.summary}])
-    assert lines[-1] == ("GPU health: GPU 0 degraded; GPU 1 reset_required "
-                         "(XID 74 (NVLink error))")
+    lines = health_lines(run_figures([synth.window_result(healthy),
+                                      synth.window_result(c, synth.T0 + 10, synth.T0 + 20)]))
+    assert lines == ["GPU health (not ok)", "  GPU 0: degraded",
+                     "  GPU 1: reset_required (XID 74 (NVLink error))"]

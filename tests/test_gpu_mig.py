@@ -7,8 +7,8 @@ from typing import Any
 
 from ai_bottleneck.classifier import Label, classify
 from ai_bottleneck.exporter import build_registry
+from ai_bottleneck.probes.base import Sample
 from ai_bottleneck.probes.gpu import GpuProbe, Options
-from ai_bottleneck.samples import Sample
 from ai_bottleneck.state import AgentState
 from ai_bottleneck.windows import Window
 from tests import synth

@@ -21,10 +21,10 @@ from typing import Any
 import pynvml
 import pytest
 
-from ai_bottleneck.options import OptionError
 from ai_bottleneck.probes import nvml
 from ai_bottleneck.probes.base import Availability
 from ai_bottleneck.probes.gpu import GpuProbe, Options, create
+from ai_bottleneck.probes.options import OptionError
 from tests.fakes.fake_nvml import (
     BACKEND_SPEC,
     STATE_ENV,

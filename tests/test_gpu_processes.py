@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from ai_bottleneck import report
 from ai_bottleneck.classifier import classify
 from ai_bottleneck.exporter import build_registry
+from ai_bottleneck.figures import run_figures
+from ai_bottleneck.probes.base import Sample
 from ai_bottleneck.probes.gpu import GpuProbe, Options
 from ai_bottleneck.probes.gpu_processes import in_host_pid_namespace
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.report_tables import workload_lines
 from ai_bottleneck.state import AgentState
 from ai_bottleneck.windows import Window
 from tests import synth
@@ -202,10 +203,9 @@ def test_the_report_names_gpu_memory_by_workload(tmp_path: Path) -> None:
         "pod inference/vllm-0 on GPU 0": {"memory_used_bytes": 40 * GIB},
         f"container {CID2[:12]} on GPU 1": {"memory_used_bytes": 6 * GIB},
         "process python3 (pid 103) on GPU 1": {"memory_used_bytes": 512 * 2**20}}
-    lines = report.key_numbers([{"summary": c.summary}])
-    assert lines[-1] == ("GPU memory by workload (peak): pod inference/vllm-0 on GPU 0 40.0 GiB; "
-                         f"container {CID2[:12]} on GPU 1 6.0 GiB; "
-                         "process python3 (pid 103) on GPU 1 512 MiB")
+    assert workload_lines(run_figures([synth.window_result(c)])) == [
+        "GPU memory by workload (peak)", "  pod inference/vllm-0 on GPU 0: 40 GiB",
+        f"  container {CID2[:12]} on GPU 1: 6 GiB", "  process python3 (pid 103) on GPU 1: 512 MiB"]
 
 
 def test_process_names_fall_back_to_the_host_proc_comm(tmp_path: Path) -> None:

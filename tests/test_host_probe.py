@@ -10,9 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ai_bottleneck.options import OptionError
 from ai_bottleneck.probes.base import Probe
 from ai_bottleneck.probes.host import HostProbe, create
+from ai_bottleneck.probes.options import OptionError
 from ai_bottleneck.probes.procfs import parse_cpu_ticks, parse_meminfo
 
 SNAPSHOT = Path(__file__).parent / "data" / "proc" / "linux-6-snapshot"

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from ai_bottleneck.discovery import discover
-from ai_bottleneck.options import OptionError
 from ai_bottleneck.probes.http import HttpProbe, create
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.options import OptionError
+from ai_bottleneck.probes.sample import Sample
 from tests.netns import netns_link
 from tests.servers import TEST_CERT, HttpServer, ServerConfig, subprocess_server
 

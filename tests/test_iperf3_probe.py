@@ -17,7 +17,6 @@ from contextlib import suppress
 import psutil
 import pytest
 
-from ai_bottleneck.options import OptionError, parse_options
 from ai_bottleneck.probes.iperf3 import (
     Iperf3Error,
     Iperf3Probe,
@@ -29,6 +28,7 @@ from ai_bottleneck.probes.iperf3 import (
     parse_target,
 )
 from ai_bottleneck.probes.iperf3_server import Iperf3Server, ServerOptions
+from ai_bottleneck.probes.options import OptionError, parse_options
 from tests.netns import netns_link
 
 pytestmark = pytest.mark.skipif(shutil.which("iperf3") is None,

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from ai_bottleneck.options import parse_options
-from ai_bottleneck.pipeline import replay
+from ai_bottleneck.assembly import assemble_replay as replay
+from ai_bottleneck.probes.options import parse_options
 from ai_bottleneck.thresholds import Thresholds
 from tests.lab.runner import DISTURBED_OTHER_CPU, QUICK, agent_command, timeline_from_json
 from tests.lab.score import Score, format_table, score_runs

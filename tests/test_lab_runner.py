@@ -39,6 +39,28 @@ def test_the_agent_config_is_valid_and_points_every_probe_at_the_lab(tmp_path: P
         d.probe.close()
 
 
+def test_a_scenario_adds_its_tables_iperf3_peer_and_own_call(tmp_path: Path) -> None:
+    scenarios = build_scenarios(QUICK.window_seconds, QUICK.windows_per_phase)
+    path = tmp_path / "agent.toml"
+    path.write_text(agent_config(QUICK, infer_url="http://198.18.7.2:8080/infer",
+                                 service_log=tmp_path / "service.log", nic="abh1x1",
+                                 scenario=scenarios["purchased_rate"]), encoding="utf-8")
+    config = load_config(path)
+    assert config.probe_option_tables["nic"]["links"] == {
+        "nics": {"abh1x1": {"bits_per_second": "20Mbit"}}}
+    (target,) = config.probe_options("http")["targets"]
+    assert target["body_bytes"] == 2_000
+    path.write_text(agent_config(QUICK, infer_url="http://198.18.7.2:8080/infer",
+                                 service_log=tmp_path / "service.log", nic="abh1x1",
+                                 scenario=scenarios["internal_hop"],
+                                 iperf3_target="198.18.7.2:5299"), encoding="utf-8")
+    config = load_config(path)
+    assert config.probe_options("iperf3")["targets"] == ["198.18.7.2:5299"]
+    (d,) = discover(config.probe_option_tables, only=["iperf3"], strict_options=True)
+    assert d.probe is not None, d.availability.reason
+    d.probe.close()
+
+
 def test_phases_scale_to_the_settings_and_the_timeline_round_trips() -> None:
     scenario = scaled(build_scenarios(7.0, 2)["transitions"], FULL)
     assert [p.duration_seconds for p in scenario.phases] == [120.0] * 4

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ai_bottleneck.options import OptionError
 from ai_bottleneck.probes.base import Probe
 from ai_bottleneck.probes.nic import (
     RECLASSIFY_SECONDS,
@@ -27,8 +26,9 @@ from ai_bottleneck.probes.nic import (
     create,
     link_speed_bits_per_second,
 )
+from ai_bottleneck.probes.options import OptionError
 from ai_bottleneck.probes.procfs import counter_delta, parse_net_dev, parse_snmp
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.sample import Sample
 from tests.netns import netns_link, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,7 +122,7 @@ class KernelTree:
             f"{name}\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
 
     def probe(self, clock: ManualClock, **options: object) -> NicProbe:
-        from ai_bottleneck.options import parse_options
+        from ai_bottleneck.probes.options import parse_options
 
         return NicProbe(parse_options(Options, options), proc_root=self.proc,
                         sys_root=self.sys, clock=clock, wall_clock=lambda: 42.0)

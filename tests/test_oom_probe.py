@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ai_bottleneck.options import OptionError
 from ai_bottleneck.probes.logtail import FileFollower, JournalFollower, parse_journal_entry
 from ai_bottleneck.probes.oom import Classifier, OomProbe, Options, create
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.options import OptionError
+from ai_bottleneck.probes.sample import Sample
 
 OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 VLLM_OOM = ("ValueError: No available memory for the cache blocks. Try increasing "

@@ -8,10 +8,10 @@ from typing import Literal
 
 import pytest
 
-from ai_bottleneck.options import (
+from ai_bottleneck.probes.options import (
     OptionError,
-    bounds,
     describe_options,
+    option_info,
     parse_bytes,
     parse_duration,
     parse_options,
@@ -27,8 +27,8 @@ class Target:
 
 @dataclass(frozen=True)
 class Opts:
-    interval_seconds: float = field(default=1.0, metadata=bounds(min=0.01, doc="how often"))
-    count: int = field(default=3, metadata=bounds(min=1, max=10))
+    interval_seconds: float = field(default=1.0, metadata=option_info(min=0.01, doc="how often"))
+    count: int = field(default=3, metadata=option_info(min=1, max=10))
     mode: Literal["cold", "warm"] = "cold"
     rate_bits_per_second: float | None = None
     body_bytes: int = 0

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from ai_bottleneck.options import OptionError
-from ai_bottleneck.pipeline import Labeller, WindowResult, overall_verdict, replay
+from ai_bottleneck.assembly import assemble_replay as replay
+from ai_bottleneck.pipeline import Labeller, WindowResult
+from ai_bottleneck.probes.options import OptionError
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import RecordWriter, make_header
-from ai_bottleneck.samples import Sample
 from ai_bottleneck.thresholds import Thresholds
+from ai_bottleneck.verdict import overall_verdict
 from tests.synth import (
     T0,
     gpu_sample,
@@ -108,7 +110,7 @@ def test_feed_feed_many_and_run_agree() -> None:
     one = live(samples)
     batched = Labeller(10.0)
     by_batch: list[WindowResult] = []
-    for i in range(0, len(samples), 7):  # the sampler hands sinks batches
+    for i in range(0, len(samples), 7):  # the sampler hands the pipeline batches
         by_batch += batched.feed_many(samples[i:i + 7])
     by_batch += batched.finish()
     by_run = list(Labeller(10.0).run(samples))
@@ -156,7 +158,7 @@ def test_window_json_carries_the_contract_fields() -> None:
     assert "iperf3" not in obj["probes"]  # periodic: named only where it ran (or skipped)
     first = json.loads(json.dumps(results[0].to_json()))
     assert first["transition"] == {"at": T0, "from": None, "to": "idle", "windows": 1,
-                                   "hard": False, "settled": False}
+                                   "hard": False, "settled": False, "recurring": False}
     assert results[1].to_json()["probes"]["iperf3"].startswith("skipped")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ai_bottleneck.options import OptionError, parse_options
+from ai_bottleneck.probes.options import OptionError, parse_options
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PROBES_MD = DOCS / "probes.md"

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ai_bottleneck.probes.sample import Sample, SampleError
 from ai_bottleneck.record import (
     FORMAT_NAME,
     RecordError,
@@ -22,7 +23,6 @@ from ai_bottleneck.record import (
     default_loads,
     read_record,
 )
-from ai_bottleneck.samples import Sample, SampleError
 
 
 def _samples() -> list[Sample]:

@@ -7,42 +7,37 @@ import threading
 import time
 from collections.abc import Sequence
 
-from ai_bottleneck.budget import Skip, SkipKind
+from ai_bottleneck.assembly import record_health
+from ai_bottleneck.probes.base import Skip, SkipKind
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.sampler import Round, Sampler
-from ai_bottleneck.samples import Sample
 from ai_bottleneck.state import AgentState
 from tests.plugin_probes import ActiveProbe, CounterProbe, CrashingProbe, HangingProbe
 
 
-class Health:
-    """Feeds the exporter's real AgentState the way the daemon does."""
+class Consumer:
+    """The sampler's one consumer: keeps every round and its samples, and feeds the
+    exporter's real AgentState the way the run pipeline does."""
 
     def __init__(self) -> None:
         self.state = AgentState(interval_seconds=0.05)
         self.rounds: list[Round] = []
+        self.samples: list[Sample] = []
 
-    def __call__(self, r: Round) -> None:
-        self.rounds.append(r)
-        if r.failure in ("timeout", "crash"):
-            self.state.record_failure(r.probe, r.failure, r.message)  # type: ignore[arg-type]
-        else:
-            self.state.record_samples(r.probe, r.samples, duration_seconds=r.duration_seconds)
+    def __call__(self, rounds: Sequence[Round]) -> None:
+        for r in rounds:
+            self.rounds.append(r)
+            self.samples.extend(r.samples)
+            record_health(self.state, r)
 
     def __getitem__(self, probe: str):  # type: ignore[no-untyped-def]
         return self.state.snapshot().probes[probe]
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.samples: list[Sample] = []
-
-    def __call__(self, samples: Sequence[Sample]) -> None:
-        self.samples.extend(samples)
-
-
 def test_hanging_probe_never_stalls_the_others() -> None:
-    hanging, counter, sink, health = HangingProbe(), CounterProbe(), Collect(), Health()
-    sampler = Sampler([hanging, counter], interval_seconds=0.1, sinks=[sink], on_round=health)
+    hanging, counter = HangingProbe(), CounterProbe()
+    sink = health = Consumer()
+    sampler = Sampler([hanging, counter], interval_seconds=0.1, consumer=sink)
     try:
         started = time.monotonic()
         sampler.run(threading.Event(), duration_seconds=1.0)
@@ -60,9 +55,8 @@ def test_hanging_probe_never_stalls_the_others() -> None:
 
 
 def test_crash_is_a_failed_sample_and_the_loop_goes_on() -> None:
-    sink, health = Collect(), Health()
-    sampler = Sampler([CrashingProbe(), CounterProbe()], interval_seconds=0.05, sinks=[sink],
-                      on_round=health)
+    sink = health = Consumer()
+    sampler = Sampler([CrashingProbe(), CounterProbe()], interval_seconds=0.05, consumer=sink)
     try:
         for _ in range(3):
             sampler.tick()
@@ -93,8 +87,8 @@ class RecordingBudget:
 
 def test_active_probes_never_overlap_and_spend_the_budget() -> None:
     a, b = ActiveProbe("a", 0.15, 1000), ActiveProbe("b", 0.15, 2000)
-    budget, sink = RecordingBudget(), Collect()
-    sampler = Sampler([a, b], interval_seconds=0.05, sinks=[sink], budget=budget)
+    budget, sink = RecordingBudget(), Consumer()
+    sampler = Sampler([a, b], interval_seconds=0.05, consumer=sink, budget=budget)
     try:
         sampler.run(threading.Event(), duration_seconds=1.2)
     finally:
@@ -109,11 +103,11 @@ def test_active_probes_never_overlap_and_spend_the_budget() -> None:
 
 
 def test_refused_active_probe_records_a_skip() -> None:
-    probe, sink, health = ActiveProbe("a", 0.0, 10), Collect(), Health()
-    sampler = Sampler([probe], interval_seconds=0.05, sinks=[sink],
+    probe = ActiveProbe("a", 0.0, 10)
+    sink = health = Consumer()
+    sampler = Sampler([probe], interval_seconds=0.05, consumer=sink,
                       budget=RecordingBudget(refuse=Skip(SkipKind.BUDGET,
-                                                         "traffic budget used up")),
-                      on_round=health)
+                                                         "traffic budget used up")))
     try:
         sampler.tick()
     finally:
@@ -129,9 +123,9 @@ def test_refused_active_probe_records_a_skip() -> None:
 def test_probe_interval_is_honoured() -> None:
     slow = CounterProbe()
     slow.interval_seconds = 0.5
-    fast, sink = CounterProbe(), Collect()
+    fast, sink = CounterProbe(), Consumer()
     fast.name = "fast"
-    sampler = Sampler([slow, fast], interval_seconds=0.1, sinks=[sink])
+    sampler = Sampler([slow, fast], interval_seconds=0.1, consumer=sink)
     try:
         sampler.run(threading.Event(), duration_seconds=1.0)
     finally:
@@ -145,9 +139,9 @@ def test_probe_interval_is_honoured() -> None:
 def test_real_budget_skips_when_the_hour_is_spent() -> None:
     from ai_bottleneck.budget import ActiveBudget
 
-    probe, sink = ActiveProbe("a", 0.0, 600), Collect()
+    probe, sink = ActiveProbe("a", 0.0, 600), Consumer()
     budget = ActiveBudget(bytes_per_hour=1000, busy_nic_ratio=0.5)
-    sampler = Sampler([probe], interval_seconds=0.05, sinks=[sink], budget=budget)
+    sampler = Sampler([probe], interval_seconds=0.05, consumer=sink, budget=budget)
     try:
         for _ in range(3):
             sampler.tick()
@@ -164,8 +158,8 @@ def test_round_duration_is_the_probes_own_time() -> None:
     got round to collecting it."""
     slow = ActiveProbe("slow", 0.2, 0)
     slow.active = False
-    quick, health = CounterProbe(), Health()
-    sampler = Sampler([slow, quick], interval_seconds=0.5, on_round=health)
+    quick, health = CounterProbe(), Consumer()
+    sampler = Sampler([slow, quick], interval_seconds=0.5, consumer=health)
     try:
         sampler.tick()
     finally:
@@ -173,3 +167,32 @@ def test_round_duration_is_the_probes_own_time() -> None:
     durations = {r.probe: r.duration_seconds for r in health.rounds}
     assert durations["slow"] >= 0.2
     assert durations["counter"] < 0.1
+
+
+class LoadedLink(CounterProbe):
+    """A passive probe whose samples say how busy the link is (LinkLoadSource)."""
+
+    def __init__(self, ratio: float | None) -> None:
+        super().__init__()
+        self.name = "link"
+        self.ratio = ratio
+
+    def link_utilization(self, samples: Sequence[Sample]) -> float | None:
+        return self.ratio
+
+
+def test_link_load_reaches_the_budget_through_the_declared_hook() -> None:
+    """The sampler knows no probe by name: any LinkLoadSource tells the budget how
+    busy the link is, and a probe that is not one tells it nothing."""
+    for link, expected in ((LoadedLink(0.83), 0.83), (LoadedLink(None), None),
+                           (CounterProbe(), None)):
+        active, budget = ActiveProbe("a", 0.0, 10), RecordingBudget()
+        sampler = Sampler([link, active], interval_seconds=0.05, consumer=Consumer(),
+                          budget=budget)
+        try:
+            sampler.tick()  # the link's round lands; the active probe ran before it
+            time.sleep(0.06)
+            sampler.tick()
+        finally:
+            sampler.close()
+        assert budget.asked[-1] == ("a", active.expected_bytes(), expected)

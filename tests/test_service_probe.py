@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from ai_bottleneck.classifier import Classification, Label, classify
+from ai_bottleneck.probes.base import Sample
 from ai_bottleneck.probes.host import HostProbe
 from ai_bottleneck.probes.service import Options, ServiceProbe, options_for, process_ticks
-from ai_bottleneck.samples import Sample
 from ai_bottleneck.windows import Window
 
 PASSES = 6

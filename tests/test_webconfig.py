@@ -14,14 +14,10 @@ import bcrypt
 import pytest
 
 from ai_bottleneck.endpoint import MetricsServer
-from ai_bottleneck.samples import Sample
+from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.state import AgentState
-from ai_bottleneck.webconfig import (
-    BasicAuth,
-    TokenBucket,
-    WebConfigError,
-    load_web_config,
-)
+from ai_bottleneck.webconfig import WebConfigError, load_web_config
+from ai_bottleneck.webguard import BasicAuth, TokenBucket
 from tests.tlsfiles import Pki, make_pki
 
 PASSWORD = "correct horse battery staple"

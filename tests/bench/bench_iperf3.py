@@ -21,8 +21,8 @@ import subprocess
 import sys
 import time
 
-from ai_bottleneck.options import parse_options, parse_rate
 from ai_bottleneck.probes.iperf3 import Iperf3Probe, Options
+from ai_bottleneck.probes.options import parse_options, parse_rate
 from tests.netns import netns_link
 
 TARGET_RATIO_ERROR = 0.05

@@ -53,7 +53,7 @@ from tests.lab.load import BackgroundLoad, LoadResult
 from tests.lab.schedule import FAST_LINK_BITS_PER_SECOND, IDLE_SERVICE, Phase, Scenario
 from tests.lab.score import Score, TimedPhase, score_runs
 from tests.lab.service import REPO_ROOT, ServiceHandle, start_service
-from tests.netns import Link, netns_link
+from tests.netns import Link, netns_link, wait_for_port
 
 NVML_BACKEND = "tests.fakes.fake_nvml:from_env"
 #: The body of the agent's own timed call to /infer: an image-sized upload (a scanned page
@@ -211,9 +211,19 @@ def _physical_nics() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "device").exists())
 
 
+IPERF3_PORT = 5299
+
+
 def agent_config(settings: AgentSettings, *, infer_url: str, service_log: Path,
-                 nic: str) -> str:
-    """The agent's config for a lab run: every probe pointed at the lab."""
+                 nic: str, scenario: Scenario | None = None,
+                 iperf3_target: str | None = None) -> str:
+    """The agent's config for a lab run: every probe pointed at the lab, plus the
+    scenario's own tables ("{nic}" in them names the lab's NIC)."""
+    body_bytes = (scenario.probe_body_bytes if scenario is not None
+                  and scenario.probe_body_bytes is not None else settings.probe_body_bytes)
+    timeout = (scenario.probe_timeout_seconds if scenario is not None
+               and scenario.probe_timeout_seconds is not None
+               else settings.probe_timeout_seconds)
     tables: dict[str, dict[str, Any]] = {
         "agent": {"interval_seconds": settings.interval_seconds,
                   "window_seconds": settings.window_seconds},
@@ -224,16 +234,22 @@ def agent_config(settings: AgentSettings, *, infer_url: str, service_log: Path,
         "probes.http": {"enabled": True, "interval_seconds": settings.interval_seconds,
                         "targets": [{"url": infer_url, "name": "lab /infer",
                                      "method": "POST",
-                                     "body_bytes": settings.probe_body_bytes,
+                                     "body_bytes": body_bytes,
                                      "headers": {"Content-Type": "application/octet-stream"},
-                                     "timeout_seconds": settings.probe_timeout_seconds}]},
+                                     "timeout_seconds": timeout}]},
         "probes.oom": {"enabled": True, "files": [str(service_log)],
                        "interval_seconds": settings.interval_seconds},
-        "probes.iperf3": {"enabled": False},
+        "probes.iperf3": ({"enabled": True, "targets": [iperf3_target],
+                           "duration_seconds": 2.0, "assumed_bits_per_second": 1e8}
+                          if iperf3_target is not None else {"enabled": False}),
         "probes.download": {"enabled": False},
         # The lab does not name its service's cgroup (yet): judged host-wide, as before.
         "probes.service": {"enabled": False},
     }
+    for table, values in (scenario.agent_tables if scenario is not None else {}).items():
+        tables[table.replace("{nic}", nic)] = {
+            k.replace("{nic}", nic): v.replace("{nic}", nic) if isinstance(v, str) else v
+            for k, v in values.items()}
     lines = ["# Written by tests/lab/runner.py for one scenario run."]
     for table, values in tables.items():
         lines.append(f"\n[{table}]")
@@ -305,14 +321,18 @@ class _Driver:
         self.current: PhaseRun | None = None
         self.lead_in_cpu: dict[str, float] | None = None
         self.rate: float | None = link.rate_in_bits_per_second
+        self.rate_out: float | None = link.rate_out_bits_per_second
 
     def enter(self, phase: Phase, planned: TimedPhase) -> PhaseRun:
         switched = time.time()
         self.close_cpu()
         rate = phase.link_rate_bits_per_second or FAST_LINK_BITS_PER_SECOND
-        if rate != self.rate:
-            self.link.set_rate(rate_in=rate, rate_out=rate)
-            self.rate = rate
+        rate_out = phase.link_rate_out_bits_per_second or rate
+        if (rate, rate_out) != (self.rate, self.rate_out):
+            self.link.set_rate(rate_in=rate, rate_out=rate_out)
+            self.rate, self.rate_out = rate, rate_out
+        if phase.hop_rate_in_bits_per_second != self.link.hop_rate_in_bits_per_second:
+            self.link.set_hop_rate(phase.hop_rate_in_bits_per_second)
         self.service.control(**phase.service.to_json())
         run = PhaseRun(phase.name, phase.expected_label, planned.start, planned.end, switched,
                        rate)
@@ -394,12 +414,23 @@ def _play(scenario: Scenario, settings: AgentSettings, workdir: Path, *,
     if host_cpu_before is not None and host_cpu_before >= QUIET_CPU_RATIO:
         notes.append(f"host CPU was {host_cpu_before:.0%} busy before the run (other work on "
                      f"this machine); idle and balanced phases may read busier")
-    with netns_link(first_rate, first_rate) as link, start_service(
+    first_out = scenario.phases[0].link_rate_out_bits_per_second or first_rate
+    with netns_link(first_rate, first_out) as link, start_service(
             workdir / "gpu.json", workdir / "service.log", link=link, bind=link.ns_addr,
             params=IDLE_SERVICE, gpu_model=scenario.gpu_model) as service:
+        # The first phase's hop from the start: the agent's active probes run once, at
+        # the start of a diagnose run, and measure the path as the phase will have it.
+        link.set_hop_rate(scenario.phases[0].hop_rate_in_bits_per_second)
+        iperf3_target = None
+        if scenario.iperf3_peer:
+            link.popen(["iperf3", "-s", "-p", str(IPERF3_PORT), "-B", link.ns_addr],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for_port(link, link.ns_addr, IPERF3_PORT)
+            iperf3_target = f"{link.ns_addr}:{IPERF3_PORT}"
         config = workdir / "agent.toml"
         config.write_text(agent_config(settings, infer_url=service.infer_url,
-                                       service_log=service.log, nic=link.host_dev),
+                                       service_log=service.log, nic=link.host_dev,
+                                       scenario=scenario, iperf3_target=iperf3_target),
                           encoding="utf-8")
         env = {**os.environ, "AI_BOTTLENECK_NVML_BACKEND": NVML_BACKEND,
                "AI_BOTTLENECK_FAKE_NVML": str(service.gpu_state),

@@ -10,7 +10,7 @@ scored; enough to see the label, not to measure it well) and ``full_scenarios()`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tests.lab.score import TimedPhase
@@ -57,6 +57,12 @@ class Phase:
     # sets it at the phase start when the service runs in a namespace; None: unshaped.
     link_rate_bits_per_second: float | None = FAST_LINK_BITS_PER_SECOND
     description: str = ""
+    #: Rate from the service's namespace back to the clients (its answers), when it
+    #: differs from the link rate; None: the link rate.
+    link_rate_out_bits_per_second: float | None = None
+    #: A limit on uploads one hop beyond the agent's host (inside the service's
+    #: namespace, invisible to the agent's tc); None: no such hop.
+    hop_rate_in_bits_per_second: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,14 @@ class Scenario:
     phases: tuple[Phase, ...]
     description: str = ""
     gpu_model: str = DEFAULT_GPU_MODEL  # the service's --gpu-model
+    #: Extra tables of the agent's config ("{nic}" in a key or value: the lab's NIC).
+    agent_tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Run an iperf3 server in the service's namespace and point the agent's iperf3
+    #: probe at it (an internal link the agent measures).
+    iperf3_peer: bool = False
+    #: The agent's own timed call: body size and time limit, when not the settings'.
+    probe_body_bytes: int | None = None
+    probe_timeout_seconds: float | None = None
 
     @property
     def duration_seconds(self) -> float:
@@ -73,8 +87,10 @@ class Scenario:
     @property
     def needs_shaped_link(self) -> bool:
         """True when a phase needs a rate-limited link (the service in a namespace)."""
-        return any(p.link_rate_bits_per_second is not None
-                   and p.link_rate_bits_per_second < FAST_LINK_BITS_PER_SECOND
+        return any((p.link_rate_bits_per_second is not None
+                   and p.link_rate_bits_per_second < FAST_LINK_BITS_PER_SECOND)
+                   or p.link_rate_out_bits_per_second is not None
+                   or p.hop_rate_in_bits_per_second is not None
                    for p in self.phases)
 
     def timeline(self, start: float) -> list[TimedPhase]:
@@ -142,6 +158,61 @@ def _phases(window_seconds: float, windows: int) -> Mapping[str, Phase]:
     }
 
 
+# ---- network evidence beyond the NIC: the limit is not the link speed ----
+
+#: Answers of 3 MB (an image, a long generated document) sent back through an egress
+#: shaped to 8 Mbit/s: three clients and the agent share it, so each answer takes
+#: about 12 s, longer than a window, while the NIC reports 10 Gbit/s.
+BIG_ANSWER_BYTES = 3_000_000
+EGRESS_BITS_PER_SECOND = 8e6
+#: An internal hop one step away carrying bulk uploads at 40 Mbit/s: far under the
+#: article's 1 Gbit/s between front end and GPU workers; the agent's iperf3 test and
+#: the path's plateau show it, its own small calls still answer in time.
+HOP_BITS_PER_SECOND = 40e6
+#: A plan that sells 20 Mbit/s behind a NIC that reports 10 Gbit/s, declared in [links].
+PURCHASED_BITS_PER_SECOND = 20e6
+
+
+def _network_scenarios(window_seconds: float, windows: int) -> dict[str, Scenario]:
+    d = window_seconds * windows
+    # The agent's own call to a service answering 3 MB takes as long as the clients'.
+    long_call = max(60.0, 4 * window_seconds)
+    return {
+        "egress_big_answers": Scenario("egress_big_answers", (Phase(
+            "network_bound", d, "network_bound",
+            replace(IDLE_SERVICE, response_bytes=BIG_ANSWER_BYTES),
+            LoadParams(clients=3, payload_bytes=10_000, timeout_seconds=max(120.0, d + 10)),
+            link_rate_out_bits_per_second=EGRESS_BITS_PER_SECOND,
+            description="3 MB answers through an egress shaped to 8 Mbit/s on the far side "
+                        "of the link: each answer takes longer than a window"),),
+            "big answers through a shaped egress; calls in flight at the window's end",
+            probe_body_bytes=10_000, probe_timeout_seconds=long_call),
+        "internal_hop": Scenario("internal_hop", (Phase(
+            "network_bound", d, "network_bound", IDLE_SERVICE,
+            LoadParams(clients=4, payload_bytes=4_000_000, timeout_seconds=max(120.0, d + 10)),
+            hop_rate_in_bits_per_second=HOP_BITS_PER_SECOND,
+            description="bulk 4 MB uploads through a 40 Mbit/s hop one step beyond the "
+                        "agent's host (no shaper it can see); its iperf3 test measures the "
+                        "path"),),
+            "a saturated internal hop with bulk traffic; the agent's own calls are small",
+            iperf3_peer=True, probe_body_bytes=2_000),
+        "purchased_rate": Scenario("purchased_rate", (Phase(
+            "network_bound", d, "network_bound", IDLE_SERVICE,
+            LoadParams(clients=6, payload_bytes=1_000_000, timeout_seconds=max(120.0, d + 10)),
+            hop_rate_in_bits_per_second=PURCHASED_BITS_PER_SECOND,
+            description="uploads filling a 20 Mbit/s plan whose limit sits at the provider; "
+                        "the NIC reports 10 Gbit/s and [links] declares the plan"),),
+            "a purchased rate declared in [links] behind a NIC that reports 10 Gbit/s",
+            agent_tables={"links.nics.{nic}": {"bits_per_second": "20Mbit"}},
+            probe_body_bytes=2_000),
+    }
+
+
+#: The scenarios of network evidence beyond the NIC (issue: a saturated path one hop
+#: away, a purchased rate, calls still in flight).
+NETWORK_SCENARIOS = ("egress_big_answers", "internal_hop", "purchased_rate")
+
+
 def build_scenarios(window_seconds: float, windows_per_phase: int) -> dict[str, Scenario]:
     """Every scenario, with each phase ``windows_per_phase`` windows long."""
     if window_seconds <= 0 or windows_per_phase < 1:
@@ -155,6 +226,7 @@ def build_scenarios(window_seconds: float, windows_per_phase: int) -> dict[str, 
          replace(phases["idle"], name="idle_again")),
         "idle -> network_bound -> gpu_bound -> idle in one run, to measure detection and "
         "reset latency")
+    scenarios.update(_network_scenarios(window_seconds, windows_per_phase))
     return scenarios
 
 

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ai_bottleneck.labels import LABEL_NAMES
+
 # The DESIGN.md label vocabulary, in the order tables show it.
-LABEL_ORDER = ("gpu_bound", "vram_bound", "network_bound", "cpu_bound", "balanced", "idle",
-               "unknown")
+LABEL_ORDER = LABEL_NAMES
 _EPSILON = 1e-6  # seconds; windows cut exactly at a guard edge are outside it
 
 

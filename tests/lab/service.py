@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ai_bottleneck.options import OptionError, bounds, parse_options
+from ai_bottleneck.probes.options import OptionError, option_info, parse_options
 from tests.lab.simgpu import (
     DEFAULT_GPU_MODEL,
     GIB,
@@ -76,19 +76,19 @@ class ServiceParams:
     """What one phase of a scenario sets on the service (the /control JSON)."""
 
     compute_seconds: float = field(
-        default=0.05, metadata=bounds(min=0, max=600, doc="GPU time per request"))
+        default=0.05, metadata=option_info(min=0, max=600, doc="GPU time per request"))
     gpu_slots: int = field(
-        default=1, metadata=bounds(min=1, max=1024, doc="requests computing at once"))
+        default=1, metadata=option_info(min=1, max=1024, doc="requests computing at once"))
     memory_per_request_bytes: int = field(
-        default=GIB // 2, metadata=bounds(min=0, doc="GPU memory a request holds in flight"))
+        default=GIB // 2, metadata=option_info(min=0, doc="GPU memory a request holds in flight"))
     memory_base_bytes: int = field(
-        default=16 * GIB, metadata=bounds(min=0, doc="GPU memory of the loaded model"))
+        default=16 * GIB, metadata=option_info(min=0, doc="GPU memory of the loaded model"))
     memory_total_bytes: int = field(
-        default=80 * GIB, metadata=bounds(min=1, doc="GPU memory size"))
+        default=80 * GIB, metadata=option_info(min=1, doc="GPU memory size"))
     cpu_seconds: float = field(
-        default=0.0, metadata=bounds(min=0, max=60, doc="host CPU pre-processing per request"))
+        default=0.0, metadata=option_info(min=0, max=60, doc="host CPU pre-processing per request"))
     response_bytes: int = field(
-        default=1024, metadata=bounds(min=0, max=DEFAULT_MAX_REQUEST_BYTES,
+        default=1024, metadata=option_info(min=0, max=DEFAULT_MAX_REQUEST_BYTES,
                                       doc="size of each answer"))
 
     def gpu(self) -> GpuParams:

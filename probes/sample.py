@@ -1,9 +1,15 @@
-"""The one record type that flows from probes to windows, recordings and the exporter."""
+"""The one record type that flows from probes to windows, recordings and the exporter,
+and the builders of its two special kinds: a failed observation and a skipped run.
+
+Part of the probe contract: import it through ``ai_bottleneck.probes.base``.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from math import isfinite
 from typing import Any
 
@@ -164,3 +170,65 @@ def one_line(text: object, limit: int = 300) -> str:
     """Squash an error message to one readable line."""
     s = " ".join(str(text).split())
     return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def failed(probe: str, error: str, labels: Mapping[str, str] | None = None,
+           t: float | None = None) -> Sample:
+    """A failed-sample record, one line of error text."""
+    return Sample(t=time.time() if t is None else t, probe=probe, labels=dict(labels or {}),
+                  error=one_line(error))
+
+
+# -- skipped runs --------------------------------------------------------------------
+
+#: The value and labels that mark a skipped run of an active probe.
+SKIPPED_VALUE = "skipped"
+SKIP_REASON_LABEL = "skip_reason"
+SKIP_KIND_LABEL = "skip_kind"
+
+
+class SkipKind(StrEnum):
+    """Why an active probe was skipped, as a closed vocabulary (metric label values)."""
+
+    BUDGET = "budget"      # the hourly traffic budget has no room for the run
+    NIC_BUSY = "nic_busy"  # the NIC is busier than busy_nic_ratio
+    OTHER = "other"        # a skip from elsewhere (a plugin) that names no known kind
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A run that did not happen: the kind, and the reason in words (one line)."""
+
+    kind: SkipKind
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def skipped_sample(probe: str, skip: Skip | str, labels: Mapping[str, str] | None = None,
+                   t: float | None = None) -> Sample:
+    """The record of a run that did not happen, and why (one line); a bare reason is a
+    skip of kind ``other``. It is neither a measurement nor a failure."""
+    if not isinstance(skip, Skip):
+        skip = Skip(SkipKind.OTHER, skip)
+    all_labels = dict(labels or {})
+    all_labels[SKIP_REASON_LABEL] = one_line(skip.reason)
+    all_labels[SKIP_KIND_LABEL] = skip.kind.value
+    return Sample(t=time.time() if t is None else t, probe=probe, labels=all_labels,
+                  values={SKIPPED_VALUE: 1.0})
+
+
+def is_skipped(sample: Sample) -> bool:
+    """True for a skip record (``skipped_sample``'s): windows count it neither as a
+    value nor as a failure, the exporter counts it by kind."""
+    return SKIPPED_VALUE in sample.values
+
+
+def skip_kind(sample: Sample) -> SkipKind:
+    """The kind of a skip record; ``other`` where it names none this version knows
+    (a plugin's skip, a recording from an older version)."""
+    try:
+        return SkipKind(sample.labels.get(SKIP_KIND_LABEL, SkipKind.OTHER.value))
+    except ValueError:
+        return SkipKind.OTHER

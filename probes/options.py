@@ -4,7 +4,7 @@ Probes, classifier thresholds and the agent config all declare their options
 as frozen dataclasses; ``parse_options`` checks a mapping against one and
 names the key and the problem. Unknown keys are errors, never ignored.
 
-Field metadata (see ``bounds``) adds ranges. A float field also accepts a
+Field metadata (see ``option_info``) adds ranges. A float field also accepts a
 duration string ("500ms", "10s", "2m", "1h") and a ratio field a percentage
 string ("30%"); a field named ``*_bits_per_second`` accepts "10mbit",
 "1gbit", "5 Mbit/s".
@@ -13,6 +13,7 @@ string ("30%"); a field named ``*_bits_per_second`` accepts "10mbit",
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -32,26 +33,45 @@ class OptionError(ValueError):
         self.problem = problem
 
 
-def bounds(
+def option_info(
     *, min: float | None = None, max: float | None = None, doc: str = ""
 ) -> dict[str, Any]:
     """Metadata for dataclasses.field(): an inclusive range and a description."""
     return {"min": min, "max": max, "doc": doc}
 
 
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
-_DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(bit|bps|b)?(?:/s)?\s*$", re.IGNORECASE)
 _RATE_SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 _BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ms|us|µs|ns|h|m|s|d)")
+_DURATION_SCALE = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                   "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str) -> float:
-    """'500ms' -> 0.5, '10s' -> 10, '2m' -> 120, '1h' -> 3600, '7' -> 7."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 10s, 2m, 1h)")
-    return float(m.group(1)) * _DURATION_SCALE[m.group(2)]
+    """Seconds from a Go/Prometheus duration, the form the reports print
+    (docs/units.md): "1m30s" -> 90, "500ms", "2h", "1.5h", "1d"; a bare number is
+    seconds. Raises ValueError with the examples."""
+    s = text.strip()
+    try:
+        value = float(s)
+    except ValueError:
+        pass
+    else:
+        if math.isfinite(value) and value >= 0:
+            return value
+        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 10s, 1m30s, 2h)")
+    pos, total = 0, 0.0
+    compact = s.replace(" ", "")
+    while pos < len(compact):
+        m = _DURATION_PART.match(compact, pos)
+        if m is None:
+            break
+        total += float(m.group(1)) * _DURATION_SCALE[m.group(2)]
+        pos = m.end()
+    if not compact or pos != len(compact):
+        raise ValueError(f"{text!r} is not a duration (examples: 500ms, 10s, 1m30s, 2h)")
+    return total
 
 
 def parse_rate(text: str) -> float:
