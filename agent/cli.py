@@ -20,6 +20,7 @@ from ai_bottleneck.logs import setup_logging, stderr_is_journal
 from ai_bottleneck.plan_cli import plan_cmd
 from ai_bottleneck.probes.options import parse_duration
 from ai_bottleneck.probes.sample import one_line
+from ai_bottleneck.probes.service import options_for
 
 
 class Duration(click.ParamType[float]):
@@ -180,13 +181,16 @@ def check_config_cmd(file: Path | None) -> None:
 
 #: The probe option each target flag replaces, for errors that name the flag.
 FLAG_OPTIONS = {("http", "targets"): "--url", ("iperf3", "targets"): "--iperf3",
-                ("download", "url"): "--download"}
+                ("download", "url"): "--download", ("service", "unit"): "--service",
+                ("service", "cgroup"): "--service", ("service", "process"): "--service"}
 
 
 def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str | None,
-                   config: Any) -> dict[str, dict[str, Any]]:
+                   config: Any, service: str | None = None) -> dict[str, dict[str, Any]]:
     """Command-line targets replace the config's targets for that probe."""
     out: dict[str, dict[str, Any]] = {}
+    if service:
+        out["service"] = options_for(service)
     if urls:
         out["http"] = {"targets": [{"url": u} for u in urls]}
     if iperf3:
@@ -210,6 +214,8 @@ def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str
 @click.option("--iperf3", "iperf3", multiple=True, metavar="HOST",
               help="Measure throughput to this iperf3 server (repeatable).")
 @click.option("--download", metavar="URL", help="Measure download throughput from this URL.")
+@click.option("--service", metavar="UNIT|CGROUP|PROCESS",
+              help="The service under diagnosis (systemd unit, cgroup, process name or PID).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Config file (default: $AI_BOTTLENECK_CONFIG or "
                    "/etc/ai-bottleneck/config.toml when present).")
@@ -220,9 +226,10 @@ def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str
               help="Exit 3 when the verdict is one of these labels (for scripts and CI).")
 @report_options
 def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
-                 iperf3: tuple[str, ...], download: str | None, config_path: Path | None,
-                 as_json: bool, record_path: Path | None, fail_on: str | None, color: str,
-                 all_windows: bool, html_path: Path | None) -> None:
+                 iperf3: tuple[str, ...], download: str | None, service: str | None,
+                 config_path: Path | None, as_json: bool, record_path: Path | None,
+                 fail_on: str | None, color: str, all_windows: bool,
+                 html_path: Path | None) -> None:
     """Sample this host for a while and say what holds the service back."""
     from ai_bottleneck.assembly import build_probes
     from ai_bottleneck.cli_report import (
@@ -248,8 +255,8 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
             raise click.BadParameter(
                 f"{whose}, {window_seconds:g}s, is longer than the duration "
                 f"({duration:g}s)", param_hint="--window")
-        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config),
-                                 origins=FLAG_OPTIONS)
+        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config,
+                                                        service), origins=FLAG_OPTIONS)
     except ConfigError as exc:
         _fail(str(exc))
     progress = ProgressLine() if not as_json else None

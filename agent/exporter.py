@@ -24,7 +24,7 @@ from prometheus_client.registry import CollectorRegistry
 from ai_bottleneck import exporter_metrics as m
 from ai_bottleneck.labels import LABEL_NAMES
 from ai_bottleneck.probes.base import Clock, SkipKind
-from ai_bottleneck.probes.vocabulary import is_process_sample
+from ai_bottleneck.probes.vocabulary import is_process_sample, mig_instance
 from ai_bottleneck.state import ERROR_REASONS, AgentState, Series, Snapshot
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def _compile(route: m.Route) -> tuple[m.Metric, float, Plan]:
 _ROUTES = {probe: {value: _compile(r) for value, r in table.items()}
            for probe, table in m.ROUTES.items()}
 _PROCESS_ROUTES = {value: _compile(r) for value, r in m.GPU_PROCESS_ROUTES.items()}
+_MIG_ROUTES = {value: _compile(r) for value, r in m.GPU_MIG_ROUTES.items()}
 _UP_ROUTES = {probe: _compile(r) for probe, r in m.UP_ROUTES.items()}
 _GPU_INFO = _compile(m.Route(m.GPU_INFO))
 _CLOCKS_EVENT_PLAN = m.Route(m.GPU_CLOCKS_EVENT).label_plan()
@@ -81,6 +82,8 @@ def _series_points(series: Iterator[Series]) -> _Points:
         event_labels: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         if s.probe == "gpu" and is_process_sample(labels):
             routes = _PROCESS_ROUTES
+        elif s.probe == "gpu" and mig_instance(labels) is not None:
+            routes = _MIG_ROUTES
         else:
             routes = _ROUTES.get(s.probe, {})
             up = _UP_ROUTES.get(s.probe)
@@ -97,7 +100,7 @@ def _series_points(series: Iterator[Series]) -> _Points:
                     lv = by_plan[id(plan)] = _labels(plan, labels)
                 _put(points, metric, lv, t, value * scale)
             elif (s.probe == "gpu" and name.startswith(m.CLOCKS_EVENT_PREFIX)
-                  and name.endswith(m.CLOCKS_EVENT_SUFFIX) and routes is not _PROCESS_ROUTES):
+                  and name.endswith(m.CLOCKS_EVENT_SUFFIX) and routes is _ROUTES["gpu"]):
                 reason = name[len(m.CLOCKS_EVENT_PREFIX):-len(m.CLOCKS_EVENT_SUFFIX)]
                 if event_labels is None:
                     event_labels = (_labels(_CLOCKS_EVENT_HEAD, labels),

@@ -18,6 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ai_bottleneck.exporter_tables import GPU_HEALTH_VALUES as _GPU_HEALTH_VALUES
+from ai_bottleneck.exporter_tables import GPU_MIG_VALUES as _GPU_MIG_VALUES
+from ai_bottleneck.exporter_tables import SERVICE_VALUES as _SERVICE_VALUES
+from ai_bottleneck.probes.gpu_health import FLAG_PREFIX, FLAG_SUFFIX, HEALTH_STATES
+
 PREFIX = "ai_bottleneck_"
 Kind = Literal["gauge", "counter"]
 
@@ -144,10 +149,19 @@ GPU_INFO = gauge("gpu_info", ("gpu", "uuid", "name", "pci_bus_id"),
 GPU_CLOCKS_EVENT = gauge("gpu_clocks_event_active", (*_GPU, "reason"),
                          "1 while the named clocks event (throttle reason) is active.",
                          "gpu: clocks_event_<reason>_flag")
+#: Where a GPU process runs ("" where unknown or not in one): container, Kubernetes
+#: pod, systemd service. Properties of the PID, so they add no series of their own.
+GPU_PROCESS_PLACEMENT = ("container_id", "pod_uid", "namespace", "pod", "container",
+                         "systemd_unit")
 GPU_PROCESS_MEMORY = gauge("gpu_process_memory_used_bytes",
-                           ("gpu", "uuid", "pid", "process_name"),
-                           "GPU memory used by one process.",
+                           ("gpu", "uuid", "mig", "pid", "process_name", *GPU_PROCESS_PLACEMENT),
+                           "GPU memory used by one process (pid \"other\": the processes "
+                           "beyond the per-GPU series limit, together).",
                            "gpu: process_memory_used_bytes (per-process samples)")
+GPU_PROCESSES_FOLDED = gauge("gpu_processes_folded", ("gpu", "uuid"),
+                             "Processes beyond the per-GPU series limit (max_processes), "
+                             "counted in the pid=\"other\" series.",
+                             "gpu: process_count (the pid=other sample)")
 
 _GPU_VALUES = (
     ("utilization_ratio", "gpu_utilization_ratio",
@@ -177,6 +191,26 @@ _GPU_VALUES = (
     ("process_memory_used_bytes", "gpu_processes_memory_used_bytes",
      "GPU memory used by all its processes together."),
 )
+
+_GPU_HEALTH = ("gpu", "uuid")  # also on a failed sample, so its state replaces the last good one
+GPU_HEALTH = gauge("gpu_health", (*_GPU_HEALTH, "state"),
+                   "1 for the GPU's health state, 0 for the others: ok, degraded (row remap or "
+                   "page retirement pending, remap failure), reset_required (XID needing a "
+                   "reset, uncorrectable ECC since the last reset), lost (fell off the bus).",
+                   "gpu: health_<state>_flag")
+GPU_ECC_ERRORS = counter("gpu_ecc_errors_total", (*_GPU, "error_type", "counter"),
+                         "ECC errors; error_type corrected or uncorrected, counter volatile "
+                         "(since the last driver load or reset) or aggregate (lifetime).",
+                         "gpu: ecc_<error_type>_<counter>_errors_total")
+GPU_REMAPPED_ROWS = gauge("gpu_remapped_rows", (*_GPU, "cause"),
+                          "Memory rows remapped (as recorded in the InfoROM), by the cause: "
+                          "correctable or uncorrectable errors.",
+                          "gpu: remapped_rows_<cause>")
+GPU_RETIRED_PAGES = gauge("gpu_retired_pages", (*_GPU, "cause"),
+                          "Memory pages retired (GPUs before Ampere), by the cause: "
+                          "single_bit (repeated) or double_bit ECC errors.",
+                          "gpu: retired_pages_<cause>")
+_GPU_MIG = ("gpu", "uuid", "mig", "mig_uuid", "name")  # a MIG instance's series
 
 # -- host and NICs ----------------------------------------------------------------------
 
@@ -293,12 +327,28 @@ _OOM_VALUES = (
 def _build_routes() -> dict[str, dict[str, Route]]:
     routes: dict[str, dict[str, Route]] = {p: {} for p in
                                            ("gpu", "host", "nic", "http", "download", "iperf3",
-                                            "oom")}
+                                            "oom", "service")}
     for value, name, text in _GPU_VALUES:
         routes["gpu"][value] = Route(gauge(name, _GPU, _windowed(value, text), f"gpu: {value}"))
     routes["gpu"]["oom_events_total"] = Route(counter(
         "gpu_oom_events_total", _GPU, "Out-of-memory events the GPU probe saw.",
         "gpu: oom_events_total"))
+    for value, name, kind, text in _GPU_HEALTH_VALUES:
+        make = counter if kind == "counter" else gauge
+        routes["gpu"][value] = Route(make(name, _GPU, text, f"gpu: {value}"))
+    for error_type in ("corrected", "uncorrected"):
+        for kind in ("volatile", "aggregate"):
+            routes["gpu"][f"ecc_{error_type}_{kind}_errors_total"] = Route(
+                GPU_ECC_ERRORS, constants={"error_type": error_type, "counter": kind})
+    for cause in ("correctable", "uncorrectable"):
+        routes["gpu"][f"remapped_rows_{cause}"] = Route(GPU_REMAPPED_ROWS,
+                                                        constants={"cause": cause})
+    for cause in ("single_bit", "double_bit"):
+        routes["gpu"][f"retired_pages_{cause}"] = Route(GPU_RETIRED_PAGES,
+                                                        constants={"cause": cause})
+    for state in HEALTH_STATES:
+        routes["gpu"][f"{FLAG_PREFIX}{state}{FLAG_SUFFIX}"] = Route(GPU_HEALTH,
+                                                                    constants={"state": state})
     for value, name, text in _HOST_VALUES:
         routes["host"][value] = Route(gauge(name, (), _windowed(value, text), f"host: {value}"))
     shared: dict[str, Metric] = {}
@@ -333,6 +383,8 @@ def _build_routes() -> dict[str, dict[str, Route]]:
     for value, name, text in _IPERF3_VALUES:
         routes["iperf3"][value] = Route(gauge(name, ("target", "direction"), text,
                                               f"iperf3: {value}"))
+    for value, name, text in _SERVICE_VALUES:
+        routes["service"][value] = Route(gauge(name, ("service",), text, f"service: {value}"))
     for value, name, text in _OOM_VALUES:
         routes["oom"][value] = Route(counter(name, ("source",), text, f"oom: {value}"))
     return routes
@@ -341,7 +393,11 @@ def _build_routes() -> dict[str, dict[str, Route]]:
 #: (probe, value name) -> Route, for samples of the whole GPU, host, NIC, target.
 ROUTES = _build_routes()
 #: GPU samples that carry a ``pid`` label describe one process, not the GPU.
-GPU_PROCESS_ROUTES = {"process_memory_used_bytes": Route(GPU_PROCESS_MEMORY)}
+GPU_PROCESS_ROUTES = {"process_memory_used_bytes": Route(GPU_PROCESS_MEMORY),
+                      "process_count": Route(GPU_PROCESSES_FOLDED)}
+#: GPU samples that carry a ``mig`` label describe one MIG instance.
+GPU_MIG_ROUTES = {value: Route(gauge(name, _GPU_MIG, text, f"gpu (MIG instance): {value}"))
+                  for value, name, text in _GPU_MIG_VALUES}
 #: Per probe: the "did this source answer" gauge each of its samples sets.
 UP_ROUTES = {
     "gpu": Route(GPU_UP),

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ai_bottleneck import gpu_faults, gpu_workloads
 from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.readings import GpuReading, HttpReading, NicReading, Readings
 
@@ -166,6 +167,10 @@ class RunFigures:
     oom_events: float
     load_failures: float
     unread: int          # windows without typed readings (none from this version)
+    #: GPU memory by workload (pod, container, service or process): peak, largest first.
+    gpu_workloads: list[tuple[str, float]] = field(default_factory=list)
+    #: GPUs whose health was not ok in some window: (gpu, worst state and reason).
+    gpu_health: list[tuple[str, str]] = field(default_factory=list)
 
 
 def run_figures(results: Sequence[WindowResult]) -> RunFigures:
@@ -218,7 +223,9 @@ def run_figures(results: Sequence[WindowResult]) -> RunFigures:
         nics=[nics[k] for k in sorted(nics)], retransmit_ratio=retransmits,
         targets=[targets[k] for k in sorted(targets)],
         throughputs=[throughputs[k] for k in sorted(throughputs)],
-        oom_events=oom, load_failures=load, unread=unread)
+        oom_events=oom, load_failures=load, unread=unread,
+        gpu_workloads=gpu_workloads.run_peaks([r.summary for r in results]),
+        gpu_health=gpu_faults.run_health([r.summary for r in results]))
 
 
 def _natural(key: str) -> tuple[int, str]:

@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -587,3 +588,15 @@ def test_dashboard_has_the_fleet_view_variables_and_instant_single_values() -> N
         # No costly range query over the whole dashboard range.
         if any("$__range" in t["expr"] for t in panel["targets"]):
             assert all(t.get("instant") for t in panel["targets"]), panel["title"]
+def test_daemonset_mounts_what_gpu_process_attribution_reads() -> None:
+    pod = manifests()["DaemonSet"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config = tomllib.loads(manifests()["ConfigMap"]["data"]["config.toml"])
+    proc_root = config["probes"]["gpu"]["proc_root"]
+    for path, host_path in ((proc_root, "/proc"), ("/var/log/pods", "/var/log/pods"),
+                            ("/var/log/containers", "/var/log/containers")):
+        assert mounts[path].get("readOnly") is True, path
+        assert volumes[mounts[path]["name"]]["hostPath"]["path"] == host_path
+    assert pod["hostPID"] is False  # the /proc mount is enough

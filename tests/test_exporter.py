@@ -61,14 +61,24 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
         values = {v: 0.5 for v, _n, _h in em._GPU_VALUES}
         values |= {"clocks_event_sw_power_cap_flag": 1.0, "clocks_event_hw_slowdown_flag": 0.0,
                    "oom_events_total": 0.0}
+        values |= {v: 0.0 for v in em.ROUTES["gpu"] if v not in values}  # health and others
         gpu_samples.append(Sample(t, "gpu", labels, values))
         gpu_samples.append(Sample(t, "gpu", {"gpu": str(i), "uuid": f"GPU-{i:04d}",
                                               "pid": str(100 + i), "process_name": "python3"},
                                   {"process_memory_used_bytes": 2e9}))
+        gpu_samples.append(Sample(t, "gpu", {"gpu": str(i), "uuid": f"GPU-{i:04d}",
+                                              "pid": "other", "process_name": "other"},
+                                  {"process_memory_used_bytes": 1e9, "process_count": 3.0}))
+        gpu_samples.append(Sample(t, "gpu", {"gpu": str(i), "uuid": f"GPU-{i:04d}", "mig": "1",
+                                              "mig_uuid": f"MIG-{i:04d}", "name": "MIG 1g"},
+                                  dict.fromkeys(em.GPU_MIG_ROUTES, 0.25)))
     state.record_samples("gpu", gpu_samples, duration_seconds=0.004)
     host_values = {v: 0.25 for v, _n, _h in em._HOST_VALUES}
     host_values |= {v: 1234.5 for v, _n, _h, _c in em._HOST_COUNTERS}
     state.record_samples("host", [Sample(t, "host", {}, host_values)])
+    state.register_probe("service")
+    state.record_samples("service", [Sample(t, "service", {"service": "api.service"},
+                                            {v: 0.5 for v, _n, _h in em._SERVICE_VALUES})])
     nic_values = {v: 1e6 for v, _n, _h, _s in em._NIC_VALUES}
     nic_values |= {v: 5e9 for v, _n, _h in em._NIC_COUNTERS}
     tcp_values = {v: 0.01 for v, _n, _h in em._HOST_TCP_VALUES}
@@ -203,7 +213,8 @@ def test_values_map_to_metrics_with_units_and_labels() -> None:
     assert value(registry, "ai_bottleneck_gpu_clocks_event_active", **gpu,
                  reason="hw_slowdown") == 0
     assert value(registry, "ai_bottleneck_gpu_process_memory_used_bytes", gpu="1",
-                 uuid="GPU-0001", pid="101", process_name="python3") == 2e9
+                 uuid="GPU-0001", pid="101", process_name="python3", mig="",
+                 **dict.fromkeys(em.GPU_PROCESS_PLACEMENT, "")) == 2e9
     # Bits per second in samples, bytes per second (the base unit) in metrics.
     assert value(registry, "ai_bottleneck_nic_rx_bytes_per_second", nic="eth0") == 1e6 / 8
     assert value(registry, "ai_bottleneck_host_tcp_retransmit_ratio") == 0.01
@@ -473,6 +484,7 @@ def test_series_metrics_and_the_agents_own_metrics_never_share_a_family() -> Non
     own = set(points)
     routed = {r.metric.name for table in em.ROUTES.values() for r in table.values()}
     routed |= {r.metric.name for r in em.GPU_PROCESS_ROUTES.values()}
+    routed |= {r.metric.name for r in em.GPU_MIG_ROUTES.values()}
     routed |= {r.metric.name for r in em.UP_ROUTES.values()}
     routed |= {em.GPU_INFO.name, em.GPU_CLOCKS_EVENT.name}
     assert own and routed and not own & routed

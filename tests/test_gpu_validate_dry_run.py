@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from ai_bottleneck.assembly import assemble_replay as replay
+from ai_bottleneck.assembly import assemble_replay
 from tests.clitool import LABELS, REPO_ROOT
 from tests.gpu import fixtures, smi
 from tests.gpu.phases import BY_NAME, PHASES
@@ -119,7 +119,7 @@ def test_each_phase_is_recorded_labelled_and_replays_to_the_live_labels(
         assert p["gpm"] is True and p["expected_label"] == BY_NAME[name].expected_label
         recording = tmp_path / f"{name}.jsonl.gz"
         recording.write_bytes(_member(run["out"], f"rec/{name}.jsonl.gz"))
-        assert [r.label for r in replay(recording).results] == [
+        assert [r.label for r in assemble_replay(recording).results] == [
             w["label"] for w in p["windows"]], name
     # Rules that come before any CPU rule, so a busy test machine cannot change them:
     assert phases["matmul"]["majority_label"] == "gpu_bound"

@@ -24,8 +24,8 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from ai_bottleneck.assembly import assemble_replay as replay
-from ai_bottleneck.probes.sample import Sample
+from ai_bottleneck.assembly import assemble_replay
+from ai_bottleneck.probes.base import Sample
 from ai_bottleneck.record import RecordReader
 from tests.gpu.phases import BY_NAME
 
@@ -134,7 +134,7 @@ def problems(sidecar_path: Path, *, real_card: bool = True) -> list[str]:
                      f"{'GPM' if gpm_read(samples) else 'the coarse signal only'}")
     if validation.get("expected_label") != sidecar["expected_label"]:
         found.append("header and sidecar disagree on the expected label")
-    replayed = [r.label for r in replay(recording).results]
+    replayed = [r.label for r in assemble_replay(recording).results]
     if replayed != sidecar["live_labels"]:
         found.append(f"replay gives {replayed}, the live run gave {sidecar['live_labels']}")
     if replayed:

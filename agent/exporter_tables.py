@@ -1,0 +1,54 @@
+"""Sample values and the metric each becomes, for the GPU's health, its MIG instances
+and the service under diagnosis: data only, read by agent/exporter_metrics.py (which
+declares the metrics) and by the tests."""
+
+from __future__ import annotations
+
+#: (value, metric name without the prefix, kind, help) of a GPU's health values.
+GPU_HEALTH_VALUES = (
+    ("xid_errors_total", "gpu_xid_errors_total", "counter",
+     "XID error events since the agent started (absent where events cannot be watched)."),
+    ("xid_reset_required_errors_total", "gpu_xid_reset_required_errors_total", "counter",
+     "XID events whose catalogue action is a GPU reset or a reboot."),
+    ("xid_last_code", "gpu_xid_last_code", "gauge", "The latest XID seen since the agent started."),
+    ("row_remap_pending_flag", "gpu_row_remap_pending", "gauge",
+     "1 when a row remapping waits for the next GPU reset."),
+    ("row_remap_failure_flag", "gpu_row_remap_failure", "gauge",
+     "1 when a row remapping has ever failed (NVIDIA's RMA criterion)."),
+    ("retired_pages_pending_flag", "gpu_retired_pages_pending", "gauge",
+     "1 when a page retirement waits for the next driver reload."),
+)
+
+#: Values of a MIG instance's samples (label ``mig``): their own families, labelled by
+#: the GPU and the GPU instance id. (value, metric name, help)
+GPU_MIG_VALUES = (
+    ("memory_used_bytes", "gpu_mig_memory_used_bytes", "Memory in use in the MIG instance."),
+    ("memory_total_bytes", "gpu_mig_memory_total_bytes", "Memory of the MIG instance."),
+    ("sm_active_ratio", "gpu_mig_sm_active_ratio",
+     "Share of time the instance's SMs were active (GPM)."),
+    ("sm_occupancy_ratio", "gpu_mig_sm_occupancy_ratio",
+     "Achieved SM occupancy in the instance (GPM)."),
+    ("tensor_active_ratio", "gpu_mig_tensor_active_ratio",
+     "Share of time the instance's tensor cores were active (GPM)."),
+    ("dram_active_ratio", "gpu_mig_dram_active_ratio",
+     "Share of time the instance's memory was busy (GPM)."),
+    ("gpm_available", "gpu_mig_gpm_available",
+     "1 when GPM metrics were read for the instance, 0 when not."),
+)
+
+#: The service probe's values. (value, metric name, help)
+SERVICE_VALUES = (
+    ("cpu_cores", "service_cpu_cores", "CPU time the service's cgroup used per second."),
+    ("cpu_utilization_ratio", "service_cpu_utilization_ratio",
+     "The service's CPU use over the host's CPUs."),
+    ("cpu_pressure_some_ratio", "service_cpu_pressure_some_ratio",
+     "PSI of the service's cgroup: share of time some of its tasks waited for CPU."),
+    ("memory_pressure_some_ratio", "service_memory_pressure_some_ratio",
+     "PSI of the service's cgroup: share of time some of its tasks waited for memory."),
+    ("io_pressure_some_ratio", "service_io_pressure_some_ratio",
+     "PSI of the service's cgroup: share of time some of its tasks waited for I/O."),
+    ("memory_current_bytes", "service_memory_bytes", "Memory of the service's cgroup."),
+    ("process_count", "service_processes", "Processes in the service's cgroup."),
+    ("busiest_thread_core_ratio", "service_busiest_thread_core_ratio",
+     "The largest share of one core a thread of the service used."),
+)
