@@ -34,6 +34,7 @@ from ai_bottleneck.record import ReadStats, RecordReader, RecordWriter, make_hea
 from ai_bottleneck.sampler import Round, Sampler
 from ai_bottleneck.state import AgentState
 from ai_bottleneck.thresholds import Thresholds
+from ai_bottleneck.window_means import WindowMeans
 
 # -- the probes of a run --------------------------------------------------------------
 
@@ -144,6 +145,13 @@ class RunPipeline:
     keep_results: bool = False
     results: list[WindowResult] = field(default_factory=list)
     samples: int = 0
+    # With a state: the window means of the rate and ratio values it shows in place
+    # of the latest sample's (ai_bottleneck.window_means).
+    means: WindowMeans | None = None
+
+    def __post_init__(self) -> None:
+        if self.state is not None and self.means is None:
+            self.means = WindowMeans()
 
     def handle(self, rounds: Sequence[Round]) -> None:
         """The sampler's one consumer: a round's samples, in the order gathered."""
@@ -151,6 +159,8 @@ class RunPipeline:
         self.samples += len(batch)
         if self.recorder is not None and batch:
             self.recorder.write_many(batch)
+        if self.means is not None:
+            self.means.add_many(batch)
         self._windows(self.labeller.feed_many(batch))
         if self.state is not None:
             for r in rounds:
@@ -180,8 +190,12 @@ class RunPipeline:
             if self.keep_results:
                 self.results.append(result)
             if self.state is not None:
+                means = (self.means.close(result.start, result.end)
+                         if self.means is not None else None)
                 self.state.record_window(result.label, result.confidence, result.start,
-                                         result.end, len(result.evidence))
+                                         result.end, len(result.evidence),
+                                         top_evidence=result.evidence[0] if result.evidence
+                                         else "", means=means)
             if self.on_window is not None:
                 self.on_window(result)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ai_bottleneck import engine_rules
+from ai_bottleneck import engine_rules, gpu_faults, gpu_workloads, service_cpu
 from ai_bottleneck.advice import advice_for, warnings_for
 from ai_bottleneck.facts import Facts, memory_text
 from ai_bottleneck.findings import Classification, Finding, Signal, above, below
@@ -309,20 +309,27 @@ RULES: tuple[tuple[str, Rule], ...] = (
 def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Classification:
     """Label one window. Pure: the same window and thresholds give the same answer."""
     r = read(window)
-    f = engine_rules.facts(r, thresholds)
-    found: Finding | None = None
-    for _, rule in RULES:
+    # The service's own CPU where it was measured; the host's becomes context.
+    judged, service_notes = service_cpu.judge_service(r, window)
+    f = engine_rules.facts(judged, thresholds)
+    # A GPU fallen off the bus or needing a reset comes before every rule (gpu_faults.py).
+    faults = gpu_faults.hard_faults(window)
+    found: Finding | None = Finding(Label.UNKNOWN, notes=faults, hard=True) if faults else None
+    for _, rule in RULES if found is None else ():
         found = rule(f)
         if found is not None:
             break
     assert found is not None  # idle always answers
-    evidence = [s.text for s in found.signals] + found.notes
+    evidence = [s.text for s in found.signals] + found.notes + service_notes
+    if found.label is Label.CPU_BOUND:
+        evidence += service_cpu.cpu_names(window)
     evidence += [f"confidence lowered: {why}" for _, why in found.factors]
     return Classification(
         label=found.label, confidence=found.confidence(), evidence=tuple(evidence),
         advice=tuple(found.advice or advice_for(found, f)),
-        warnings=tuple(warnings_for(f, found.label, window)),
-        summary={**summary(r), **engine_rules.summary(f)},
+        warnings=(*warnings_for(f, found.label, window), *gpu_faults.warnings(window)),
+        summary={**summary(r), **engine_rules.summary(f), **gpu_workloads.summary(window),
+                 **gpu_faults.summary(window)},
         probes={name: str(st) for name, st in r.status.items()}, hard=found.hard, readings=r)
 
 

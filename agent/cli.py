@@ -15,6 +15,8 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ai_bottleneck import __version__
+from ai_bottleneck.cli_targets import FLAG_OPTIONS, cli_overrides
+from ai_bottleneck.fleet_cli import fleet_cmd
 from ai_bottleneck.logs import setup_logging, stderr_is_journal
 from ai_bottleneck.plan_cli import plan_cmd
 from ai_bottleneck.probes.options import parse_duration
@@ -177,31 +179,6 @@ def check_config_cmd(file: Path | None) -> None:
     click.echo(f"{config.source}: ok")
 
 
-#: The probe option each target flag replaces, for errors that name the flag.
-FLAG_OPTIONS = {("http", "targets"): "--url", ("iperf3", "targets"): "--iperf3",
-                ("download", "url"): "--download", ("engine", "targets"): "--engine"}
-
-
-def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str | None,
-                   config: Any, engines: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
-    """Command-line targets replace the config's targets for that probe."""
-    out: dict[str, dict[str, Any]] = {}
-    if urls:
-        out["http"] = {"targets": [{"url": u} for u in urls]}
-    if iperf3:
-        out["iperf3"] = {"targets": list(iperf3)}
-    if download:
-        out["download"] = {"url": download}
-    if engines:
-        out["engine"] = {"targets": list(engines)}
-    # A short diagnosis needs denser HTTP calls (and engine scrapes) than the daemon's
-    # default, unless the config chose an interval itself.
-    for name in ("http", "engine") if engines else ("http",):
-        if "interval_seconds" not in config.probe_options(name):
-            out.setdefault(name, {})["interval_seconds"] = config.agent.interval_seconds
-    return out
-
-
 @main.command("diagnose")
 @click.option("--duration", type=DURATION, default="60s", show_default=True,
               help="How long to sample.")
@@ -215,6 +192,8 @@ def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str
 @click.option("--engine", "engines", multiple=True, metavar="URL",
               help="Read this model server's metrics URL (vLLM, SGLang, TGI, Triton, "
                    "llama.cpp; repeatable).")
+@click.option("--service", metavar="UNIT|CGROUP|PROCESS",
+              help="The service under diagnosis (systemd unit, cgroup, process name or PID).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Config file (default: $AI_BOTTLENECK_CONFIG or "
                    "/etc/ai-bottleneck/config.toml when present).")
@@ -226,6 +205,7 @@ def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str
 @report_options
 def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
                  iperf3: tuple[str, ...], download: str | None, engines: tuple[str, ...],
+                 service: str | None,
                  config_path: Path | None, as_json: bool, record_path: Path | None,
                  fail_on: str | None, color: str, all_windows: bool,
                  html_path: Path | None) -> None:
@@ -254,8 +234,8 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
             raise click.BadParameter(
                 f"{whose}, {window_seconds:g}s, is longer than the duration "
                 f"({duration:g}s)", param_hint="--window")
-        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config, engines),
-                                 origins=FLAG_OPTIONS)
+        probe_set = build_probes(config, cli_overrides(urls, iperf3, download, config,
+                                                       service, engines), origins=FLAG_OPTIONS)
     except ConfigError as exc:
         _fail(str(exc))
     progress = ProgressLine() if not as_json else None
@@ -394,6 +374,7 @@ def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
 
 
 main.add_command(plan_cmd)
+main.add_command(fleet_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover

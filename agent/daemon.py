@@ -21,6 +21,7 @@ from types import FrameType
 from ai_bottleneck.assembly import LiveRun, ProbeSet, assemble_live, build_probes
 from ai_bottleneck.config import Config, ConfigError, load_config
 from ai_bottleneck.endpoint import MetricsServer
+from ai_bottleneck.gpu_presence import count_nvidia_gpus
 from ai_bottleneck.live_page import LivePage
 from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.record import RecordError
@@ -120,6 +121,7 @@ class Agent:
                  f"; changed from {change['from']}" if change and change.get("from") else "")
 
     def _register(self, run: _Run) -> None:
+        self.state.set_gpu_pci_devices(count_nvidia_gpus())
         self.page.set_unavailable(run.probes.unavailable)
         for p in run.probes.probes:
             self.state.register_probe(p.name, usable=True, interval_seconds=p.interval_seconds,

@@ -23,11 +23,13 @@ from prometheus_client.registry import CollectorRegistry
 
 from ai_bottleneck import exporter_metrics as m
 from ai_bottleneck.labels import LABEL_NAMES
-from ai_bottleneck.probes.base import Clock
-from ai_bottleneck.probes.vocabulary import is_process_sample
+from ai_bottleneck.probes.base import Clock, SkipKind
+from ai_bottleneck.probes.vocabulary import is_process_sample, mig_instance
 from ai_bottleneck.state import ERROR_REASONS, AgentState, Series, Snapshot
 
 log = logging.getLogger(__name__)
+
+SKIP_KINDS = tuple(k.value for k in SkipKind)
 
 Plan = tuple[tuple[bool, str], ...]
 # Points by metric name (a str caches its hash; the Metric dataclass hashes all its
@@ -46,6 +48,7 @@ def _compile(route: m.Route) -> tuple[m.Metric, float, Plan]:
 _ROUTES = {probe: {value: _compile(r) for value, r in table.items()}
            for probe, table in m.ROUTES.items()}
 _PROCESS_ROUTES = {value: _compile(r) for value, r in m.GPU_PROCESS_ROUTES.items()}
+_MIG_ROUTES = {value: _compile(r) for value, r in m.GPU_MIG_ROUTES.items()}
 _UP_ROUTES = {probe: _compile(r) for probe, r in m.UP_ROUTES.items()}
 _GPU_INFO = _compile(m.Route(m.GPU_INFO))
 _CLOCKS_EVENT_PLAN = m.Route(m.GPU_CLOCKS_EVENT).label_plan()
@@ -79,6 +82,8 @@ def _series_points(series: Iterator[Series]) -> _Points:
         event_labels: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         if s.probe == "gpu" and is_process_sample(labels):
             routes = _PROCESS_ROUTES
+        elif s.probe == "gpu" and mig_instance(labels) is not None:
+            routes = _MIG_ROUTES
         else:
             routes = _ROUTES.get(s.probe, {})
             up = _UP_ROUTES.get(s.probe)
@@ -95,7 +100,7 @@ def _series_points(series: Iterator[Series]) -> _Points:
                     lv = by_plan[id(plan)] = _labels(plan, labels)
                 _put(points, metric, lv, t, value * scale)
             elif (s.probe == "gpu" and name.startswith(m.CLOCKS_EVENT_PREFIX)
-                  and name.endswith(m.CLOCKS_EVENT_SUFFIX) and routes is not _PROCESS_ROUTES):
+                  and name.endswith(m.CLOCKS_EVENT_SUFFIX) and routes is _ROUTES["gpu"]):
                 reason = name[len(m.CLOCKS_EVENT_PREFIX):-len(m.CLOCKS_EVENT_SUFFIX)]
                 if event_labels is None:
                     event_labels = (_labels(_CLOCKS_EVENT_HEAD, labels),
@@ -111,13 +116,22 @@ def _agent_points(points: _Points, snap: Snapshot, now: float) -> None:
     _put(points, m.START_TIME, (), 0.0, snap.start_time)
     _put(points, m.SAMPLING_INTERVAL, (), 0.0, snap.interval_seconds)
     _put(points, m.WINDOW_LENGTH, (), 0.0, snap.window_seconds)
+    if snap.gpu_pci_devices is not None:
+        _put(points, m.GPU_PCI_DEVICES, (), 0.0, float(snap.gpu_pci_devices))
     for label in LABEL_NAMES:
         _put(points, m.WINDOWS_TOTAL, (label,), 0.0, float(snap.windows_total.get(label, 0)))
     window = snap.window
+    # Before the first window the state set already exists, saying "unknown": a fleet
+    # query never sees a host without a label, and alerts on it do not start late.
+    current = "unknown" if window is None else window.label
+    for label in LABEL_NAMES:
+        _put(points, m.WINDOW_LABEL, (label,), 0.0, 1.0 if label == current else 0.0)
+    _put(points, m.WINDOW_LABEL_SINCE, (), 0.0,
+         snap.start_time if window is None else window.label_since)
     if window is None:
         return
-    for label in LABEL_NAMES:
-        _put(points, m.WINDOW_LABEL, (label,), 0.0, 1.0 if label == window.label else 0.0)
+    if window.top_evidence:
+        _put(points, m.WINDOW_TOP_EVIDENCE, (window.top_evidence,), 0.0, 1.0)
     for metric, value in ((m.WINDOW_CONFIDENCE, window.confidence),
                           (m.WINDOW_START, window.start), (m.WINDOW_END, window.end),
                           (m.WINDOW_EVIDENCE, float(window.evidence_items)),
@@ -137,7 +151,11 @@ def _probe_points(points: _Points, snap: Snapshot) -> None:
             _put(points, m.PROBE_ERRORS, (name, reason), 0.0,
                  float(h.errors_total.get(reason, 0)))
         _put(points, m.PROBE_SAMPLES, (name,), 0.0, float(h.samples_total))
-        for reason, count in sorted(h.skips_total.items()):
+        # Every kind an active probe can be skipped for exists from the start, at 0,
+        # so increase() sees the first skip.
+        skips = dict.fromkeys(SKIP_KINDS, 0) if h.active else {}
+        skips.update(h.skips_total)
+        for reason, count in sorted(skips.items()):
             _put(points, m.PROBE_SKIPS, (name, reason), 0.0, float(count))
         if h.last_success is not None:
             _put(points, m.PROBE_LAST_SUCCESS, (name,), 0.0, h.last_success)

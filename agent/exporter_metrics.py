@@ -18,6 +18,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ai_bottleneck.exporter_tables import ENGINE_COUNTERS as _ENGINE_COUNTERS
+from ai_bottleneck.exporter_tables import ENGINE_GAUGES as _ENGINE_GAUGES
+from ai_bottleneck.exporter_tables import GPU_HEALTH_VALUES as _GPU_HEALTH_VALUES
+from ai_bottleneck.exporter_tables import GPU_MIG_VALUES as _GPU_MIG_VALUES
+from ai_bottleneck.exporter_tables import GPU_VALUES as _GPU_VALUES
+from ai_bottleneck.exporter_tables import HTTP_VALUES as _HTTP_VALUES
+from ai_bottleneck.exporter_tables import OOM_VALUES as _OOM_VALUES
+from ai_bottleneck.exporter_tables import SERVICE_VALUES as _SERVICE_VALUES
+from ai_bottleneck.probes.gpu_health import FLAG_PREFIX, FLAG_SUFFIX, HEALTH_STATES
+
 PREFIX = "ai_bottleneck_"
 Kind = Literal["gauge", "counter"]
 
@@ -83,24 +93,35 @@ def counter(name: str, labels: tuple[str, ...], help: str, source: str = "agent"
 
 # -- the agent and its windows ------------------------------------------------------
 
-BUILD_INFO = gauge("build_info", ("version", "python_version"),
+BUILD_INFO = gauge("build_info", ("version", "revision", "python_version"),
                    "Always 1; the labels say which agent build is running.")
 START_TIME = gauge("start_time_seconds", (), "When the agent started, unix seconds.")
 SAMPLING_INTERVAL = gauge("sampling_interval_seconds", (),
                           "Configured interval of the passive probes.")
 WINDOW_LENGTH = gauge("window_length_seconds", (), "Configured length of one labelled window.")
 WINDOW_LABEL = gauge("window_label", ("label",),
-                     "1 for the label of the latest window, 0 for every other label "
-                     "(all seven are always present once a window exists).")
+                     "1 for the label of the latest window, 0 for every other label; "
+                     "all seven are always present, unknown at 1 before the first window.")
 WINDOW_CONFIDENCE = gauge("window_confidence", (),
                           "Confidence of the latest window's label, 0 to 1.")
 WINDOW_START = gauge("window_start_timestamp_seconds", (), "Start of the latest window.")
 WINDOW_END = gauge("window_end_timestamp_seconds", (), "End of the latest window.")
 WINDOW_EVIDENCE = gauge("window_evidence_items", (),
                         "Evidence lines behind the latest window's label.")
+WINDOW_LABEL_SINCE = gauge("window_label_since_timestamp_seconds", (),
+                           "Since when the latest window's label has held: the start of the "
+                           "first window of its current run; the agent's start before the "
+                           "first window.")
+WINDOW_TOP_EVIDENCE = gauge("window_top_evidence_info", ("evidence",),
+                            "Always 1; the label is the first evidence line of the latest "
+                            "window (at most 160 characters); absent before the first.")
 WINDOWS_TOTAL = counter("windows_total", ("label",), "Windows labelled, per label.")
 LAST_WINDOW_AGE = gauge("last_window_age_seconds", (),
                         "Seconds since the end of the latest window; absent before the first.")
+
+GPU_PCI_DEVICES = gauge("gpu_pci_devices", (),
+                        "NVIDIA GPUs on the PCI bus (sysfs), whether or not NVML can read "
+                        "them; absent where the bus cannot be listed.")
 
 # -- probe health ---------------------------------------------------------------------
 
@@ -133,39 +154,40 @@ GPU_INFO = gauge("gpu_info", ("gpu", "uuid", "name", "pci_bus_id"),
 GPU_CLOCKS_EVENT = gauge("gpu_clocks_event_active", (*_GPU, "reason"),
                          "1 while the named clocks event (throttle reason) is active.",
                          "gpu: clocks_event_<reason>_flag")
+#: Where a GPU process runs ("" where unknown or not in one): container, Kubernetes
+#: pod, systemd service. Properties of the PID, so they add no series of their own.
+GPU_PROCESS_PLACEMENT = ("container_id", "pod_uid", "namespace", "pod", "container",
+                         "systemd_unit")
 GPU_PROCESS_MEMORY = gauge("gpu_process_memory_used_bytes",
-                           ("gpu", "uuid", "pid", "process_name"),
-                           "GPU memory used by one process.",
+                           ("gpu", "uuid", "mig", "pid", "process_name", *GPU_PROCESS_PLACEMENT),
+                           "GPU memory used by one process (pid \"other\": the processes "
+                           "beyond the per-GPU series limit, together).",
                            "gpu: process_memory_used_bytes (per-process samples)")
+GPU_PROCESSES_FOLDED = gauge("gpu_processes_folded", ("gpu", "uuid"),
+                             "Processes beyond the per-GPU series limit (max_processes), "
+                             "counted in the pid=\"other\" series.",
+                             "gpu: process_count (the pid=other sample)")
 
-_GPU_VALUES = (
-    ("utilization_ratio", "gpu_utilization_ratio",
-     "Share of the sample period in which a kernel ran (NVML's coarse utilization)."),
-    ("memory_used_bytes", "gpu_memory_used_bytes", "GPU memory in use."),
-    ("memory_total_bytes", "gpu_memory_total_bytes", "GPU memory installed."),
-    ("memory_reserved_bytes", "gpu_memory_reserved_bytes", "GPU memory reserved by the driver."),
-    ("power_watts", "gpu_power_watts", "Power draw."),
-    ("power_limit_watts", "gpu_power_limit_watts", "Enforced power limit."),
-    ("temperature_celsius", "gpu_temperature_celsius", "GPU core temperature."),
-    ("sm_clock_hertz", "gpu_sm_clock_hertz", "Current SM clock."),
-    ("sm_clock_max_hertz", "gpu_sm_clock_max_hertz", "Maximum SM clock."),
-    ("clocks_event_reasons_bitmask", "gpu_clocks_event_reasons_bitmask",
-     "NVML clocks event reasons, as the driver's bitmask."),
-    ("pcie_rx_bytes_per_second", "gpu_pcie_rx_bytes_per_second", "PCIe receive throughput."),
-    ("pcie_tx_bytes_per_second", "gpu_pcie_tx_bytes_per_second", "PCIe transmit throughput."),
-    ("sm_active_ratio", "gpu_sm_active_ratio", "Share of time SMs were active (GPM)."),
-    ("sm_occupancy_ratio", "gpu_sm_occupancy_ratio", "Achieved SM occupancy (GPM)."),
-    ("tensor_active_ratio", "gpu_tensor_active_ratio", "Share of time tensor cores were "
-                                                       "active (GPM)."),
-    ("dram_active_ratio", "gpu_dram_active_ratio", "Share of time device memory was busy (GPM)."),
-    ("gpm_available", "gpu_gpm_available",
-     "1 when fine-grained GPM metrics were read, 0 when only coarse utilization was."),
-    ("utilization_samples", "gpu_utilization_driver_samples",
-     "Driver samples the utilization figure was averaged from."),
-    ("process_count", "gpu_processes", "Processes using the GPU."),
-    ("process_memory_used_bytes", "gpu_processes_memory_used_bytes",
-     "GPU memory used by all its processes together."),
-)
+
+_GPU_HEALTH = ("gpu", "uuid")  # also on a failed sample, so its state replaces the last good one
+GPU_HEALTH = gauge("gpu_health", (*_GPU_HEALTH, "state"),
+                   "1 for the GPU's health state, 0 for the others: ok, degraded (row remap or "
+                   "page retirement pending, remap failure), reset_required (XID needing a "
+                   "reset, uncorrectable ECC since the last reset), lost (fell off the bus).",
+                   "gpu: health_<state>_flag")
+GPU_ECC_ERRORS = counter("gpu_ecc_errors_total", (*_GPU, "error_type", "counter"),
+                         "ECC errors; error_type corrected or uncorrected, counter volatile "
+                         "(since the last driver load or reset) or aggregate (lifetime).",
+                         "gpu: ecc_<error_type>_<counter>_errors_total")
+GPU_REMAPPED_ROWS = gauge("gpu_remapped_rows", (*_GPU, "cause"),
+                          "Memory rows remapped (as recorded in the InfoROM), by the cause: "
+                          "correctable or uncorrectable errors.",
+                          "gpu: remapped_rows_<cause>")
+GPU_RETIRED_PAGES = gauge("gpu_retired_pages", (*_GPU, "cause"),
+                          "Memory pages retired (GPUs before Ampere), by the cause: "
+                          "single_bit (repeated) or double_bit ECC errors.",
+                          "gpu: retired_pages_<cause>")
+_GPU_MIG = ("gpu", "uuid", "mig", "mig_uuid", "name")  # a MIG instance's series
 
 # -- host and NICs ----------------------------------------------------------------------
 
@@ -211,6 +233,40 @@ _NIC_VALUES = (
     ("tx_errors_per_second", "nic_tx_errors_per_second", "Transmit errors.", 1.0),
 )
 
+#: Raw kernel counters, exported as read: (sample value, metric name, help, constant labels).
+_HOST_COUNTERS = (
+    *((f"cpu_{mode}_seconds_total", "host_cpu_seconds_total",
+       "CPU time of all CPUs per mode, from /proc/stat.", {"mode": mode})
+      for mode in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")),
+    *((f"{resource}_pressure_{kind}_seconds_total", "host_pressure_stalled_seconds_total",
+       "PSI: total time some (or all, kind=full) tasks stalled on the resource.",
+       {"resource": resource, "kind": kind})
+      for resource in ("cpu", "io", "memory") for kind in ("some", "full")),
+)
+_NIC_COUNTERS = (
+    ("rx_bytes_total", "nic_rx_bytes_total", "Bytes received, /proc/net/dev."),
+    ("tx_bytes_total", "nic_tx_bytes_total", "Bytes transmitted, /proc/net/dev."),
+    ("rx_packets_total", "nic_rx_packets_total", "Packets received, /proc/net/dev."),
+    ("tx_packets_total", "nic_tx_packets_total", "Packets transmitted, /proc/net/dev."),
+    ("rx_drops_total", "nic_rx_drops_total", "Received packets dropped, /proc/net/dev."),
+    ("tx_drops_total", "nic_tx_drops_total", "Transmit packets dropped, /proc/net/dev."),
+    ("rx_errors_total", "nic_rx_errors_total", "Receive errors, /proc/net/dev."),
+    ("tx_errors_total", "nic_tx_errors_total", "Transmit errors, /proc/net/dev."),
+)
+_HOST_TCP_COUNTERS = (
+    ("tcp_out_segments_total", "host_tcp_out_segments_total",
+     "TCP segments sent, host-wide (/proc/net/snmp OutSegs)."),
+    ("tcp_retransmits_total", "host_tcp_retransmits_total",
+     "TCP segments retransmitted, host-wide (/proc/net/snmp RetransSegs)."),
+)
+_WINDOW_MEAN_NOTE = " Mean over the latest window."
+
+
+def _windowed(value: str, text: str) -> str:
+    # The passive probes' rates and ratios are window means (ai_bottleneck.window_means).
+    return text + _WINDOW_MEAN_NOTE if value.endswith(("_ratio", "_per_second")) else text
+
+
 # -- HTTP, throughput, OOM ------------------------------------------------------------
 
 HTTP_DURATION = gauge("http_request_duration_seconds", ("target", "phase"),
@@ -228,71 +284,57 @@ TRANSFER_SECONDS = gauge("transfer_duration_seconds", ("probe", "target", "direc
                          "Duration of the last transfer.", "iperf3, download: seconds")
 
 _HTTP_PHASES = ("total", "dns", "connect", "tls", "upload", "server", "download")
-_HTTP_VALUES = (
-    ("status", "http_status_code", "HTTP status of the last call (absent when none came back)."),
-    ("request_bytes", "http_request_size_bytes", "Request body size of the last call."),
-    ("response_bytes", "http_response_size_bytes", "Response body size of the last call."),
-    ("concurrency", "http_concurrent_requests", "Calls the probe made at once."),
-)
 _IPERF3_VALUES = (
     ("retransmits", "iperf3_retransmits", "TCP retransmits during the last iperf3 test."),
     ("rtt_seconds", "iperf3_rtt_seconds", "Mean TCP round-trip time of the last iperf3 test."),
 )
-_OOM_VALUES = (
-    ("oom_events_total", "oom_events_total", "Out-of-memory events seen since the agent started."),
-    ("load_failure_events_total", "load_failure_events_total",
-     "Model load / allocation failures seen since the agent started."),
-)
-
-# -- model servers (probe engine) -------------------------------------------------------
-
-_ENGINE = ("engine", "target")
-_ENGINE_GAUGES = (
-    ("requests_running", "engine_requests_running", "Requests in the engine's running batch."),
-    ("requests_waiting", "engine_requests_waiting",
-     "Requests queued in the engine, waiting for a slot or KV cache room."),
-    ("kv_cache_usage_ratio", "engine_kv_cache_usage_ratio", "Share of the KV cache in use."),
-    ("kv_cache_capacity_tokens", "engine_kv_cache_capacity_tokens", "KV cache size in tokens."),
-    ("queue_seconds", "engine_queue_seconds",
-     "Mean time in the engine's queue of the requests finished since the scrape before."),
-    ("queue_p95_seconds", "engine_queue_p95_seconds", "p95 of the same, from histogram buckets."),
-    ("time_to_first_token_seconds", "engine_time_to_first_token_seconds",
-     "Mean time to first token of the requests finished since the scrape before."),
-    ("time_to_first_token_p95_seconds", "engine_time_to_first_token_p95_seconds",
-     "p95 of the same, from histogram buckets."),
-    ("inter_token_seconds", "engine_inter_token_seconds",
-     "Mean time between output tokens since the scrape before."),
-    ("inter_token_p95_seconds", "engine_inter_token_p95_seconds",
-     "p95 of the same, from histogram buckets."),
-    ("compute_seconds", "engine_compute_seconds",
-     "Mean time running in the engine of the requests finished since the scrape before."),
-    ("compute_p95_seconds", "engine_compute_p95_seconds",
-     "p95 of the same, from histogram buckets."),
-)
-_ENGINE_COUNTERS = (
-    ("preemptions_total", "engine_preemptions_total",
-     "Requests the engine preempted since it started (KV cache full)."),
-    ("prompt_tokens_total", "engine_prompt_tokens_total", "Prompt tokens processed."),
-    ("generation_tokens_total", "engine_generation_tokens_total", "Tokens generated."),
-    ("requests_completed_total", "engine_requests_completed_total", "Requests finished."),
-)
+_ENGINE = ("engine", "target")  # model servers (probe engine): exporter_tables.ENGINE_*
 
 
 def _build_routes() -> dict[str, dict[str, Route]]:
     routes: dict[str, dict[str, Route]] = {p: {} for p in
                                            ("gpu", "host", "nic", "http", "download", "iperf3",
-                                            "oom", "engine")}
+                                            "oom", "engine", "service")}
     for value, name, text in _GPU_VALUES:
-        routes["gpu"][value] = Route(gauge(name, _GPU, text, f"gpu: {value}"))
+        routes["gpu"][value] = Route(gauge(name, _GPU, _windowed(value, text), f"gpu: {value}"))
     routes["gpu"]["oom_events_total"] = Route(counter(
         "gpu_oom_events_total", _GPU, "Out-of-memory events the GPU probe saw.",
         "gpu: oom_events_total"))
+    for value, name, kind, text in _GPU_HEALTH_VALUES:
+        make = counter if kind == "counter" else gauge
+        routes["gpu"][value] = Route(make(name, _GPU, text, f"gpu: {value}"))
+    for error_type in ("corrected", "uncorrected"):
+        for kind in ("volatile", "aggregate"):
+            routes["gpu"][f"ecc_{error_type}_{kind}_errors_total"] = Route(
+                GPU_ECC_ERRORS, constants={"error_type": error_type, "counter": kind})
+    for cause in ("correctable", "uncorrectable"):
+        routes["gpu"][f"remapped_rows_{cause}"] = Route(GPU_REMAPPED_ROWS,
+                                                        constants={"cause": cause})
+    for cause in ("single_bit", "double_bit"):
+        routes["gpu"][f"retired_pages_{cause}"] = Route(GPU_RETIRED_PAGES,
+                                                        constants={"cause": cause})
+    for state in HEALTH_STATES:
+        routes["gpu"][f"{FLAG_PREFIX}{state}{FLAG_SUFFIX}"] = Route(GPU_HEALTH,
+                                                                    constants={"state": state})
     for value, name, text in _HOST_VALUES:
-        routes["host"][value] = Route(gauge(name, (), text, f"host: {value}"))
+        routes["host"][value] = Route(gauge(name, (), _windowed(value, text), f"host: {value}"))
+    shared: dict[str, Metric] = {}
+    for value, name, text, constants in _HOST_COUNTERS:
+        if name not in shared:
+            shared[name] = counter(name, tuple(constants), text,
+                                   "host: " + ("cpu_<mode>_seconds_total" if "cpu_seconds" in name
+                                               else "<resource>_pressure_<kind>_seconds_total"))
+        routes["host"][value] = Route(shared[name], constants=constants)
     for value, name, text, scale in _NIC_VALUES:
-        routes["nic"][value] = Route(gauge(name, ("nic",), text, f"nic: {value}"), scale)
+        routes["nic"][value] = Route(gauge(name, ("nic",), _windowed(value, text),
+                                           f"nic: {value}"), scale)
+    for value, name, text in _NIC_COUNTERS:
+        routes["nic"][value] = Route(counter(name, ("nic",), text, f"nic: {value}"))
     for value, name, text in _HOST_TCP_VALUES:
-        routes["nic"][value] = Route(gauge(name, (), text, f"nic (scope=host): {value}"))
+        routes["nic"][value] = Route(gauge(name, (), _windowed(value, text),
+                                           f"nic (scope=host): {value}"))
+    for value, name, text in _HOST_TCP_COUNTERS:
+        routes["nic"][value] = Route(counter(name, (), text, f"nic (scope=host): {value}"))
     for phase in _HTTP_PHASES:
         routes["http"][f"{phase}_seconds"] = Route(HTTP_DURATION, constants={"phase": phase})
     for value, name, text in _HTTP_VALUES:
@@ -308,6 +350,8 @@ def _build_routes() -> dict[str, dict[str, Route]]:
     for value, name, text in _IPERF3_VALUES:
         routes["iperf3"][value] = Route(gauge(name, ("target", "direction"), text,
                                               f"iperf3: {value}"))
+    for value, name, text in _SERVICE_VALUES:
+        routes["service"][value] = Route(gauge(name, ("service",), text, f"service: {value}"))
     for value, name, text in _OOM_VALUES:
         routes["oom"][value] = Route(counter(name, ("source",), text, f"oom: {value}"))
     for value, name, text in _ENGINE_GAUGES:
@@ -320,7 +364,11 @@ def _build_routes() -> dict[str, dict[str, Route]]:
 #: (probe, value name) -> Route, for samples of the whole GPU, host, NIC, target.
 ROUTES = _build_routes()
 #: GPU samples that carry a ``pid`` label describe one process, not the GPU.
-GPU_PROCESS_ROUTES = {"process_memory_used_bytes": Route(GPU_PROCESS_MEMORY)}
+GPU_PROCESS_ROUTES = {"process_memory_used_bytes": Route(GPU_PROCESS_MEMORY),
+                      "process_count": Route(GPU_PROCESSES_FOLDED)}
+#: GPU samples that carry a ``mig`` label describe one MIG instance.
+GPU_MIG_ROUTES = {value: Route(gauge(name, _GPU_MIG, text, f"gpu (MIG instance): {value}"))
+                  for value, name, text in _GPU_MIG_VALUES}
 #: Per probe: the "did this source answer" gauge each of its samples sets.
 UP_ROUTES = {
     "gpu": Route(GPU_UP),

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ai_bottleneck import gpu_faults, gpu_workloads
 from ai_bottleneck.engine_signals import EngineReading
 from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.readings import GpuReading, HttpReading, NicReading, Readings
@@ -193,6 +194,10 @@ class RunFigures:
     load_failures: float
     unread: int          # windows without typed readings (none from this version)
     engines: list[EngineFigures] = field(default_factory=list)
+    #: GPU memory by workload (pod, container, service or process): peak, largest first.
+    gpu_workloads: list[tuple[str, float]] = field(default_factory=list)
+    #: GPUs whose health was not ok in some window: (gpu, worst state and reason).
+    gpu_health: list[tuple[str, str]] = field(default_factory=list)
 
 
 def run_figures(results: Sequence[WindowResult]) -> RunFigures:
@@ -249,6 +254,8 @@ def run_figures(results: Sequence[WindowResult]) -> RunFigures:
         targets=[targets[k] for k in sorted(targets)],
         throughputs=[throughputs[k] for k in sorted(throughputs)],
         oom_events=oom, load_failures=load, unread=unread,
+        gpu_workloads=gpu_workloads.run_peaks([r.summary for r in results]),
+        gpu_health=gpu_faults.run_health([r.summary for r in results]),
         engines=[engines[k] for k in sorted(engines)])
 
 

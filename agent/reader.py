@@ -46,6 +46,7 @@ from ai_bottleneck.probes.vocabulary import (
     is_host_total,
     is_in_flight,
     is_process_sample,
+    mig_instance,
     nic_value,
     pressure_value,
 )
@@ -100,6 +101,9 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
         if dev is None:
             errors.extend(sw.errors(1))  # the whole probe failed (no device named)
             continue
+        mig = mig_instance(sw.labels)
+        if mig is not None:  # a MIG instance is a GPU of its own to the rules
+            dev += "/mig" + mig
         devices.setdefault(dev, []).append(sw)
     out: list[GpuReading] = []
     for group in devices.values():
@@ -117,7 +121,8 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
         oom = sum(v for v in (sw.increase(OOM_EVENTS_TOTAL),
                               sw.increase(LOAD_FAILURE_EVENTS_TOTAL)) if v)
         out.append(GpuReading(
-            id=sw.labels.get("gpu") or sw.labels.get("uuid", "?"),
+            id=(sw.labels.get("gpu") or sw.labels.get("uuid", "?"))
+            + (f" MIG instance {mig}" if (mig := mig_instance(sw.labels)) is not None else ""),
             name=sw.labels.get("name"),
             samples=sw.count,
             utilization=_mean(sw, GPU_UTILIZATION),

@@ -25,6 +25,10 @@ class WarningKind(StrEnum):
     PROBE_UNAVAILABLE = "probe_unavailable"    # cannot run on this host at all
     PROBE_FAILING = "probe_failing"            # ran, failed or partly failed
     GPU_READ_ERROR = "gpu_read_error"          # one GPU could not be read
+    GPU_REMAP_FAILED = "gpu_remap_failed"      # a row remapping failed: replace the GPU
+    GPU_REMAP_PENDING = "gpu_remap_pending"    # a row remapping waits for a GPU reset
+    GPU_PAGE_RETIRE_PENDING = "gpu_page_retire_pending"  # waits for a driver reload
+    GPU_XID = "gpu_xid"                        # XID error events in the window
     LATE_SAMPLES = "late_samples"
     OTHER = "other"
 

@@ -117,6 +117,21 @@ def engine_table(f: RunFigures, width: int) -> list[str]:
     return out + [f"  {e.engine} at {e.target}" for e in f.engines]
 
 
+def workload_lines(f: RunFigures) -> list[str]:
+    """Whose GPU memory it is: each workload's peak over the run, largest first."""
+    if not f.gpu_workloads:
+        return []
+    return ["GPU memory by workload (peak)",
+            *(f"  {name}: {size(peak)}" for name, peak in f.gpu_workloads)]
+
+
+def health_lines(f: RunFigures) -> list[str]:
+    """The GPUs whose health was not ok in some window, with their worst state."""
+    if not f.gpu_health:
+        return []
+    return ["GPU health (not ok)", *(f"  GPU {gpu}: {text}" for gpu, text in f.gpu_health)]
+
+
 def phase_lines(f: RunFigures, width: int) -> list[str]:
     out = []
     for t in f.targets:
@@ -142,8 +157,9 @@ def other_lines(f: RunFigures) -> list[str]:
 
 def key_numbers(f: RunFigures, width: int, style: Style) -> list[str]:
     """Every table, with a blank line between resources; header lines in bold."""
-    blocks = [gpu_table(f, width), host_table(f, width), nic_table(f, width),
-              target_table(f, width), engine_table(f, width), other_lines(f)]
+    blocks = [gpu_table(f, width), health_lines(f), workload_lines(f), host_table(f, width),
+              nic_table(f, width), target_table(f, width), engine_table(f, width),
+              other_lines(f)]
     out: list[str] = []
     for block in blocks:
         if not block:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import platform
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -30,6 +32,8 @@ from ai_bottleneck.labels import LABEL_NAMES
 from ai_bottleneck.probes.base import Clock
 from ai_bottleneck.probes.sample import Sample, is_skipped, one_line, skip_kind
 
+#: The longest top-evidence line /metrics carries (a label value: bounded in size).
+TOP_EVIDENCE_CHARS = 160
 #: Why a probe round failed: a failed sample it returned, a time-out waiting
 #: for it, or an exception out of it (a probe bug).
 ERROR_REASONS = ("error", "timeout", "crash")
@@ -82,6 +86,8 @@ class WindowSummary:
     start: float
     end: float
     evidence_items: int
+    top_evidence: str = ""  # the first evidence line, cut to TOP_EVIDENCE_CHARS
+    label_since: float = 0.0  # start of the first window of this run of the label
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,12 @@ class Snapshot:
     start_time: float
     interval_seconds: float
     window_seconds: float
+    # Per series, the latest window's means of its rate and ratio values
+    # (ai_bottleneck.window_means): they stand in for the sample's own.
+    window_means: Mapping[SeriesKey, Mapping[str, float]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    # NVIDIA GPUs the PCI bus shows (ai_bottleneck.gpu_presence); None: not looked.
+    gpu_pci_devices: int | None = None
 
     def live_series(self, now: float) -> Iterator[Series]:
         """Series not yet stale at ``now`` (also checked here: the writer may be stuck)."""
@@ -105,7 +117,22 @@ class Snapshot:
 
 
 def default_build_info() -> dict[str, str]:
-    return {"version": __version__, "python_version": platform.python_version()}
+    return {"version": __version__, "revision": build_revision(),
+            "python_version": platform.python_version()}
+
+
+def build_revision() -> str:
+    """The source revision this copy was built from: $AI_BOTTLENECK_REVISION (set by
+    an image build), else the REVISION file the wheel build writes (hatch_build.py),
+    else "unknown"."""
+    env = os.environ.get("AI_BOTTLENECK_REVISION", "").strip()
+    if env:
+        return one_line(env)[:64]
+    try:
+        text = (resources.files("ai_bottleneck") / "REVISION").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return "unknown"
+    return one_line(text.strip())[:64] or "unknown"
 
 
 class AgentState:
@@ -215,8 +242,12 @@ class AgentState:
                     failed += 1
                     last_error = sample.error
                     _drop_covered(series, probe, labels, keep=key)
+                values = dict(sample.values)
+                means = snap.window_means.get(key)
+                if means:
+                    values.update((k, v) for k, v in means.items() if k in values)
                 series[key] = Series(probe=probe, labels=MappingProxyType(labels),
-                                     values=MappingProxyType(dict(sample.values)),
+                                     values=MappingProxyType(values),
                                      error=sample.error, t=sample.t, expires_at=expires_at)
             _drop_expired(series, now)
             if measured == 0 and skipped > 0:
@@ -256,8 +287,13 @@ class AgentState:
                           probes=self._with(snap.probes, probe, new_health))
 
     def record_window(self, label: object, confidence: float, start: float, end: float,
-                      evidence_items: int = 0) -> None:
-        """A labelled window. ``label`` is one of LABEL_NAMES (a str or a str-valued Enum)."""
+                      evidence_items: int = 0, *, top_evidence: str = "",
+                      means: Mapping[SeriesKey, Mapping[str, float]] | None = None) -> None:
+        """A labelled window. ``label`` is one of LABEL_NAMES (a str or a str-valued Enum).
+
+        ``means`` (series -> value -> mean over this window) replace those values of
+        the live series, now and in their samples until the next window closes.
+        """
         name = str(getattr(label, "value", label))
         if name not in LABEL_NAMES:
             raise ValueError(f"unknown window label {name!r}; expected one of "
@@ -266,13 +302,29 @@ class AgentState:
             raise ValueError(f"confidence must be within 0..1, got {confidence!r}")
         if not (math.isfinite(start) and math.isfinite(end) and start <= end):
             raise ValueError(f"window start {start!r} must be <= end {end!r}")
-        window = WindowSummary(label=name, confidence=float(confidence), start=float(start),
-                               end=float(end), evidence_items=int(evidence_items))
+        top = one_line(top_evidence, TOP_EVIDENCE_CHARS)
         with self._lock:
             snap = self._snapshot
+            previous = snap.window
+            since = (previous.label_since if previous is not None and previous.label == name
+                     else float(start))
+            window = WindowSummary(label=name, confidence=float(confidence), start=float(start),
+                                   end=float(end), evidence_items=int(evidence_items),
+                                   top_evidence=top, label_since=since)
             totals = dict(snap.windows_total)
             totals[name] += 1
-            self._publish(snap, window=window, windows_total=MappingProxyType(totals))
+            changes: dict[str, Any] = {"window": window,
+                                       "windows_total": MappingProxyType(totals)}
+            if means is not None:
+                frozen = MappingProxyType({k: MappingProxyType(dict(v)) for k, v in means.items()})
+                changes["window_means"] = frozen
+                changes["series"] = MappingProxyType(_with_means(snap.series, frozen))
+            self._publish(snap, **changes)
+
+    def set_gpu_pci_devices(self, count: int | None) -> None:
+        """How many NVIDIA GPUs the PCI bus shows (None: unknown)."""
+        with self._lock:
+            self._publish(self._snapshot, gpu_pci_devices=count)
 
     # -- helpers --------------------------------------------------------------------
 
@@ -292,6 +344,19 @@ def _duration(new: float | None, old: float | None) -> float | None:
     if new is None or not math.isfinite(new) or new < 0:
         return old
     return float(new)
+
+
+def _with_means(series: Mapping[SeriesKey, Series],
+                means: Mapping[SeriesKey, Mapping[str, float]]) -> dict[SeriesKey, Series]:
+    out = dict(series)
+    for key, values in means.items():
+        s = out.get(key)
+        if s is None or s.error is not None:
+            continue
+        merged = dict(s.values)
+        merged.update((k, v) for k, v in values.items() if k in merged)
+        out[key] = dataclasses.replace(s, values=MappingProxyType(merged))
+    return out
 
 
 def _drop_expired(series: dict[SeriesKey, Series], now: float) -> None:

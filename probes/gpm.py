@@ -3,7 +3,9 @@
 GPM metrics describe an interval between two GPM samples. A ``GpmReader``
 keeps two sample buffers per GPU and uses them in turn: each ``read()`` takes
 a new sample and asks NVML for the metrics between it and the previous one,
-so every pass reports the interval since the pass before.
+so every pass reports the interval since the pass before. For a MIG instance the
+samples are taken with ``nvmlGpmMigSampleGet`` on the parent GPU and the GPU
+instance id (probes/gpu_mig.py).
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ class GpmReader:
     """GPM for one GPU. Build with ``open``; ``closed`` once GPM turned out unusable."""
 
     def __init__(self, session: nvml.NvmlSession, handle: Any, index: int, *,
-                 buffers: list[Any], request: Any, monotonic: Clock) -> None:
+                 buffers: list[Any], request: Any, monotonic: Clock,
+                 gpu_instance_id: int | None = None) -> None:
         self._nvml = session
         self._handle = handle
+        self._gpu_instance_id = gpu_instance_id
         self._index = index
         self._buffers = buffers
         self._request = request
@@ -49,8 +53,9 @@ class GpmReader:
 
     @classmethod
     def open(cls, session: nvml.NvmlSession, handle: Any, index: int,
-             monotonic: Clock) -> GpmReader | None:
+             monotonic: Clock, gpu_instance_id: int | None = None) -> GpmReader | None:
         """A reader with its first sample taken, or None where the GPU has no usable GPM.
+        ``gpu_instance_id``: read that MIG instance of the GPU ``handle``.
 
         Raises NVMLError only for GPU-fatal errors (the GPU is gone).
         """
@@ -80,9 +85,14 @@ class GpmReader:
                 _free(session, buffer)
             return None
         reader = cls(session, handle, index, buffers=buffers, request=request,
-                     monotonic=monotonic)
-        # The first sample now, so that the first pass already has an interval.
-        reader.read({})
+                     monotonic=monotonic, gpu_instance_id=gpu_instance_id)
+        # The first sample now, so that the first pass already has an interval. The GPU
+        # can be lost right here: the buffers are ours to free before the error goes up.
+        try:
+            reader.read({})
+        except BaseException:
+            reader.close()
+            raise
         return None if reader.closed else reader
 
     def read(self, values: dict[str, float]) -> bool:
@@ -97,7 +107,12 @@ class GpmReader:
             return False
         previous = self._newest
         current = 1 - previous
-        if not self._call("nvmlGpmSampleGet", self._handle, self._buffers[current]):
+        if self._gpu_instance_id is None:
+            taken = self._call("nvmlGpmSampleGet", self._handle, self._buffers[current])
+        else:
+            taken = self._call("nvmlGpmMigSampleGet", self._handle, self._gpu_instance_id,
+                               self._buffers[current])
+        if not taken:
             return False
         first = self._taken_at is None
         self._newest, self._taken_at = current, now

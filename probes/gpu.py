@@ -21,12 +21,12 @@ is left out, logged once (probes/nvml.py).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ai_bottleneck.probes import nvml
@@ -42,17 +42,17 @@ from ai_bottleneck.probes.base import (
 from ai_bottleneck.probes.gpm import GpmReader
 from ai_bottleneck.probes.gpu_device import (
     Device,
+    attach_errors,
     read_memory,
     read_utilization,
     read_value,
     text,
 )
-from ai_bottleneck.probes.vocabulary import (
-    GPU_POWER,
-    GPU_POWER_LIMIT,
-    GPU_TEMPERATURE,
-    PROCESS_LABEL,
-)
+from ai_bottleneck.probes.gpu_health import HealthReader, fault_values
+from ai_bottleneck.probes.gpu_mig import MigReader
+from ai_bottleneck.probes.gpu_processes import ProcessReader
+from ai_bottleneck.probes.k8s_pods import PodDirectory
+from ai_bottleneck.probes.vocabulary import GPU_POWER, GPU_POWER_LIMIT, GPU_TEMPERATURE
 
 NAME = "gpu"
 log = logging.getLogger(__name__)
@@ -86,6 +86,19 @@ class Options:
             "40 ms per GPU per pass"))
     processes: bool = field(default=True, metadata=option_info(
         doc="list compute processes and the GPU memory each uses"))
+    max_processes: int = field(default=32, metadata=option_info(
+        min=1, max=1024, doc="process series per GPU, the ones using the most memory; the "
+        "rest are folded into one series with pid \"other\""))
+    proc_root: str = field(default="/proc", metadata=option_info(
+        doc="where the host's /proc is (\"/host/proc\" in a container that mounts it): "
+            "each GPU process's cgroup names its container, pod or service"))
+    pod_logs_root: str = field(default="/var/log/pods", metadata=option_info(
+        doc="the kubelet's pod log directory; its names (and the containers directory "
+            "beside it) give pod, namespace and container names"))
+    mig: bool = field(default=True, metadata=option_info(
+        doc="on GPUs in MIG mode, one sample per GPU instance (memory, GPM metrics)"))
+    health: bool = field(default=True, metadata=option_info(
+        doc="watch XID error events and read ECC counters, row remapping and retired pages"))
 
 
 class GpuProbe:
@@ -106,20 +119,36 @@ class GpuProbe:
         self._devices: list[Device] | None = None
         self._start_error: str | None = None
         self._retry_at = 0.0
-        self._process_names: dict[int, str] = {}
+        self._processes = ProcessReader(
+            self._nvml, proc_root=self.options.proc_root,
+            pods=PodDirectory(self.options.pod_logs_root, monotonic=monotonic),
+            max_processes=self.options.max_processes)
 
     # -- protocol -------------------------------------------------------------------------
 
     def check(self) -> Availability:
         with self._busy:
+            started_before = self._devices is not None
             error = self._start(retry_now=True)
             devices = self._devices
+            for dev in devices if started_before and devices else ():
+                if dev.handle is None:  # failed to attach earlier: it may be back
+                    self._attach(dev)
         if error is not None:
             return Availability.no(error)
         if not devices:
             return Availability.no("NVML found no NVIDIA GPU on this host")
-        names = Counter(d.labels.get("name", "unknown GPU") for d in devices)
+        attached = [d for d in devices if d.handle is not None]
+        failed_devices = [d for d in devices if d.handle is None]
+        if not attached:
+            # Counting GPUs is not reading them: every GPU failed to attach.
+            return Availability.no(f"NVML sees {len(devices)} GPU(s) but none can be read: "
+                                   + attach_errors(failed_devices))
+        names = Counter(d.labels.get("name", "unknown GPU") for d in attached)
         summary = ", ".join(f"{n}x {name}" for name, n in names.items())
+        if failed_devices:
+            return Availability.yes(f"{len(attached)} of {len(devices)} GPU(s) readable: "
+                                    f"{summary}; {attach_errors(failed_devices)}")
         return Availability.yes(f"{len(devices)} GPU(s): {summary}")
 
     def sample(self) -> Sequence[Sample]:
@@ -138,6 +167,8 @@ class GpuProbe:
         try:
             for dev in self._devices or ():
                 self._drop_gpm(dev)
+                if dev.health is not None:
+                    dev.health.close()
             self._devices = None
             self._nvml.stop()
         finally:
@@ -183,6 +214,7 @@ class GpuProbe:
             max_mhz = self._static("nvmlDeviceGetMaxClockInfo", handle, nvml.CLOCK_SM)
         except (nvml.NVMLError, nvml.FunctionMissing) as exc:
             dev.error = nvml.describe(exc)
+            dev.fault = fault_values(exc)
             return
         # A new dict, never changed afterwards: samples already out keep theirs.
         labels = {"gpu": str(dev.index), "uuid": text(uuid) if uuid is not None else ""}
@@ -196,12 +228,21 @@ class GpuProbe:
             dev.sm_clock_max_hertz = float(max_mhz) * 1e6
         dev.handle = handle
         dev.error = ""
-        if self.options.gpm:
-            try:
+        try:
+            if self.options.gpm:
                 dev.gpm = GpmReader.open(self._nvml, handle, dev.index, self._monotonic)
-            except nvml.NVMLError as exc:  # the GPU went away between calls
-                dev.handle = None
-                dev.error = nvml.describe(exc)
+            if dev.health is not None:  # kept across a lost GPU: it remembers past XIDs
+                dev.health.handle = handle
+            elif self.options.health:
+                dev.health = HealthReader(self._nvml, handle, dev.index)
+            if self.options.mig:
+                dev.mig = MigReader.open(self._nvml, handle, labels, dev.index,
+                                         self._monotonic, gpm=self.options.gpm)
+        except nvml.NVMLError as exc:  # the GPU went away between calls
+            self._drop_gpm(dev)
+            dev.handle = None
+            dev.error = nvml.describe(exc)
+            dev.fault = fault_values(exc)
 
     def _static(self, function: str, *args: Any) -> Any:
         try:
@@ -229,19 +270,20 @@ class GpuProbe:
             if dev.handle is None:
                 self._attach(dev)
                 if dev.handle is None:
-                    out.append(failed(NAME, dev.error, dev.error_labels, t=t))
+                    out.append(Sample(t=t, probe=NAME, labels=dev.error_labels,
+                                      values=dev.fault, error=one_line(dev.error)))
                     continue
             try:
                 out.extend(self._read(dev, t, pids))
             except nvml.NVMLError as exc:  # GPU-fatal: this GPU only
-                out.append(failed(NAME, nvml.describe(exc), dev.error_labels, t=t))
+                out.append(Sample(t=t, probe=NAME, labels=dev.error_labels,
+                                  values=fault_values(exc), error=nvml.describe(exc)))
             except Exception as exc:  # a bug or a broken backend: still one GPU, one line
                 self._nvml.log_once(f"bug:{type(exc).__name__}", "gpu: reading GPU %d failed",
                                     dev.index, level=logging.ERROR)
                 out.append(failed(NAME, f"reading the GPU failed: {one_line(exc)}",
                                   dev.error_labels, t=t))
-        for pid in self._process_names.keys() - pids:
-            del self._process_names[pid]
+        self._processes.forget_except(pids)
         return out
 
     def _read(self, dev: Device, t: float, pids: set[int]) -> list[Sample]:
@@ -249,34 +291,33 @@ class GpuProbe:
         values: dict[str, float] = {}
         read_utilization(self._nvml, dev, values)
         read_memory(self._nvml, dev, values)
-        power = read_value(self._nvml, dev, "power", ("nvmlDeviceGetPowerUsage",), handle)
+        power = self._value(dev, "power", ("nvmlDeviceGetPowerUsage",), handle)
         if power is not None:
             values[GPU_POWER] = power / 1000.0
-        limit = read_value(self._nvml, dev, "power_limit", _POWER_LIMIT, handle)
+        limit = self._value(dev, "power_limit", _POWER_LIMIT, handle)
         if limit is not None:
             values[GPU_POWER_LIMIT] = limit / 1000.0
-        temperature = read_value(self._nvml, dev, "temperature", _TEMPERATURE, handle,
-                                 nvml.TEMPERATURE_GPU)
+        temperature = self._value(dev, "temperature", _TEMPERATURE, handle, nvml.TEMPERATURE_GPU)
         if temperature is not None:
             values[GPU_TEMPERATURE] = float(temperature)
-        sm_clock = read_value(self._nvml, dev, "sm_clock", ("nvmlDeviceGetClockInfo",), handle,
+        sm_clock = self._value(dev, "sm_clock", ("nvmlDeviceGetClockInfo",), handle,
                                nvml.CLOCK_SM)
         if sm_clock is not None:
             values["sm_clock_hertz"] = sm_clock * 1e6
         if dev.sm_clock_max_hertz is not None:
             values["sm_clock_max_hertz"] = dev.sm_clock_max_hertz
-        reasons = read_value(self._nvml, dev, "clocks_event", _CLOCKS_EVENT, handle)
+        reasons = self._value(dev, "clocks_event", _CLOCKS_EVENT, handle)
         if reasons is not None:
             bits = int(reasons)
             values["clocks_event_reasons_bitmask"] = float(bits)
             for key, bit in _FLAGS:
                 values[key] = 1.0 if bits & bit else 0.0
         if self.options.pcie:
-            rx = read_value(self._nvml, dev, "pcie_rx", ("nvmlDeviceGetPcieThroughput",), handle,
+            rx = self._value(dev, "pcie_rx", ("nvmlDeviceGetPcieThroughput",), handle,
                              nvml.PCIE_UTIL_RX_BYTES)
             if rx is not None:
                 values["pcie_rx_bytes_per_second"] = rx * _KIB
-            tx = read_value(self._nvml, dev, "pcie_tx", ("nvmlDeviceGetPcieThroughput",), handle,
+            tx = self._value(dev, "pcie_tx", ("nvmlDeviceGetPcieThroughput",), handle,
                              nvml.PCIE_UTIL_TX_BYTES)
             if tx is not None:
                 values["pcie_tx_bytes_per_second"] = tx * _KIB
@@ -284,50 +325,34 @@ class GpuProbe:
         values["gpm_available"] = 1.0 if gpm is not None and gpm.read(values) else 0.0
         if gpm is not None and gpm.closed:
             dev.gpm = None
+        if dev.health is not None:
+            dev.health.read(values, partial(self._value, dev))
         processes = self._read_processes(dev, values, t, pids) if self.options.processes else []
-        return [Sample(t=t, probe=NAME, labels=dev.labels, values=values), *processes]
+        instances = dev.mig.read(t, NAME, partial(self._value, dev)) if dev.mig else []
+        return [Sample(t=t, probe=NAME, labels=dev.labels, values=values), *instances,
+                *processes]
+
+    def _value(self, dev: Device, key: str, functions: Sequence[str], *args: Any) -> Any:
+        """One reading, or None. Unsupported: remembered, not asked again. GPU-fatal: raised."""
+        return read_value(self._nvml, dev, key, functions, *args)
 
     def _read_processes(self, dev: Device, values: dict[str, float], t: float,
                         pids: set[int]) -> list[Sample]:
-        processes = read_value(self._nvml, dev, "processes", _PROCESSES, dev.handle)
+        processes = self._value(dev, "processes", _PROCESSES, dev.handle)
         if processes is None:
             return []
-        out = []
-        total = 0.0
-        known = not processes  # no process at all: 0 bytes is a reading
-        for proc in processes:
-            pid = int(proc.pid)
-            pids.add(pid)
-            proc_values: dict[str, float] = {}
-            used = getattr(proc, "usedGpuMemory", None)
-            if used is not None and used >= 0:
-                proc_values["process_memory_used_bytes"] = float(used)
-                total += used
-                known = True
-            labels = {**dev.error_labels, PROCESS_LABEL: str(pid),
-                      "process_name": self._process_name(pid)}
-            out.append(Sample(t=t, probe=NAME, labels=labels, values=proc_values))
-        values["process_count"] = float(len(processes))
-        if known:
-            values["process_memory_used_bytes"] = total
-        return out
-
-    def _process_name(self, pid: int) -> str:
-        name = self._process_names.get(pid)
-        if name is None:
-            try:
-                raw = self._nvml.call("nvmlSystemGetProcessName", pid)
-            except (nvml.FunctionMissing, nvml.NVMLError):
-                raw = None  # gone already, or another container's process
-            name = os.path.basename(text(raw)) if raw else ""
-            name = name or "unknown"
-            self._process_names[pid] = name
-        return name
+        pids.update(int(proc.pid) for proc in processes)
+        samples, totals = self._processes.samples(dev.error_labels, processes, t, NAME)
+        values.update(totals)
+        return samples
 
     def _drop_gpm(self, dev: Device) -> None:
         if dev.gpm is not None:
             dev.gpm.close()
             dev.gpm = None
+        if dev.mig is not None:
+            dev.mig.close()
+            dev.mig = None
 
 
 def create(options: Mapping[str, Any]) -> GpuProbe:

@@ -13,6 +13,8 @@ from typing import Any
 
 from ai_bottleneck.probes import nvml
 from ai_bottleneck.probes.gpm import GpmReader
+from ai_bottleneck.probes.gpu_health import HealthReader
+from ai_bottleneck.probes.gpu_mig import MigReader
 from ai_bottleneck.probes.vocabulary import GPU_MEMORY_TOTAL, GPU_MEMORY_USED, GPU_UTILIZATION
 
 #: Answers that will not change while the probe runs: the value is left out for good.
@@ -23,8 +25,8 @@ MEMORY_V2 = "nvmlDeviceGetMemoryInfo_v2"  # the C symbol behind version=nvmlMemo
 class Device:
     """What the probe keeps about one GPU between passes."""
 
-    __slots__ = ("absent", "cursor", "error", "gpm", "handle", "index", "labels",
-                 "sample_buffer", "sm_clock_max_hertz")
+    __slots__ = ("absent", "cursor", "error", "fault", "gpm", "handle", "health", "index",
+                 "labels", "mig", "sample_buffer", "sm_clock_max_hertz")
 
     def __init__(self, index: int, sample_buffer: bool) -> None:
         self.index = index
@@ -36,10 +38,21 @@ class Device:
         self.sample_buffer = sample_buffer
         self.sm_clock_max_hertz: float | None = None
         self.gpm: GpmReader | None = None
+        self.health: HealthReader | None = None
+        self.mig: MigReader | None = None
+        self.fault: dict[str, float] = {}  # health values of the attach failure
 
     @property
     def error_labels(self) -> dict[str, str]:
         return {"gpu": self.labels["gpu"], "uuid": self.labels["uuid"]}
+
+
+def attach_errors(devices: Sequence[Device]) -> str:
+    """``GPU 0, 1: <error>; GPU 2: <other error>``: devices grouped by their error."""
+    by_error: dict[str, list[str]] = {}
+    for dev in devices:
+        by_error.setdefault(dev.error or "cannot be read", []).append(str(dev.index))
+    return "; ".join(f"GPU {', '.join(ids)}: {error}" for error, ids in by_error.items())
 
 
 def text(value: Any) -> str:

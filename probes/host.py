@@ -16,6 +16,7 @@ average); CPU utilization appears from the second on.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,10 +43,13 @@ from ai_bottleneck.probes.procfs import (
     read_text,
 )
 from ai_bottleneck.probes.vocabulary import (
+    CPU_MODES,
     HOST_BUSIEST_CORE,
     HOST_CPU,
     HOST_CPU_COUNT,
     HOST_MEMORY_USED,
+    cpu_seconds_total,
+    pressure_seconds_total,
     pressure_value,
 )
 
@@ -54,6 +58,8 @@ T = TypeVar("T")
 PROBE_NAME = "host"
 PSI_RESOURCES = ("cpu", "io", "memory")
 PSI_KINDS = ("some", "full")
+# /proc/stat counts in USER_HZ ticks (100 on every Linux architecture in use).
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,11 @@ class HostProbe:
         cores = [name for name in now if name != "cpu"]
         self._cpu_count = len(cores) or None
         out: dict[str, float | None] = {HOST_CPU_COUNT: self._cpu_count}
+        # All CPUs' time per mode, as the kernel counts it (Prometheus rebuilds exact
+        # utilization over any range from these; the ratios cover one pass).
+        ticks_per_second = _TICKS_PER_SECOND or 100
+        for mode, ticks in zip(CPU_MODES, now["cpu"], strict=True):
+            out[cpu_seconds_total(mode)] = ticks / ticks_per_second
         if before is None:
             return out
         out[HOST_CPU] = busy_ratio(before["cpu"], now["cpu"])
@@ -192,6 +203,7 @@ class HostProbe:
         for kind in PSI_KINDS:
             line = lines.get(kind)
             if line is not None:
+                out[pressure_seconds_total(resource, kind)] = line.total_microseconds / 1e6
                 out[pressure_value(resource, kind)] = self._stall_ratio(
                     resource, kind, line, at)
         return out

@@ -51,8 +51,11 @@ from ai_bottleneck.probes.vocabulary import HOST_TOTAL_LABELS as HOST_LABELS
 from ai_bottleneck.probes.vocabulary import (
     LINK_SPEED,
     LINK_UTILIZATION_VALUES,
+    TCP_OUT_SEGMENTS_TOTAL,
     TCP_RETRANSMIT_RATIO,
     TCP_RETRANSMITS,
+    TCP_RETRANSMITS_TOTAL,
+    nic_total,
     nic_value,
 )
 
@@ -268,8 +271,8 @@ class NicProbe:
         samples: list[Sample | None] = [
             self._nic_sample(t, now, name, counters[name]) for name in chosen]
         samples.append(self._tcp_sample(t))
-        # An interface with nothing to say this pass (the priming pass with an unknown
-        # link speed) gives no sample rather than an empty one.
+        # Every interface sample carries its raw counters; the filter drops a TCP
+        # sample that is None (no IPv4 stack) or empty.
         return [s for s in samples if s is not None and (s.values or s.error)]
 
     def link_utilization(self, samples: Sequence[Sample]) -> float | None:
@@ -306,6 +309,9 @@ class NicProbe:
         self._nic_before[name] = _NicReading(ifindex, cur, now)
         values: dict[str, float | None] = {LINK_SPEED: speed}
         values.update(self._capacities(name))
+        # The kernel's own counters too, as read: Prometheus rebuilds exact totals and
+        # rates from them whatever its scrape interval (the rates above cover one pass).
+        values.update(_raw_totals(cur))
         if before is not None and before.ifindex == ifindex and now > before.at:
             elapsed = now - before.at
             most_bytes = speed / 8 * elapsed * _WRAP_HEADROOM if speed else None
@@ -359,8 +365,11 @@ class NicProbe:
             self._tcp_before = None
             return failed(PROBE_NAME, f"{path}: {exc}", HOST_LABELS, t=t)
         before, self._tcp_before = self._tcp_before, cur
+        totals: dict[str, float | None] = {TCP_RETRANSMITS_TOTAL: cur.retransmits,
+                                           TCP_OUT_SEGMENTS_TOTAL: cur.out_segments}
         if before is None or now <= before.at:
-            return None
+            return Sample(t=t, probe=PROBE_NAME, labels=dict(HOST_LABELS),
+                          values=clean_values(totals))
         elapsed = now - before.at
         retransmits = counter_delta(before.retransmits, cur.retransmits)
         out_segments = counter_delta(before.out_segments, cur.out_segments)
@@ -371,6 +380,15 @@ class NicProbe:
             # nothing sent: no ratio to speak of (absent, not zero and not a division by zero)
             TCP_RETRANSMIT_RATIO: (retransmits / out_segments
                                      if retransmits is not None and out_segments else None),
+            **totals,
         }
         return Sample(t=t, probe=PROBE_NAME, labels=dict(HOST_LABELS),
                       values=clean_values(values))
+
+
+def _raw_totals(c: NetDevCounters) -> dict[str, float | None]:
+    """The interface's raw /proc/net/dev counters (they restart with the device)."""
+    return {nic_total("rx", "bytes"): c.rx_bytes, nic_total("tx", "bytes"): c.tx_bytes,
+            nic_total("rx", "packets"): c.rx_packets, nic_total("tx", "packets"): c.tx_packets,
+            nic_total("rx", "drops"): c.rx_drops, nic_total("tx", "drops"): c.tx_drops,
+            nic_total("rx", "errors"): c.rx_errors, nic_total("tx", "errors"): c.tx_errors}

@@ -159,6 +159,8 @@ class NetDevCounters:
     tx_bytes: int
     tx_errors: int
     tx_drops: int
+    rx_packets: int = 0
+    tx_packets: int = 0
 
 
 def parse_net_dev(text: str) -> dict[str, NetDevCounters]:
@@ -175,7 +177,8 @@ def parse_net_dev(text: str) -> dict[str, NetDevCounters]:
             raise ValueError(f"unexpected /proc/net/dev line {line.strip()!r}") from None
         # receive: bytes packets errs drop fifo frame compressed multicast; transmit: same 8
         out[name.strip()] = NetDevCounters(rx_bytes=v[0], rx_errors=v[2], rx_drops=v[3],
-                                           tx_bytes=v[8], tx_errors=v[10], tx_drops=v[11])
+                                           tx_bytes=v[8], tx_errors=v[10], tx_drops=v[11],
+                                           rx_packets=v[1], tx_packets=v[9])
     return out
 
 

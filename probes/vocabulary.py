@@ -26,6 +26,24 @@ GPU_POWER = "power_watts"
 GPU_POWER_LIMIT = "power_limit_watts"
 GPU_TEMPERATURE = "temperature_celsius"
 
+# -- gpu health (written by probes/gpu_health.py, read by agent/gpu_faults.py) ---------
+
+XID_ERRORS_TOTAL = "xid_errors_total"
+XID_RESET_REQUIRED_TOTAL = "xid_reset_required_errors_total"
+XID_LAST_CODE = "xid_last_code"
+ECC_UNCORRECTED_VOLATILE_TOTAL = "ecc_uncorrected_volatile_errors_total"
+ROW_REMAP_PENDING = "row_remap_pending_flag"
+ROW_REMAP_FAILURE = "row_remap_failure_flag"
+RETIRED_PAGES_PENDING = "retired_pages_pending_flag"
+
+# -- processes (the gpu probe's GPU memory per process; the service probe's CPU) -------
+
+PROCESS_MEMORY_USED = "process_memory_used_bytes"
+PROCESS_COUNT = "process_count"
+PROCESS_CPU_CORES = "process_cpu_cores"
+#: The service probe's busiest thread of the service, in cores (0..1).
+SERVICE_BUSIEST_THREAD = "busiest_thread_core_ratio"
+
 # -- host ------------------------------------------------------------------------------
 
 HOST_CPU = "cpu_utilization_ratio"
@@ -38,6 +56,21 @@ def pressure_value(resource: str, kind: str = "some") -> str:
     """The pressure-stall value of ``resource`` (cpu, io, memory): the share of time
     some task (``kind`` "some") or all of them ("full") waited for it."""
     return f"{resource}_pressure_{kind}_ratio"
+
+
+#: The /proc/stat CPU columns, in order (proc(5)); the host probe reads the first eight.
+CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_seconds_total(mode: str) -> str:
+    """All CPUs' time in ``mode`` (one of CPU_MODES) since boot, as the kernel counts
+    it: a counter, so Prometheus rebuilds exact utilization over any range."""
+    return f"cpu_{mode}_seconds_total"
+
+
+def pressure_seconds_total(resource: str, kind: str = "some") -> str:
+    """The pressure-stall time of ``resource`` since boot (PSI's ``total``), a counter."""
+    return f"{resource}_pressure_{kind}_seconds_total"
 
 
 # -- http and download -----------------------------------------------------------------
@@ -131,6 +164,16 @@ def nic_value(direction: str, what: str) -> str:
     return f"{direction}_{what}"
 
 
+def nic_total(direction: str, what: str) -> str:
+    """An interface's raw /proc/net/dev counter as read: ``nic_total("rx", "bytes")``
+    is ``rx_bytes_total`` (also ``packets``, ``drops``, ``errors``)."""
+    return f"{direction}_{what}_total"
+
+
+#: The host's TCP counters as read (/proc/net/snmp), beside their per-second rates.
+TCP_RETRANSMITS_TOTAL = "tcp_retransmits_total"
+TCP_OUT_SEGMENTS_TOTAL = "tcp_out_segments_total"
+
 RX_UTILIZATION = nic_value("rx", "utilization_ratio")
 TX_UTILIZATION = nic_value("tx", "utilization_ratio")
 LINK_UTILIZATION_VALUES = (RX_UTILIZATION, TX_UTILIZATION)
@@ -139,6 +182,12 @@ LINK_UTILIZATION_VALUES = (RX_UTILIZATION, TX_UTILIZATION)
 
 #: A gpu sample about one process on one device (its memory use) carries this label.
 PROCESS_LABEL = "pid"
+#: The pid of the one series that folds a GPU's processes beyond ``max_processes``.
+OTHER_PROCESSES = "other"
+#: A gpu sample about one MIG instance (or a process in one) carries its GPU instance id.
+MIG_LABEL = "mig"
+#: The service probe's top processes: "1" for the service's own, "0" for the host's others.
+IN_SERVICE_LABEL = "in_service"
 #: The nic probe's host-wide totals (all interfaces, TCP counters) carry this label.
 SCOPE_LABEL = "scope"
 HOST_SCOPE = "host"
@@ -164,8 +213,14 @@ def is_in_flight(labels: Mapping[str, str]) -> bool:
 
 
 def is_process_sample(labels: Mapping[str, str]) -> bool:
-    """A per-process sample (a gpu probe's process memory), not a per-device one."""
+    """A per-process sample (a gpu probe's process memory, a service probe's top
+    process), not a per-device or per-service one."""
     return PROCESS_LABEL in labels
+
+
+def mig_instance(labels: Mapping[str, str]) -> str | None:
+    """The MIG GPU instance a gpu sample is about, or None for a whole GPU."""
+    return labels.get(MIG_LABEL)
 
 
 def is_host_total(labels: Mapping[str, str]) -> bool:

@@ -17,6 +17,8 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from ai_bottleneck.findings import Classification
+from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import RecordWriter, make_header
 from ai_bottleneck.windows import Window
@@ -259,3 +261,11 @@ def write_day(path: str | Path, hours: float = 24.0, **kw: object) -> int:
         for s in day_samples(hours, **kw):  # type: ignore[arg-type]
             w.write(s)
         return w.count
+
+
+def window_result(c: Classification, start: float = T0, end: float = T0 + 10) -> WindowResult:
+    """A classified window as the pipeline hands it on (no hysteresis), for report tests."""
+    return WindowResult(start=start, end=end, label=c.label.value, confidence=c.confidence,
+                        raw_label=c.label.value, raw_confidence=c.confidence,
+                        evidence=c.evidence, advice=c.advice, warnings=c.warnings,
+                        summary=c.summary, probes=c.probes, samples=0, readings=c.readings)

@@ -19,7 +19,7 @@ from ai_bottleneck.exporter import Collector, build_registry
 from ai_bottleneck.labels import LABEL_NAMES as LABELS
 from ai_bottleneck.probes.base import Skip, SkipKind, skipped_sample
 from ai_bottleneck.probes.sample import Sample
-from ai_bottleneck.state import AgentState
+from ai_bottleneck.state import TOP_EVIDENCE_CHARS, AgentState, build_revision
 from tests.promtool import run_promtool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +53,7 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
     for name in ("iperf3", "download"):
         state.register_probe(name, interval_seconds=600, active=True)
     state.register_probe("vendor", usable=False, reason="no such device")
+    state.set_gpu_pci_devices(gpus)
     gpu_samples = []
     for i in range(gpus):
         labels = {"gpu": str(i), "uuid": f"GPU-{i:04d}", "name": "NVIDIA H100",
@@ -60,15 +61,28 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
         values = {v: 0.5 for v, _n, _h in em._GPU_VALUES}
         values |= {"clocks_event_sw_power_cap_flag": 1.0, "clocks_event_hw_slowdown_flag": 0.0,
                    "oom_events_total": 0.0}
+        values |= {v: 0.0 for v in em.ROUTES["gpu"] if v not in values}  # health and others
         gpu_samples.append(Sample(t, "gpu", labels, values))
         gpu_samples.append(Sample(t, "gpu", {"gpu": str(i), "uuid": f"GPU-{i:04d}",
                                               "pid": str(100 + i), "process_name": "python3"},
                                   {"process_memory_used_bytes": 2e9}))
+        gpu_samples.append(Sample(t, "gpu", {"gpu": str(i), "uuid": f"GPU-{i:04d}",
+                                              "pid": "other", "process_name": "other"},
+                                  {"process_memory_used_bytes": 1e9, "process_count": 3.0}))
+        gpu_samples.append(Sample(t, "gpu", {"gpu": str(i), "uuid": f"GPU-{i:04d}", "mig": "1",
+                                              "mig_uuid": f"MIG-{i:04d}", "name": "MIG 1g"},
+                                  dict.fromkeys(em.GPU_MIG_ROUTES, 0.25)))
     state.record_samples("gpu", gpu_samples, duration_seconds=0.004)
-    state.record_samples("host", [Sample(t, "host", {}, {v: 0.25 for v, _n, _h in
-                                                          em._HOST_VALUES})])
+    host_values = {v: 0.25 for v, _n, _h in em._HOST_VALUES}
+    host_values |= {v: 1234.5 for v, _n, _h, _c in em._HOST_COUNTERS}
+    state.record_samples("host", [Sample(t, "host", {}, host_values)])
+    state.register_probe("service")
+    state.record_samples("service", [Sample(t, "service", {"service": "api.service"},
+                                            {v: 0.5 for v, _n, _h in em._SERVICE_VALUES})])
     nic_values = {v: 1e6 for v, _n, _h, _s in em._NIC_VALUES}
+    nic_values |= {v: 5e9 for v, _n, _h in em._NIC_COUNTERS}
     tcp_values = {v: 0.01 for v, _n, _h in em._HOST_TCP_VALUES}
+    tcp_values |= {v: 7e6 for v, _n, _h in em._HOST_TCP_COUNTERS}
     state.record_samples("nic", [Sample(t, "nic", {"nic": "eth0"}, nic_values),
                                  Sample(t, "nic", {"scope": "host"}, tcp_values)])
     http_values = {f"{p}_seconds": 0.01 for p in em._HTTP_PHASES}
@@ -92,21 +106,66 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
     state.record_samples("engine", [Sample(t, "engine", {"engine": "vllm", "target": "chat"},
                                            engine_values)])
     state.record_failure("host", "timeout", "host probe took 5 s")
-    state.record_window("gpu_bound", 0.9, t - 10, t, evidence_items=3)
+    state.record_window("gpu_bound", 0.9, t - 10, t, evidence_items=3,
+                        top_evidence="GPU 0 busy 95% of the window")
     return state
 
 
 # -- the window ----------------------------------------------------------------------------
 
 
-def test_no_window_yet_means_no_label_but_all_counters_at_zero() -> None:
+def test_no_window_yet_says_unknown_and_all_counters_at_zero() -> None:
     registry = registry_for(AgentState(clock=Clock()))
     for label in LABELS:
-        assert value(registry, "ai_bottleneck_window_label", label=label) is None
+        assert value(registry, "ai_bottleneck_window_label", label=label) == (
+            1.0 if label == "unknown" else 0.0)
         assert value(registry, "ai_bottleneck_windows_total", label=label) == 0
     assert value(registry, "ai_bottleneck_last_window_age_seconds") is None
+    assert value(registry, "ai_bottleneck_window_top_evidence_info", evidence="x") is None
     assert value(registry, "ai_bottleneck_build_info", version="0.1.0",
+                 revision=build_revision(),
                  python_version=re.sub(r"\s.*", "", __import__("platform").python_version())) == 1
+
+
+def test_build_revision_is_the_installed_builds_or_the_environments(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = build_revision()
+    # The wheel build writes the checkout's commit (hatch_build.py); "unknown" only
+    # where it was built outside git.
+    assert installed == "unknown" or re.fullmatch(r"[0-9a-f]{40}", installed), installed
+    monkeypatch.setenv("AI_BOTTLENECK_REVISION", "abc123\nsecond line")
+    assert build_revision() == "abc123 second line"
+    registry = registry_for(AgentState(clock=Clock()))
+    assert [s.labels["revision"] for s in registry.collect()
+            if s.name == "ai_bottleneck_build_info" for s in s.samples] == ["abc123 second line"]
+
+
+def test_top_evidence_is_an_info_series_with_a_bounded_label() -> None:
+    clock = Clock()
+    state = AgentState(clock=clock)
+    registry = registry_for(state)
+    state.record_window("network_bound", 0.8, clock() - 10, clock(),
+                        top_evidence="NIC eth0 at 97% of its link\n" + "x" * 500)
+    infos = [(s.labels["evidence"], s.value) for f in registry.collect()
+             if f.name == "ai_bottleneck_window_top_evidence_info" for s in f.samples]
+    assert len(infos) == 1 and infos[0][1] == 1.0
+    text = infos[0][0]
+    assert text.startswith("NIC eth0 at 97% of its link x") and "\n" not in text
+    assert len(text) == TOP_EVIDENCE_CHARS
+
+
+def test_every_skip_kind_of_an_active_probe_starts_at_zero() -> None:
+    state = AgentState(clock=Clock())
+    state.register_probe("iperf3", active=True)
+    state.register_probe("host")
+    registry = registry_for(state)
+    kinds = [k.value for k in SkipKind]
+    assert {"budget", "nic_busy", "other"} <= set(kinds)
+    for kind in kinds:
+        assert value(registry, "ai_bottleneck_probe_skips_total", probe="iperf3",
+                     reason=kind) == 0
+        assert value(registry, "ai_bottleneck_probe_skips_total", probe="host",
+                     reason=kind) is None  # a passive probe is never skipped
 
 
 def test_window_label_is_one_hot_over_all_seven_labels() -> None:
@@ -157,7 +216,8 @@ def test_values_map_to_metrics_with_units_and_labels() -> None:
     assert value(registry, "ai_bottleneck_gpu_clocks_event_active", **gpu,
                  reason="hw_slowdown") == 0
     assert value(registry, "ai_bottleneck_gpu_process_memory_used_bytes", gpu="1",
-                 uuid="GPU-0001", pid="101", process_name="python3") == 2e9
+                 uuid="GPU-0001", pid="101", process_name="python3", mig="",
+                 **dict.fromkeys(em.GPU_PROCESS_PLACEMENT, "")) == 2e9
     # Bits per second in samples, bytes per second (the base unit) in metrics.
     assert value(registry, "ai_bottleneck_nic_rx_bytes_per_second", nic="eth0") == 1e6 / 8
     assert value(registry, "ai_bottleneck_host_tcp_retransmit_ratio") == 0.01
@@ -432,6 +492,7 @@ def test_series_metrics_and_the_agents_own_metrics_never_share_a_family() -> Non
     own = set(points)
     routed = {r.metric.name for table in em.ROUTES.values() for r in table.values()}
     routed |= {r.metric.name for r in em.GPU_PROCESS_ROUTES.values()}
+    routed |= {r.metric.name for r in em.GPU_MIG_ROUTES.values()}
     routed |= {r.metric.name for r in em.UP_ROUTES.values()}
     routed |= {em.GPU_INFO.name, em.GPU_CLOCKS_EVENT.name}
     assert own and routed and not own & routed
@@ -562,3 +623,15 @@ def test_build_registry_is_not_the_global_one() -> None:
     assert registry is not REGISTRY
     assert registry.get_sample_value("ai_bottleneck_sampling_interval_seconds") == 1.0
     assert REGISTRY.get_sample_value("ai_bottleneck_sampling_interval_seconds") is None
+
+
+def test_label_since_is_the_start_of_the_labels_current_run() -> None:
+    clock = Clock()
+    state = AgentState(clock=clock)
+    registry = registry_for(state)
+    assert value(registry, "ai_bottleneck_window_label_since_timestamp_seconds") == clock()
+    for i, label in enumerate(("idle", "network_bound", "network_bound", "network_bound")):
+        state.record_window(label, 0.8, 100.0 + 10 * i, 110.0 + 10 * i)
+    assert value(registry, "ai_bottleneck_window_label_since_timestamp_seconds") == 110.0
+    state.record_window("gpu_bound", 0.8, 140.0, 150.0)
+    assert value(registry, "ai_bottleneck_window_label_since_timestamp_seconds") == 140.0

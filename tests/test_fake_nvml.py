@@ -209,3 +209,41 @@ def test_from_env_without_a_state_file_says_what_is_missing(
     monkeypatch.setenv(STATE_ENV, str(tmp_path / "absent.json"))
     with pytest.raises(FileNotFoundError):
         from_env()
+
+
+def test_health_and_mig_calls_raise_the_real_classes_and_round_trip_the_state_file(
+        tmp_path: Path) -> None:
+    from tests.fakes.fake_nvml import FakeMigInstance
+
+    gpus = make_gpus(2, ecc=None, remapped_rows=None)
+    gpus[1].mig = [FakeMigInstance(3, uuid="MIG-x")]
+    gpus[1].xid_events = [94]
+    path = tmp_path / "state.json"
+    write_state(path, gpus)
+    fake = started(FakeNvml.from_file(path))
+    h0, h1 = fake.nvmlDeviceGetHandleByIndex(0), fake.nvmlDeviceGetHandleByIndex(1)
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        fake.nvmlDeviceGetTotalEccErrors(h0, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                                         pynvml.NVML_VOLATILE_ECC)
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        fake.nvmlDeviceGetRemappedRows(h0)
+    events = fake.nvmlEventSetCreate()
+    fake.nvmlDeviceRegisterEvents(h1, pynvml.nvmlEventTypeXidCriticalError, events)
+    data = fake.nvmlEventSetWait_v2(events, 0)
+    assert (data.eventType, data.eventData) == (pynvml.nvmlEventTypeXidCriticalError, 94)
+    with pytest.raises(pynvml.NVMLError_Timeout):
+        fake.nvmlEventSetWait_v2(events, 0)
+    fake.nvmlEventSetFree(events)
+    assert fake.nvmlDeviceGetMigMode(h0) == [0, 0]
+    assert fake.nvmlDeviceGetMigMode(h1) == [pynvml.NVML_DEVICE_MIG_ENABLE] * 2
+    mig = fake.nvmlDeviceGetMigDeviceHandleByIndex(h1, 0)
+    assert fake.nvmlDeviceGetGpuInstanceId(mig) == 3 and fake.nvmlDeviceGetUUID(mig) == "MIG-x"
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        fake.nvmlDeviceGetMigDeviceHandleByIndex(h1, 1)
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        fake.nvmlDeviceGetUtilizationRates(mig)
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        fake.nvmlDeviceGetUtilizationRates(h1)  # the parent in MIG mode
+    fake.gpus[1].lost = True
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        fake.nvmlDeviceGetUUID(mig)  # a lost parent loses its instances

@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def probe_for(fake: FakeNvml, clock: FakeClock, **options: Any) -> GpuProbe:
+    # The fake's PIDs are not this host's: no /proc to name or place them by.
+    options.setdefault("proc_root", "/nonexistent/proc")
     return GpuProbe(Options(**options), backend=fake, clock=clock, monotonic=clock)
 
 
@@ -357,7 +359,8 @@ def test_gpu_lost_mid_run_reports_the_error_and_the_others_keep_sampling() -> No
         assert not lost.ok
         assert lost.labels == {"gpu": "1", "uuid": fake.gpus[1].uuid}
         assert "lost" in lost.error and "\n" not in lost.error
-        assert not lost.values
+        assert lost.values == {"health_ok_flag": 0.0, "health_degraded_flag": 0.0,
+                               "health_reset_required_flag": 0.0, "health_lost_flag": 1.0}
     fake.recover(1)
     clock.advance(1.0)
     assert by_gpu(probe.sample())["1"].ok
@@ -709,3 +712,42 @@ def test_discovered_through_the_entry_point_in_a_subprocess(tmp_path: Path) -> N
     assert [s["labels"]["gpu"] for s in samples] == [str(i) for i in range(8)]
     assert all(s["values"]["memory_total_bytes"] == 80 * 2**30 for s in samples)
     assert lines[1] == "init_count 0"  # NVML shut down at exit without close()
+
+
+# -- defects found against NVIDIA's mock NVML ------------------------------------------------
+
+
+def test_gpm_buffers_are_freed_when_the_gpu_is_lost_before_the_first_gpm_sample() -> None:
+    clock = FakeClock()
+    fake = FakeNvml.with_gpus(8, clock=clock)
+    for i in range(8):  # lost between nvmlGpmSampleAlloc and the first nvmlGpmSampleGet
+        fake.fail(i, "nvmlGpmSampleGet", pynvml.NVML_ERROR_GPU_IS_LOST, times=1)
+    probe = probe_for(fake, clock)
+    probe.check()
+    assert fake.calls["nvmlGpmSampleAlloc"] == 16
+    assert not fake.gpm_samples_live
+    assert fake.calls["nvmlGpmSampleFree"] == 16
+    clock.advance(1.0)
+    assert all(s.ok for s in gpu_samples(probe.sample()))  # back: attached, GPM open again
+    assert len(fake.gpm_samples_live) == 16
+    probe.close()
+    assert not fake.gpm_samples_live
+
+
+def test_check_is_unusable_when_no_gpu_could_be_attached() -> None:
+    clock = FakeClock()
+    fake = FakeNvml.with_gpus(8, clock=clock)
+    for gpu in fake.gpus:
+        gpu.lost = True
+    probe = probe_for(fake, clock)
+    availability = probe.check()
+    assert not availability.usable
+    assert availability.reason == ("NVML sees 8 GPU(s) but none can be read: "
+                                   "GPU 0, 1, 2, 3, 4, 5, 6, 7: " + nvml.describe(
+                                       pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)))
+    fake.recover(3)
+    availability = probe.check()
+    assert availability.usable
+    assert availability.reason.startswith("1 of 8 GPU(s) readable: 1x NVIDIA H100 80GB HBM3; "
+                                          "GPU 0, 1, 2, 4, 5, 6, 7: GPU is lost")
+    probe.close()

@@ -340,3 +340,49 @@ def test_create_takes_no_options_and_names_an_unknown_key() -> None:
     with pytest.raises(OptionError, match="interval") as info:
         create({"interval": "5s"})
     assert info.value.key == "interval"
+
+
+# --- raw counters: CPU time per mode and PSI stall time, as the kernel counts them ------
+
+
+def test_raw_cpu_seconds_and_stall_seconds_on_every_sample(tree: ProcTree) -> None:
+    import os
+
+    hz = os.sysconf("SC_CLK_TCK")
+    clock = ManualClock()
+    probe = HostProbe(proc_root=tree.root, clock=clock)
+    first = one(probe)  # the priming pass carries them too
+    # all CPUs: user 100+200, system 50+20, idle 1000+900, iowait 10+30 ticks
+    assert first["cpu_user_seconds_total"] == pytest.approx(300 / hz)
+    assert first["cpu_system_seconds_total"] == pytest.approx(70 / hz)
+    assert first["cpu_idle_seconds_total"] == pytest.approx(1900 / hz)
+    assert first["cpu_iowait_seconds_total"] == pytest.approx(40 / hz)
+    assert first["cpu_steal_seconds_total"] == 0.0
+    assert first["cpu_pressure_some_seconds_total"] == pytest.approx(5.0)
+    assert first["io_pressure_full_seconds_total"] == pytest.approx(0.8)
+    assert first["memory_pressure_some_seconds_total"] == 0.0
+    tree.tick(0, busy=60, idle=40)
+    tree.write_stat()
+    tree.psi["cpu"] = psi_text((99.0, 5_500_000), (0.0, 0))
+    tree.write_psi()
+    clock.now += 1.0
+    second = one(probe)
+    assert second["cpu_user_seconds_total"] == pytest.approx(360 / hz)
+    assert second["cpu_idle_seconds_total"] == pytest.approx(1940 / hz)
+    assert second["cpu_pressure_some_seconds_total"] == pytest.approx(5.5)
+
+
+def test_raw_cpu_seconds_match_the_real_proc_stat() -> None:
+    import os
+
+    probe = HostProbe()
+    values = one(probe)
+    with open("/proc/stat", encoding="ascii") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    hz = os.sysconf("SC_CLK_TCK")
+    # read after the probe: every mode can only have grown, by well under a minute
+    for mode, after in zip(("user", "nice", "system", "idle", "iowait", "irq", "softirq",
+                            "steal"), ticks, strict=True):
+        got = values[f"cpu_{mode}_seconds_total"]
+        assert got <= after / hz + 1e-9
+        assert after / hz - got < 60 * (os.cpu_count() or 1)

@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 SNAPSHOT = Path(__file__).parent / "data" / "proc" / "linux-6-snapshot"
 RATE_KEYS = {"rx_bits_per_second", "tx_bits_per_second", "rx_drops_per_second",
              "tx_drops_per_second", "rx_errors_per_second", "tx_errors_per_second"}
-COUNTERS = ("rx_bytes", "rx_errors", "rx_drops", "tx_bytes", "tx_errors", "tx_drops")
+COUNTERS = ("rx_bytes", "rx_errors", "rx_drops", "tx_bytes", "tx_errors", "tx_drops",
+            "rx_packets", "tx_packets")
 
 
 class ManualClock:
@@ -102,8 +103,8 @@ class KernelTree:
                  " face |bytes    packets errs drop fifo frame compressed multicast|bytes    "
                  "packets errs drop fifo colls carrier compressed"]
         for name, c in self.counters.items():
-            rx = [c["rx_bytes"], 7, c["rx_errors"], c["rx_drops"], 0, 0, 0, 0]
-            tx = [c["tx_bytes"], 7, c["tx_errors"], c["tx_drops"], 0, 0, 0, 0]
+            rx = [c["rx_bytes"], c["rx_packets"], c["rx_errors"], c["rx_drops"], 0, 0, 0, 0]
+            tx = [c["tx_bytes"], c["tx_packets"], c["tx_errors"], c["tx_drops"], 0, 0, 0, 0]
             lines.append(f"{name:>6}: " + " ".join(str(v) for v in rx + tx))
         (self.proc / "net" / "dev").write_text("\n".join(lines) + "\n")
 
@@ -133,15 +134,24 @@ def tree(tmp_path: Path) -> KernelTree:
     return KernelTree(tmp_path)
 
 
-def by_nic(samples: list[Sample] | tuple[Sample, ...] | object) -> dict[str, dict[str, float]]:
+def by_nic(samples: list[Sample] | tuple[Sample, ...] | object, *,
+           totals: bool = False) -> dict[str, dict[str, float]]:
+    """Per interface, its values; the raw ``*_total`` counters only when ``totals``."""
     assert isinstance(samples, list | tuple)
     out: dict[str, dict[str, float]] = {}
     for s in samples:
         assert isinstance(s, Sample) and s.probe == "nic"
         assert s.ok, s.error
         if "nic" in s.labels:
-            out[s.labels["nic"]] = dict(s.values)
+            values = dict(s.values)
+            assert set(RAW_TOTALS) <= set(values)  # every pass carries the kernel's counters
+            out[s.labels["nic"]] = {k: v for k, v in values.items()
+                                    if totals or not k.endswith("_total")}
     return out
+
+
+RAW_TOTALS = ("rx_bytes_total", "tx_bytes_total", "rx_packets_total", "tx_packets_total",
+              "rx_drops_total", "tx_drops_total", "rx_errors_total", "tx_errors_total")
 
 
 def host_tcp(samples: object) -> Sample | None:
@@ -160,7 +170,9 @@ def test_first_sample_primes_then_rates_and_utilization(tree: KernelTree) -> Non
     probe = tree.probe(clock)
     first = probe.sample()
     assert by_nic(first) == {"eth0": {"link_speed_bits_per_second": 1e9}}
-    assert first[0].t == 42.0 and host_tcp(first) is None
+    assert first[0].t == 42.0
+    assert host_tcp(first) is None or not [k for k in host_tcp(first).values  # type: ignore[union-attr]
+                                           if not k.endswith("_total")]
     clock.now += 2.0
     tree.add("eth0", rx_bytes=250_000_000, tx_bytes=25_000_000, rx_drops=10, tx_drops=4,
              rx_errors=6, tx_errors=2)
@@ -184,7 +196,7 @@ def test_unknown_link_speed_leaves_speed_and_utilization_absent(
         (tree.nic_dir("eth0") / "speed").mkdir()
     clock = ManualClock()
     probe = tree.probe(clock)
-    assert by_nic(probe.sample()) == {}  # nothing a single reading can say
+    assert by_nic(probe.sample()) == {"eth0": {}}  # no rate from a single reading
     clock.now += 1.0
     tree.add("eth0", rx_bytes=1000, tx_bytes=500)
     v = by_nic(probe.sample())["eth0"]
@@ -429,14 +441,18 @@ def test_tcp_retransmit_ratio_from_snmp(tree: KernelTree) -> None:
     clock = ManualClock()
     probe = tree.probe(clock)
     tree.tcp(retransmits=100, out_segments=50_000)
-    assert host_tcp(probe.sample()) is None
+    primed = host_tcp(probe.sample())  # no rate yet; the kernel's counters as read
+    assert primed is not None and dict(primed.values) == {"tcp_retransmits_total": 100,
+                                                          "tcp_out_segments_total": 50_000}
     clock.now += 2.0
     tree.tcp(retransmits=130, out_segments=51_000)
     tcp = host_tcp(probe.sample())
     assert tcp is not None and tcp.ok and tcp.probe == "nic"
     assert dict(tcp.values) == pytest.approx({"tcp_retransmit_ratio": 0.03,
                                               "tcp_retransmits_per_second": 15.0,
-                                              "tcp_out_segments_per_second": 500.0})
+                                              "tcp_out_segments_per_second": 500.0,
+                                              "tcp_retransmits_total": 130,
+                                              "tcp_out_segments_total": 51_000})
 
 
 def test_tcp_nothing_sent_leaves_ratio_absent(tree: KernelTree) -> None:
@@ -446,8 +462,8 @@ def test_tcp_nothing_sent_leaves_ratio_absent(tree: KernelTree) -> None:
     clock.now += 1.0
     tcp = host_tcp(probe.sample())
     assert tcp is not None
-    assert dict(tcp.values) == {"tcp_retransmits_per_second": 0.0,
-                                "tcp_out_segments_per_second": 0.0}
+    assert {k: v for k, v in tcp.values.items() if not k.endswith("_total")} == {
+        "tcp_retransmits_per_second": 0.0, "tcp_out_segments_per_second": 0.0}
 
 
 def test_tcp_missing_or_malformed_snmp(tree: KernelTree) -> None:
@@ -658,3 +674,18 @@ def test_veth_is_left_out_by_default_and_measured_when_named() -> None:
         assert veth["tx_bits_per_second"] >= nbytes * 8 / longest
         assert veth["rx_bits_per_second"] < veth["tx_bits_per_second"]  # only ACKs come back
         assert veth["link_speed_bits_per_second"] > 0  # veth reports a nominal speed
+
+
+def test_raw_counters_come_as_the_kernel_prints_them(tree: KernelTree) -> None:
+    tree.nic("eth0", speed="1000")
+    tree.set("eth0", rx_bytes=2**40 + 5, tx_bytes=77, rx_packets=123_456, tx_packets=321,
+             rx_drops=4, tx_drops=3, rx_errors=2, tx_errors=1)
+    clock = ManualClock()
+    probe = tree.probe(clock)
+    for _ in range(2):  # the priming pass and the next carry them alike
+        v = by_nic(probe.sample(), totals=True)["eth0"]
+        assert {k: v[k] for k in RAW_TOTALS} == {
+            "rx_bytes_total": 2**40 + 5, "tx_bytes_total": 77, "rx_packets_total": 123_456,
+            "tx_packets_total": 321, "rx_drops_total": 4, "tx_drops_total": 3,
+            "rx_errors_total": 2, "tx_errors_total": 1}
+        clock.now += 1.0

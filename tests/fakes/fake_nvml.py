@@ -19,6 +19,10 @@ matching subclass). It behaves like the library where that is known:
 - GPM (Hopper and newer): ``nvmlGpmQueryDeviceSupport``, ``nvmlGpmSampleAlloc``,
   ``nvmlGpmSampleGet``, ``nvmlGpmMetricsGet`` (with the fake's own
   ``c_nvmlGpmMetricsGet_t``), ``nvmlGpmSampleFree``; metric values in percent;
+- health (tests/fakes/fake_nvml_health.py): XID events through event sets
+  (``fake.xid(i, 79)``), ECC counters, remapped rows, retired pages;
+- MIG (tests/fakes/fake_nvml_mig.py): ``FakeGpu(mig=[FakeMigInstance(1), ...])``
+  puts a GPU in MIG mode with those GPU instances;
 - an old driver lacks C symbols (NVMLError_FunctionNotFound; the unversioned
   process call raises pynvml.NVMLLibraryMismatchError like the real wrapper);
   an old nvidia-ml-py lacks Python functions (AttributeError).
@@ -60,9 +64,12 @@ from typing import Any
 
 import pynvml
 
+from tests.fakes.fake_nvml_health import HealthCalls
+from tests.fakes.fake_nvml_mig import MIG_PARENT_UNSUPPORTED, FakeMigHandle, MigCalls
 from tests.fakes.nvml_state import (
     STATE_ENV,
     FakeGpu,
+    FakeMigInstance,
     FakeProcess,
     make_gpus,
     read_state,
@@ -72,8 +79,8 @@ from tests.fakes.nvml_state import (
 
 __all__ = [
     "BACKEND_SPEC", "STATE_ENV", "FakeClock", "FakeGpmMetricsGet", "FakeGpmSample", "FakeGpu",
-    "FakeHandle", "FakeNvml", "FakeProcess", "from_env", "make_gpus", "read_state",
-    "update_gpu", "write_state",
+    "FakeHandle", "FakeMigInstance", "FakeNvml", "FakeProcess", "from_env", "make_gpus",
+    "read_state", "update_gpu", "write_state",
 ]
 
 BACKEND_SPEC = "tests.fakes.fake_nvml:from_env"
@@ -185,6 +192,7 @@ class _GpuState:
         self.next_sample_us = now_us
         self.faults: dict[str, list[Any]] = {}  # function -> [code, remaining or None]
         self.handle: FakeHandle | None = None
+        self.xids_delivered = 0  # how many of the GPU's xid_events were handed out
 
 
 class _Absent:
@@ -197,7 +205,7 @@ class _Absent:
         raise AttributeError(self.name)
 
 
-class FakeNvml:
+class FakeNvml(HealthCalls, MigCalls):
     """pynvml-shaped fake for any number of GPUs. See the module docstring."""
 
     c_nvmlGpmMetricsGet_t = FakeGpmMetricsGet
@@ -215,6 +223,7 @@ class FakeNvml:
         self.calls: dict[str, int] = {}
         self.gpm_samples_live: set[int] = set()  # ids of allocated, not yet freed samples
         self._removed: set[str] = set()
+        self._health_init()
         self._states = [_GpuState(self._now_us()) for _ in self.gpus]
         self._path = Path(state_path) if state_path is not None else None
         self._file_key: tuple[int, int, int] | None = None
@@ -308,6 +317,8 @@ class FakeNvml:
             raise _err(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
         if self.init_count <= 0:
             raise _err(pynvml.NVML_ERROR_UNINITIALIZED)
+        if type(handle) is FakeMigHandle:
+            return self._mig_view(handle, name)
         return self._check_device(handle.index, name)
 
     def _check_device(self, index: int, name: str) -> FakeGpu:
@@ -330,6 +341,8 @@ class FakeNvml:
                         fault[1] = remaining - 1
                 raise _err(code)
         if gpu.unsupported and name in gpu.unsupported:
+            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if gpu.mig is not None and name in MIG_PARENT_UNSUPPORTED:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return gpu
 
@@ -514,8 +527,10 @@ class FakeNvml:
         raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
 
     def _processes(self, gpu: FakeGpu) -> list[_Struct]:
+        none = 0xFFFFFFFF  # NVML's "not in a MIG instance"
         return [_Struct(pid=p.pid, usedGpuMemory=p.used_memory_bytes,
-                        gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
+                        gpuInstanceId=none if p.gpu_instance_id is None else p.gpu_instance_id,
+                        computeInstanceId=none if p.gpu_instance_id is None else 0)
                 for p in gpu.processes]
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[_Struct]:

@@ -28,7 +28,16 @@ replace; one writer at a time). Schema::
           "unsupported": ["nvmlDeviceGetPowerUsage"],   # these raise NotSupported
           "sample_period_seconds": 0.1667,              # or null: no samples
           "processes": [{"pid": 1234, "name": "python3",
-                         "used_memory_bytes": 60000000000}]
+                         "used_memory_bytes": 60000000000}],
+          "xid_events": [79],                           # XIDs the driver reports, in order
+          "ecc": {"corrected_volatile": 0, "uncorrected_volatile": 0,
+                  "corrected_aggregate": 0, "uncorrected_aggregate": 0},  # or null: ECC off
+          "remapped_rows": {"correctable": 0, "uncorrectable": 0, "pending": 0,
+                            "failure": 0},              # or null: before Ampere
+          "retired_pages": null,  # or {"single_bit": 0, "double_bit": 0, "pending": 0}
+          "mig": null   # MIG mode off; or a list of instances: {"gpu_instance_id": 1,
+                        # "name": "... MIG 3g.40gb", "uuid": "MIG-...",
+                        # "memory_used_bytes": ..., "memory_total_bytes": ..., "gpm": {...}}
         }
       ]
     }
@@ -57,10 +66,33 @@ class FakeProcess:
     pid: int
     name: str = "python3"
     used_memory_bytes: int | None = None
+    gpu_instance_id: int | None = None  # the MIG instance it runs in (GPU in MIG mode)
 
 
 def _default_gpm() -> dict[str, float]:
     return {"sm_util": 0.0, "sm_occupancy": 0.0, "tensor_util": 0.0, "dram_bw_util": 0.0}
+
+
+@dataclass
+class FakeMigInstance:
+    """One MIG GPU instance (with one compute instance) of a GPU in MIG mode."""
+
+    gpu_instance_id: int
+    compute_instance_id: int = 0
+    name: str = "NVIDIA H100 80GB HBM3 MIG 1g.10gb"
+    uuid: str = "MIG-00000000-0000-0000-0000-000000000000"
+    memory_used_bytes: int = 0
+    memory_total_bytes: int = 10 * 2**30
+    gpm: dict[str, float] | None = field(default_factory=_default_gpm)
+
+
+def _default_ecc() -> dict[str, int]:
+    return {"corrected_volatile": 0, "uncorrected_volatile": 0, "corrected_aggregate": 0,
+            "uncorrected_aggregate": 0}
+
+
+def _default_remapped_rows() -> dict[str, int]:
+    return {"correctable": 0, "uncorrectable": 0, "pending": 0, "failure": 0}
 
 
 @dataclass
@@ -89,6 +121,11 @@ class FakeGpu:
     unsupported: list[str] = field(default_factory=list)
     sample_period_seconds: float | None = 1 / 6
     processes: list[FakeProcess] = field(default_factory=list)
+    xid_events: list[int] = field(default_factory=list)
+    ecc: dict[str, int] | None = field(default_factory=_default_ecc)
+    remapped_rows: dict[str, int] | None = field(default_factory=_default_remapped_rows)
+    retired_pages: dict[str, int] | None = None
+    mig: list[FakeMigInstance] | None = None  # None: MIG mode off
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -106,6 +143,9 @@ class FakeGpu:
         if kwargs.get("gpm") is not None:
             kwargs["gpm"] = dict(kwargs["gpm"])
         kwargs["unsupported"] = list(kwargs.get("unsupported", []))
+        kwargs["xid_events"] = list(kwargs.get("xid_events", []))
+        if kwargs.get("mig") is not None:
+            kwargs["mig"] = [FakeMigInstance(**m) for m in kwargs["mig"]]
         return cls(**kwargs, extra={k: v for k, v in obj.items() if k not in known})
 
 

@@ -244,6 +244,8 @@ def agent_config(settings: AgentSettings, *, infer_url: str, service_log: Path,
                           if iperf3_target is not None else {"enabled": False}),
         "probes.download": {"enabled": False},
         "probes.engine": {"enabled": False},
+        # The lab does not name its service's cgroup (yet): judged host-wide, as before.
+        "probes.service": {"enabled": False},
     }
     for table, values in (scenario.agent_tables if scenario is not None else {}).items():
         tables[table.replace("{nic}", nic)] = {
