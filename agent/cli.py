@@ -20,7 +20,6 @@ from ai_bottleneck.logs import setup_logging, stderr_is_journal
 from ai_bottleneck.plan_cli import plan_cmd
 from ai_bottleneck.probes.options import parse_duration
 from ai_bottleneck.probes.sample import one_line
-from ai_bottleneck.probes.service import options_for
 
 
 class Duration(click.ParamType[float]):
@@ -180,30 +179,6 @@ def check_config_cmd(file: Path | None) -> None:
 
 
 #: The probe option each target flag replaces, for errors that name the flag.
-FLAG_OPTIONS = {("http", "targets"): "--url", ("iperf3", "targets"): "--iperf3",
-                ("download", "url"): "--download", ("service", "unit"): "--service",
-                ("service", "cgroup"): "--service", ("service", "process"): "--service"}
-
-
-def _cli_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str | None,
-                   config: Any, service: str | None = None) -> dict[str, dict[str, Any]]:
-    """Command-line targets replace the config's targets for that probe."""
-    out: dict[str, dict[str, Any]] = {}
-    if service:
-        out["service"] = options_for(service)
-    if urls:
-        out["http"] = {"targets": [{"url": u} for u in urls]}
-    if iperf3:
-        out["iperf3"] = {"targets": list(iperf3)}
-    if download:
-        out["download"] = {"url": download}
-    # A short diagnosis needs denser HTTP calls than the daemon's default, unless the
-    # config chose an interval itself.
-    if "interval_seconds" not in config.probe_options("http"):
-        out.setdefault("http", {})["interval_seconds"] = config.agent.interval_seconds
-    return out
-
-
 @main.command("diagnose")
 @click.option("--duration", type=DURATION, default="60s", show_default=True,
               help="How long to sample.")
@@ -240,7 +215,7 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
         write_html,
     )
     from ai_bottleneck.config import ConfigError, load_config
-    from ai_bottleneck.diagnose import run_diagnose
+    from ai_bottleneck.diagnose import FLAG_OPTIONS, flag_overrides, run_diagnose
     from ai_bottleneck.progress import ProgressLine
     from ai_bottleneck.record import RecordError
 
@@ -255,7 +230,7 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
             raise click.BadParameter(
                 f"{whose}, {window_seconds:g}s, is longer than the duration "
                 f"({duration:g}s)", param_hint="--window")
-        probe_set = build_probes(config, _cli_overrides(urls, iperf3, download, config,
+        probe_set = build_probes(config, flag_overrides(urls, iperf3, download, config,
                                                         service), origins=FLAG_OPTIONS)
     except ConfigError as exc:
         _fail(str(exc))
