@@ -15,7 +15,6 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ai_bottleneck import __version__
-from ai_bottleneck.cli_targets import FLAG_OPTIONS, cli_overrides
 from ai_bottleneck.fleet_cli import fleet_cmd
 from ai_bottleneck.logs import setup_logging, stderr_is_journal
 from ai_bottleneck.plan_cli import plan_cmd
@@ -219,7 +218,7 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
         write_html,
     )
     from ai_bottleneck.config import ConfigError, load_config
-    from ai_bottleneck.diagnose import run_diagnose
+    from ai_bottleneck.diagnose import FLAG_OPTIONS, flag_overrides, run_diagnose
     from ai_bottleneck.progress import ProgressLine
     from ai_bottleneck.record import RecordError
 
@@ -234,8 +233,8 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
             raise click.BadParameter(
                 f"{whose}, {window_seconds:g}s, is longer than the duration "
                 f"({duration:g}s)", param_hint="--window")
-        probe_set = build_probes(config, cli_overrides(urls, iperf3, download, config,
-                                                       service, engines), origins=FLAG_OPTIONS)
+        probe_set = build_probes(config, flag_overrides(urls, iperf3, download, config,
+                                                        service, engines), origins=FLAG_OPTIONS)
     except ConfigError as exc:
         _fail(str(exc))
     progress = ProgressLine() if not as_json else None

@@ -10,10 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from ai_bottleneck.assembly import ProbeSet, assemble_live
 from ai_bottleneck.config import Config
 from ai_bottleneck.pipeline import WindowResult
+from ai_bottleneck.probes.service import options_for
 from ai_bottleneck.verdict import Verdict, overall_verdict
 
 Progress = Callable[[float, float, WindowResult | None], None]
@@ -120,3 +122,33 @@ def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float
                           run.pipeline.samples, interrupted=guard.hit,
                           record_path=record_path, notes=notes,
                           duration_seconds=duration_seconds)
+
+
+#: The command-line flags that set a probe option: named in errors about their values.
+FLAG_OPTIONS = {("http", "targets"): "--url", ("iperf3", "targets"): "--iperf3",
+                ("download", "url"): "--download", ("engine", "targets"): "--engine",
+                ("service", "unit"): "--service", ("service", "cgroup"): "--service",
+                ("service", "process"): "--service"}
+
+
+def flag_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str | None,
+                   config: Config, service: str | None = None,
+                   engines: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Command-line targets replace the config's targets for that probe."""
+    out: dict[str, dict[str, Any]] = {}
+    if service:
+        out["service"] = options_for(service)
+    if urls:
+        out["http"] = {"targets": [{"url": u} for u in urls]}
+    if iperf3:
+        out["iperf3"] = {"targets": list(iperf3)}
+    if download:
+        out["download"] = {"url": download}
+    if engines:
+        out["engine"] = {"targets": list(engines)}
+    # A short diagnosis needs denser HTTP calls (and engine scrapes) than the daemon's
+    # default, unless the config chose an interval itself.
+    for name in ("http", "engine") if engines else ("http",):
+        if "interval_seconds" not in config.probe_options(name):
+            out.setdefault(name, {})["interval_seconds"] = config.agent.interval_seconds
+    return out

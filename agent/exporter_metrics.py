@@ -23,7 +23,12 @@ from ai_bottleneck.exporter_tables import ENGINE_GAUGES as _ENGINE_GAUGES
 from ai_bottleneck.exporter_tables import GPU_HEALTH_VALUES as _GPU_HEALTH_VALUES
 from ai_bottleneck.exporter_tables import GPU_MIG_VALUES as _GPU_MIG_VALUES
 from ai_bottleneck.exporter_tables import GPU_VALUES as _GPU_VALUES
+from ai_bottleneck.exporter_tables import HOST_COUNTERS as _HOST_COUNTERS
+from ai_bottleneck.exporter_tables import HOST_TCP_COUNTERS as _HOST_TCP_COUNTERS
+from ai_bottleneck.exporter_tables import HOST_TCP_VALUES as _HOST_TCP_VALUES
 from ai_bottleneck.exporter_tables import HTTP_VALUES as _HTTP_VALUES
+from ai_bottleneck.exporter_tables import NIC_COUNTERS as _NIC_COUNTERS
+from ai_bottleneck.exporter_tables import NIC_VALUES as _NIC_VALUES
 from ai_bottleneck.exporter_tables import OOM_VALUES as _OOM_VALUES
 from ai_bottleneck.exporter_tables import SERVICE_VALUES as _SERVICE_VALUES
 from ai_bottleneck.probes.gpu_health import FLAG_PREFIX, FLAG_SUFFIX, HEALTH_STATES
@@ -209,55 +214,6 @@ _HOST_VALUES = (
      "PSI: share of time some task waited for memory."),
     ("memory_pressure_full_ratio", "host_memory_pressure_full_ratio",
      "PSI: share of time all non-idle tasks waited for memory."),
-)
-_HOST_TCP_VALUES = (
-    ("tcp_retransmit_ratio", "host_tcp_retransmit_ratio",
-     "TCP segments retransmitted / segments sent, host-wide."),
-    ("tcp_retransmits_per_second", "host_tcp_retransmits_per_second",
-     "TCP segments retransmitted per second, host-wide."),
-    ("tcp_out_segments_per_second", "host_tcp_out_segments_per_second",
-     "TCP segments sent per second, host-wide."),
-)
-_NIC_VALUES = (
-    ("rx_bits_per_second", "nic_rx_bytes_per_second", "Received throughput.", 1 / 8),
-    ("tx_bits_per_second", "nic_tx_bytes_per_second", "Transmitted throughput.", 1 / 8),
-    ("link_speed_bits_per_second", "nic_link_speed_bytes_per_second",
-     "Link speed as the interface reports it.", 1 / 8),
-    ("rx_utilization_ratio", "nic_rx_utilization_ratio",
-     "Received throughput / link speed (only when the link speed is known).", 1.0),
-    ("tx_utilization_ratio", "nic_tx_utilization_ratio",
-     "Transmitted throughput / link speed (only when the link speed is known).", 1.0),
-    ("rx_drops_per_second", "nic_rx_drops_per_second", "Received packets dropped.", 1.0),
-    ("tx_drops_per_second", "nic_tx_drops_per_second", "Transmit packets dropped.", 1.0),
-    ("rx_errors_per_second", "nic_rx_errors_per_second", "Receive errors.", 1.0),
-    ("tx_errors_per_second", "nic_tx_errors_per_second", "Transmit errors.", 1.0),
-)
-
-#: Raw kernel counters, exported as read: (sample value, metric name, help, constant labels).
-_HOST_COUNTERS = (
-    *((f"cpu_{mode}_seconds_total", "host_cpu_seconds_total",
-       "CPU time of all CPUs per mode, from /proc/stat.", {"mode": mode})
-      for mode in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")),
-    *((f"{resource}_pressure_{kind}_seconds_total", "host_pressure_stalled_seconds_total",
-       "PSI: total time some (or all, kind=full) tasks stalled on the resource.",
-       {"resource": resource, "kind": kind})
-      for resource in ("cpu", "io", "memory") for kind in ("some", "full")),
-)
-_NIC_COUNTERS = (
-    ("rx_bytes_total", "nic_rx_bytes_total", "Bytes received, /proc/net/dev."),
-    ("tx_bytes_total", "nic_tx_bytes_total", "Bytes transmitted, /proc/net/dev."),
-    ("rx_packets_total", "nic_rx_packets_total", "Packets received, /proc/net/dev."),
-    ("tx_packets_total", "nic_tx_packets_total", "Packets transmitted, /proc/net/dev."),
-    ("rx_drops_total", "nic_rx_drops_total", "Received packets dropped, /proc/net/dev."),
-    ("tx_drops_total", "nic_tx_drops_total", "Transmit packets dropped, /proc/net/dev."),
-    ("rx_errors_total", "nic_rx_errors_total", "Receive errors, /proc/net/dev."),
-    ("tx_errors_total", "nic_tx_errors_total", "Transmit errors, /proc/net/dev."),
-)
-_HOST_TCP_COUNTERS = (
-    ("tcp_out_segments_total", "host_tcp_out_segments_total",
-     "TCP segments sent, host-wide (/proc/net/snmp OutSegs)."),
-    ("tcp_retransmits_total", "host_tcp_retransmits_total",
-     "TCP segments retransmitted, host-wide (/proc/net/snmp RetransSegs)."),
 )
 _WINDOW_MEAN_NOTE = " Mean over the latest window."
 

@@ -1,7 +1,7 @@
 """Sample values and the metric each becomes, for the GPU, its health and MIG
-instances, HTTP calls, OOM events, model servers and the service under diagnosis:
-data only, read by agent/exporter_metrics.py (which declares the metrics) and by
-the tests."""
+instances, HTTP calls, OOM events, model servers, the service under diagnosis, the
+NICs and host-wide TCP, and the raw kernel counters: data only, read by
+agent/exporter_metrics.py (which declares the metrics) and by the tests."""
 
 from __future__ import annotations
 
@@ -128,4 +128,55 @@ ENGINE_COUNTERS = (
     ("prompt_tokens_total", "engine_prompt_tokens_total", "Prompt tokens processed."),
     ("generation_tokens_total", "engine_generation_tokens_total", "Tokens generated."),
     ("requests_completed_total", "engine_requests_completed_total", "Requests finished."),
+)
+
+#: Raw kernel counters, exported as read: (sample value, metric name, help, constant labels).
+HOST_COUNTERS = (
+    *((f"cpu_{mode}_seconds_total", "host_cpu_seconds_total",
+       "CPU time of all CPUs per mode, from /proc/stat.", {"mode": mode})
+      for mode in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")),
+    *((f"{resource}_pressure_{kind}_seconds_total", "host_pressure_stalled_seconds_total",
+       "PSI: total time some (or all, kind=full) tasks stalled on the resource.",
+       {"resource": resource, "kind": kind})
+      for resource in ("cpu", "io", "memory") for kind in ("some", "full")),
+)
+NIC_COUNTERS = (
+    ("rx_bytes_total", "nic_rx_bytes_total", "Bytes received, /proc/net/dev."),
+    ("tx_bytes_total", "nic_tx_bytes_total", "Bytes transmitted, /proc/net/dev."),
+    ("rx_packets_total", "nic_rx_packets_total", "Packets received, /proc/net/dev."),
+    ("tx_packets_total", "nic_tx_packets_total", "Packets transmitted, /proc/net/dev."),
+    ("rx_drops_total", "nic_rx_drops_total", "Received packets dropped, /proc/net/dev."),
+    ("tx_drops_total", "nic_tx_drops_total", "Transmit packets dropped, /proc/net/dev."),
+    ("rx_errors_total", "nic_rx_errors_total", "Receive errors, /proc/net/dev."),
+    ("tx_errors_total", "nic_tx_errors_total", "Transmit errors, /proc/net/dev."),
+)
+HOST_TCP_COUNTERS = (
+    ("tcp_out_segments_total", "host_tcp_out_segments_total",
+     "TCP segments sent, host-wide (/proc/net/snmp OutSegs)."),
+    ("tcp_retransmits_total", "host_tcp_retransmits_total",
+     "TCP segments retransmitted, host-wide (/proc/net/snmp RetransSegs)."),
+)
+
+HOST_TCP_VALUES = (
+    ("tcp_retransmit_ratio", "host_tcp_retransmit_ratio",
+     "TCP segments retransmitted / segments sent, host-wide."),
+    ("tcp_retransmits_per_second", "host_tcp_retransmits_per_second",
+     "TCP segments retransmitted per second, host-wide."),
+    ("tcp_out_segments_per_second", "host_tcp_out_segments_per_second",
+     "TCP segments sent per second, host-wide."),
+)
+NIC_VALUES = (
+    ("rx_bits_per_second", "nic_rx_bytes_per_second", "Received throughput.", 1 / 8),
+    ("tx_bits_per_second", "nic_tx_bytes_per_second", "Transmitted throughput.", 1 / 8),
+    ("link_speed_bits_per_second", "nic_link_speed_bytes_per_second",
+     "Link speed as the interface reports it.", 1 / 8),
+    ("rx_utilization_ratio", "nic_rx_utilization_ratio",
+     "Received throughput / the tightest known rate (link speed, [links], shaper).", 1.0),
+    ("tx_utilization_ratio", "nic_tx_utilization_ratio",
+     "Transmitted throughput / the tightest known rate (link speed, [links], shaper).",
+     1.0),
+    ("rx_drops_per_second", "nic_rx_drops_per_second", "Received packets dropped.", 1.0),
+    ("tx_drops_per_second", "nic_tx_drops_per_second", "Transmit packets dropped.", 1.0),
+    ("rx_errors_per_second", "nic_rx_errors_per_second", "Receive errors.", 1.0),
+    ("tx_errors_per_second", "nic_tx_errors_per_second", "Transmit errors.", 1.0),
 )
