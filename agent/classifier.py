@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ai_bottleneck import gpu_faults, gpu_workloads, service_cpu
+from ai_bottleneck import engine_rules, gpu_faults, gpu_workloads, service_cpu
 from ai_bottleneck.advice import advice_for, warnings_for
 from ai_bottleneck.facts import Facts, memory_text
 from ai_bottleneck.findings import Classification, Finding, Signal, above, below
@@ -290,10 +290,13 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("no resource probe measured anything -> unknown", no_data),
     ("VRAM >= 95% and server errors -> vram_bound (soft)", memory_full_and_failing),
     ("every HTTP call failed -> unknown (service down)", service_down),
+    ("KV cache full, requests waiting or preempted -> vram_bound", engine_rules.kv_cache_full),
     ("slow requests, network phases dominate -> network_bound", network_phases_dominate),
+    ("requests waiting in the engine, GPU busy -> gpu_bound", engine_rules.queue_with_gpu_busy),
     ("GPU busy -> gpu_bound", gpu_saturated),
     ("CPU saturated, GPU not busy -> cpu_bound", cpu_saturated),
     ("GPU under-used and network evidence -> network_bound", network_evidence_gpu_under_used),
+    ("slow, engine idle -> unknown (time before the engine)", engine_rules.engine_idle_while_slow),
     ("slow requests, server time dominates, GPU working -> gpu_bound (likely)",
      slow_in_server_gpu_working),
     ("slow requests, nothing explains them -> unknown", slow_unexplained),
@@ -308,7 +311,7 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
     r = read(window)
     # The service's own CPU where it was measured; the host's becomes context.
     judged, service_notes = service_cpu.judge_service(r, window)
-    f = Facts(judged, thresholds)
+    f = engine_rules.facts(judged, thresholds)
     # A GPU fallen off the bus or needing a reset comes before every rule (gpu_faults.py).
     faults = gpu_faults.hard_faults(window)
     found: Finding | None = Finding(Label.UNKNOWN, notes=faults, hard=True) if faults else None
@@ -323,9 +326,10 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
     evidence += [f"confidence lowered: {why}" for _, why in found.factors]
     return Classification(
         label=found.label, confidence=found.confidence(), evidence=tuple(evidence),
-        advice=tuple(advice_for(found, f)),
+        advice=tuple(found.advice or advice_for(found, f)),
         warnings=(*warnings_for(f, found.label, window), *gpu_faults.warnings(window)),
-        summary={**summary(r), **gpu_workloads.summary(window), **gpu_faults.summary(window)},
+        summary={**summary(r), **engine_rules.summary(f), **gpu_workloads.summary(window),
+                 **gpu_faults.summary(window)},
         probes={name: str(st) for name, st in r.status.items()}, hard=found.hard, readings=r)
 
 
@@ -333,6 +337,8 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
 
 
 def _within_objective(f: Facts) -> str:
+    if (llm := engine_rules.objective_text(f)) is not None:
+        return llm
     w = f.worst
     if w is None or w.total is None:
         return "requests within the objective"

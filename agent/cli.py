@@ -178,7 +178,6 @@ def check_config_cmd(file: Path | None) -> None:
     click.echo(f"{config.source}: ok")
 
 
-#: The probe option each target flag replaces, for errors that name the flag.
 @main.command("diagnose")
 @click.option("--duration", type=DURATION, default="60s", show_default=True,
               help="How long to sample.")
@@ -189,6 +188,9 @@ def check_config_cmd(file: Path | None) -> None:
 @click.option("--iperf3", "iperf3", multiple=True, metavar="HOST",
               help="Measure throughput to this iperf3 server (repeatable).")
 @click.option("--download", metavar="URL", help="Measure download throughput from this URL.")
+@click.option("--engine", "engines", multiple=True, metavar="URL",
+              help="Read this model server's metrics URL (vLLM, SGLang, TGI, Triton, "
+                   "llama.cpp; repeatable).")
 @click.option("--service", metavar="UNIT|CGROUP|PROCESS",
               help="The service under diagnosis (systemd unit, cgroup, process name or PID).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -201,7 +203,8 @@ def check_config_cmd(file: Path | None) -> None:
               help="Exit 3 when the verdict is one of these labels (for scripts and CI).")
 @report_options
 def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
-                 iperf3: tuple[str, ...], download: str | None, service: str | None,
+                 iperf3: tuple[str, ...], download: str | None, engines: tuple[str, ...],
+                 service: str | None,
                  config_path: Path | None, as_json: bool, record_path: Path | None,
                  fail_on: str | None, color: str, all_windows: bool,
                  html_path: Path | None) -> None:
@@ -231,7 +234,7 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
                 f"{whose}, {window_seconds:g}s, is longer than the duration "
                 f"({duration:g}s)", param_hint="--window")
         probe_set = build_probes(config, flag_overrides(urls, iperf3, download, config,
-                                                        service), origins=FLAG_OPTIONS)
+                                                        service, engines), origins=FLAG_OPTIONS)
     except ConfigError as exc:
         _fail(str(exc))
     progress = ProgressLine() if not as_json else None

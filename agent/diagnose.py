@@ -126,12 +126,14 @@ def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float
 
 #: The command-line flags that set a probe option: named in errors about their values.
 FLAG_OPTIONS = {("http", "targets"): "--url", ("iperf3", "targets"): "--iperf3",
-                ("download", "url"): "--download", ("service", "unit"): "--service",
-                ("service", "cgroup"): "--service", ("service", "process"): "--service"}
+                ("download", "url"): "--download", ("engine", "targets"): "--engine",
+                ("service", "unit"): "--service", ("service", "cgroup"): "--service",
+                ("service", "process"): "--service"}
 
 
 def flag_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str | None,
-                   config: Config, service: str | None = None) -> dict[str, dict[str, Any]]:
+                   config: Config, service: str | None = None,
+                   engines: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """Command-line targets replace the config's targets for that probe."""
     out: dict[str, dict[str, Any]] = {}
     if service:
@@ -142,8 +144,11 @@ def flag_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str
         out["iperf3"] = {"targets": list(iperf3)}
     if download:
         out["download"] = {"url": download}
-    # A short diagnosis needs denser HTTP calls than the daemon's default, unless the
-    # config chose an interval itself.
-    if "interval_seconds" not in config.probe_options("http"):
-        out.setdefault("http", {})["interval_seconds"] = config.agent.interval_seconds
+    if engines:
+        out["engine"] = {"targets": list(engines)}
+    # A short diagnosis needs denser HTTP calls (and engine scrapes) than the daemon's
+    # default, unless the config chose an interval itself.
+    for name in ("http", "engine") if engines else ("http",):
+        if "interval_seconds" not in config.probe_options(name):
+            out.setdefault(name, {})["interval_seconds"] = config.agent.interval_seconds
     return out

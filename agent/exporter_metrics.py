@@ -18,13 +18,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ai_bottleneck.exporter_tables import ENGINE_COUNTERS as _ENGINE_COUNTERS
+from ai_bottleneck.exporter_tables import ENGINE_GAUGES as _ENGINE_GAUGES
 from ai_bottleneck.exporter_tables import GPU_HEALTH_VALUES as _GPU_HEALTH_VALUES
 from ai_bottleneck.exporter_tables import GPU_MIG_VALUES as _GPU_MIG_VALUES
+from ai_bottleneck.exporter_tables import GPU_VALUES as _GPU_VALUES
 from ai_bottleneck.exporter_tables import HOST_COUNTERS as _HOST_COUNTERS
 from ai_bottleneck.exporter_tables import HOST_TCP_COUNTERS as _HOST_TCP_COUNTERS
 from ai_bottleneck.exporter_tables import HOST_TCP_VALUES as _HOST_TCP_VALUES
+from ai_bottleneck.exporter_tables import HTTP_VALUES as _HTTP_VALUES
 from ai_bottleneck.exporter_tables import NIC_COUNTERS as _NIC_COUNTERS
 from ai_bottleneck.exporter_tables import NIC_VALUES as _NIC_VALUES
+from ai_bottleneck.exporter_tables import OOM_VALUES as _OOM_VALUES
 from ai_bottleneck.exporter_tables import SERVICE_VALUES as _SERVICE_VALUES
 from ai_bottleneck.probes.gpu_health import FLAG_PREFIX, FLAG_SUFFIX, HEALTH_STATES
 
@@ -168,34 +173,6 @@ GPU_PROCESSES_FOLDED = gauge("gpu_processes_folded", ("gpu", "uuid"),
                              "counted in the pid=\"other\" series.",
                              "gpu: process_count (the pid=other sample)")
 
-_GPU_VALUES = (
-    ("utilization_ratio", "gpu_utilization_ratio",
-     "Share of the sample period in which a kernel ran (NVML's coarse utilization)."),
-    ("memory_used_bytes", "gpu_memory_used_bytes", "GPU memory in use."),
-    ("memory_total_bytes", "gpu_memory_total_bytes", "GPU memory installed."),
-    ("memory_reserved_bytes", "gpu_memory_reserved_bytes", "GPU memory reserved by the driver."),
-    ("power_watts", "gpu_power_watts", "Power draw."),
-    ("power_limit_watts", "gpu_power_limit_watts", "Enforced power limit."),
-    ("temperature_celsius", "gpu_temperature_celsius", "GPU core temperature."),
-    ("sm_clock_hertz", "gpu_sm_clock_hertz", "Current SM clock."),
-    ("sm_clock_max_hertz", "gpu_sm_clock_max_hertz", "Maximum SM clock."),
-    ("clocks_event_reasons_bitmask", "gpu_clocks_event_reasons_bitmask",
-     "NVML clocks event reasons, as the driver's bitmask."),
-    ("pcie_rx_bytes_per_second", "gpu_pcie_rx_bytes_per_second", "PCIe receive throughput."),
-    ("pcie_tx_bytes_per_second", "gpu_pcie_tx_bytes_per_second", "PCIe transmit throughput."),
-    ("sm_active_ratio", "gpu_sm_active_ratio", "Share of time SMs were active (GPM)."),
-    ("sm_occupancy_ratio", "gpu_sm_occupancy_ratio", "Achieved SM occupancy (GPM)."),
-    ("tensor_active_ratio", "gpu_tensor_active_ratio", "Share of time tensor cores were "
-                                                       "active (GPM)."),
-    ("dram_active_ratio", "gpu_dram_active_ratio", "Share of time device memory was busy (GPM)."),
-    ("gpm_available", "gpu_gpm_available",
-     "1 when fine-grained GPM metrics were read, 0 when only coarse utilization was."),
-    ("utilization_samples", "gpu_utilization_driver_samples",
-     "Driver samples the utilization figure was averaged from."),
-    ("process_count", "gpu_processes", "Processes using the GPU."),
-    ("process_memory_used_bytes", "gpu_processes_memory_used_bytes",
-     "GPU memory used by all its processes together."),
-)
 
 _GPU_HEALTH = ("gpu", "uuid")  # also on a failed sample, so its state replaces the last good one
 GPU_HEALTH = gauge("gpu_health", (*_GPU_HEALTH, "state"),
@@ -252,8 +229,8 @@ HTTP_DURATION = gauge("http_request_duration_seconds", ("target", "phase"),
                       "Time of the last call to the target, per phase: total, dns, connect, "
                       "tls, upload, server, download.", "http: *_seconds")
 TARGET_UP = gauge("target_up", ("probe", "target"),
-                  "1 when the last call to the target (http, download, iperf3) succeeded.",
-                  "http, download, iperf3")
+                  "1 when the last call to the target (http, download, iperf3, engine) "
+                  "succeeded.", "http, download, iperf3, engine")
 THROUGHPUT = gauge("throughput_bytes_per_second", ("probe", "target", "direction"),
                    "Throughput measured by the last transfer (iperf3 test or download).",
                    "iperf3, download: bits_per_second")
@@ -263,27 +240,17 @@ TRANSFER_SECONDS = gauge("transfer_duration_seconds", ("probe", "target", "direc
                          "Duration of the last transfer.", "iperf3, download: seconds")
 
 _HTTP_PHASES = ("total", "dns", "connect", "tls", "upload", "server", "download")
-_HTTP_VALUES = (
-    ("status", "http_status_code", "HTTP status of the last call (absent when none came back)."),
-    ("request_bytes", "http_request_size_bytes", "Request body size of the last call."),
-    ("response_bytes", "http_response_size_bytes", "Response body size of the last call."),
-    ("concurrency", "http_concurrent_requests", "Calls the probe made at once."),
-)
 _IPERF3_VALUES = (
     ("retransmits", "iperf3_retransmits", "TCP retransmits during the last iperf3 test."),
     ("rtt_seconds", "iperf3_rtt_seconds", "Mean TCP round-trip time of the last iperf3 test."),
 )
-_OOM_VALUES = (
-    ("oom_events_total", "oom_events_total", "Out-of-memory events seen since the agent started."),
-    ("load_failure_events_total", "load_failure_events_total",
-     "Model load / allocation failures seen since the agent started."),
-)
+_ENGINE = ("engine", "target")  # model servers (probe engine): exporter_tables.ENGINE_*
 
 
 def _build_routes() -> dict[str, dict[str, Route]]:
     routes: dict[str, dict[str, Route]] = {p: {} for p in
                                            ("gpu", "host", "nic", "http", "download", "iperf3",
-                                            "oom", "service")}
+                                            "oom", "engine", "service")}
     for value, name, text in _GPU_VALUES:
         routes["gpu"][value] = Route(gauge(name, _GPU, _windowed(value, text), f"gpu: {value}"))
     routes["gpu"]["oom_events_total"] = Route(counter(
@@ -343,6 +310,10 @@ def _build_routes() -> dict[str, dict[str, Route]]:
         routes["service"][value] = Route(gauge(name, ("service",), text, f"service: {value}"))
     for value, name, text in _OOM_VALUES:
         routes["oom"][value] = Route(counter(name, ("source",), text, f"oom: {value}"))
+    for value, name, text in _ENGINE_GAUGES:
+        routes["engine"][value] = Route(gauge(name, _ENGINE, text, f"engine: {value}"))
+    for value, name, text in _ENGINE_COUNTERS:
+        routes["engine"][value] = Route(counter(name, _ENGINE, text, f"engine: {value}"))
     return routes
 
 
@@ -360,6 +331,7 @@ UP_ROUTES = {
     "http": Route(TARGET_UP, constants={"probe": "http"}),
     "download": Route(TARGET_UP, rename={"target": "url"}, constants={"probe": "download"}),
     "iperf3": Route(TARGET_UP, constants={"probe": "iperf3"}),
+    "engine": Route(TARGET_UP, constants={"probe": "engine"}),
 }
 CLOCKS_EVENT_PREFIX, CLOCKS_EVENT_SUFFIX = "clocks_event_", "_flag"
 

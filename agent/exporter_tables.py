@@ -1,7 +1,7 @@
-"""Sample values and the metric each becomes, for the GPU's health, its MIG instances,
-the service under diagnosis, the NICs and host-wide TCP, and the raw kernel counters:
-data only, read by agent/exporter_metrics.py (which
-declares the metrics) and by the tests."""
+"""Sample values and the metric each becomes, for the GPU, its health and MIG
+instances, HTTP calls, OOM events, model servers, the service under diagnosis, the
+NICs and host-wide TCP, and the raw kernel counters: data only, read by
+agent/exporter_metrics.py (which declares the metrics) and by the tests."""
 
 from __future__ import annotations
 
@@ -52,6 +52,82 @@ SERVICE_VALUES = (
     ("process_count", "service_processes", "Processes in the service's cgroup."),
     ("busiest_thread_core_ratio", "service_busiest_thread_core_ratio",
      "The largest share of one core a thread of the service used."),
+)
+
+#: The gpu probe's per-device values. (value, metric name, help)
+GPU_VALUES = (
+    ("utilization_ratio", "gpu_utilization_ratio",
+     "Share of the sample period in which a kernel ran (NVML's coarse utilization)."),
+    ("memory_used_bytes", "gpu_memory_used_bytes", "GPU memory in use."),
+    ("memory_total_bytes", "gpu_memory_total_bytes", "GPU memory installed."),
+    ("memory_reserved_bytes", "gpu_memory_reserved_bytes", "GPU memory reserved by the driver."),
+    ("power_watts", "gpu_power_watts", "Power draw."),
+    ("power_limit_watts", "gpu_power_limit_watts", "Enforced power limit."),
+    ("temperature_celsius", "gpu_temperature_celsius", "GPU core temperature."),
+    ("sm_clock_hertz", "gpu_sm_clock_hertz", "Current SM clock."),
+    ("sm_clock_max_hertz", "gpu_sm_clock_max_hertz", "Maximum SM clock."),
+    ("clocks_event_reasons_bitmask", "gpu_clocks_event_reasons_bitmask",
+     "NVML clocks event reasons, as the driver's bitmask."),
+    ("pcie_rx_bytes_per_second", "gpu_pcie_rx_bytes_per_second", "PCIe receive throughput."),
+    ("pcie_tx_bytes_per_second", "gpu_pcie_tx_bytes_per_second", "PCIe transmit throughput."),
+    ("sm_active_ratio", "gpu_sm_active_ratio", "Share of time SMs were active (GPM)."),
+    ("sm_occupancy_ratio", "gpu_sm_occupancy_ratio", "Achieved SM occupancy (GPM)."),
+    ("tensor_active_ratio", "gpu_tensor_active_ratio", "Share of time tensor cores were "
+                                                       "active (GPM)."),
+    ("dram_active_ratio", "gpu_dram_active_ratio", "Share of time device memory was busy (GPM)."),
+    ("gpm_available", "gpu_gpm_available",
+     "1 when fine-grained GPM metrics were read, 0 when only coarse utilization was."),
+    ("utilization_samples", "gpu_utilization_driver_samples",
+     "Driver samples the utilization figure was averaged from."),
+    ("process_count", "gpu_processes", "Processes using the GPU."),
+    ("process_memory_used_bytes", "gpu_processes_memory_used_bytes",
+     "GPU memory used by all its processes together."),
+)
+
+#: The http probe's values besides its phases. (value, metric name, help)
+HTTP_VALUES = (
+    ("status", "http_status_code", "HTTP status of the last call (absent when none came back)."),
+    ("request_bytes", "http_request_size_bytes", "Request body size of the last call."),
+    ("response_bytes", "http_response_size_bytes", "Response body size of the last call."),
+    ("concurrency", "http_concurrent_requests", "Calls the probe made at once."),
+)
+
+#: The oom probe's counters. (value, metric name, help)
+OOM_VALUES = (
+    ("oom_events_total", "oom_events_total", "Out-of-memory events seen since the agent started."),
+    ("load_failure_events_total", "load_failure_events_total",
+     "Model load / allocation failures seen since the agent started."),
+)
+
+#: The engine probe's gauges and counters (labels engine, target). (value, metric name, help)
+ENGINE_GAUGES = (
+    ("requests_running", "engine_requests_running", "Requests in the engine's running batch."),
+    ("requests_waiting", "engine_requests_waiting",
+     "Requests queued in the engine, waiting for a slot or KV cache room."),
+    ("kv_cache_usage_ratio", "engine_kv_cache_usage_ratio", "Share of the KV cache in use."),
+    ("kv_cache_capacity_tokens", "engine_kv_cache_capacity_tokens", "KV cache size in tokens."),
+    ("queue_seconds", "engine_queue_seconds",
+     "Mean time in the engine's queue of the requests finished since the scrape before."),
+    ("queue_p95_seconds", "engine_queue_p95_seconds", "p95 of the same, from histogram buckets."),
+    ("time_to_first_token_seconds", "engine_time_to_first_token_seconds",
+     "Mean time to first token of the requests finished since the scrape before."),
+    ("time_to_first_token_p95_seconds", "engine_time_to_first_token_p95_seconds",
+     "p95 of the same, from histogram buckets."),
+    ("inter_token_seconds", "engine_inter_token_seconds",
+     "Mean time between output tokens since the scrape before."),
+    ("inter_token_p95_seconds", "engine_inter_token_p95_seconds",
+     "p95 of the same, from histogram buckets."),
+    ("compute_seconds", "engine_compute_seconds",
+     "Mean time running in the engine of the requests finished since the scrape before."),
+    ("compute_p95_seconds", "engine_compute_p95_seconds",
+     "p95 of the same, from histogram buckets."),
+)
+ENGINE_COUNTERS = (
+    ("preemptions_total", "engine_preemptions_total",
+     "Requests the engine preempted since it started (KV cache full)."),
+    ("prompt_tokens_total", "engine_prompt_tokens_total", "Prompt tokens processed."),
+    ("generation_tokens_total", "engine_generation_tokens_total", "Tokens generated."),
+    ("requests_completed_total", "engine_requests_completed_total", "Requests finished."),
 )
 
 #: Raw kernel counters, exported as read: (sample value, metric name, help, constant labels).

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ai_bottleneck import gpu_faults, gpu_workloads
+from ai_bottleneck.engine_signals import EngineReading
 from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.readings import GpuReading, HttpReading, NicReading, Readings
 
@@ -152,6 +153,31 @@ class ThroughputFigures:
 
 
 @dataclass
+class EngineFigures:
+    """One model server (probe engine): its window means and peaks, and the p95
+    latencies it reported (each window's worst interval)."""
+
+    engine: str
+    target: str
+    running: Agg = field(default_factory=Agg)
+    waiting: Agg = field(default_factory=Agg)
+    kv_usage: Agg = field(default_factory=Agg)       # window peaks
+    preemptions: float = 0.0
+    queue_p95: Agg = field(default_factory=Agg)
+    ttft_p95: Agg = field(default_factory=Agg)
+    inter_token_p95: Agg = field(default_factory=Agg)
+
+    def add(self, e: EngineReading) -> None:
+        self.running.add(e.running)
+        self.waiting.add(e.waiting)
+        self.kv_usage.add(e.kv_usage)
+        self.preemptions += e.preemptions or 0.0
+        self.queue_p95.add(e.queue_p95)
+        self.ttft_p95.add(e.ttft_p95)
+        self.inter_token_p95.add(e.inter_token_p95)
+
+
+@dataclass
 class RunFigures:
     """Key numbers over ``windows`` windows from ``start`` to ``end``."""
 
@@ -167,6 +193,7 @@ class RunFigures:
     oom_events: float
     load_failures: float
     unread: int          # windows without typed readings (none from this version)
+    engines: list[EngineFigures] = field(default_factory=list)
     #: GPU memory by workload (pod, container, service or process): peak, largest first.
     gpu_workloads: list[tuple[str, float]] = field(default_factory=list)
     #: GPUs whose health was not ok in some window: (gpu, worst state and reason).
@@ -178,6 +205,7 @@ def run_figures(results: Sequence[WindowResult]) -> RunFigures:
     nics: dict[str, NicFigures] = {}
     targets: dict[str, TargetFigures] = {}
     throughputs: dict[str, ThroughputFigures] = {}
+    engines: dict[str, EngineFigures] = {}
     host = HostFigures()
     retransmits = Agg()
     oom = load = 0.0
@@ -213,6 +241,8 @@ def run_figures(results: Sequence[WindowResult]) -> RunFigures:
             throughputs.setdefault(f"{tp.probe} {tp.target}",
                                    ThroughputFigures(tp.probe, tp.target)
                                    ).bits_per_second.add(tp.bits_per_second)
+        for e in rd.engines:
+            engines.setdefault(e.target, EngineFigures(e.engine, e.target)).add(e)
         oom += rd.oom_events
         load += rd.load_failures
     return RunFigures(
@@ -225,7 +255,8 @@ def run_figures(results: Sequence[WindowResult]) -> RunFigures:
         throughputs=[throughputs[k] for k in sorted(throughputs)],
         oom_events=oom, load_failures=load, unread=unread,
         gpu_workloads=gpu_workloads.run_peaks([r.summary for r in results]),
-        gpu_health=gpu_faults.run_health([r.summary for r in results]))
+        gpu_health=gpu_faults.run_health([r.summary for r in results]),
+        engines=[engines[k] for k in sorted(engines)])
 
 
 def _natural(key: str) -> tuple[int, str]:

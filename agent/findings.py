@@ -44,6 +44,7 @@ class Finding:
     factors: list[tuple[float, str]] = field(default_factory=list)
     hard: bool = False
     mismatch: bool = False  # a big GPU idling behind a thin link (the article's case)
+    advice: list[str] = field(default_factory=list)  # replaces the label's general advice
 
     def confidence(self) -> float:
         if self.label is Label.UNKNOWN:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ai_bottleneck.capacity import Capacity, tightest_capacity
+from ai_bottleneck.engine_signals import engine_readings
 from ai_bottleneck.probes.vocabulary import (
     GPU_DRAM_ACTIVE,
     GPU_MEMORY_TOTAL,
@@ -304,7 +305,7 @@ def read(window: Window) -> Readings:
         gpus=tuple(gpus), host=_host_reading(window), nics=tuple(nics), tcp=tcp,
         http=tuple(_http_readings(window)), throughputs=tuple(_throughputs(window)),
         oom_events=oom, load_failures=load, event_sources=tuple(sources), status=status,
-        gpu_errors=tuple(gpu_errors),
+        gpu_errors=tuple(gpu_errors), engines=tuple(engine_readings(window)),
         window_seconds=window.end - window.start if window.end > window.start else None)
 
 

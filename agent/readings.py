@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ai_bottleneck.capacity import Capacity
+from ai_bottleneck.engine_signals import EngineReading
 from ai_bottleneck.probes.vocabulary import NETWORK_PHASES, SERVER_SECONDS
 from ai_bottleneck.series import Stats
 from ai_bottleneck.windows import ProbeStatus
@@ -217,6 +218,7 @@ class Readings:
     status: dict[str, ProbeStatus]
     gpu_errors: tuple[str, ...] = ()
     window_seconds: float | None = None
+    engines: tuple[EngineReading, ...] = ()  # model servers' own metrics (probe engine)
 
     def probe(self, name: str) -> ProbeStatus:
         return self.status[name]

@@ -98,6 +98,25 @@ def target_table(f: RunFigures, width: int) -> list[str]:
     return table(["TARGET", "CALLS", "FAILED", "P95", "SLOWEST PHASE"], rows, width, shrink=0)
 
 
+def _count_pair(a: Agg) -> str:
+    """"2.5/12": mean and highest window of a request count."""
+    return f"{a.mean:.3g}/{a.max:.3g}" if a.mean is not None and a.max is not None else MISSING
+
+
+def engine_table(f: RunFigures, width: int) -> list[str]:
+    """Model servers' own metrics: requests running and waiting, KV cache peak,
+    preemptions and the p95 latencies the engine measured; then each row's URL."""
+    if not f.engines:
+        return []
+    rows = [[e.engine, _count_pair(e.running), _count_pair(e.waiting),
+             pct(e.kv_usage.max) if e.kv_usage else MISSING, count(e.preemptions),
+             _secs_pair(e.queue_p95), _secs_pair(e.ttft_p95), _secs_pair(e.inter_token_p95)]
+            for e in f.engines]
+    out = table(["ENGINE", "RUN", "WAIT", "KV", "PREEMPT", "QUEUE P95", "TTFT P95",
+                 "ITL P95"], rows, width, shrink=0)
+    return out + [f"  {e.engine} at {e.target}" for e in f.engines]
+
+
 def workload_lines(f: RunFigures) -> list[str]:
     """Whose GPU memory it is: each workload's peak over the run, largest first."""
     if not f.gpu_workloads:
@@ -139,7 +158,8 @@ def other_lines(f: RunFigures) -> list[str]:
 def key_numbers(f: RunFigures, width: int, style: Style) -> list[str]:
     """Every table, with a blank line between resources; header lines in bold."""
     blocks = [gpu_table(f, width), health_lines(f), workload_lines(f), host_table(f, width),
-              nic_table(f, width), target_table(f, width), other_lines(f)]
+              nic_table(f, width), target_table(f, width), engine_table(f, width),
+              other_lines(f)]
     out: list[str] = []
     for block in blocks:
         if not block:

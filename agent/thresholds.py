@@ -73,6 +73,23 @@ class Thresholds:
         min=1, max=10000, doc="a resource read fewer times than this in a window lowers the "
                               "confidence"))
 
+    # The model server's own readings (probe engine); see agent/engine_rules.py.
+    engine_kv_full_ratio: float = field(default=0.90, metadata=option_info(
+        min=0, max=1, doc="KV cache use at or above this, with requests waiting or "
+                          "preempted, is a full KV cache"))
+    engine_waiting_min_requests: float = field(default=1.0, metadata=option_info(
+        min=0, doc="requests waiting in the engine (window mean) at or above this are a "
+                   "queue"))
+    engine_quiet_running_requests: float = field(default=1.0, metadata=option_info(
+        min=0, doc="an engine with nothing waiting and at most this many running (mean) "
+                   "is quiet"))
+    ttft_objective_seconds: float = field(default=2.0, metadata=option_info(
+        min=0.001, doc="time to first token (p95) above this misses the objective, where "
+                       "the engine reports it"))
+    inter_token_objective_seconds: float = field(default=0.2, metadata=option_info(
+        min=0.0001, doc="time between output tokens (p95) above this misses the objective, "
+                        "where the engine reports it"))
+
     def __post_init__(self) -> None:
         # Cross-field order the rules rely on; parse_options turns this into one line.
         if not self.gpu_idle_ratio <= self.gpu_low_utilization_ratio:

@@ -87,6 +87,39 @@ LOAD_FAILURE_EVENTS = "load_failure_events"
 OOM_EVENTS_TOTAL = "oom_events_total"
 LOAD_FAILURE_EVENTS_TOTAL = "load_failure_events_total"
 
+# -- engine (written by probes/engine.py, read by agent/engine_signals.py) -------------
+
+ENGINE_LABEL = "engine"
+ENGINE_RUNNING = "requests_running"
+ENGINE_WAITING = "requests_waiting"
+ENGINE_KV_USAGE = "kv_cache_usage_ratio"
+ENGINE_KV_CAPACITY = "kv_cache_capacity_tokens"
+#: Counters since the engine started (a reader takes their increase).
+ENGINE_PREEMPTIONS_TOTAL = "preemptions_total"
+ENGINE_PROMPT_TOKENS_TOTAL = "prompt_tokens_total"
+ENGINE_GENERATION_TOKENS_TOTAL = "generation_tokens_total"
+ENGINE_COMPLETED_TOTAL = "requests_completed_total"
+
+
+class EngineTiming(StrEnum):
+    """The per-request times an engine reports, each recorded as the mean
+    ``<timing>_seconds`` and (from histogram buckets) ``<timing>_p95_seconds`` of the
+    requests finished since the scrape before."""
+
+    QUEUE = "queue"
+    TIME_TO_FIRST_TOKEN = "time_to_first_token"
+    INTER_TOKEN = "inter_token"
+    COMPUTE = "compute"
+
+    @property
+    def mean_name(self) -> str:
+        return f"{self.value}_seconds"
+
+    @property
+    def p95_name(self) -> str:
+        return f"{self.value}_p95_seconds"
+
+
 # -- HTTP phases (the http and download probes) ---------------------------------------
 
 

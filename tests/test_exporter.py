@@ -48,7 +48,7 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
     """A state with a sample for every route in the metric table."""
     state = AgentState(clock=clock, interval_seconds=1, window_seconds=10)
     t = clock()
-    for name in ("gpu", "host", "nic", "http", "oom"):
+    for name in ("gpu", "host", "nic", "http", "oom", "engine"):
         state.register_probe(name)
     for name in ("iperf3", "download"):
         state.register_probe(name, interval_seconds=600, active=True)
@@ -102,6 +102,9 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
     state.record_samples("oom", [Sample(t, "oom", {"source": "journal"},
                                         {"oom_events_total": 1.0, "oom_events": 0.0,
                                          "load_failure_events_total": 0.0})])
+    engine_values = {v: 0.5 for v, _n, _h in (*em._ENGINE_GAUGES, *em._ENGINE_COUNTERS)}
+    state.record_samples("engine", [Sample(t, "engine", {"engine": "vllm", "target": "chat"},
+                                           engine_values)])
     state.record_failure("host", "timeout", "host probe took 5 s")
     state.record_window("gpu_bound", 0.9, t - 10, t, evidence_items=3,
                         top_evidence="GPU 0 busy 95% of the window")
@@ -228,6 +231,11 @@ def test_values_map_to_metrics_with_units_and_labels() -> None:
     assert value(registry, "ai_bottleneck_target_up", probe="download",
                  target="https://example.test/f") == 1
     assert value(registry, "ai_bottleneck_oom_events_total", source="journal") == 1
+    assert value(registry, "ai_bottleneck_engine_requests_waiting", engine="vllm",
+                 target="chat") == 0.5
+    assert value(registry, "ai_bottleneck_engine_preemptions_total", engine="vllm",
+                 target="chat") == 0.5
+    assert value(registry, "ai_bottleneck_target_up", probe="engine", target="chat") == 1
 
 
 def test_every_metric_in_the_table_is_emitted_and_nothing_else() -> None:

@@ -21,9 +21,11 @@ PROBES_MD = DOCS / "probes.md"
 RECORD_MD = DOCS / "record-format.md"
 # An options table follows its marker: <!-- options: module.Class -->
 MARKER = re.compile(r"^<!-- options: ([\w.]+)\.(\w+) -->$")
-BUILT_IN = ("gpu", "host", "nic", "http", "download", "iperf3", "oom", "service")
+BUILT_IN = ("gpu", "host", "nic", "http", "download", "iperf3", "oom", "engine",
+            "service")
 #: Required keys, given so that one option at a time can be parsed.
-REQUIRED = {"ai_bottleneck.probes.http.Target": {"url": "http://127.0.0.1/"}}
+REQUIRED = {"ai_bottleneck.probes.http.Target": {"url": "http://127.0.0.1/"},
+            "ai_bottleneck.probes.engine.Target": {"url": "http://127.0.0.1/metrics"}}
 
 
 def _option_tables() -> dict[str, list[list[str]]]:
@@ -73,7 +75,7 @@ def test_every_option_class_has_a_table() -> None:
     expected = {f"ai_bottleneck.probes.{name}" for name in (
         "gpu.Options", "host.Options", "nic.Options", "http.Options", "http.Target",
         "download.Options", "iperf3.Options", "iperf3_server.ServerOptions", "oom.Options",
-        "service.Options")}
+        "engine.Options", "engine.Target", "service.Options")}
     expected.add("ai_bottleneck.budget.BudgetOptions")
     assert set(TABLES) == expected
 

@@ -243,6 +243,7 @@ def agent_config(settings: AgentSettings, *, infer_url: str, service_log: Path,
                            "duration_seconds": 2.0, "assumed_bits_per_second": 1e8}
                           if iperf3_target is not None else {"enabled": False}),
         "probes.download": {"enabled": False},
+        "probes.engine": {"enabled": False},
         # The lab does not name its service's cgroup (yet): judged host-wide, as before.
         "probes.service": {"enabled": False},
     }
