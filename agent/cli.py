@@ -6,7 +6,10 @@ traceback); 1 only for real failures at run time.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -86,6 +89,35 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except click.UsageError as exc:
             raise _one_line(exc) from None
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as exc:
+            if not _stdout_broken():
+                raise
+            _output_lost(exc)
+
+
+def _stdout_broken() -> bool:
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def _output_lost(exc: OSError) -> NoReturn:
+    """Standard output went to a full disk or a reader that left: one line on stderr,
+    exit 1, and the unwritten rest dropped so the exit does not try again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    if exc.errno != errno.EPIPE:  # a reader that left knows; a full disk must be said
+        reason = exc.strerror or str(exc)
+        with contextlib.suppress(OSError):
+            click.echo(f"ai-bottleneck: error: cannot write the output: {reason}", err=True)
+    sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -108,7 +108,7 @@ class Agent:
             except RecordError as exc:
                 probes.close()
                 raise ConfigError(config.source, "agent.record_file", str(exc)) from None
-            log.info("recording samples to %s", path)
+            log.info("recording samples to %s", recorder.path)
         budget = ActiveBudget.from_options(config.budget) if config.budget is not None else None
         servers = [s for p in probes.probes
                    if (s := getattr(p, "make_server", lambda: None)()) is not None]
@@ -160,6 +160,7 @@ class Agent:
                 log.warning("iperf3 server for peers: %s", problem)
         run.stop = threading.Event()
         stop = run.stop
+        self.state.watch_recording(run.recorder)
 
         def loop() -> None:
             def tick() -> None:

@@ -67,8 +67,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, b"web config invalid; see the agent's log\n", headers, head)
         elif loaded.limiter is not None and not loaded.limiter.allow():
             self._send(429, b"too many requests\n", headers, head)
-        elif path == "/healthz":  # liveness without credentials: it tells nothing
-            self._send(200, b"ok\n", headers, head)
+        elif path == "/healthz":  # liveness without credentials: no figures, only reasons
+            problems = self.server.exposition.problems()
+            if problems:
+                self._send(503, ("\n".join(problems) + "\n").encode(), headers, head)
+            else:
+                self._send(200, b"ok\n", headers, head)
         elif loaded.auth.enabled and loaded.auth.check(self.headers.get("Authorization")) is None:
             headers["WWW-Authenticate"] = 'Basic realm="ai-bottleneck", charset="UTF-8"'
             self._send(401, b"unauthorized\n", headers, head)

@@ -110,6 +110,9 @@ def _agent_points(points: _Points, snap: Snapshot, now: float) -> None:
     _put(points, m.WINDOW_LENGTH, (), 0.0, snap.window_seconds)
     for label in LABELS:
         _put(points, m.WINDOWS_TOTAL, (label,), 0.0, float(snap.windows_total.get(label, 0)))
+    _put(points, m.RECORD_ERRORS, (), 0.0, float(snap.record_errors_total()))
+    if snap.recording is not None:
+        _put(points, m.RECORDING_UP, (), 0.0, 1.0 if snap.recording.up else 0.0)
     window = snap.window
     if window is None:
         return
@@ -331,6 +334,7 @@ class Exposition:
     for (Prometheus asks for OpenMetrics; text 0.0.4 otherwise)."""
 
     def __init__(self, state: AgentState, *, process_metrics: bool = True):
+        self._state = state
         self.collector = Collector(state)
         self._process = CollectorRegistry(auto_describe=False)
         if process_metrics:
@@ -339,6 +343,10 @@ class Exposition:
     def prepare(self) -> None:
         """See Collector.prepare: call after recording samples."""
         self.collector.prepare()
+
+    def problems(self) -> list[str]:
+        """Why /healthz is not OK (see Snapshot.problems); empty when all is well."""
+        return self._state.snapshot().problems(self._state.clock())
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)

@@ -102,6 +102,13 @@ WINDOWS_TOTAL = counter("windows_total", ("label",), "Windows labelled, per labe
 LAST_WINDOW_AGE = gauge("last_window_age_seconds", (),
                         "Seconds since the end of the latest window; absent before the first.")
 
+RECORDING_UP = gauge("recording_up", (),
+                     "1 while the recording (agent.record_file) is written, 0 while it is "
+                     "paused because writing fails (full disk); absent without a recording.")
+RECORD_ERRORS = counter("record_errors_total", (),
+                        "Sample batches that could not be written to the recording; their "
+                        "samples are not in it.")
+
 # -- probe health ---------------------------------------------------------------------
 
 PROBE_USABLE = gauge("probe_usable", ("probe",),

@@ -16,22 +16,22 @@ import os
 import socket
 import time
 import typing
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from ai_bottleneck import __version__
+from ai_bottleneck.record_writer import RecordError, RecordWriter
 from ai_bottleneck.samples import Sample, SampleError, one_line
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ReadStats", "RecordError", "RecordReader",
+           "RecordWriter", "make_header", "read_record"]
 
 FORMAT_NAME = "ai-bottleneck-record"
 FORMAT_VERSION = 1
 
 log = logging.getLogger(__name__)
-
-
-class RecordError(Exception):
-    """The file cannot be read as a recording at all (one line, names the file)."""
 
 
 @dataclass
@@ -52,53 +52,6 @@ def make_header(**extra: Any) -> dict[str, Any]:
     }
     header.update(extra)
     return header
-
-
-def _open_text(path: Path, mode: str) -> IO[str]:
-    if path.suffix == ".gz":
-        return typing.cast(IO[str], gzip.open(path, mode + "t", encoding="utf-8"))
-    return open(path, mode, encoding="utf-8")
-
-
-class RecordWriter:
-    """Append samples to a recording. ``write_many`` (what the sampling loop calls with
-    each batch) and ``flush`` push the lines to the file, so a crash loses at most the
-    batch being written."""
-
-    def __init__(self, path: str | os.PathLike[str], header: Mapping[str, Any] | None = None):
-        self.path = Path(path)
-        try:
-            self._fh = _open_text(self.path, "w")
-        except OSError as exc:
-            raise RecordError(f"{self.path}: cannot write recording: {exc.strerror}") from None
-        self._write(dict(header) if header is not None else make_header())
-        self.count = 0
-
-    def _write(self, obj: Mapping[str, Any]) -> None:
-        self._fh.write(json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n")
-
-    def write(self, sample: Sample) -> None:
-        self._write(sample.to_json())
-        self.count += 1
-
-    def write_many(self, samples: Iterable[Sample]) -> None:
-        for s in samples:
-            self.write(s)
-        self.flush()
-
-    def flush(self) -> None:
-        self._fh.flush()
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.flush()
-            self._fh.close()
-
-    def __enter__(self) -> RecordWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 Loads = Callable[[bytes], Any]

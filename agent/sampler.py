@@ -136,6 +136,7 @@ class Sampler:
                 interval = active_interval_override
             self._slots.append(_Slot(p, _Worker(p.name), interval, next_due=start))
         self.samples_total = 0
+        self.sink_errors = 0
 
     # -- the worker side -------------------------------------------------
 
@@ -242,8 +243,20 @@ class Sampler:
         if samples:
             self.samples_total += len(samples)
             for sink in self.sinks:
-                sink(samples)
+                self._feed(sink, samples)
         return samples
+
+    def _feed(self, sink: Sink, samples: Sequence[Sample]) -> None:
+        # A sink that raises must not end the sampling thread (nothing would restart
+        # it): counted, and logged with its traceback the first time only.
+        try:
+            sink(samples)
+        except Exception:
+            self.sink_errors += 1
+            if self.sink_errors == 1:
+                log.exception("a sample sink failed; sampling goes on")
+            else:
+                log.debug("a sample sink failed again", exc_info=True)
 
     def run(self, stop: threading.Event, duration_seconds: float | None = None,
             on_tick: Callable[[], None] | None = None) -> None:

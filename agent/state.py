@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from ai_bottleneck import __version__
 from ai_bottleneck.budget import is_skipped, skip_kind
@@ -87,6 +87,15 @@ class WindowSummary:
     evidence_items: int
 
 
+class RecordingStatus(Protocol):
+    """How a recording is going (ai_bottleneck.record_writer.RecordWriter): read at
+    each scrape, so a pause shows without the writer telling the state."""
+
+    up: bool
+    errors_total: int
+    last_error: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything a scrape needs, immutable; ``AgentState.snapshot()`` returns it."""
@@ -99,6 +108,30 @@ class Snapshot:
     start_time: float
     interval_seconds: float
     window_seconds: float
+    #: When the latest probe round ended (state clock): the sampling loop's heartbeat.
+    last_round: float = 0.0
+    recording: RecordingStatus | None = None
+    #: Write errors of the recordings before a reload swapped in ``recording``.
+    record_errors_before: int = 0
+
+    def record_errors_total(self) -> int:
+        now = self.recording.errors_total if self.recording is not None else 0
+        return self.record_errors_before + now
+
+    def problems(self, now: float) -> list[str]:
+        """Why the agent is not healthy, one short reason each (empty when it is):
+        sampling stalled (no probe round for five of its shortest intervals, at least
+        30 s) or the recording paused."""
+        problems = []
+        usable = [h.interval_seconds for h in self.probes.values() if h.usable]
+        if usable:
+            stall_after = max(30.0, 5 * min(usable))
+            quiet = now - max(self.last_round, self.start_time)
+            if quiet > stall_after:
+                problems.append(f"sampling stalled: no probe round for {quiet:.0f} s")
+        if self.recording is not None and not self.recording.up:
+            problems.append(f"recording paused: {self.recording.last_error or 'write failed'}")
+        return problems
 
     def live_series(self, now: float) -> Iterator[Series]:
         """Series not yet stale at ``now`` (also checked here: the writer may be stuck)."""
@@ -235,7 +268,7 @@ class AgentState:
                 last_duration_seconds=_duration(duration_seconds, health.last_duration_seconds),
                 last_error=last_error)
             self._publish(snap, series=MappingProxyType(series),
-                          probes=self._with(snap.probes, probe, new_health))
+                          probes=self._with(snap.probes, probe, new_health), last_round=now)
 
     def record_failure(self, probe: str, reason: FailureReason, message: str = "", *,
                        duration_seconds: float | None = None) -> None:
@@ -256,7 +289,18 @@ class AgentState:
             series = dict(snap.series)
             _drop_expired(series, now)
             self._publish(snap, series=MappingProxyType(series),
-                          probes=self._with(snap.probes, probe, new_health))
+                          probes=self._with(snap.probes, probe, new_health), last_round=now)
+
+    def watch_recording(self, recording: RecordingStatus | None) -> None:
+        """The recording the sampling loop now writes (None: none); its write errors
+        and pauses show in /metrics and /healthz. Errors of the one it replaces are
+        kept, so the counter only grows across reloads."""
+        with self._lock:
+            snap = self._snapshot
+            if recording is snap.recording:
+                return
+            self._publish(snap, recording=recording,
+                          record_errors_before=snap.record_errors_total())
 
     def record_window(self, label: object, confidence: float, start: float, end: float,
                       evidence_items: int = 0) -> None:
