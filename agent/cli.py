@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -27,6 +28,9 @@ class Duration(click.ParamType[float]):
 
     name = "duration"
 
+    def __init__(self, shortest: float = 1e-3, longest: float = 366 * 86400.0) -> None:
+        self.shortest, self.longest = shortest, longest
+
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float:
         if isinstance(value, int | float):
@@ -36,12 +40,20 @@ class Duration(click.ParamType[float]):
                 seconds = parse_duration(str(value))
             except ValueError as exc:
                 self.fail(str(exc), param, ctx)
-        if seconds <= 0:
+        if not seconds > 0:
             self.fail(f"{value!r} must be longer than zero", param, ctx)
+        # Checked here, before any arithmetic: 1e-320 s windows overflowed it, and a
+        # duration past a year overflows the waits.
+        if not math.isfinite(seconds) or seconds > self.longest:
+            self.fail(f"{value!r} is longer than {self.longest:g}s", param, ctx)
+        if seconds < self.shortest:
+            self.fail(f"{value!r} is shorter than {self.shortest:g}s", param, ctx)
         return seconds
 
 
 DURATION = Duration()
+#: Windows as the config takes them ([agent] window_seconds): 1 s to a day.
+WINDOW = Duration(shortest=1.0, longest=86400.0)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -128,6 +140,12 @@ def main(ctx: click.Context, verbose: int) -> None:
     """What is holding this AI service back right now: the GPU, the network, or neither?"""
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
+    # Text from outside (a recorded label, a process name read with surrogateescape)
+    # may hold lone surrogates, which strict UTF-8 cannot write: shown escaped.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     setup_logging(verbose)
 
 
@@ -202,7 +220,7 @@ class _ProgressLine:
 @main.command("diagnose")
 @click.option("--duration", type=DURATION, default="60s", show_default=True,
               help="How long to sample.")
-@click.option("--window", type=DURATION, default=None,
+@click.option("--window", type=WINDOW, default=None,
               help="Window length (default: the config's, 10s).")
 @click.option("--url", "urls", multiple=True, metavar="URL",
               help="Time HTTP calls to this URL (repeatable).")
@@ -260,7 +278,7 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
 
 @main.command("replay")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--window", type=DURATION, default=None,
+@click.option("--window", type=WINDOW, default=None,
               help="Window length (default: the recording's).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per window per line.")
@@ -288,6 +306,9 @@ def replay_cmd(file: Path, window: float | None, as_json: bool) -> None:
     if run.labeller.late_samples:
         notes.append(f"{run.labeller.late_samples} samples out of time order were counted in "
                      f"the oldest open window")
+    if stats.implausible_times:
+        notes.append(f"{stats.implausible_times} samples dropped: their time is more than a "
+                     f"day away from the samples around them")
     if as_json:
         for n in notes:
             click.echo(f"ai-bottleneck: {n}", err=True)

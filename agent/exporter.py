@@ -352,4 +352,7 @@ class Exposition:
         encoder, content_type = choose_encoder(accept)
         openmetrics = content_type.startswith("application/openmetrics-text")
         # The process part ends an OpenMetrics exposition with its "# EOF" line.
-        return self.collector.render(openmetrics).encode() + encoder(self._process), content_type
+        # "replace": a label read with surrogateescape (a process name in bad UTF-8)
+        # must not fail the whole scrape.
+        body = self.collector.render(openmetrics).encode("utf-8", "replace")
+        return body + encoder(self._process), content_type

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 import typing
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ai_bottleneck import __version__
+from ai_bottleneck.record_times import TimeGate
 from ai_bottleneck.record_writer import RecordError, RecordWriter
 from ai_bottleneck.samples import Sample, SampleError, one_line
 
@@ -40,6 +42,8 @@ class ReadStats:
     samples: int = 0
     malformed: int = 0
     first_bad_lines: list[int] = field(default_factory=list)
+    #: Samples dropped because their time is implausible for the stream (record_times).
+    implausible_times: int = 0
 
 
 def make_header(**extra: Any) -> dict[str, Any]:
@@ -67,10 +71,33 @@ def default_loads() -> Loads:
     return orjson.loads
 
 
+#: Longest line read whole; a longer one is skipped as malformed without holding it
+#: in memory (a sample line is a few hundred bytes).
+MAX_LINE_BYTES = 1 << 20
+
+
 def _open_bytes(path: Path) -> IO[bytes]:
+    """Open a recording: only a regular file (a FIFO would block, /dev/zero never
+    end), opened non-blocking so the check itself cannot hang."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise RecordError(f"{path}: is a directory, not a recording")
+        if not stat.S_ISREG(mode):
+            raise RecordError(f"{path}: not a regular file (a device, FIFO or socket)")
+        os.set_blocking(fd, True)
+        raw = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
     if path.suffix == ".gz":
-        return typing.cast(IO[bytes], gzip.open(path, "rb"))
-    return open(path, "rb")
+        unzipped = gzip.GzipFile(fileobj=raw, mode="rb")
+        # GzipFile closes the file it opened itself (``myfileobj``), never one it was
+        # given: handing it this one makes close() close both.
+        unzipped.myfileobj = raw  # type: ignore[assignment]
+        return typing.cast(IO[bytes], unzipped)
+    return raw
 
 
 _SKIP = object()  # a line that gives no sample (blank or malformed)
@@ -94,7 +121,7 @@ class RecordReader:
         self._loads = loads if loads is not None else default_loads()
         try:
             self._fh = _open_bytes(self.path)
-            first = self._fh.readline()
+            first = self._fh.readline(MAX_LINE_BYTES)
         except FileNotFoundError:
             raise RecordError(f"{self.path}: no such file") from None
         except (OSError, EOFError) as exc:
@@ -148,15 +175,23 @@ class RecordReader:
 
     def __iter__(self) -> Iterator[Sample]:
         # The loop runs once per sample of a recording (about a million for a day):
-        # the common case is one decode and one from_json, with nothing else per line.
+        # the common case is one decode, one from_json and two comparisons of the
+        # sample's time (ai_bottleneck.record_times), with nothing else per line.
         loads = self._loads
         from_json = Sample.from_json
         stats = self.stats
+        gate = TimeGate()
+        readline = self._fh.readline
         lineno = 1
         try:
-            for line in self._fh:
+            while line := readline(MAX_LINE_BYTES):
                 lineno += 1
                 stats.lines = lineno
+                if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    while (rest := readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                        pass
+                    self._bad(lineno, f"longer than {MAX_LINE_BYTES} bytes")
+                    continue
                 try:
                     obj = loads(line)
                 except (ValueError, RecursionError):
@@ -168,13 +203,27 @@ class RecordReader:
                 except SampleError as exc:
                     self._bad(lineno, str(exc))
                     continue
-                stats.samples += 1
-                yield sample
+                if gate.low <= sample.t <= gate.high and not gate.held:
+                    gate.advance(sample.t)
+                    stats.samples += 1
+                    yield sample
+                    continue
+                for taken in gate.admit(sample):
+                    stats.samples += 1
+                    yield taken
         except (OSError, EOFError) as exc:
             # A truncated gzip stream or a read error mid-file: keep what was read.
             self._bad(lineno + 1, f"unreadable from here on ({exc})")
         finally:
             self._fh.close()
+        for taken in gate.finish():
+            stats.samples += 1
+            yield taken
+        stats.implausible_times = gate.dropped
+        if gate.dropped:
+            log.warning("%s: %d samples dropped: their time (the first %r) is more than "
+                        "%g s away from the samples around them", self.path, gate.dropped,
+                        gate.example, gate.max_jump)
 
     def close(self) -> None:
         self._fh.close()
