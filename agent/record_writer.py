@@ -38,6 +38,8 @@ log = logging.getLogger("ai_bottleneck.record")
 #: Permissions of a new recording: it names hosts, targets and error texts.
 RECORD_MODE = 0o640
 _KNOWN_SUFFIXES = (".jsonl.gz", ".jsonl", ".gz")
+#: ``write()`` queues lines; past this many bytes it writes them out.
+_QUEUE_BYTES = 256 * 1024
 
 
 class RecordError(Exception):
@@ -104,7 +106,8 @@ class RecordWriter:
         self._lock = threading.Lock()
         self._header: bytes | None = self._encode(dict(header))
         self._pending: list[bytes] = []
-        self.count = 0  # samples in the file
+        self._pending_bytes = 0
+        self.count = 0  # samples taken and not lost: in the file, or queued for it
         self.samples_lost = 0
         self.errors_total = 0
         self.pauses = 0
@@ -117,13 +120,19 @@ class RecordWriter:
         return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
     def write(self, sample: Sample) -> None:
+        line = self._encode(sample.to_json())
         with self._lock:
-            self._pending.append(self._encode(sample.to_json()))
+            self._pending.append(line)
+            self._pending_bytes += len(line)
+            self.count += 1
+            if self._pending_bytes >= _QUEUE_BYTES:  # many write()s without a flush
+                self._flush_locked()
 
     def write_many(self, samples: Iterable[Sample]) -> None:
         lines = [self._encode(s.to_json()) for s in samples]
         with self._lock:
             self._pending.extend(lines)
+            self.count += len(lines)
             self._flush_locked()
 
     def flush(self) -> None:
@@ -134,7 +143,7 @@ class RecordWriter:
         if self._fd < 0 or (not self._pending and self._header is None):
             return
         lines = self._pending
-        self._pending = []
+        self._pending, self._pending_bytes = [], 0
         data = b"".join(([self._header] if self._header is not None else []) + lines)
         deflate = None
         if self._deflate is not None:
@@ -149,7 +158,6 @@ class RecordWriter:
         if deflate is not None:
             self._deflate = deflate
         self._header = None
-        self.count += len(lines)
         if not self.up:
             self.up = True
             log.warning("recording to %s resumed (%d samples were not recorded)",
@@ -166,6 +174,7 @@ class RecordWriter:
     def _failed(self, exc: OSError, samples: int) -> None:
         self.errors_total += 1
         self.samples_lost += samples
+        self.count -= samples
         self.last_error = one_line(exc.strerror or str(exc) or type(exc).__name__)
         try:  # a half-written batch would be a torn line: cut it off again
             os.ftruncate(self._fd, self._offset)
