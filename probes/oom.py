@@ -23,7 +23,6 @@ cannot be read is a failed sample with the reason; the others go on.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any, Protocol
 from ai_bottleneck.options import bounds, parse_options
 from ai_bottleneck.probes.base import Availability, Clock, failed
 from ai_bottleneck.probes.logtail import FileFollower, JournalError, JournalFollower
+from ai_bottleneck.probes.patterns import compile_all
 from ai_bottleneck.samples import Sample, one_line
 
 NAME = "oom"
@@ -55,17 +55,6 @@ DEFAULT_LOAD_FAILURE_PATTERNS: tuple[str, ...] = (
 )
 
 
-def _compile_all(name: str, patterns: Sequence[str]) -> list[re.Pattern[str]]:
-    compiled = []
-    for i, pattern in enumerate(patterns):
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
-            raise ValueError(f"{name}[{i}]: {pattern!r} is not a regular expression: "
-                             f"{exc}") from None
-    return compiled
-
-
 @dataclass(frozen=True)
 class Options:
     files: tuple[str, ...] = field(default=(), metadata=bounds(
@@ -73,10 +62,11 @@ class Options:
     units: tuple[str, ...] = field(default=(), metadata=bounds(
         doc="systemd units whose journal to follow (needs journalctl)"))
     oom_patterns: tuple[str, ...] = field(default=DEFAULT_OOM_PATTERNS, metadata=bounds(
-        doc="regular expressions of a GPU out-of-memory line (replaces the defaults)"))
+        doc="regular expressions (RE2) of a GPU out-of-memory line (replaces the defaults)"))
     load_failure_patterns: tuple[str, ...] = field(
         default=DEFAULT_LOAD_FAILURE_PATTERNS, metadata=bounds(
-            doc="regular expressions of a model-load failure line (replaces the defaults)"))
+            doc="regular expressions (RE2) of a model-load failure line (replaces the "
+                "defaults)"))
     extra_oom_patterns: tuple[str, ...] = field(default=(), metadata=bounds(
         doc="more out-of-memory patterns, added to oom_patterns"))
     extra_load_failure_patterns: tuple[str, ...] = field(default=(), metadata=bounds(
@@ -99,10 +89,10 @@ class Options:
         doc="the journalctl program, by name on PATH or by path"))
 
     def __post_init__(self) -> None:
-        _compile_all("oom_patterns", self.oom_patterns)
-        _compile_all("load_failure_patterns", self.load_failure_patterns)
-        _compile_all("extra_oom_patterns", self.extra_oom_patterns)
-        _compile_all("extra_load_failure_patterns", self.extra_load_failure_patterns)
+        compile_all("oom_patterns", self.oom_patterns)
+        compile_all("load_failure_patterns", self.load_failure_patterns)
+        compile_all("extra_oom_patterns", self.extra_oom_patterns)
+        compile_all("extra_load_failure_patterns", self.extra_load_failure_patterns)
         for unit in self.units:
             if not unit.strip() or any(c.isspace() for c in unit):
                 raise ValueError(f"units: {unit!r} is not a unit name")
@@ -119,8 +109,8 @@ class Classifier:
     """Which kind of event a line is, if any: 'oom', 'load_failure' or None."""
 
     def __init__(self, oom: Sequence[str], load_failure: Sequence[str]):
-        self._oom = _compile_all("oom_patterns", oom)
-        self._load = _compile_all("load_failure_patterns", load_failure)
+        self._oom = compile_all("oom_patterns", oom)
+        self._load = compile_all("load_failure_patterns", load_failure)
 
     @classmethod
     def from_options(cls, options: Options) -> Classifier:
