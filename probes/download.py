@@ -37,6 +37,7 @@ from ai_bottleneck.probes.httptiming import (
     make_client,
     make_ssl_context,
 )
+from ai_bottleneck.probes.redact import DEFAULT_SECRET_PARAMETERS, redact_url, scrub
 from ai_bottleneck.samples import Sample, clean_values
 
 #: Query parameter added by ``cache_bust`` (a fresh random value every sample).
@@ -51,6 +52,9 @@ _GRACE_SECONDS = 5.0
 class Options:
     url: str | None = field(default=None, metadata=bounds(
         doc="http:// or https:// URL of a large file"))
+    name: str = field(default="", metadata=bounds(
+        doc="value of the `url` label (default: the URL, credentials and secret parameters "
+            "redacted)"))
     interval_seconds: float = field(default=300.0, metadata=bounds(
         min=1, max=86400, doc="how often to download"))
     max_bytes: int = field(default=50_000_000, metadata=bounds(
@@ -69,6 +73,10 @@ class Options:
     verify_tls: bool = field(default=True, metadata=bounds(doc="check server certificates"))
     ca_file: Path | None = field(default=None, metadata=bounds(
         doc="PEM file of CA certificates to trust instead of the bundled ones"))
+    secret_parameters: tuple[str, ...] = field(default=DEFAULT_SECRET_PARAMETERS,
+                                               metadata=bounds(
+        doc="query parameters whose values are redacted in the label and errors (shell "
+            "patterns, any case); user:password in the URL always is"))
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -98,7 +106,8 @@ class DownloadProbe:
                                    "options, or pass --download)")
         if self.options.ca_file is not None and not self.options.ca_file.is_file():
             return Availability.no(f"ca_file {self.options.ca_file} not found")
-        return Availability.yes(f"{self.options.url}, at most {self.options.max_bytes} bytes "
+        return Availability.yes(f"{self._label(self.options.url)}, at most "
+                                f"{self.options.max_bytes} bytes "
                                 f"in {self.options.max_seconds:g}s")
 
     def close(self) -> None:
@@ -135,16 +144,21 @@ class DownloadProbe:
                                     timeout=opts.max_seconds,
                                     extensions={"trace": timer.trace})
 
+    def _label(self, url: str) -> str:
+        return self.options.name or redact_url(url, self.options.secret_parameters)
+
     def _download(self, url: str) -> Sample:
         opts = self.options
-        labels = {"url": url}
+        shown = redact_url(url, opts.secret_parameters)
+        labels = {"url": self._label(url)}
         where = host_and_port(url)
         timer = CallTimer(deadline=0.0, clock=self._clock)
         try:
             client = self._get_client()
             request = self._request(client, url, timer)
         except (OSError, ValueError, httpx.HTTPError) as exc:
-            return failed(self.name, f"cannot make the request: {exc}", labels,
+            return failed(self.name, "cannot make the request: "
+                          f"{scrub(str(exc), url, opts.secret_parameters)}", labels,
                           t=self._wall_clock())
         t = self._wall_clock()
         timer.start = self._clock()
@@ -160,7 +174,7 @@ class DownloadProbe:
                     if status not in ((200, 206) if opts.range_request else (200,)):
                         return Sample(t=t, probe=self.name, labels=labels,
                                       values={"status": status},
-                                      error=f"status {status} from {url}")
+                                      error=f"status {status} from {shown}")
                     self._read(response, meter, timer)
                 finally:
                     response.close()
@@ -170,7 +184,7 @@ class DownloadProbe:
                           values={"status": status} if status else {}, error=error)
         if meter.bytes == 0:
             return Sample(t=t, probe=self.name, labels=labels, values={"status": status},
-                          error=f"empty response body from {url}")
+                          error=f"empty response body from {shown}")
         measured_bytes, measured_seconds = meter.measured()
         rate = (measured_bytes * 8 / measured_seconds
                 if measured_seconds and measured_bytes else None)

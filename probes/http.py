@@ -36,6 +36,7 @@ from ai_bottleneck.probes.httptiming import (
     make_client,
     make_ssl_context,
 )
+from ai_bottleneck.probes.redact import DEFAULT_SECRET_PARAMETERS, redact_url, scrub
 from ai_bottleneck.samples import Sample, clean_values
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -45,13 +46,15 @@ _GRACE_SECONDS = 2.0
 
 
 def check_url(url: str) -> None:
-    """Raise ValueError unless ``url`` is an absolute http(s) URL with a host."""
+    """Raise ValueError unless ``url`` is an absolute http(s) URL with a host (the
+    message shows the URL redacted: it goes to the terminal and the log)."""
+    shown = redact_url(url)
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise ValueError(f"url {url!r} is not a valid URL: {exc}") from None
+        raise ValueError(f"url {shown!r} is not a valid URL: {scrub(str(exc), url)}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"url must be an http:// or https:// URL with a host, got {url!r}")
+        raise ValueError(f"url must be an http:// or https:// URL with a host, got {shown!r}")
 
 
 def host_and_port(url: str) -> str:
@@ -67,7 +70,8 @@ class Target:
 
     url: str = field(metadata=bounds(doc="http:// or https:// URL to call"))
     name: str = field(default="", metadata=bounds(
-        doc="value of the `target` label (default: the URL)"))
+        doc="value of the `target` label (default: the URL, credentials and secret "
+            "parameters redacted)"))
     method: Method = field(default="GET", metadata=bounds(doc="HTTP method"))
     body_bytes: int | None = field(default=None, metadata=bounds(
         min=0, max=2**31, doc="send a request body of this size (e.g. \"5MB\")"))
@@ -90,7 +94,10 @@ class Target:
 
     @property
     def label(self) -> str:
-        return self.name or self.url
+        return self.label_for(DEFAULT_SECRET_PARAMETERS)
+
+    def label_for(self, secret_parameters: Sequence[str]) -> str:
+        return self.name or redact_url(self.url, secret_parameters)
 
     def expected_statuses(self) -> tuple[int, ...] | None:
         if self.expect_status is None:
@@ -115,9 +122,13 @@ class Options:
     verify_tls: bool = field(default=True, metadata=bounds(doc="check server certificates"))
     ca_file: Path | None = field(default=None, metadata=bounds(
         doc="PEM file of CA certificates to trust instead of the bundled ones"))
+    secret_parameters: tuple[str, ...] = field(default=DEFAULT_SECRET_PARAMETERS,
+                                               metadata=bounds(
+        doc="query parameters whose values are redacted in labels and errors (shell "
+            "patterns, any case); user:password in a URL always is"))
 
     def __post_init__(self) -> None:
-        labels = [t.label for t in self.targets]
+        labels = [t.label_for(self.secret_parameters) for t in self.targets]
         duplicates = sorted({x for x in labels if labels.count(x) > 1})
         if duplicates:
             raise ValueError(f"targets: two targets named {duplicates[0]!r}; give each a "
@@ -152,7 +163,8 @@ class HttpProbe:
         for target in self.options.targets:
             problem = _body_file_problem(target)
             if problem:
-                return Availability.no(f"target {target.label}: {problem}")
+                return Availability.no(
+                    f"target {target.label_for(self.options.secret_parameters)}: {problem}")
         mode = "keep-alive" if self.options.keep_alive else "a fresh connection per call"
         n = len(self.options.targets)
         return Availability.yes(f"{n} target{'s' if n != 1 else ''}, "
@@ -182,7 +194,7 @@ class HttpProbe:
             return self._client
 
     def _sample_target(self, target: Target) -> list[Sample]:
-        labels = {"target": target.label}
+        labels = {"target": target.label_for(self.options.secret_parameters)}
         try:
             body, content_type = self._load_body(target)
             client = self._get_client()
@@ -218,7 +230,8 @@ class HttpProbe:
 
     def _call(self, client: httpx.Client, target: Target, body: bytes | None,
               headers: Mapping[str, str], start_together: threading.Barrier | None) -> Sample:
-        labels = {"target": target.label}
+        secrets = self.options.secret_parameters
+        labels = {"target": target.label_for(secrets)}
         timer = CallTimer(deadline=0.0, clock=self._clock)
         where = host_and_port(target.url)
         try:
@@ -228,7 +241,8 @@ class HttpProbe:
                 target.method, target.url, content=body, headers=headers,
                 timeout=target.timeout_seconds, extensions={"trace": timer.trace})
         except (threading.BrokenBarrierError, httpx.HTTPError, ValueError) as exc:
-            return failed(self.name, f"cannot make the call: {exc}", labels,
+            reason = scrub(str(exc), target.url, secrets)
+            return failed(self.name, f"cannot make the call: {reason}", labels,
                           t=self._wall_clock())
         t = self._wall_clock()
         timer.start = self._clock()
@@ -253,7 +267,8 @@ class HttpProbe:
         if status not in expected if expected is not None else status >= 400:
             want = " or ".join(map(str, expected)) if expected is not None else "below 400"
             return Sample(t=t, probe=self.name, labels=labels, values={"status": status},
-                          error=f"status {status} from {target.url}, expected {want}")
+                          error=f"status {status} from {redact_url(target.url, secrets)}, "
+                                f"expected {want}")
         values: dict[str, float | None] = dict(timer.phases())
         values.update(status=status, request_bytes=timer.request_bytes,
                       response_bytes=timer.response_bytes,
