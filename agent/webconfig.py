@@ -44,10 +44,14 @@ from typing import Any, Literal
 import bcrypt
 import yaml  # type: ignore[import-untyped]  # the format is YAML; types-PyYAML not required
 
+from ai_bottleneck.endpoint_guard import ClientBuckets, TokenBucket
 from ai_bottleneck.options import OptionError, bounds, parse_options
 from ai_bottleneck.samples import one_line
 
 log = logging.getLogger(__name__)
+
+__all__ = ["BasicAuth", "TokenBucket", "WebConfig", "WebConfigError", "WebGuard",
+           "load_web_config", "peer_sans"]
 
 ClientAuth = Literal["NoClientCert", "RequestClientCert", "RequireAnyClientCert",
                      "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
@@ -306,7 +310,11 @@ class BasicAuth:
                 if key in self._ok:
                     return user
         # An unknown user costs one bcrypt too, so timing does not tell which users exist.
-        ok = self._checkpw(password.encode(), hashed or self._dummy())
+        try:
+            ok = self._checkpw(password.encode(), hashed or self._dummy())
+        except ValueError as exc:  # bcrypt >= 4.1 refuses passwords over 72 bytes
+            log.warning("basic auth for user %r refused: %s", user[:64], exc)
+            return None
         if not ok or hashed is None:
             return None
         with self._lock:
@@ -337,32 +345,11 @@ def _decode_basic(header: str | None) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-class TokenBucket:
-    """The ``rate_limit`` block: one request per ``interval``, ``burst`` at once."""
-
-    def __init__(self, interval: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self._interval, self._burst, self._clock = interval, max(burst, 1), clock
-        self._tokens = float(self._burst)
-        self._last = clock()
-        self._lock = threading.Lock()
-
-    def allow(self) -> bool:
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(float(self._burst),
-                               self._tokens + (now - self._last) / self._interval)
-            self._last = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return True
-            return False
-
-
 @dataclass
 class _Loaded:
     config: WebConfig
     auth: BasicAuth
-    limiter: TokenBucket | None
+    limiter: ClientBuckets | None  # per client, applied after authentication
     stamp: tuple[tuple[int, int], ...]
     error: str | None = None
 
@@ -398,7 +385,7 @@ class WebGuard:
     @staticmethod
     def _make(config: WebConfig, error: str | None = None) -> _Loaded:
         rl = config.rate_limit
-        limiter = TokenBucket(rl.interval, rl.burst) if rl and rl.interval > 0 else None
+        limiter = ClientBuckets(rl.interval, rl.burst) if rl and rl.interval > 0 else None
         return _Loaded(config, BasicAuth(config.users), limiter, _stamp(config.files), error)
 
     def current(self) -> _Loaded:
