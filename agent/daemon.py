@@ -165,7 +165,8 @@ class Agent:
         def loop() -> None:
             def tick() -> None:
                 for server in run.servers:
-                    server.ensure_running()
+                    if (problem := server.ensure_running()) is not None:
+                        log.warning("iperf3 server for peers: %s", problem)
             run.sampler.run(stop, on_tick=tick if run.servers else None)
 
         run.thread = threading.Thread(target=loop, name="sampler", daemon=True)

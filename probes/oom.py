@@ -147,6 +147,14 @@ class FileSource:
             raise FileNotFoundError(f"{self.label}: no such file (yet); waiting for it")
         return lines
 
+    @property
+    def problem(self) -> str | None:
+        """Why the source is failing although it gave lines: its file is gone."""
+        if self._follower.gone:
+            return (f"{self.label}: deleted; nothing can log there until the file is "
+                    f"created again")
+        return None
+
     def close(self) -> None:
         self._follower.close()
 
@@ -224,6 +232,9 @@ class OomProbe:
         total = self._totals[source.label]
         total.oom += new.oom
         total.load_failure += new.load_failure
+        problem = getattr(source, "problem", None)
+        if problem:  # counted above (kept in the totals), but the source is failing
+            return failed(self.name, problem, labels, t=t)
         return Sample(t=t, probe=self.name, labels=labels, values={
             "oom_events": float(new.oom),
             "load_failure_events": float(new.load_failure),
