@@ -16,6 +16,7 @@ config does not linger in /metrics.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import platform
 import threading
@@ -30,6 +31,7 @@ from ai_bottleneck.budget import is_skipped, skip_kind
 from ai_bottleneck.samples import Sample, one_line
 
 Clock = Callable[[], float]
+log = logging.getLogger("ai_bottleneck.agent")
 
 #: Every window label, in the order the exporter lists them (DESIGN.md).
 LABELS = ("gpu_bound", "vram_bound", "network_bound", "cpu_bound", "balanced", "idle", "unknown")
@@ -261,6 +263,7 @@ class AgentState:
                 up = answered = ok > 0 or measured == 0
             errors = dict(health.errors_total)
             errors["error"] = errors.get("error", 0) + failed
+            _warn_if_new(probe, health.last_error, last_error)
             new_health = dataclasses.replace(
                 health, up=up, samples_total=health.samples_total + measured,
                 errors_total=MappingProxyType(errors), skips_total=MappingProxyType(skips),
@@ -282,10 +285,11 @@ class AgentState:
                                                            interval_seconds=self._interval)
             errors = dict(health.errors_total)
             errors[reason] = errors.get(reason, 0) + 1
+            last_error = one_line(message or reason)  # the sampler logs these itself
             new_health = dataclasses.replace(
                 health, up=False, errors_total=MappingProxyType(errors),
                 last_duration_seconds=_duration(duration_seconds, health.last_duration_seconds),
-                last_error=one_line(message or reason))
+                last_error=last_error)
             series = dict(snap.series)
             _drop_expired(series, now)
             self._publish(snap, series=MappingProxyType(series),
@@ -332,6 +336,17 @@ class AgentState:
         updated = dict(probes)
         updated[name] = health
         return MappingProxyType(updated)
+
+
+#: The most of a probe's error text the log line about it carries.
+ERROR_TEXT_LIMIT = 300
+
+
+def _warn_if_new(probe: str, old: str | None, new: str | None) -> None:
+    """A probe's error text reaches the log at WARNING once per change, not once per
+    failed round: a target down for a day is one line, not 2,880."""
+    if new is not None and new != old:
+        log.warning("probe %s: %s", probe, one_line(new, limit=ERROR_TEXT_LIMIT))
 
 
 def _duration(new: float | None, old: float | None) -> float | None:

@@ -63,6 +63,9 @@ class Options:
         min=0.1, max=600, doc="time cap for the whole download, connect included"))
     warmup_seconds: float = field(default=1.0, metadata=bounds(
         min=0, max=60, doc="leave this first part of the transfer out of the rate"))
+    stall_seconds: float = field(default=3.0, metadata=bounds(
+        min=0.1, max=600, doc="no body byte for this long is a stall: the download is a "
+                              "failure, not a slow success"))
     cache_bust: bool = field(default=False, metadata=bounds(
         doc=f"add a random `{CACHE_BUST_PARAM}` query parameter so caches pass it through"))
     range_request: bool = field(default=True, metadata=bounds(
@@ -174,10 +177,15 @@ class DownloadProbe:
                     if status not in ((200, 206) if opts.range_request else (200,)):
                         return Sample(t=t, probe=self.name, labels=labels,
                                       values={"status": status},
-                                      error=f"status {status} from {shown}")
+                                      error=self._bad_status(response, shown))
                     self._read(response, meter, timer)
                 finally:
                     response.close()
+            problem = self._incomplete(response, meter)
+            if problem is not None:
+                return Sample(t=t, probe=self.name, labels=labels,
+                              values=clean_values({"status": status, "bytes": meter.bytes}),
+                              error=problem)
         except Exception as exc:  # every failure of the download is a failed sample
             error = describe_failure(exc, timer, where, opts.max_seconds)
             return Sample(t=t, probe=self.name, labels=labels,
@@ -197,12 +205,32 @@ class DownloadProbe:
             "status": status,
         }))
 
+    def _bad_status(self, response: httpx.Response, shown: str) -> str:
+        status = response.status_code
+        if 300 <= status < 400:  # downloads do not follow redirects: say where it points
+            location = redact_url(response.headers.get("Location", "") or "(no Location)",
+                                  self.options.secret_parameters)
+            return f"redirected ({status}) from {shown} to {location}; set url to the target"
+        return f"status {status} from {shown}"
+
+    def _incomplete(self, response: httpx.Response, meter: _RateMeter) -> str | None:
+        """A body that stalled, or ended before its announced length (and the cap)."""
+        stall = self.options.stall_seconds
+        if meter.longest_gap >= stall:
+            return (f"stalled: no data for {meter.longest_gap:.1f}s after {meter.stalled_at} "
+                    f"bytes (stall_seconds {stall:g})")
+        announced = response.headers.get("Content-Length", "")
+        if meter.ended and announced.isdigit() and meter.bytes < min(int(announced), meter.cap):
+            return f"cut short: {meter.bytes} of {announced} bytes arrived"
+        return None
+
     def _read(self, response: httpx.Response, meter: _RateMeter, timer: CallTimer) -> None:
         """Read the body into ``meter`` until it ends, the byte cap or the time cap."""
         try:
             for chunk in response.iter_raw():
                 if meter.add(len(chunk), self._clock()):
                     return
+            meter.ended = True  # the body ended by itself, not at a cap
         except httpcore.TimeoutException:
             # The time cap ends a download that is still going: that is a
             # result, not a failure (unless nothing came at all). The rate
@@ -210,6 +238,7 @@ class DownloadProbe:
             now = self._clock()
             if now < timer.deadline - 0.005 or meter.bytes == 0:
                 raise
+            meter.note_gap(now)  # silent up to the cap: a stall, if long enough
             meter.stop(now)
 
 
@@ -226,9 +255,18 @@ class _RateMeter:
         self.last_time: float | None = None
         self.warm_time: float | None = None
         self.warm_bytes = 0
+        self.longest_gap = 0.0
+        self.stalled_at = 0
+        self.ended = False
+
+    def note_gap(self, now: float) -> None:
+        """The longest wait for body bytes so far, and after how many it began."""
+        if self.last_time is not None and now - self.last_time > self.longest_gap:
+            self.longest_gap, self.stalled_at = now - self.last_time, self.bytes
 
     def add(self, nbytes: int, now: float) -> bool:
         """Count a chunk that arrived at ``now``; True once the cap is reached."""
+        self.note_gap(now)
         nbytes = min(nbytes, self.cap - self.bytes)
         self.bytes += nbytes
         self.last_time = now

@@ -3,9 +3,12 @@ what a stalled or redirected transfer says. Real processes, files and servers.""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ai_bottleneck.probes.download import create as create_download
 from ai_bottleneck.probes.logtail import FileFollower
 from ai_bottleneck.probes.oom import OomProbe, Options
+from ai_bottleneck.samples import Sample
+from ai_bottleneck.state import AgentState
 from tests.test_daemon import (
     FAST,
     QUIET,
@@ -105,3 +111,78 @@ def test_a_log_truncated_and_refilled_past_the_old_offset_loses_no_line(
         fh.write(OOM + "\n" + "y" * 200 + "\n")
     assert follower.read_lines(1 << 20) == [OOM, "y" * 200]
     follower.close()
+
+
+# -- downloads that stall, end early or redirect ---------------------------------------------
+
+
+class _RawServer:
+    """One-shot HTTP answers written by hand: a body that stalls, one cut short, a
+    redirect. Serves each connection on its own thread until the test ends."""
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed by close()
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):  # the client may leave at any point
+            conn.recv(65536)
+            if self.behaviour == "redirect":
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://mirror.test/w.bin"
+                             b"?token=T0KEN\r\nContent-Length: 0\r\n\r\n")
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+            conn.sendall(b"x" * 200_000)
+            if self.behaviour == "stall":
+                self._stop.wait(30)  # holds the connection, sends nothing more
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize(("behaviour", "fragment"), [
+    ("stall", "stalled: no data for"),
+    ("cut", "cut short"),
+    ("redirect", "redirected (302) from"),
+])
+def test_a_download_that_stalls_ends_early_or_redirects_is_a_failure_with_its_reason(
+        behaviour: str, fragment: str) -> None:
+    server = _RawServer(behaviour)
+    probe = create_download({"url": f"http://127.0.0.1:{server.port}/w.bin",
+                             "max_seconds": 4, "stall_seconds": 1, "warmup_seconds": 0})
+    try:
+        [sample] = probe.sample()
+    finally:
+        probe.close()
+        server.close()
+    assert not sample.ok and sample.error is not None and fragment in sample.error, sample.error
+    assert "T0KEN" not in sample.error
+
+
+def test_a_probe_error_text_is_logged_once_per_change(caplog: pytest.LogCaptureFixture) -> None:
+    state = AgentState(interval_seconds=1.0)
+    down = Sample(t=1.0, probe="http", labels={"target": "api"}, error="cannot connect: refused")
+    other = Sample(t=2.0, probe="http", labels={"target": "api"}, error="timed out after 5s")
+    with caplog.at_level(logging.WARNING, logger="ai_bottleneck.agent"):
+        for sample in (down, down, down, other, other, down):
+            state.record_samples("http", [sample])
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["probe http: cannot connect: refused", "probe http: timed out after 5s",
+                     "probe http: cannot connect: refused"]
