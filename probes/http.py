@@ -83,6 +83,9 @@ class Target:
         doc="status code(s) that count as success (default: any below 400)"))
     timeout_seconds: float = field(default=10.0, metadata=bounds(
         min=0.01, max=600, doc="limit for the whole call, from DNS to the last byte"))
+    redirect_is_up: bool = field(default=True, metadata=bounds(
+        doc="whether a 3xx answer counts as success; calls never follow redirects, and "
+            "with false a redirect is a failure naming where it points"))
 
     def __post_init__(self) -> None:
         check_url(self.url)
@@ -248,11 +251,13 @@ class HttpProbe:
         timer.start = self._clock()
         timer.deadline = timer.start + target.timeout_seconds
         status = 0
+        location = ""
         try:
             with self._backend.bind(timer):
                 response = client.send(request, stream=True)
                 try:
                     status = response.status_code
+                    location = response.headers.get("Location", "")
                     for _ in response.iter_raw():
                         pass
                     if timer.body_done is None:
@@ -264,6 +269,12 @@ class HttpProbe:
             return Sample(t=t, probe=self.name, labels=labels,
                           values={"status": status} if status else {}, error=error)
         expected = target.expected_statuses()
+        if 300 <= status < 400 and not target.redirect_is_up and (
+                expected is None or status not in expected):
+            # Calls are not followed to where they point: a redirect is reported as one.
+            return Sample(t=t, probe=self.name, labels=labels, values={"status": status},
+                          error=f"redirected ({status}) from {redact_url(target.url, secrets)} "
+                                f"to {redact_url(location or '(no Location)', secrets)}")
         if status not in expected if expected is not None else status >= 400:
             want = " or ".join(map(str, expected)) if expected is not None else "below 400"
             return Sample(t=t, probe=self.name, labels=labels, values={"status": status},

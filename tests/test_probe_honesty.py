@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from ai_bottleneck.probes.download import create as create_download
+from ai_bottleneck.probes.http import create as create_http
 from ai_bottleneck.probes.logtail import FileFollower
 from ai_bottleneck.probes.oom import OomProbe, Options
 from ai_bottleneck.samples import Sample
@@ -186,3 +187,21 @@ def test_a_probe_error_text_is_logged_once_per_change(caplog: pytest.LogCaptureF
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["probe http: cannot connect: refused", "probe http: timed out after 5s",
                      "probe http: cannot connect: refused"]
+
+
+@pytest.mark.parametrize("redirect_is_up", [True, False])
+def test_an_http_redirect_is_reported_as_one(redirect_is_up: bool) -> None:
+    server = _RawServer("redirect")
+    probe = create_http({"targets": [{"url": f"http://127.0.0.1:{server.port}/v1",
+                                      "redirect_is_up": redirect_is_up}]})
+    try:
+        [sample] = probe.sample()
+    finally:
+        probe.close()
+        server.close()
+    assert sample.values["status"] == 302
+    if redirect_is_up:
+        assert sample.ok
+    else:
+        assert sample.error == (f"redirected (302) from http://127.0.0.1:{server.port}/v1 to "
+                                f"http://mirror.test/w.bin?token=REDACTED")
