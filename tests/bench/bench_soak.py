@@ -92,8 +92,8 @@ def _hold(port: int, seconds: float) -> None:
             idle.remove(s)
             s.close()
             reconnects += 1
-        while len(idle) < IDLE_CONNECTIONS and (s := connect("127.0.0.2")) is not None:
-            idle.append(s)
+        while len(idle) < IDLE_CONNECTIONS and (fresh := connect("127.0.0.2")) is not None:
+            idle.append(fresh)
         kept = []
         for s, i in drip:
             try:
@@ -105,8 +105,8 @@ def _hold(port: int, seconds: float) -> None:
                 s.close()
                 reconnects += 1
         drip = kept
-        while len(drip) < DRIPPERS and (s := connect("127.0.0.3")) is not None:
-            drip.append((s, 0))
+        while len(drip) < DRIPPERS and (fresh := connect("127.0.0.3")) is not None:
+            drip.append((fresh, 0))
         if time.monotonic() - last_report >= 10:
             last_report = time.monotonic()
             print(f"held {len(idle)} {len(drip)} {reconnects}", flush=True)
@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--report-seconds", type=float, default=60.0)
+    ap.add_argument("--no-abuse", action="store_true",
+                    help="no idle or dripping connections: the agent and the scrapes alone "
+                         "(to tell what the abuse costs)")
     ap.add_argument("--hold", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--hold-seconds", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -201,11 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         abuser: Abuser | None = None
         try:
             wait_ready(port, agent, "the agent")
-            abuser = Abuser(port, seconds + 30)
-            time.sleep(3)  # the abuser's connections are open
+            if not args.no_abuse:
+                abuser = Abuser(port, seconds + 30)
+                time.sleep(3)  # the abuser's connections are open
             print(f"soak: {args.minutes:g} min; agent sampling at 10 Hz with a recording; "
                   f"{SCRAPES_PER_SECOND} scrapes/s without keep-alive; abuser holds "
-                  f"{IDLE_CONNECTIONS} idle + {DRIPPERS} dripping connections")
+                  f"{0 if args.no_abuse else IDLE_CONNECTIONS} idle + "
+                  f"{0 if args.no_abuse else DRIPPERS} dripping connections")
             print(f"{'min':>6} {'rss MB':>8} {'fds':>5} {'thr':>5} {'scrapes':>8} "
                   f"{'failed':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}  abuser idle/drip/"
                   f"reconnects")
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                     rss, fds, threads = _proc_figures(agent.pid)
                     minute = (time.monotonic() - start) / 60
                     rows.append((minute, rss, fds, threads))
-                    held = abuser.held
+                    held = abuser.held if abuser is not None else (0, 0, 0)
                     print(f"{minute:6.1f} {rss / 1e6:8.2f} {fds:5d} {threads:5d} "
                           f"{len(latencies) + failed:8d} {failed:6d} "
                           f"{_quantile(latencies, 0.5) * 1e3:7.2f} "
