@@ -50,10 +50,10 @@ _LANDING = """<!doctype html>
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
-    # Buffered: the status line, headers and body of a response leave in one send
-    # (handle_one_request flushes after each request) instead of one for the
-    # headers and one for the body.
-    wbufsize = 64 * 1024
+    # Unbuffered: a 64 KiB write buffer per connection, idle ones included, cost
+    # 17 MB with 264 connections open and fragmented the heap as they came and
+    # went. _send joins status line, headers and body into one send instead.
+    wbufsize = 0
     server_version = f"ai-bottleneck/{__version__}"
     sys_version = ""
     server: _HTTPServer
@@ -132,9 +132,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in headers.items():
             self.send_header(name, value)
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
+        # end_headers() would send the headers on their own; one send for all of it.
+        pending: list[bytes] = getattr(self, "_headers_buffer", [])
+        data = b"".join([*pending, b"\r\n"])
+        pending.clear()
+        self.wfile.write(data if head else data + body)
 
     def log_message(self, format: str, *args: Any) -> None:
         if log.isEnabledFor(logging.DEBUG):  # called for every request: format only if kept
