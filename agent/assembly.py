@@ -16,6 +16,7 @@ A sampling round travels one channel, in this order::
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +36,8 @@ from ai_bottleneck.sampler import Round, Sampler
 from ai_bottleneck.state import AgentState
 from ai_bottleneck.thresholds import Thresholds
 from ai_bottleneck.window_means import WindowMeans
+
+log = logging.getLogger("ai_bottleneck.agent")
 
 # -- the probes of a run --------------------------------------------------------------
 
@@ -222,7 +225,8 @@ class LiveRun:
         the peer servers running, then call ``on_tick``."""
         def tick() -> None:
             for server in self.servers:
-                server.ensure_running()
+                if (problem := server.ensure_running()) is not None:
+                    log.warning("server for peers: %s", problem)
             if on_tick is not None:
                 on_tick()
         self.sampler.run(stop, duration_seconds=duration_seconds,

@@ -6,56 +6,22 @@ traceback); 1 only for real failures at run time.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 
 from ai_bottleneck import __version__
+from ai_bottleneck.cli_params import DURATION, WINDOW, report_options
 from ai_bottleneck.fleet_cli import fleet_cmd
 from ai_bottleneck.logs import setup_logging, stderr_is_journal
 from ai_bottleneck.plan_cli import plan_cmd
-from ai_bottleneck.probes.options import parse_duration
 from ai_bottleneck.probes.sample import one_line
-
-
-class Duration(click.ParamType[float]):
-    """A duration such as 20s, 500ms, 2m, 1h (a bare number is seconds)."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            seconds = float(value)
-        else:
-            try:
-                seconds = parse_duration(str(value))
-            except ValueError as exc:
-                self.fail(str(exc), param, ctx)
-        if seconds <= 0:
-            self.fail(f"{value!r} must be longer than zero", param, ctx)
-        return seconds
-
-
-DURATION = Duration()
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def report_options(f: F) -> F:
-    """--color, --windows and --html, on every command that prints a report (the
-    report modules themselves load only when one is printed: `run` never does)."""
-    f = click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Also write a self-contained HTML report (timeline, charts) here.")(f)
-    f = click.option("--windows", "all_windows", is_flag=True,
-                     help="List every window after the report.")(f)
-    f = click.option("--color", "color", type=click.Choice(["auto", "always", "never"]),
-                     default="auto", show_default=True,
-                     help="Colour the report (auto: on a terminal, unless NO_COLOR is set).")(f)
-    return f
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -121,6 +87,35 @@ class _Group(click.Group):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as exc:
+            if not _stdout_broken():
+                raise
+            _output_lost(exc)
+
+
+def _stdout_broken() -> bool:
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def _output_lost(exc: OSError) -> NoReturn:
+    """Standard output went to a full disk or a reader that left: one line on stderr,
+    exit 1, and the unwritten rest dropped so the exit does not try again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    if exc.errno != errno.EPIPE:  # a reader that left knows; a full disk must be said
+        reason = exc.strerror or str(exc)
+        with contextlib.suppress(OSError):
+            click.echo(f"ai-bottleneck: error: cannot write the output: {reason}", err=True)
+    sys.exit(1)
+
 
 
 @click.group(cls=_Group, invoke_without_command=True,
@@ -141,6 +136,12 @@ def main(ctx: click.Context, verbose: int) -> None:
         ctx.exit(0)
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
+    # Text from outside (a recorded label, a process name read with surrogateescape)
+    # may hold lone surrogates, which strict UTF-8 cannot write: shown escaped.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     setup_logging(verbose)
 
 
@@ -181,7 +182,7 @@ def check_config_cmd(file: Path | None) -> None:
 @main.command("diagnose")
 @click.option("--duration", type=DURATION, default="60s", show_default=True,
               help="How long to sample.")
-@click.option("--window", type=DURATION, default=None,
+@click.option("--window", type=WINDOW, default=None,
               help="Window length (default: the config's, 10s).")
 @click.option("--url", "urls", multiple=True, metavar="URL",
               help="Time HTTP calls to this URL (repeatable).")
@@ -271,7 +272,7 @@ def diagnose_cmd(duration: float, window: float | None, urls: tuple[str, ...],
 
 @main.command("replay")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--window", type=DURATION, default=None,
+@click.option("--window", type=WINDOW, default=None,
               help="Window length (default: the recording's).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per window per line.")
@@ -320,6 +321,9 @@ def replay_cmd(file: Path, window: float | None, as_json: bool, since: str | Non
     if run.labeller.late_samples:
         notes.append(f"{run.labeller.late_samples} samples out of time order were counted in "
                      f"the oldest open window")
+    if stats.implausible_times:
+        notes.append(f"{stats.implausible_times} samples dropped: their time is more than a "
+                     f"day away from the samples around them")
     if as_json:
         for n in notes:
             click.echo(f"ai-bottleneck: {n}", err=True)

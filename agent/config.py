@@ -23,8 +23,10 @@ line, ``FILE: KEY: problem``; the CLI prints it and exits 2.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import os
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -206,16 +208,47 @@ def resolve_path(path: Path | str | None,
     return DEFAULT_PATH, False
 
 
+#: A config is a few kilobytes; anything past this is not one (/dev/zero, a log file).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
+
+    Opened non-blocking, so a FIFO cannot hang the caller, and checked with fstat
+    on the descriptor read (no window between check and read). Raises OSError
+    (FileNotFoundError, IsADirectoryError, ...) or ValueError with the reason.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file (a device, FIFO or socket)")
+        if st.st_size > limit:
+            raise ValueError(f"{st.st_size} bytes, larger than the {limit} a config may be")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # grew since fstat
+        raise ValueError(f"larger than the {limit} bytes a config may be")
+    return data
+
+
 def _read(path: Path, explicit: bool) -> dict[str, Any] | None:
     source = str(path)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         if not explicit:
             return None
         raise ConfigError(source, "", "no such file") from None
     except IsADirectoryError:
         raise ConfigError(source, "", "is a directory, not a config file") from None
+    except ValueError as exc:
+        raise ConfigError(source, "", str(exc)) from None
     except OSError as exc:
         raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
     try:
@@ -225,7 +258,9 @@ def _read(path: Path, explicit: bool) -> dict[str, Any] | None:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+        raise ConfigError(source, "", f"not valid TOML: {one_line(exc)}") from None
+    except RecursionError:  # tomllib recurses once per nesting level
+        raise ConfigError(source, "", "not valid TOML: nested too deeply") from None
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "(defaults)",

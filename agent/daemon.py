@@ -105,8 +105,8 @@ class Agent:
         except RecordError as exc:
             probes.close()
             raise ConfigError(config.source, "agent.record_file", str(exc)) from None
-        if path is not None:
-            log.info("recording samples to %s", path)
+        if live.pipeline.recorder is not None:
+            log.info("recording samples to %s", live.pipeline.recorder.path)
         return _Run(config, live)
 
     def _on_window(self, result: WindowResult) -> None:
@@ -135,6 +135,7 @@ class Agent:
             log.warning("server for peers: %s", problem)
         run.stop = threading.Event()
         stop = run.stop
+        self.state.watch_recording(run.live.pipeline.recorder)
         run.thread = threading.Thread(target=lambda: run.live.run(stop), name="sampler",
                                       daemon=True)
         run.thread.start()

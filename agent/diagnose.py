@@ -114,7 +114,12 @@ def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float
     if labeller.late_samples:
         notes.append(f"{labeller.late_samples} samples arrived late and were counted in the "
                      f"oldest open window")
-    if record_path is not None:
+    recorder = run.pipeline.recorder
+    if recorder is not None:
+        lost = recorder.lost_note()
+        if lost is not None:
+            notes.append(lost)
+        record_path = recorder.path
         notes.append(f"raw samples recorded to {record_path} (replay with "
                      f"`ai-bottleneck replay {record_path}`)")
     return DiagnoseResult(results, overall_verdict(results, labeller.transitions),

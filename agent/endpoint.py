@@ -1,4 +1,4 @@
-"""The HTTP endpoint for the exporter: ``/metrics``, ``/`` and ``/healthz``.
+"""The HTTP endpoint for the exporter: ``/metrics``, ``/``, ``/healthz`` and ``/-/healthy``.
 
 ``MetricsServer`` serves over HTTP/1.1 with keep-alive, one thread per
 connection, with TLS and basic auth from an exporter web config file
@@ -8,12 +8,16 @@ connection, with TLS and basic auth from an exporter web config file
 from __future__ import annotations
 
 import contextlib
+import gzip
 import html
+import io
 import logging
+import math
 import os
 import socket
 import threading
 import time
+import typing
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +25,7 @@ from typing import Any
 
 from ai_bottleneck import __version__
 from ai_bottleneck.config import DEFAULT_LISTEN, parse_listen
+from ai_bottleneck.endpoint_guard import Connection, Connections, LoginThrottle
 from ai_bottleneck.exporter import Exposition
 from ai_bottleneck.state import AgentState
 from ai_bottleneck.webguard import WebGuard, peer_sans
@@ -48,13 +53,28 @@ _LANDING = """<!doctype html>
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
-    # Buffered: the status line, headers and body of a response leave in one send
-    # (handle_one_request flushes after each request) instead of one for the
-    # headers and one for the body.
-    wbufsize = 64 * 1024
+    # Unbuffered: a 64 KiB write buffer per connection, idle ones included, cost
+    # 17 MB with 264 connections open and fragmented the heap as they came and
+    # went. _send joins status line, headers and body into one send instead.
+    wbufsize = 0
     server_version = f"ai-bottleneck/{__version__}"
     sys_version = ""
     server: _HTTPServer
+
+    def handle_one_request(self) -> None:
+        # Idle until the first byte of a request (keep-alive), then the whole request
+        # within the request deadline, however slowly its bytes come (endpoint_guard).
+        conns, conn = self.server.connections, self.server.current.conn
+        conns.waiting(conn)
+        try:
+            first = typing.cast(io.BufferedReader, self.rfile).peek(1)
+        except (OSError, ValueError):
+            first = b""
+        if not first:
+            self.close_connection = True
+            return
+        conns.reading(conn)
+        super().handle_one_request()
 
     def do_GET(self) -> None:
         self._serve(head=False)
@@ -63,20 +83,44 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(head=True)
 
     def _serve(self, head: bool) -> None:
-        loaded = self.server.guard.current()
+        server = self.server
+        server.connections.serving(server.current.conn)
+        loaded = server.guard.current()
         headers = dict(loaded.config.headers)
         path = self.path.split("?", 1)[0]
+        client = self.client_address[0]
         if loaded.error is not None:
             self._send(500, b"web config invalid; see the agent's log\n", headers, head)
-        elif loaded.limiter is not None and not loaded.limiter.allow():
+            return
+        if path in ("/healthz", "/-/healthy"):  # liveness: no credentials, no rate limit
+            problems = server.exposition.problems()
+            if problems:
+                self._send(503, ("\n".join(problems) + "\n").encode(), headers, head)
+            else:
+                self._send(200, b"ok\n", headers, head)
+            return
+        if loaded.auth.enabled:
+            wait = server.logins.wait_seconds(client)
+            if wait > 0:  # checked before bcrypt: a flood of guesses costs no CPU
+                headers["Retry-After"] = str(math.ceil(wait))
+                self._send(429, b"too many failed logins; wait\n", headers, head)
+                return
+            credentials = self.headers.get("Authorization")
+            if loaded.auth.check(credentials) is None:
+                if credentials:  # a guess (it cost a bcrypt check), not a bare request
+                    server.logins.failed(client)
+                headers["WWW-Authenticate"] = 'Basic realm="ai-bottleneck", charset="UTF-8"'
+                self._send(401, b"unauthorized\n", headers, head)
+                return
+            server.logins.succeeded(client)
+        if loaded.limiter is not None and not loaded.limiter.allow(client):
             self._send(429, b"too many requests\n", headers, head)
-        elif path == "/healthz":  # liveness without credentials: it tells nothing
-            self._send(200, b"ok\n", headers, head)
-        elif loaded.auth.enabled and loaded.auth.check(self.headers.get("Authorization")) is None:
-            headers["WWW-Authenticate"] = 'Basic realm="ai-bottleneck", charset="UTF-8"'
-            self._send(401, b"unauthorized\n", headers, head)
         elif path == "/metrics":
-            body, content_type = self.server.exposition.render(self.headers.get("Accept", ""))
+            body, content_type = server.exposition.render(self.headers.get("Accept", ""))
+            if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
+                body = gzip.compress(body, compresslevel=1)
+                headers["Content-Encoding"] = "gzip"
+            headers["Vary"] = "Accept-Encoding"
             self._send(200, body, headers, head, content_type)
         elif path == "/" and self.server.page is not None:
             query = self.path.split("?", 1)[1] if "?" in self.path else ""
@@ -94,98 +138,111 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in headers.items():
             self.send_header(name, value)
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
+        # end_headers() would send the headers on their own; one send for all of it.
+        pending: list[bytes] = getattr(self, "_headers_buffer", [])
+        data = b"".join([*pending, b"\r\n"])
+        pending.clear()
+        self.wfile.write(data if head else data + body)
 
     def log_message(self, format: str, *args: Any) -> None:
         if log.isEnabledFor(logging.DEBUG):  # called for every request: format only if kept
             log.debug("%s %s", self.address_string(), format % args)
 
 
+def _accepts_gzip(header: str) -> bool:
+    """Whether Accept-Encoding takes gzip (or *) with a weight above zero."""
+    for item in header.split(","):
+        name, _, params = item.partition(";")
+        if name.strip().lower() not in ("gzip", "*"):
+            continue
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
-    request_queue_size = 64
+    request_queue_size = 128
 
     def __init__(self, sock: socket.socket, guard: WebGuard, exposition: Exposition, *,
-                 max_connections: int, idle_timeout: float, handshake_timeout: float,
-                 page: Page | None = None):
+                 connections: Connections, page: Page | None = None):
         super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.server_address = sock.getsockname()[:2]
         self.guard, self.exposition, self.page = guard, exposition, page
-        self.max_connections, self.handshake_timeout = max_connections, handshake_timeout
-        self.idle_timeout = idle_timeout
-        # Per accepted socket: its thread and the socket it speaks on (the TLS one
-        # once wrapped), so stop() can end keep-alive connections at once.
-        self._live: dict[Any, tuple[threading.Thread, Any]] = {}
-        self._live_lock = threading.Lock()
+        self.connections = connections
+        self.logins = LoginThrottle()
+        self.current = threading.local()  # .conn: the Connection this thread serves
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        with self._live_lock:
-            if len(self._live) >= self.max_connections:
-                log.warning("refusing %s: %d connections open", client_address[0],
-                            self.max_connections)
-                self.shutdown_request(request)
-                return
-            thread = threading.Thread(target=self.process_request_thread,
-                                      args=(request, client_address), daemon=True,
-                                      name=f"scrape-{client_address[0]}")
-            self._live[request] = (thread, request)
-        thread.start()
+        conn = self.connections.admit(request, client_address[0])
+        if conn is None:
+            log.warning("refusing %s: %d connections open, every one mid-response",
+                        client_address[0], self.connections.count())
+            self.shutdown_request(request)
+            return
+        conn.thread = threading.Thread(target=self.process_request_thread,
+                                       args=(request, client_address, conn), daemon=True,
+                                       name=f"scrape-{client_address[0]}")
+        conn.thread.start()
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def process_request_thread(self, request: Any, client_address: Any,  # type: ignore[override]
+                               conn: Connection) -> None:
+        self.current.conn = conn
         try:
             super().process_request_thread(request, client_address)
         finally:
-            with self._live_lock:
-                self._live.pop(request, None)
+            self.connections.release(request)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # Headers and body leave in separate writes; without this, Nagle's algorithm
         # holds the body until the client's delayed ACK (~40 ms per scrape).
         with contextlib.suppress(OSError):
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conns = self.connections
         ctx = self.guard.current().config.ssl_context
         if ctx is None:
-            request.settimeout(self.idle_timeout)
+            request.settimeout(conns.idle_timeout)
             _Handler(request, client_address, self)
             return
-        request.settimeout(self.handshake_timeout)
+        request.settimeout(conns.handshake_timeout)  # the watchdog holds the whole of it
         try:
-            conn = ctx.wrap_socket(request, server_side=True)
+            tls = ctx.wrap_socket(request, server_side=True)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
             return
-        with self._live_lock:
-            if request in self._live:
-                self._live[request] = (self._live[request][0], conn)
+        self.current.conn.sock = tls
         try:
             allowed = self.guard.current().config.allowed_sans
-            if allowed and not (peer_sans(conn.getpeercert()) & allowed):
+            if allowed and not (peer_sans(tls.getpeercert()) & allowed):
                 log.info("refusing %s: client certificate names none of client_allowed_sans",
                          client_address[0])
                 return
-            conn.settimeout(self.idle_timeout)
-            _Handler(conn, client_address, self)
+            tls.settimeout(conns.idle_timeout)
+            _Handler(tls, client_address, self)
         finally:
-            conn.close()
+            tls.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that goes away mid-request is normal; never a traceback on stderr.
         log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
 
     def close_connections(self, timeout: float) -> None:
-        with self._live_lock:
-            live = list(self._live.values())
-        for _thread, sock in live:
-            with contextlib.suppress(OSError):  # already closed by its own thread
-                sock.shutdown(socket.SHUT_RDWR)
+        live = self.connections.all()
+        for conn in live:
+            conn.shut()
         deadline = time.monotonic() + timeout
-        for thread, _sock in live:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        for conn in live:
+            if conn.thread is not None:
+                conn.thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:
@@ -213,16 +270,20 @@ class MetricsServer:
 
     def __init__(self, state: AgentState, listen: str = DEFAULT_LISTEN,
                  web_config_file: Path | str | None = None, *,
-                 process_metrics: bool = True, max_connections: int = 64,
-                 idle_timeout: float = 120.0, handshake_timeout: float = 10.0,
+                 process_metrics: bool = True, max_connections: int = 512,
+                 max_connections_per_client: int = 256, idle_timeout: float = 120.0,
+                 request_timeout: float = 10.0, handshake_timeout: float = 10.0,
                  web_config_check_seconds: float = 1.0, page: Page | None = None):
         self.listen = listen
+        self._page = page
         self._page = page
         self._host, self._port = parse_listen(listen)
         self.exposition = Exposition(state, process_metrics=process_metrics)
         self.guard = WebGuard(web_config_file, check_every=web_config_check_seconds)
-        self._max_connections = max_connections
-        self._timeouts = (idle_timeout, handshake_timeout)
+        self._limits = dict(max_total=max_connections, max_per_client=max_connections_per_client,
+                            idle_timeout=idle_timeout, request_timeout=request_timeout,
+                            handshake_timeout=handshake_timeout)
+        self.connections: Connections | None = None
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -239,10 +300,10 @@ class MetricsServer:
             else:
                 reason = exc.strerror or str(exc)
             raise ListenError(f"cannot listen on {self.listen}: {reason}") from None
+        self.connections = Connections(**self._limits)  # type: ignore[arg-type]
+        self.connections.start()
         self._server = _HTTPServer(sock, self.guard, self.exposition,
-                                   max_connections=self._max_connections,
-                                   idle_timeout=self._timeouts[0],
-                                   handshake_timeout=self._timeouts[1], page=self._page)
+                                   connections=self.connections, page=self._page)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                          kwargs={"poll_interval": 0.2},
                                          name="metrics-server", daemon=True)
@@ -258,6 +319,7 @@ class MetricsServer:
         thread.join(timeout)
         server.server_close()
         server.close_connections(timeout)
+        server.connections.stop()
         self._server = self._thread = None
 
     @property

@@ -120,6 +120,9 @@ def _agent_points(points: _Points, snap: Snapshot, now: float) -> None:
         _put(points, m.GPU_PCI_DEVICES, (), 0.0, float(snap.gpu_pci_devices))
     for label in LABEL_NAMES:
         _put(points, m.WINDOWS_TOTAL, (label,), 0.0, float(snap.windows_total.get(label, 0)))
+    _put(points, m.RECORD_ERRORS, (), 0.0, float(snap.record_errors_total()))
+    if snap.recording is not None:
+        _put(points, m.RECORDING_UP, (), 0.0, 1.0 if snap.recording.up else 0.0)
     window = snap.window
     # Before the first window the state set already exists, saying "unknown": a fleet
     # query never sees a host without a label, and alerts on it do not start late.
@@ -352,6 +355,7 @@ class Exposition:
     for (Prometheus asks for OpenMetrics; text 0.0.4 otherwise)."""
 
     def __init__(self, state: AgentState, *, process_metrics: bool = True):
+        self._state = state
         self.collector = Collector(state)
         self._process = CollectorRegistry(auto_describe=False)
         if process_metrics:
@@ -361,8 +365,15 @@ class Exposition:
         """See Collector.prepare: call after recording samples."""
         self.collector.prepare()
 
+    def problems(self) -> list[str]:
+        """Why /healthz is not OK (see Snapshot.problems); empty when all is well."""
+        return self._state.snapshot().problems(self._state.clock())
+
     def render(self, accept: str = "") -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)
         openmetrics = content_type.startswith("application/openmetrics-text")
         # The process part ends an OpenMetrics exposition with its "# EOF" line.
-        return self.collector.render(openmetrics).encode() + encoder(self._process), content_type
+        # "replace": a label read with surrogateescape (a process name in bad UTF-8)
+        # must not fail the whole scrape.
+        body = self.collector.render(openmetrics).encode("utf-8", "replace")
+        return body + encoder(self._process), content_type

@@ -127,6 +127,12 @@ LAST_WINDOW_AGE = gauge("last_window_age_seconds", (),
 GPU_PCI_DEVICES = gauge("gpu_pci_devices", (),
                         "NVIDIA GPUs on the PCI bus (sysfs), whether or not NVML can read "
                         "them; absent where the bus cannot be listed.")
+RECORDING_UP = gauge("recording_up", (),
+                     "1 while the recording (agent.record_file) is written, 0 while it is "
+                     "paused because writing fails (full disk); absent without a recording.")
+RECORD_ERRORS = counter("record_errors_total", (),
+                        "Sample batches that could not be written to the recording; their "
+                        "samples are not in it.")
 
 # -- probe health ---------------------------------------------------------------------
 

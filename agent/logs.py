@@ -61,3 +61,7 @@ def setup_logging(verbose: int = 0, *, daemon: bool = False) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx logs every request, URL and all, at INFO (the daemon's level): a URL's
+    # credentials would reach the journal. The probes report their calls themselves.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -13,25 +13,27 @@ import gzip
 import json
 import logging
 import os
-import socket
-import time
+import stat
 import typing
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ai_bottleneck import __version__
 from ai_bottleneck.probes.sample import Sample, SampleError, one_line
+from ai_bottleneck.record_times import TimeGate
+from ai_bottleneck.record_writer import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    RecordError,
+    RecordWriter,
+    make_header,
+)
 
-FORMAT_NAME = "ai-bottleneck-record"
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ReadStats", "RecordError", "RecordReader",
+           "RecordWriter", "make_header", "read_record"]
 
 log = logging.getLogger(__name__)
-
-
-class RecordError(Exception):
-    """The file cannot be read as a recording at all (one line, names the file)."""
 
 
 @dataclass
@@ -40,65 +42,8 @@ class ReadStats:
     samples: int = 0
     malformed: int = 0
     first_bad_lines: list[int] = field(default_factory=list)
-
-
-def make_header(**extra: Any) -> dict[str, Any]:
-    header: dict[str, Any] = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "created": time.time(),
-        "writer": f"ai-bottleneck {__version__}",
-        "host": socket.gethostname(),
-    }
-    header.update(extra)
-    return header
-
-
-def _open_text(path: Path, mode: str) -> IO[str]:
-    if path.suffix == ".gz":
-        return typing.cast(IO[str], gzip.open(path, mode + "t", encoding="utf-8"))
-    return open(path, mode, encoding="utf-8")
-
-
-class RecordWriter:
-    """Append samples to a recording. ``write_many`` (what the sampling loop calls with
-    each batch) and ``flush`` push the lines to the file, so a crash loses at most the
-    batch being written."""
-
-    def __init__(self, path: str | os.PathLike[str], header: Mapping[str, Any] | None = None):
-        self.path = Path(path)
-        try:
-            self._fh = _open_text(self.path, "w")
-        except OSError as exc:
-            raise RecordError(f"{self.path}: cannot write recording: {exc.strerror}") from None
-        self._write(dict(header) if header is not None else make_header())
-        self.count = 0
-
-    def _write(self, obj: Mapping[str, Any]) -> None:
-        self._fh.write(json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n")
-
-    def write(self, sample: Sample) -> None:
-        self._write(sample.to_json())
-        self.count += 1
-
-    def write_many(self, samples: Iterable[Sample]) -> None:
-        for s in samples:
-            self.write(s)
-        self.flush()
-
-    def flush(self) -> None:
-        self._fh.flush()
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.flush()
-            self._fh.close()
-
-    def __enter__(self) -> RecordWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    #: Samples dropped because their time is implausible for the stream (record_times).
+    implausible_times: int = 0
 
 
 Loads = Callable[[bytes], Any]
@@ -114,10 +59,33 @@ def default_loads() -> Loads:
     return orjson.loads
 
 
+#: Longest line read whole; a longer one is skipped as malformed without holding it
+#: in memory (a sample line is a few hundred bytes).
+MAX_LINE_BYTES = 1 << 20
+
+
 def _open_bytes(path: Path) -> IO[bytes]:
+    """Open a recording: only a regular file (a FIFO would block, /dev/zero never
+    end), opened non-blocking so the check itself cannot hang."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise RecordError(f"{path}: is a directory, not a recording")
+        if not stat.S_ISREG(mode):
+            raise RecordError(f"{path}: not a regular file (a device, FIFO or socket)")
+        os.set_blocking(fd, True)
+        raw = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
     if path.suffix == ".gz":
-        return typing.cast(IO[bytes], gzip.open(path, "rb"))
-    return open(path, "rb")
+        unzipped = gzip.GzipFile(fileobj=raw, mode="rb")
+        # GzipFile closes the file it opened itself (``myfileobj``), never one it was
+        # given: handing it this one makes close() close both.
+        unzipped.myfileobj = raw  # type: ignore[assignment]
+        return typing.cast(IO[bytes], unzipped)
+    return raw
 
 
 _SKIP = object()  # a line that gives no sample (blank or malformed)
@@ -141,7 +109,7 @@ class RecordReader:
         self._loads = loads if loads is not None else default_loads()
         try:
             self._fh = _open_bytes(self.path)
-            first = self._fh.readline()
+            first = self._fh.readline(MAX_LINE_BYTES)
         except FileNotFoundError:
             raise RecordError(f"{self.path}: no such file") from None
         except (OSError, EOFError) as exc:
@@ -195,15 +163,23 @@ class RecordReader:
 
     def __iter__(self) -> Iterator[Sample]:
         # The loop runs once per sample of a recording (about a million for a day):
-        # the common case is one decode and one from_json, with nothing else per line.
+        # the common case is one decode, one from_json and two comparisons of the
+        # sample's time (ai_bottleneck.record_times), with nothing else per line.
         loads = self._loads
         from_json = Sample.from_json
         stats = self.stats
+        gate = TimeGate()
+        readline = self._fh.readline
         lineno = 1
         try:
-            for line in self._fh:
+            while line := readline(MAX_LINE_BYTES):
                 lineno += 1
                 stats.lines = lineno
+                if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    while (rest := readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                        pass
+                    self._bad(lineno, f"longer than {MAX_LINE_BYTES} bytes")
+                    continue
                 try:
                     obj = loads(line)
                 except (ValueError, RecursionError):
@@ -215,13 +191,27 @@ class RecordReader:
                 except SampleError as exc:
                     self._bad(lineno, str(exc))
                     continue
-                stats.samples += 1
-                yield sample
+                if gate.low <= sample.t <= gate.high and not gate.held:
+                    gate.advance(sample.t)
+                    stats.samples += 1
+                    yield sample
+                    continue
+                for taken in gate.admit(sample):
+                    stats.samples += 1
+                    yield taken
         except (OSError, EOFError) as exc:
             # A truncated gzip stream or a read error mid-file: keep what was read.
             self._bad(lineno + 1, f"unreadable from here on ({exc})")
         finally:
             self._fh.close()
+        for taken in gate.finish():
+            stats.samples += 1
+            yield taken
+        stats.implausible_times = gate.dropped
+        if gate.dropped:
+            log.warning("%s: %d samples dropped: their time (the first %r) is more than "
+                        "%g s away from the samples around them", self.path, gate.dropped,
+                        gate.example, gate.max_jump)
 
     def close(self) -> None:
         self._fh.close()

@@ -145,6 +145,7 @@ class Sampler:
             if p.active and active_interval_override is not None:
                 interval = active_interval_override
             self._slots.append(_Slot(p, _Worker(p.name), interval, next_due=start))
+        self.consumer_errors = 0
 
     # -- the worker side -------------------------------------------------
 
@@ -252,8 +253,20 @@ class Sampler:
                 break
         rounds = self._collect(self._mono())
         if rounds and self._consumer is not None:
-            self._consumer(rounds)
+            self._feed(self._consumer, rounds)
         return rounds
+
+    def _feed(self, consumer: RoundConsumer, rounds: Sequence[Round]) -> None:
+        # A consumer that raises must not end the sampling thread (nothing would
+        # restart it): counted, and logged with its traceback the first time only.
+        try:
+            consumer(rounds)
+        except Exception:
+            self.consumer_errors += 1
+            if self.consumer_errors == 1:
+                log.exception("the round consumer failed; sampling goes on")
+            else:
+                log.debug("the round consumer failed again", exc_info=True)
 
     def run(self, stop: threading.Event, duration_seconds: float | None = None,
             on_tick: Callable[[], None] | None = None) -> None:

@@ -16,106 +16,53 @@ config does not linger in /metrics.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import platform
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from ai_bottleneck import __version__
 from ai_bottleneck.labels import LABEL_NAMES
 from ai_bottleneck.probes.base import Clock
 from ai_bottleneck.probes.sample import Sample, is_skipped, one_line, skip_kind
+from ai_bottleneck.snapshot import (
+    ERROR_REASONS,
+    FailureReason,
+    ProbeHealth,
+    RecordingStatus,
+    Series,
+    SeriesKey,
+    Snapshot,
+    WindowSummary,
+    series_key,
+)
+
+__all__ = [
+    "ERROR_REASONS",
+    "TOP_EVIDENCE_CHARS",
+    "AgentState",
+    "FailureReason",
+    "ProbeHealth",
+    "RecordingStatus",
+    "Series",
+    "SeriesKey",
+    "Snapshot",
+    "WindowSummary",
+    "build_revision",
+    "default_build_info",
+    "series_key",
+]
+
+log = logging.getLogger("ai_bottleneck.agent")
 
 #: The longest top-evidence line /metrics carries (a label value: bounded in size).
 TOP_EVIDENCE_CHARS = 160
-#: Why a probe round failed: a failed sample it returned, a time-out waiting
-#: for it, or an exception out of it (a probe bug).
-ERROR_REASONS = ("error", "timeout", "crash")
-FailureReason = Literal["timeout", "crash"]
-SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-
-def series_key(probe: str, labels: Mapping[str, str]) -> SeriesKey:
-    return probe, tuple(sorted(labels.items()))
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    """The latest sample of one series; ``expires_at`` is on the state's clock."""
-
-    probe: str
-    labels: Mapping[str, str]
-    values: Mapping[str, float]
-    error: str | None
-    t: float
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeHealth:
-    """How one probe is doing. ``up`` is None until its first round ended."""
-
-    name: str
-    usable: bool = True
-    reason: str = ""
-    interval_seconds: float = 1.0
-    active: bool = False
-    up: bool | None = None
-    samples_total: int = 0
-    errors_total: Mapping[str, int] = field(
-        default_factory=lambda: MappingProxyType(dict.fromkeys(ERROR_REASONS, 0)))
-    skips_total: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
-    last_success: float | None = None
-    last_duration_seconds: float | None = None
-    last_error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class WindowSummary:
-    """The latest labelled window."""
-
-    label: str
-    confidence: float
-    start: float
-    end: float
-    evidence_items: int
-    top_evidence: str = ""  # the first evidence line, cut to TOP_EVIDENCE_CHARS
-    label_since: float = 0.0  # start of the first window of this run of the label
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything a scrape needs, immutable; ``AgentState.snapshot()`` returns it."""
-
-    series: Mapping[SeriesKey, Series]
-    probes: Mapping[str, ProbeHealth]
-    window: WindowSummary | None
-    windows_total: Mapping[str, int]
-    build_info: Mapping[str, str]
-    start_time: float
-    interval_seconds: float
-    window_seconds: float
-    # Per series, the latest window's means of its rate and ratio values
-    # (ai_bottleneck.window_means): they stand in for the sample's own.
-    window_means: Mapping[SeriesKey, Mapping[str, float]] = field(
-        default_factory=lambda: MappingProxyType({}))
-    # NVIDIA GPUs the PCI bus shows (ai_bottleneck.gpu_presence); None: not looked.
-    gpu_pci_devices: int | None = None
-
-    def live_series(self, now: float) -> Iterator[Series]:
-        """Series not yet stale at ``now`` (also checked here: the writer may be stuck)."""
-        for s in self.series.values():
-            if s.expires_at >= now:
-                yield s
-
-
 def default_build_info() -> dict[str, str]:
     return {"version": __version__, "revision": build_revision(),
             "python_version": platform.python_version()}
@@ -256,6 +203,7 @@ class AgentState:
                 up = answered = ok > 0 or measured == 0
             errors = dict(health.errors_total)
             errors["error"] = errors.get("error", 0) + failed
+            _warn_if_new(probe, health.last_error, last_error)
             new_health = dataclasses.replace(
                 health, up=up, samples_total=health.samples_total + measured,
                 errors_total=MappingProxyType(errors), skips_total=MappingProxyType(skips),
@@ -263,7 +211,7 @@ class AgentState:
                 last_duration_seconds=_duration(duration_seconds, health.last_duration_seconds),
                 last_error=last_error)
             self._publish(snap, series=MappingProxyType(series),
-                          probes=self._with(snap.probes, probe, new_health))
+                          probes=self._with(snap.probes, probe, new_health), last_round=now)
 
     def record_failure(self, probe: str, reason: FailureReason, message: str = "", *,
                        duration_seconds: float | None = None) -> None:
@@ -277,14 +225,26 @@ class AgentState:
                                                            interval_seconds=self._interval)
             errors = dict(health.errors_total)
             errors[reason] = errors.get(reason, 0) + 1
+            last_error = one_line(message or reason)  # the sampler logs these itself
             new_health = dataclasses.replace(
                 health, up=False, errors_total=MappingProxyType(errors),
                 last_duration_seconds=_duration(duration_seconds, health.last_duration_seconds),
-                last_error=one_line(message or reason))
+                last_error=last_error)
             series = dict(snap.series)
             _drop_expired(series, now)
             self._publish(snap, series=MappingProxyType(series),
-                          probes=self._with(snap.probes, probe, new_health))
+                          probes=self._with(snap.probes, probe, new_health), last_round=now)
+
+    def watch_recording(self, recording: RecordingStatus | None) -> None:
+        """The recording the sampling loop now writes (None: none); its write errors
+        and pauses show in /metrics and /healthz. Errors of the one it replaces are
+        kept, so the counter only grows across reloads."""
+        with self._lock:
+            snap = self._snapshot
+            if recording is snap.recording:
+                return
+            self._publish(snap, recording=recording,
+                          record_errors_before=snap.record_errors_total())
 
     def record_window(self, label: object, confidence: float, start: float, end: float,
                       evidence_items: int = 0, *, top_evidence: str = "",
@@ -338,6 +298,17 @@ class AgentState:
         updated = dict(probes)
         updated[name] = health
         return MappingProxyType(updated)
+
+
+#: The most of a probe's error text the log line about it carries.
+ERROR_TEXT_LIMIT = 300
+
+
+def _warn_if_new(probe: str, old: str | None, new: str | None) -> None:
+    """A probe's error text reaches the log at WARNING once per change, not once per
+    failed round: a target down for a day is one line, not 2,880."""
+    if new is not None and new != old:
+        log.warning("probe %s: %s", probe, one_line(new, limit=ERROR_TEXT_LIMIT))
 
 
 def _duration(new: float | None, old: float | None) -> float | None:

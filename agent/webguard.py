@@ -22,8 +22,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ai_bottleneck.endpoint_guard import ClientBuckets, TokenBucket
 from ai_bottleneck.probes.base import Clock
 from ai_bottleneck.webconfig import WebConfig, WebConfigError, load_web_config
+
+__all__ = ["BasicAuth", "ClientBuckets", "TokenBucket", "WebGuard", "peer_sans"]
 
 log = logging.getLogger("ai_bottleneck.webconfig")
 
@@ -74,7 +77,11 @@ class BasicAuth:
                     return user
         # An unknown user costs one bcrypt too, so timing does not tell which users exist.
         checkpw = self._checkpw or _bcrypt().checkpw
-        ok = checkpw(password.encode(), hashed or self._dummy())
+        try:
+            ok = checkpw(password.encode(), hashed or self._dummy())
+        except ValueError as exc:  # bcrypt >= 4.1 refuses passwords over 72 bytes
+            log.warning("basic auth for user %r refused: %s", user[:64], exc)
+            return None
         if not ok or hashed is None:
             return None
         with self._lock:
@@ -106,32 +113,11 @@ def _decode_basic(header: str | None) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-class TokenBucket:
-    """The ``rate_limit`` block: one request per ``interval``, ``burst`` at once."""
-
-    def __init__(self, interval: float, burst: int, clock: Clock = time.monotonic):
-        self._interval, self._burst, self._clock = interval, max(burst, 1), clock
-        self._tokens = float(self._burst)
-        self._last = clock()
-        self._lock = threading.Lock()
-
-    def allow(self) -> bool:
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(float(self._burst),
-                               self._tokens + (now - self._last) / self._interval)
-            self._last = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return True
-            return False
-
-
 @dataclass
 class _Loaded:
     config: WebConfig
     auth: BasicAuth
-    limiter: TokenBucket | None
+    limiter: ClientBuckets | None  # per client, applied after authentication
     stamp: tuple[tuple[int, int], ...]
     error: str | None = None
 
@@ -167,7 +153,7 @@ class WebGuard:
     @staticmethod
     def _make(config: WebConfig, error: str | None = None) -> _Loaded:
         rl = config.rate_limit
-        limiter = TokenBucket(rl.interval, rl.burst) if rl and rl.interval > 0 else None
+        limiter = ClientBuckets(rl.interval, rl.burst) if rl and rl.interval > 0 else None
         return _Loaded(config, BasicAuth(config.users), limiter, _stamp(config.files), error)
 
     def current(self) -> _Loaded:

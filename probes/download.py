@@ -40,6 +40,7 @@ from ai_bottleneck.probes.calltimer import CallTimer
 from ai_bottleneck.probes.http import check_url, host_and_port
 from ai_bottleneck.probes.httpfailure import describe_failure
 from ai_bottleneck.probes.httptiming import TimingBackend, make_client, make_ssl_context
+from ai_bottleneck.probes.redact import DEFAULT_SECRET_PARAMETERS, redact_url, scrub
 from ai_bottleneck.probes.vocabulary import BYTES_VALUE, STATUS_VALUE, THROUGHPUT_VALUE
 
 #: Query parameter added by ``cache_bust`` (a fresh random value every sample).
@@ -54,6 +55,9 @@ _GRACE_SECONDS = 5.0
 class Options:
     url: str | None = field(default=None, metadata=option_info(
         doc="http:// or https:// URL of a large file"))
+    name: str = field(default="", metadata=option_info(
+        doc="value of the `url` label (default: the URL, credentials and secret parameters "
+            "redacted)"))
     interval_seconds: float = field(default=300.0, metadata=option_info(
         min=1, max=86400, doc="how often to download"))
     max_bytes: int = field(default=50_000_000, metadata=option_info(
@@ -62,6 +66,9 @@ class Options:
         min=0.1, max=600, doc="time cap for the whole download, connect included"))
     warmup_seconds: float = field(default=1.0, metadata=option_info(
         min=0, max=60, doc="leave this first part of the transfer out of the rate"))
+    stall_seconds: float = field(default=3.0, metadata=option_info(
+        min=0.1, max=600, doc="no body byte for this long is a stall: the download is a "
+                              "failure, not a slow success"))
     cache_bust: bool = field(default=False, metadata=option_info(
         doc=f"add a random `{CACHE_BUST_PARAM}` query parameter so caches pass it through"))
     range_request: bool = field(default=True, metadata=option_info(
@@ -72,6 +79,10 @@ class Options:
     verify_tls: bool = field(default=True, metadata=option_info(doc="check server certificates"))
     ca_file: Path | None = field(default=None, metadata=option_info(
         doc="PEM file of CA certificates to trust instead of the bundled ones"))
+    secret_parameters: tuple[str, ...] = field(default=DEFAULT_SECRET_PARAMETERS,
+                                               metadata=option_info(
+        doc="query parameters whose values are redacted in the label and errors (shell "
+            "patterns, any case); user:password in the URL always is"))
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -101,7 +112,8 @@ class DownloadProbe:
                                    "options, or pass --download)")
         if self.options.ca_file is not None and not self.options.ca_file.is_file():
             return Availability.no(f"ca_file {self.options.ca_file} not found")
-        return Availability.yes(f"{self.options.url}, at most {self.options.max_bytes} bytes "
+        return Availability.yes(f"{self._label(self.options.url)}, at most "
+                                f"{self.options.max_bytes} bytes "
                                 f"in {self.options.max_seconds:g}s")
 
     def close(self) -> None:
@@ -138,16 +150,21 @@ class DownloadProbe:
                                     timeout=opts.max_seconds,
                                     extensions={"trace": timer.trace})
 
+    def _label(self, url: str) -> str:
+        return self.options.name or redact_url(url, self.options.secret_parameters)
+
     def _download(self, url: str) -> Sample:
         opts = self.options
-        labels = {"url": url}
+        shown = redact_url(url, opts.secret_parameters)
+        labels = {"url": self._label(url)}
         where = host_and_port(url)
         timer = CallTimer(deadline=0.0, clock=self._clock)
         try:
             client = self._get_client()
             request = self._request(client, url, timer)
         except (OSError, ValueError, httpx.HTTPError) as exc:
-            return failed(self.name, f"cannot make the request: {exc}", labels,
+            return failed(self.name, "cannot make the request: "
+                          f"{scrub(str(exc), url, opts.secret_parameters)}", labels,
                           t=self._wall_clock())
         t = self._wall_clock()
         timer.start = self._clock()
@@ -163,17 +180,22 @@ class DownloadProbe:
                     if status not in ((200, 206) if opts.range_request else (200,)):
                         return Sample(t=t, probe=self.name, labels=labels,
                                       values={"status": status},
-                                      error=f"status {status} from {url}")
+                                      error=self._bad_status(response, shown))
                     self._read(response, meter, timer)
                 finally:
                     response.close()
+            problem = self._incomplete(response, meter)
+            if problem is not None:
+                return Sample(t=t, probe=self.name, labels=labels,
+                              values=clean_values({"status": status, "bytes": meter.bytes}),
+                              error=problem)
         except Exception as exc:  # every failure of the download is a failed sample
             error = describe_failure(exc, timer, where, opts.max_seconds)
             return Sample(t=t, probe=self.name, labels=labels,
                           values={"status": status} if status else {}, error=error)
         if meter.bytes == 0:
             return Sample(t=t, probe=self.name, labels=labels, values={"status": status},
-                          error=f"empty response body from {url}")
+                          error=f"empty response body from {shown}")
         measured_bytes, measured_seconds = meter.measured()
         rate = (measured_bytes * 8 / measured_seconds
                 if measured_seconds and measured_bytes else None)
@@ -186,12 +208,32 @@ class DownloadProbe:
             STATUS_VALUE: status,
         }))
 
+    def _bad_status(self, response: httpx.Response, shown: str) -> str:
+        status = response.status_code
+        if 300 <= status < 400:  # downloads do not follow redirects: say where it points
+            location = redact_url(response.headers.get("Location", "") or "(no Location)",
+                                  self.options.secret_parameters)
+            return f"redirected ({status}) from {shown} to {location}; set url to the target"
+        return f"status {status} from {shown}"
+
+    def _incomplete(self, response: httpx.Response, meter: _RateMeter) -> str | None:
+        """A body that stalled, or ended before its announced length (and the cap)."""
+        stall = self.options.stall_seconds
+        if meter.longest_gap >= stall:
+            return (f"stalled: no data for {meter.longest_gap:.1f}s after {meter.stalled_at} "
+                    f"bytes (stall_seconds {stall:g})")
+        announced = response.headers.get("Content-Length", "")
+        if meter.ended and announced.isdigit() and meter.bytes < min(int(announced), meter.cap):
+            return f"cut short: {meter.bytes} of {announced} bytes arrived"
+        return None
+
     def _read(self, response: httpx.Response, meter: _RateMeter, timer: CallTimer) -> None:
         """Read the body into ``meter`` until it ends, the byte cap or the time cap."""
         try:
             for chunk in response.iter_raw():
                 if meter.add(len(chunk), self._clock()):
                     return
+            meter.ended = True  # the body ended by itself, not at a cap
         except httpcore.TimeoutException:
             # The time cap ends a download that is still going: that is a
             # result, not a failure (unless nothing came at all). The rate
@@ -199,6 +241,7 @@ class DownloadProbe:
             now = self._clock()
             if now < timer.deadline - 0.005 or meter.bytes == 0:
                 raise
+            meter.note_gap(now)  # silent up to the cap: a stall, if long enough
             meter.stop(now)
 
 
@@ -215,9 +258,18 @@ class _RateMeter:
         self.last_time: float | None = None
         self.warm_time: float | None = None
         self.warm_bytes = 0
+        self.longest_gap = 0.0
+        self.stalled_at = 0
+        self.ended = False
+
+    def note_gap(self, now: float) -> None:
+        """The longest wait for body bytes so far, and after how many it began."""
+        if self.last_time is not None and now - self.last_time > self.longest_gap:
+            self.longest_gap, self.stalled_at = now - self.last_time, self.bytes
 
     def add(self, nbytes: int, now: float) -> bool:
         """Count a chunk that arrived at ``now``; True once the cap is reached."""
+        self.note_gap(now)
         nbytes = min(nbytes, self.cap - self.bytes)
         self.bytes += nbytes
         self.last_time = now

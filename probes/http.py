@@ -40,6 +40,7 @@ from ai_bottleneck.probes.base import (
 from ai_bottleneck.probes.calltimer import CallTimer
 from ai_bottleneck.probes.httpfailure import describe_failure
 from ai_bottleneck.probes.httptiming import TimingBackend, make_client, make_ssl_context
+from ai_bottleneck.probes.redact import DEFAULT_SECRET_PARAMETERS, redact_url, scrub
 from ai_bottleneck.probes.vocabulary import (
     IN_FLIGHT_CALLS,
     IN_FLIGHT_NETWORK_SECONDS,
@@ -57,13 +58,15 @@ _GRACE_SECONDS = 2.0
 
 
 def check_url(url: str) -> None:
-    """Raise ValueError unless ``url`` is an absolute http(s) URL with a host."""
+    """Raise ValueError unless ``url`` is an absolute http(s) URL with a host (the
+    message shows the URL redacted: it goes to the terminal and the log)."""
+    shown = redact_url(url)
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise ValueError(f"url {url!r} is not a valid URL: {exc}") from None
+        raise ValueError(f"url {shown!r} is not a valid URL: {scrub(str(exc), url)}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"url must be an http:// or https:// URL with a host, got {url!r}")
+        raise ValueError(f"url must be an http:// or https:// URL with a host, got {shown!r}")
 
 
 def host_and_port(url: str) -> str:
@@ -79,7 +82,8 @@ class Target:
 
     url: str = field(metadata=option_info(doc="http:// or https:// URL to call"))
     name: str = field(default="", metadata=option_info(
-        doc="value of the `target` label (default: the URL)"))
+        doc="value of the `target` label (default: the URL, credentials and secret "
+            "parameters redacted)"))
     method: Method = field(default="GET", metadata=option_info(doc="HTTP method"))
     body_bytes: int | None = field(default=None, metadata=option_info(
         min=0, max=2**31, doc="send a request body of this size (e.g. \"5MB\")"))
@@ -91,6 +95,9 @@ class Target:
         doc="status code(s) that count as success (default: any below 400)"))
     timeout_seconds: float = field(default=10.0, metadata=option_info(
         min=0.01, max=600, doc="limit for the whole call, from DNS to the last byte"))
+    redirect_is_up: bool = field(default=True, metadata=option_info(
+        doc="whether a 3xx answer counts as success; calls never follow redirects, and "
+            "with false a redirect is a failure naming where it points"))
 
     def __post_init__(self) -> None:
         check_url(self.url)
@@ -102,7 +109,10 @@ class Target:
 
     @property
     def label(self) -> str:
-        return self.name or self.url
+        return self.label_for(DEFAULT_SECRET_PARAMETERS)
+
+    def label_for(self, secret_parameters: Sequence[str]) -> str:
+        return self.name or redact_url(self.url, secret_parameters)
 
     def expected_statuses(self) -> tuple[int, ...] | None:
         if self.expect_status is None:
@@ -127,9 +137,13 @@ class Options:
     verify_tls: bool = field(default=True, metadata=option_info(doc="check server certificates"))
     ca_file: Path | None = field(default=None, metadata=option_info(
         doc="PEM file of CA certificates to trust instead of the bundled ones"))
+    secret_parameters: tuple[str, ...] = field(default=DEFAULT_SECRET_PARAMETERS,
+                                               metadata=option_info(
+        doc="query parameters whose values are redacted in labels and errors (shell "
+            "patterns, any case); user:password in a URL always is"))
 
     def __post_init__(self) -> None:
-        labels = [t.label for t in self.targets]
+        labels = [t.label_for(self.secret_parameters) for t in self.targets]
         duplicates = sorted({x for x in labels if labels.count(x) > 1})
         if duplicates:
             raise ValueError(f"targets: two targets named {duplicates[0]!r}; give each a "
@@ -166,7 +180,8 @@ class HttpProbe:
         for target in self.options.targets:
             problem = _body_file_problem(target)
             if problem:
-                return Availability.no(f"target {target.label}: {problem}")
+                return Availability.no(
+                    f"target {target.label_for(self.options.secret_parameters)}: {problem}")
         mode = "keep-alive" if self.options.keep_alive else "a fresh connection per call"
         n = len(self.options.targets)
         return Availability.yes(f"{n} target{'s' if n != 1 else ''}, "
@@ -220,7 +235,7 @@ class HttpProbe:
             return self._client
 
     def _sample_target(self, target: Target) -> list[Sample]:
-        labels = {"target": target.label}
+        labels = {"target": target.label_for(self.options.secret_parameters)}
         try:
             body, content_type = self._load_body(target)
             client = self._get_client()
@@ -256,7 +271,8 @@ class HttpProbe:
 
     def _call(self, client: httpx.Client, target: Target, body: bytes | None,
               headers: Mapping[str, str], start_together: threading.Barrier | None) -> Sample:
-        labels = {"target": target.label}
+        secrets = self.options.secret_parameters
+        labels = {"target": target.label_for(secrets)}
         timer = CallTimer(deadline=0.0, clock=self._clock)
         where = host_and_port(target.url)
         try:
@@ -266,7 +282,8 @@ class HttpProbe:
                 target.method, target.url, content=body, headers=headers,
                 timeout=target.timeout_seconds, extensions={"trace": timer.trace})
         except (threading.BrokenBarrierError, httpx.HTTPError, ValueError) as exc:
-            return failed(self.name, f"cannot make the call: {exc}", labels,
+            reason = scrub(str(exc), target.url, secrets)
+            return failed(self.name, f"cannot make the call: {reason}", labels,
                           t=self._wall_clock())
         t = self._wall_clock()
         timer.start = self._clock()
@@ -274,11 +291,13 @@ class HttpProbe:
         status = 0
         with self._lock:
             self._running[id(timer)] = (target.label, timer)
+        location = ""
         try:
             with self._backend.bind(timer):
                 response = client.send(request, stream=True)
                 try:
                     status = response.status_code
+                    location = response.headers.get("Location", "")
                     for _ in response.iter_raw():
                         pass
                     if timer.body_done is None:
@@ -293,10 +312,17 @@ class HttpProbe:
             with self._lock:
                 self._running.pop(id(timer), None)
         expected = target.expected_statuses()
+        if 300 <= status < 400 and not target.redirect_is_up and (
+                expected is None or status not in expected):
+            # Calls are not followed to where they point: a redirect is reported as one.
+            return Sample(t=t, probe=self.name, labels=labels, values={"status": status},
+                          error=f"redirected ({status}) from {redact_url(target.url, secrets)} "
+                                f"to {redact_url(location or '(no Location)', secrets)}")
         if status not in expected if expected is not None else status >= 400:
             want = " or ".join(map(str, expected)) if expected is not None else "below 400"
             return Sample(t=t, probe=self.name, labels=labels, values={"status": status},
-                          error=f"status {status} from {target.url}, expected {want}")
+                          error=f"status {status} from {redact_url(target.url, secrets)}, "
+                                f"expected {want}")
         values: dict[str, float | None] = dict(timer.phases())
         values.update({STATUS_VALUE: status, REQUEST_BYTES: timer.request_bytes,
                        RESPONSE_BYTES: timer.response_bytes,

@@ -8,10 +8,15 @@ half-finished client left stuck.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -30,6 +35,25 @@ class ServerOptions:
                              "client that vanished mid-test cannot leave it stuck"))
     restart_delay_seconds: float = field(default=5.0, metadata=option_info(
         min=0, max=600, doc="least time between starts of a server that keeps dying"))
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """For Popen's preexec_fn: the server gets SIGTERM when the agent dies, even by
+    SIGKILL; without it the server outlived the agent and the next agent's server
+    could not bind its port. (Only an async-signal-safe prctl call runs there.) The
+    signal comes when the *thread* that started the server ends: the daemon's main
+    thread or a run's sampling thread, each of which stops its servers before it
+    ends anyway."""
+    def arm() -> None:
+        if _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the agent died before the line above ran
+            os._exit(1)
+    return arm
 
 
 def server_argv(options: ServerOptions, program: str = "iperf3") -> list[str]:
@@ -82,7 +106,11 @@ class Iperf3Server:
             self._proc = subprocess.Popen(server_argv(self.options, self.program),
                                           stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=self._stderr,
-                                          start_new_session=True)
+                                          start_new_session=True,
+                                          # Safe here: the hook takes no lock Python
+                                          # holds (no import, no logging), and glibc
+                                          # keeps malloc usable after fork.
+                                          preexec_fn=_die_with(os.getpid()))  # noqa: PLW1509
         except OSError as exc:
             self._stderr.close()
             self._stderr = None

@@ -35,6 +35,9 @@ from ai_bottleneck.probes.base import Clock
 CHUNK_BYTES = 64 * 1024
 
 
+_TAIL_BYTES = 64
+
+
 class FileFollower:
     """One followed file. Not thread-safe: one reader calls ``read_lines``."""
 
@@ -46,6 +49,13 @@ class FileFollower:
         self._file: BinaryIO | None = None
         self._ident: tuple[int, int] | None = None
         self._partial = bytearray()
+        # The last bytes read, to tell at the next read whether the file is still the
+        # one read so far: truncated and refilled past the old offset in one interval,
+        # its size alone would not show it.
+        self._tail = b""
+        #: The file was deleted (no path leads to it any more); it is still read to
+        #: its end. A file moved away by rotation is not gone.
+        self.gone = False
 
     @property
     def following(self) -> bool:
@@ -61,18 +71,25 @@ class FileFollower:
         lines: list[str] = []
         if self._file is None and not self._open():
             return lines
+        self._check_rewritten(lines)
         left = max_bytes
         while left > 0 and self._file is not None:
             chunk = self._file.read(min(left, CHUNK_BYTES))
             if chunk:
                 left -= len(chunk)
+                self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
                 self._feed(chunk, lines)
                 continue
             # At the end of the open file: is the path still this file?
             try:
                 st = os.stat(self.path)
             except FileNotFoundError:
-                break  # moved away and not recreated yet: keep the old one open
+                # Moved away (rotation: the new file comes soon) keeps a link to the old
+                # one; deleted leaves none, and nothing will ever be written there again
+                # that anyone else can read. Keep the old one open either way.
+                self.gone = os.fstat(self._file.fileno()).st_nlink == 0
+                break
+            self.gone = False
             if (st.st_dev, st.st_ino) != self._ident:
                 self._flush_partial(lines)
                 self._close_file()
@@ -81,9 +98,26 @@ class FileFollower:
             elif st.st_size < self._file.tell():
                 self._flush_partial(lines)  # truncated: start over at its beginning
                 self._file.seek(0)
+                self._tail = b""
             else:
                 break
         return lines
+
+    def _check_rewritten(self, lines: list[str]) -> None:
+        """Truncated since the last read (smaller than where we are), or truncated and
+        written again past that point (the bytes before it changed): read from the start."""
+        f = self._file
+        if f is None:
+            return
+        pos = f.tell()
+        st = os.fstat(f.fileno())
+        same = st.st_size >= pos
+        if same and self._tail and pos >= len(self._tail):
+            same = os.pread(f.fileno(), len(self._tail), pos - len(self._tail)) == self._tail
+        if not same:
+            self._flush_partial(lines)
+            f.seek(0)
+            self._tail = b""
 
     def _open(self) -> bool:
         # Only the first look at the path may skip what is there; a file that appears
@@ -102,6 +136,9 @@ class FileFollower:
             raise
         self._file = f
         self._ident = (st.st_dev, st.st_ino)
+        pos = f.tell()
+        keep = min(pos, _TAIL_BYTES)
+        self._tail = os.pread(f.fileno(), keep, pos - keep) if keep else b""
         return True
 
     def _feed(self, chunk: bytes, lines: list[str]) -> None:

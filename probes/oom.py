@@ -23,7 +23,6 @@ cannot be read is a failed sample with the reason; the others go on.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from ai_bottleneck.probes.base import (
     parse_options,
 )
 from ai_bottleneck.probes.logtail import FileFollower, JournalError, JournalFollower
+from ai_bottleneck.probes.patterns import compile_all
 from ai_bottleneck.probes.vocabulary import (
     LOAD_FAILURE_EVENTS,
     LOAD_FAILURE_EVENTS_TOTAL,
@@ -67,17 +67,6 @@ DEFAULT_LOAD_FAILURE_PATTERNS: tuple[str, ...] = (
 )
 
 
-def _compile_all(name: str, patterns: Sequence[str]) -> list[re.Pattern[str]]:
-    compiled = []
-    for i, pattern in enumerate(patterns):
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
-            raise ValueError(f"{name}[{i}]: {pattern!r} is not a regular expression: "
-                             f"{exc}") from None
-    return compiled
-
-
 @dataclass(frozen=True)
 class Options:
     files: tuple[str, ...] = field(default=(), metadata=option_info(
@@ -85,10 +74,11 @@ class Options:
     units: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="systemd units whose journal to follow (needs journalctl)"))
     oom_patterns: tuple[str, ...] = field(default=DEFAULT_OOM_PATTERNS, metadata=option_info(
-        doc="regular expressions of a GPU out-of-memory line (replaces the defaults)"))
+        doc="regular expressions (RE2) of a GPU out-of-memory line (replaces the defaults)"))
     load_failure_patterns: tuple[str, ...] = field(
         default=DEFAULT_LOAD_FAILURE_PATTERNS, metadata=option_info(
-            doc="regular expressions of a model-load failure line (replaces the defaults)"))
+            doc="regular expressions (RE2) of a model-load failure line (replaces the "
+                "defaults)"))
     extra_oom_patterns: tuple[str, ...] = field(default=(), metadata=option_info(
         doc="more out-of-memory patterns, added to oom_patterns"))
     extra_load_failure_patterns: tuple[str, ...] = field(default=(), metadata=option_info(
@@ -111,10 +101,10 @@ class Options:
         doc="the journalctl program, by name on PATH or by path"))
 
     def __post_init__(self) -> None:
-        _compile_all("oom_patterns", self.oom_patterns)
-        _compile_all("load_failure_patterns", self.load_failure_patterns)
-        _compile_all("extra_oom_patterns", self.extra_oom_patterns)
-        _compile_all("extra_load_failure_patterns", self.extra_load_failure_patterns)
+        compile_all("oom_patterns", self.oom_patterns)
+        compile_all("load_failure_patterns", self.load_failure_patterns)
+        compile_all("extra_oom_patterns", self.extra_oom_patterns)
+        compile_all("extra_load_failure_patterns", self.extra_load_failure_patterns)
         for unit in self.units:
             if not unit.strip() or any(c.isspace() for c in unit):
                 raise ValueError(f"units: {unit!r} is not a unit name")
@@ -131,8 +121,8 @@ class Classifier:
     """Which kind of event a line is, if any: 'oom', 'load_failure' or None."""
 
     def __init__(self, oom: Sequence[str], load_failure: Sequence[str]):
-        self._oom = _compile_all("oom_patterns", oom)
-        self._load = _compile_all("load_failure_patterns", load_failure)
+        self._oom = compile_all("oom_patterns", oom)
+        self._load = compile_all("load_failure_patterns", load_failure)
 
     @classmethod
     def from_options(cls, options: Options) -> Classifier:
@@ -168,6 +158,14 @@ class FileSource:
         if not self._follower.following:
             raise FileNotFoundError(f"{self.label}: no such file (yet); waiting for it")
         return lines
+
+    @property
+    def problem(self) -> str | None:
+        """Why the source is failing although it gave lines: its file is gone."""
+        if self._follower.gone:
+            return (f"{self.label}: deleted; nothing can log there until the file is "
+                    f"created again")
+        return None
 
     def close(self) -> None:
         self._follower.close()
@@ -246,6 +244,9 @@ class OomProbe:
         total = self._totals[source.label]
         total.oom += new.oom
         total.load_failure += new.load_failure
+        problem = getattr(source, "problem", None)
+        if problem:  # counted above (kept in the totals), but the source is failing
+            return failed(self.name, problem, labels, t=t)
         return Sample(t=t, probe=self.name, labels=labels, values={
             OOM_EVENTS: float(new.oom),
             LOAD_FAILURE_EVENTS: float(new.load_failure),

@@ -8,6 +8,14 @@ Field metadata (see ``option_info``) adds ranges. A float field also accepts a
 duration string ("500ms", "10s", "2m", "1h") and a ratio field a percentage
 string ("30%"); a field named ``*_bits_per_second`` accepts "10mbit",
 "1gbit", "5 Mbit/s".
+
+Every number is checked at this edge, before any code does arithmetic with
+it: NaN and the infinities are refused (TOML has ``nan`` and ``inf``), and so
+are magnitudes no setting means (above ``MAX_MAGNITUDE``; for ``*_seconds``
+above a year, or a nonzero value under a microsecond), where a field does not
+declare its own range: a NaN interval made the sampling loop spin, a huge
+one overflowed ``Event.wait``, a subnormal window overflowed the window
+arithmetic.
 """
 
 from __future__ import annotations
@@ -22,6 +30,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
+
+#: Largest number any option takes unless its field says otherwise (1 PB, 1 Pbit/s).
+MAX_MAGNITUDE = 1e15
+#: Longest and shortest nonzero ``*_seconds`` value unless the field says otherwise.
+MAX_SECONDS = 366 * 86400.0
+MIN_SECONDS = 1e-6
 
 
 class OptionError(ValueError):
@@ -60,6 +74,9 @@ def parse_duration(text: str) -> float:
     else:
         if math.isfinite(value) and value >= 0:
             return value
+        if math.isinf(value) and s.lstrip("+").replace(".", "", 1).isdigit():
+            # Digits past any float: a number, only too long for anything to wait.
+            raise ValueError(f"{text!r} is longer than any duration")
         raise ValueError(f"{text!r} is not a duration (examples: 500ms, 10s, 1m30s, 2h)")
     pos, total = 0, 0.0
     compact = s.replace(" ", "")
@@ -111,6 +128,29 @@ def _type_name(tp: Any) -> str:
             Path: "a path"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+def _float(value: Any, key: str, name: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            return math.inf
+    if isinstance(value, str):
+        try:
+            if name.endswith("bits_per_second"):
+                return parse_rate(value)
+            if name.endswith("bytes"):
+                return parse_bytes(value)
+            text = value.strip()
+            if text.endswith("%"):
+                if not name.endswith("_ratio"):
+                    raise ValueError(f"{value!r}: a percentage is only taken by *_ratio keys")
+                return float(text[:-1]) / 100.0
+            return parse_duration(value)
+        except ValueError as exc:
+            raise OptionError(key, str(exc)) from None
+    raise OptionError(key, f"expected a number, got {value!r}")
+
+
 def _convert(tp: Any, value: Any, key: str, name: str) -> Any:
     origin = get_origin(tp)
     args = get_args(tp)
@@ -144,22 +184,14 @@ def _convert(tp: Any, value: Any, key: str, name: str) -> Any:
                 return int(parse_bytes(value))
             except ValueError as exc:
                 raise OptionError(key, str(exc)) from None
+            except OverflowError:
+                raise OptionError(key, f"must be a finite number, got {value!r}") from None
         raise OptionError(key, f"expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                if name.endswith("bits_per_second"):
-                    return parse_rate(value)
-                if name.endswith("bytes"):
-                    return parse_bytes(value)
-                if value.strip().endswith("%"):
-                    return float(value.strip()[:-1]) / 100.0
-                return parse_duration(value)
-            except ValueError as exc:
-                raise OptionError(key, str(exc)) from None
-        raise OptionError(key, f"expected a number, got {value!r}")
+        number = _float(value, key, name)
+        if not math.isfinite(number):
+            raise OptionError(key, f"must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -188,6 +220,20 @@ def _convert(tp: Any, value: Any, key: str, name: str) -> Any:
     raise OptionError(key, f"unsupported option type {tp!r}")  # a bug in a declaration
 
 
+def _check_number(key: str, name: str, value: float, given: Any, lo: float | None,
+                  hi: float | None) -> None:
+    """NaN, infinities and absurd magnitudes, before the field's own range."""
+    if not math.isfinite(value):
+        raise OptionError(key, f"must be a finite number, got {given!r}")
+    if hi is None:
+        limit = MAX_SECONDS if name.endswith("_seconds") else MAX_MAGNITUDE
+        if abs(value) > limit:
+            raise OptionError(key, f"must be <= {limit:g}, got {given!r}")
+    if name.endswith("_seconds") and value != 0 and abs(value) < MIN_SECONDS and (
+            lo is None or lo < MIN_SECONDS):
+        raise OptionError(key, f"must be 0 or at least {MIN_SECONDS:g} s, got {given!r}")
+
+
 def parse_options(cls: type[T], options: Mapping[str, Any] | None, *, prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``options``; raise OptionError naming the bad key."""
     if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
@@ -210,6 +256,7 @@ def parse_options(cls: type[T], options: Mapping[str, Any] | None, *, prefix: st
         value = _convert(hints[name], options[name], key, name)
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if isinstance(value, int | float) and not isinstance(value, bool):
+            _check_number(key, name, value, options[name], lo, hi)
             if lo is not None and value < lo:
                 raise OptionError(key, f"must be >= {lo}, got {options[name]!r}")
             if hi is not None and value > hi:

@@ -7,6 +7,7 @@ import re
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,15 @@ def value(registry: CollectorRegistry, name: str, /, **labels: str) -> float | N
     return registry.get_sample_value(name, labels)
 
 
+@dataclass
+class RecordingStatus:
+    """What the state reads of a recording (ai_bottleneck.record_writer.RecordWriter)."""
+
+    up: bool = True
+    errors_total: int = 0
+    last_error: str | None = None
+
+
 def full_state(clock: Clock, gpus: int = 2) -> AgentState:
     """A state with a sample for every route in the metric table."""
     state = AgentState(clock=clock, interval_seconds=1, window_seconds=10)
@@ -54,6 +64,7 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
         state.register_probe(name, interval_seconds=600, active=True)
     state.register_probe("vendor", usable=False, reason="no such device")
     state.set_gpu_pci_devices(gpus)
+    state.watch_recording(RecordingStatus())
     gpu_samples = []
     for i in range(gpus):
         labels = {"gpu": str(i), "uuid": f"GPU-{i:04d}", "name": "NVIDIA H100",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import os
@@ -18,6 +19,7 @@ from ai_bottleneck.probes.logtail import FileFollower, JournalFollower, parse_jo
 from ai_bottleneck.probes.oom import Classifier, OomProbe, Options, create
 from ai_bottleneck.probes.options import OptionError
 from ai_bottleneck.probes.sample import Sample
+from tests import clitool
 
 OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 VLLM_OOM = ("ValueError: No available memory for the cache blocks. Try increasing "
@@ -276,3 +278,45 @@ def test_journal_followed_from_a_cursor(tmp_path: Path) -> None:
                              from_start=True))
     v = values(probe.sample()[0])
     assert (v["oom_events"], v["load_failure_events"]) == (3, 1)
+
+
+# -- patterns that cannot hang ------------------------------------------------------------
+
+
+def test_a_catastrophic_pattern_matches_in_linear_time_in_a_real_agent_process(
+        tmp_path: Path) -> None:
+    """^(a+)+$ froze Python's backtracking engine (and the whole process with it): here
+    the watcher reads such lines in a real `diagnose`, which ends and reports on time."""
+    log = tmp_path / "service.log"
+    log.write_text(("a" * 40 + "!\n") * 50 + "a" * 30 + "\n")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[agent]\ninterval_seconds = 0.25\n[probes.oom]\nfiles = ["{log}"]\n'
+                      f'from_start = true\ninterval_seconds = 0.25\n'
+                      f'extra_oom_patterns = ["^(a+)+$"]\n')
+    env = clitool.clean_env(tmp_path, {"AI_BOTTLENECK_CONFIG": str(config)})
+    proc = clitool.run(["diagnose", "--duration", "2s", "--window", "1s", "--json"], env,
+                       tmp_path, timeout=30)
+    clitool.assert_no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["verdict"]["windows"] == 2
+
+
+@pytest.mark.parametrize(("pattern", "reason"), [
+    (r"(a)\1", "invalid escape sequence"),
+    (r"foo(?=bar)", "invalid perl operator"),
+    (r"(?<!x)y", "invalid perl operator"),
+    (r"x{1001}", "invalid repetition size"),
+])
+def test_constructs_re2_refuses_are_one_line_naming_the_option(tmp_path: Path, pattern: str,
+                                                               reason: str) -> None:
+    with pytest.raises(OptionError) as info:
+        create({"extra_load_failure_patterns": ["fine", pattern]})
+    text = str(info.value)
+    assert "extra_load_failure_patterns[1]" in text and reason in text and "RE2" in text
+    assert "\n" not in text
+    config = tmp_path / "config.toml"
+    config.write_text(f"[probes.oom]\nextra_oom_patterns = [{json.dumps(pattern)}]\n")
+    proc = clitool.run(["probes", "--config", str(config)], clitool.clean_env(tmp_path),
+                       tmp_path)
+    clitool.assert_no_traceback(proc)
+    assert "invalid" in proc.stdout + proc.stderr and "re2.cc" not in proc.stderr

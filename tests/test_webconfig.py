@@ -301,11 +301,13 @@ def _bump_mtime(path: Path) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
 
 
-def test_rate_limit_answers_429(tmp_path: Path) -> None:
+def test_rate_limit_answers_429_and_never_limits_healthz(tmp_path: Path) -> None:
     path = write(tmp_path, "rate_limit:\n  interval: 1h\n  burst: 2\n")
     with MetricsServer(populated_state(), "127.0.0.1:0", path) as server:
-        statuses = [request(server.port, "/healthz")[0] for _ in range(3)]
+        statuses = [request(server.port, "/metrics")[0] for _ in range(3)]
+        health = [request(server.port, path)[0] for path in ("/healthz", "/-/healthy") * 3]
     assert statuses == [200, 200, 429]
+    assert health == [200] * 6
 
 
 def test_bad_web_config_fails_at_construction(tmp_path: Path) -> None:
