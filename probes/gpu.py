@@ -43,6 +43,7 @@ from ai_bottleneck.probes.gpm import GpmReader
 from ai_bottleneck.probes.gpu_device import (
     Device,
     attach_errors,
+    prime_sample_cursor,
     read_memory,
     read_utilization,
     read_value,
@@ -228,6 +229,7 @@ class GpuProbe:
             dev.sm_clock_max_hertz = float(max_mhz) * 1e6
         dev.handle = handle
         dev.error = ""
+        prime_sample_cursor(self._nvml, dev)
         try:
             if self.options.gpm:
                 dev.gpm = GpmReader.open(self._nvml, handle, dev.index, self._monotonic)

@@ -82,6 +82,23 @@ def read_value(lib: nvml.NvmlSession, dev: Device, key: str, functions: Sequence
                             dev.index, key, nvml.describe(exc))
         return None
 
+def prime_sample_cursor(lib: nvml.NvmlSession, dev: Device) -> None:
+    """Start the sample cursor at the newest sample the driver holds when the GPU is
+    attached, so the first pass averages only what happened since, not the seconds of
+    buffer from before the agent started (or before a lost GPU came back)."""
+    if not dev.sample_buffer:
+        return
+    try:
+        _, samples = lib.call(
+            "nvmlDeviceGetSamples", dev.handle, nvml.GPU_UTILIZATION_SAMPLES, 0)
+    except nvml.FunctionMissing:
+        dev.sample_buffer = False
+        return
+    except nvml.NVMLError:
+        return  # empty buffer, or an error read_utilization will report on its pass
+    dev.cursor = max((int(s.timeStamp) for s in samples), default=0)
+
+
 def read_utilization(lib: nvml.NvmlSession, dev: Device, values: dict[str, float]) -> None:
     """``utilization_ratio``: the mean of the driver's samples since the last pass where
     the sample buffer answers, else the latest value."""

@@ -195,9 +195,9 @@ def test_the_probe_reads_the_real_pynvml_structures() -> None:
     for backend in (FakeNvml, RealStructs):
         clock = FakeClock()
         fake = backend(scripted(2), clock=clock)
-        fake.push_utilization(1, [20, 40])
         probe = probe_for(fake, clock)
         probe.check()
+        fake.push_utilization(1, [20, 40])
         clock.advance(1.0)
         readings[backend.__name__] = [(s.labels, s.values) for s in probe.sample()]
         probe.close()
@@ -257,13 +257,30 @@ def test_driver_sampler_feeds_the_average_at_its_period() -> None:
     clock.advance(1.0)
     v = gpu_samples(probe.sample())[0].values
     assert v["utilization_ratio"] == pytest.approx(0.3)
-    assert v["utilization_samples"] == 5  # 1.0 s at 0.25 s, both ends included
+    assert v["utilization_samples"] == 4  # 1.0 s at 0.25 s, since the attach
+
+
+def test_first_pass_leaves_out_samples_from_before_the_agent_started() -> None:
+    # The driver keeps seconds of samples; a GPU that was busy until the agent started
+    # and idle since must read idle on the first pass, not the buffer's old mean.
+    clock = FakeClock()
+    fake = FakeNvml.with_gpus(1, clock=clock, utilization_percent=100,
+                              sample_period_seconds=0.25)
+    clock.advance(5.0)
+    probe = probe_for(fake, clock)
+    probe.check()
+    fake.gpus[0].utilization_percent = 0
+    clock.advance(1.0)
+    v = gpu_samples(probe.sample())[0].values
+    assert v["utilization_ratio"] == 0
+    assert v["utilization_samples"] == 4  # 0.25, 0.5, 0.75 and 1.0 s after the start
 
 
 def test_glitched_driver_samples_are_dropped() -> None:
     clock = FakeClock()
     fake = FakeNvml.with_gpus(1, clock=clock, sample_period_seconds=None)
     probe = probe_for(fake, clock)
+    probe.check()
     fake.push_utilization(0, [40, 4294967295, 60])
     clock.advance(1.0)
     v = gpu_samples(probe.sample())[0].values
@@ -315,7 +332,9 @@ def test_not_supported_values_are_absent_never_zero_and_not_asked_again() -> Non
         assert gpus["1"].ok
     # GPU 0 read power three times, GPU 1 once: the NotSupported answer is remembered.
     assert fake.calls["nvmlDeviceGetPowerUsage"] == 4
-    assert fake.calls["nvmlDeviceGetUtilizationRates"] == 1  # GPU 0 has buffer samples
+    # GPU 0 once on the first pass (no sample since it was attached), never after;
+    # GPU 1 once (NotSupported).
+    assert fake.calls["nvmlDeviceGetUtilizationRates"] == 2
 
 
 def test_transient_error_leaves_the_value_out_for_one_pass_only() -> None:
