@@ -330,7 +330,8 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
         warnings=(*warnings_for(f, found.label, window), *gpu_faults.warnings(window)),
         summary={**summary(r), **engine_rules.summary(f), **gpu_workloads.summary(window),
                  **gpu_faults.summary(window)},
-        probes={name: str(st) for name, st in r.status.items()}, hard=found.hard, readings=r)
+        probes={name: str(st) for name, st in r.status.items()}, hard=found.hard, readings=r,
+        saturations=tuple(f.saturated_nics))
 
 
 # -- helpers ------------------------------------------------------------------------

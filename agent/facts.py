@@ -87,9 +87,9 @@ class Facts:
         recent = sorted((t for t in self.readings.throughputs
                          if t.age_seconds <= self.thresholds.active_measurement_max_age_seconds),
                         key=lambda t: t.age_seconds)
-        return [(t.direction, t.bits_per_second,
-                 f"{t.probe} {t.target} ({secs(t.age_seconds)} before the window end)")
-                for t in recent]
+        return [Measured(t.direction, t.bits_per_second,
+                         f"{t.probe} {t.target} ({secs(t.age_seconds)} before the window end)",
+                         t.probe) for t in recent]
 
     def _own_load(self) -> tuple[float, float]:
         """What the agent's own timed HTTP calls add to the readings: the share of the
