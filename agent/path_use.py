@@ -33,6 +33,14 @@ class PathUse:
     ratio: float                            # capped at 1, as the evidence prints it
     capacity_bits_per_second: float | None  # None: a ratio the probe gave without its rate
     basis: str                              # capacity.LINK_SPEED, DECLARED, ... (Saturation)
+    source: str                             # where the capacity came from, as the evidence says
+
+    def of_text(self) -> str:
+        """What the share is of, as the classifier's evidence words it: "20 Mbit/s (rate
+        declared in [links])"."""
+        if self.capacity_bits_per_second is None:
+            return "its link"
+        return f"{bits(self.capacity_bits_per_second)} ({self.source})"
 
 
 def window_uses(nic: NicReading, saturations: Iterable[Saturation]) -> dict[str, PathUse]:
@@ -43,14 +51,14 @@ def window_uses(nic: NicReading, saturations: Iterable[Saturation]) -> dict[str,
         util = nic.rx_utilization if direction == "rx" else nic.tx_utilization
         if util is not None:
             cap = nic.capacity(direction)
+            source = cap.source if cap is not None else LINK_SPEED
             out[direction] = PathUse(direction, min(util, 1.0),
                                      cap.bits_per_second if cap is not None else
-                                     nic.link_bits_per_second,
-                                     cap.source if cap is not None else LINK_SPEED)
+                                     nic.link_bits_per_second, source, source)
     for s in saturations:
         if s.nic == nic.name and s.direction in DIRECTIONS:
             out[s.direction] = PathUse(s.direction, min(s.utilization, 1.0),
-                                       s.capacity_bits_per_second, s.basis)
+                                       s.capacity_bits_per_second, s.basis, s.source)
     return out
 
 
