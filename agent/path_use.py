@@ -16,13 +16,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ai_bottleneck.capacity import DECLARED, LINK_SPEED, PLATEAU, SHAPED, Saturation
-from ai_bottleneck.readings import NicReading
+from ai_bottleneck.readings import NicReading, Readings
 from ai_bottleneck.units import bits
 
 DIRECTIONS = ("rx", "tx")
 
 #: Each basis of a capacity in a word or two; a measured one reads as its probe's name.
 _BASIS_WORDS = {DECLARED: "declared", SHAPED: "tc shaper", PLATEAU: "plateau"}
+#: Each basis as a metric label value (docs/metrics.md); a measured one is its probe's name.
+_BASIS_LABELS = {LINK_SPEED: "link_speed", DECLARED: "declared", SHAPED: "shaped",
+                 PLATEAU: "plateau"}
+
+#: One NIC direction's use for /metrics: (nic, direction, ratio, capacity in bits per
+#: second or None, basis label).
+MetricUse = tuple[str, str, float, float | None, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +90,13 @@ def capacity_text(capacities: Sequence[float], basis: str) -> str:
     else:
         rate = high
     return f"{rate} link" if basis == LINK_SPEED else f"{rate} path ({basis_words(basis)})"
+
+
+def metric_uses(readings: Readings | None, saturations: Iterable[Saturation]) -> list[MetricUse]:
+    """Every NIC direction's use in a window (loopback left out), for the exporter."""
+    if readings is None:
+        return []
+    sats = tuple(saturations)
+    return [(n.name, u.direction, u.ratio, u.capacity_bits_per_second,
+             _BASIS_LABELS.get(u.basis, u.basis))
+            for n in readings.nics if not n.loopback for u in window_uses(n, sats).values()]

@@ -14,15 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from ai_bottleneck.assembly import assemble_replay
+from ai_bottleneck.assembly import RunPipeline, assemble_replay
+from ai_bottleneck.exporter import Exposition
 from ai_bottleneck.figures import run_figures
 from ai_bottleneck.html_report import report_main
 from ai_bottleneck.pipeline import Labeller, WindowResult
 from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.progress import leading_numbers
 from ai_bottleneck.report import ReportOptions, render
-from ai_bottleneck.units import pct
+from ai_bottleneck.state import AgentState
+from ai_bottleneck.units import bits, pct
 from ai_bottleneck.verdict import overall_verdict
+from tests.promtool import run_promtool
 from tests.synth import T0, Part, gpu, host, http, scene, tcp, throughput_sample
 
 LAB = Path(__file__).parent / "data" / "lab"
@@ -154,3 +157,26 @@ def test_link_figures_agree_with_the_evidence_in_every_lab_recording(name: str) 
     if name in ("egress_big_answers", "internal_hop", "network_bound", "purchased_rate",
                 "transitions"):
         assert checked, f"{name}: no NIC figure in any window's evidence"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_metrics_give_the_evidence_figure_and_what_it_is_against(case: str) -> None:
+    """/metrics as the agent serves it: the pipeline puts each window in the state."""
+    parts, extra, direction, capacity = CASES[case]
+    state = AgentState(clock=lambda: T0 + 20)
+    pipeline = RunPipeline(Labeller(10.0, origin=T0), state=state)
+    samples = sorted([*scene(*parts, seconds=20), *extra], key=lambda s: s.t)
+    results = [*pipeline.replay(samples), *pipeline.finish()]
+    figure = next(m[3] for e in results[-1].evidence if (m := EVIDENCE_USE.search(e)))
+    body = Exposition(state, process_metrics=False).render()[0].decode()
+    lines = dict(line.rsplit(" ", 1) for line in body.splitlines()
+                 if line.startswith("ai_bottleneck_nic_path_"))
+    ratio = float(lines[f'ai_bottleneck_nic_path_utilization_ratio{{nic="eth0",'
+                        f'direction="{direction}"}}'])
+    assert pct(ratio) == figure
+    basis = capacity.split("(")[1].rstrip(")")
+    rate = float(lines[f'ai_bottleneck_nic_path_capacity_bytes_per_second{{nic="eth0",'
+                       f'direction="{direction}",basis="{basis}"}}'])
+    assert f"{bits(rate * 8)} path ({basis})" == capacity
+    promtool_check = run_promtool(["check", "metrics"], stdin=body.encode())
+    assert promtool_check.returncode == 0, promtool_check.stdout + promtool_check.stderr
