@@ -252,10 +252,11 @@ class AgentState:
                       path_uses: Iterable[tuple[str, str, float, float | None, str]] = ()
                       ) -> None:
         """A labelled window. ``label`` is one of LABEL_NAMES (a str or a str-valued Enum).
-        ``path_uses``: its NIC directions' use (ai_bottleneck.path_use.metric_uses).
 
         ``means`` (series -> value -> mean over this window) replace those values of
         the live series, now and in their samples until the next window closes.
+        ``path_uses``: its NIC directions' use (ai_bottleneck.path_use.metric_uses); one
+        whose ratio is not a number is left out.
         """
         name = str(getattr(label, "value", label))
         if name not in LABEL_NAMES:
@@ -274,7 +275,8 @@ class AgentState:
             window = WindowSummary(label=name, confidence=float(confidence), start=float(start),
                                    end=float(end), evidence_items=int(evidence_items),
                                    top_evidence=top, label_since=since,
-                                   path_uses=tuple(path_uses))
+                                   path_uses=tuple(u for u in path_uses
+                                                   if math.isfinite(u[2])))
             totals = dict(snap.windows_total)
             totals[name] += 1
             changes: dict[str, Any] = {"window": window,
