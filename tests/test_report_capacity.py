@@ -18,6 +18,7 @@ from ai_bottleneck.assembly import RunPipeline, assemble_replay
 from ai_bottleneck.exporter import Exposition
 from ai_bottleneck.figures import run_figures
 from ai_bottleneck.html_report import report_main
+from ai_bottleneck.live_page import LivePage
 from ai_bottleneck.pipeline import Labeller, WindowResult
 from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.progress import leading_numbers
@@ -88,8 +89,12 @@ def test_every_report_shows_the_evidence_figure_for_a_path_found_full(case: str)
 
     # the HTML report and the live page: the key numbers, and the capacity drawn
     page = report_main(results, overall_verdict(results), title="t", not_measured={})
-    assert f"eth0 USE: {direction} {figure} of {capacity} 2w" in page
-    assert f'class="ml">{direction} {capacity}</text>' in page
+    live = LivePage(clock=lambda: results[-1].end)
+    for r in results:
+        live.add(r)
+    for html in (page, live.render().decode()):
+        assert f"eth0 USE: {direction} {figure} of {capacity} 2w" in html
+        assert f'class="ml">{direction} {capacity}</text>' in html
 
 
 def test_the_busiest_link_figure_names_the_path_it_is_against() -> None:
