@@ -118,13 +118,11 @@ def _balanced(f: Facts) -> list[str]:
         closest.append((f.gpu_busy / f.gpu_busy_threshold, f"GPU {pct(f.gpu_busy)}"))
     if f.host is not None and f.host.cpu is not None:
         closest.append((f.host.cpu / f.thresholds.cpu_saturated_ratio, f"CPU {pct(f.host.cpu)}"))
-    for nic in f.nics:
-        if nic.peak is not None:
-            direction, util = nic.peak
-            cap = nic.capacity(direction)
-            of = f"{bits(cap.bits_per_second)} ({cap.source})" if cap is not None else "its link"
-            closest.append((util / f.thresholds.nic_saturation_ratio,
-                            f"{nic.name} {direction} at {pct(util)} of {of}"))
+    busiest = f.busiest_link()
+    if busiest is not None:
+        name, use = busiest
+        closest.append((use.ratio / f.thresholds.nic_saturation_ratio,
+                        f"{name} {use.direction} at {pct(use.ratio)} of {use.of_text()}"))
     text = "Load is served without a saturated resource; nothing to fix now."
     if closest:
         text += f" Closest to its limit: {max(closest)[1]}."

@@ -27,6 +27,7 @@ from typing import Any
 from ai_bottleneck.budget import ActiveBudget
 from ai_bottleneck.config import Config, ConfigError
 from ai_bottleneck.discovery import discover
+from ai_bottleneck.path_use import metric_uses
 from ai_bottleneck.pipeline import Labeller, WindowResult
 from ai_bottleneck.probes.base import PeerServer, PeerServerHost, Probe
 from ai_bottleneck.probes.options import OptionError
@@ -198,7 +199,9 @@ class RunPipeline:
                 self.state.record_window(result.label, result.confidence, result.start,
                                          result.end, len(result.evidence),
                                          top_evidence=result.evidence[0] if result.evidence
-                                         else "", means=means)
+                                         else "", means=means,
+                                         path_uses=metric_uses(result.readings,
+                                                               result.saturations))
             if self.on_window is not None:
                 self.on_window(result)
 

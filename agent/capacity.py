@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ai_bottleneck.series import SeriesWindow, Stats
 
@@ -30,10 +30,17 @@ from ai_bottleneck.series import SeriesWindow, Stats
 LINK_SPEED = "link speed"
 DECLARED = "rate declared in [links]"
 SHAPED = "tc shaper on this host"
+#: The basis of a capacity read from a plateau (a measured one's basis is its probe's name).
+PLATEAU = "plateau"
 
 
-#: A recent throughput test: (direction "rx"/"tx", bits per second, what in words).
-Measured = tuple[str, float, str]
+class Measured(NamedTuple):
+    """A recent throughput test, as a capacity candidate."""
+
+    direction: str          # "rx" or "tx"
+    bits_per_second: float
+    what: str               # the test in words: probe, target and age
+    probe: str              # "iperf3" or "download"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +104,9 @@ class Saturation:
     utilization: float        # mean throughput / capacity (may pass 1 against a test)
     capacity_bits_per_second: float
     source: str               # where the capacity came from, in words
+    #: Its kind in a word, for tables and charts: LINK_SPEED, DECLARED, SHAPED, PLATEAU
+    #: or the probe that measured it ("iperf3", "download").
+    basis: str
 
 
 def saturations(nics: Sequence[NicLike], *, saturation_ratio: float, plateau_min_samples: int,
@@ -128,7 +138,7 @@ def _saturation(n: NicLike, direction: str, ratio: float, min_samples: int, idle
     cap = n.capacity(direction)
     if traffic is not None and cap is not None and traffic / cap.bits_per_second >= ratio:
         return Saturation(n.name, direction, traffic / cap.bits_per_second,
-                          cap.bits_per_second, cap.source)
+                          cap.bits_per_second, cap.source, cap.source)
     if traffic is None or traffic < idle:
         return None
     if congestion is not None:
@@ -138,9 +148,11 @@ def _saturation(n: NicLike, direction: str, ratio: float, min_samples: int, idle
             return Saturation(n.name, direction, flat.mean_bits_per_second
                               / flat.peak_bits_per_second, flat.peak_bits_per_second,
                               f"the plateau it held (every reading within "
-                              f"{1 - flat.flatness:.0%} of its peak) while {congestion}")
-    for m_direction, bits_per_second, what in measured:
-        if m_direction == direction and bits_per_second > 0 and traffic / bits_per_second >= ratio:
-            return Saturation(n.name, direction, traffic / bits_per_second, bits_per_second,
-                              f"what {what} measured")
+                              f"{1 - flat.flatness:.0%} of its peak) while {congestion}",
+                              PLATEAU)
+    for m in measured:
+        if m.direction == direction and m.bits_per_second > 0 \
+                and traffic / m.bits_per_second >= ratio:
+            return Saturation(n.name, direction, traffic / m.bits_per_second, m.bits_per_second,
+                              f"what {m.what} measured", m.probe)
     return None

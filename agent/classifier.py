@@ -246,15 +246,12 @@ def balanced(f: Facts) -> Finding | None:
     if h is not None and h.cpu is not None:
         found.signals.append(Signal(below(h.cpu, th.cpu_saturated_ratio),
                                     f"CPU {pct(h.cpu)}: below {pct(th.cpu_saturated_ratio)}"))
-    busiest = max((n for n in f.nics if n.peak), key=lambda n: n.peak[1] if n.peak else 0.0,
-                  default=None)
-    if busiest is not None and busiest.peak is not None:
-        direction, peak = busiest.peak
-        cap = busiest.capacity(direction)
-        of = f"{bits(cap.bits_per_second)} ({cap.source})" if cap is not None else "its link"
-        found.signals.append(Signal(below(peak, th.nic_saturation_ratio),
-                                    f"busiest NIC {busiest.name} {direction} at {pct(peak)} "
-                                    f"of {of}"))
+    busiest = f.busiest_link()
+    if busiest is not None:
+        name, use = busiest
+        found.signals.append(Signal(below(use.ratio, th.nic_saturation_ratio),
+                                    f"busiest NIC {name} {use.direction} at {pct(use.ratio)} "
+                                    f"of {use.of_text()}"))
     _add_coverage_factors(f, found)
     return found
 
@@ -330,7 +327,8 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
         warnings=(*warnings_for(f, found.label, window), *gpu_faults.warnings(window)),
         summary={**summary(r), **engine_rules.summary(f), **gpu_workloads.summary(window),
                  **gpu_faults.summary(window)},
-        probes={name: str(st) for name, st in r.status.items()}, hard=found.hard, readings=r)
+        probes={name: str(st) for name, st in r.status.items()}, hard=found.hard, readings=r,
+        saturations=tuple(f.saturated_nics))
 
 
 # -- helpers ------------------------------------------------------------------------

@@ -135,6 +135,10 @@ def _agent_points(points: _Points, snap: Snapshot, now: float) -> None:
         return
     if window.top_evidence:
         _put(points, m.WINDOW_TOP_EVIDENCE, (window.top_evidence,), 0.0, 1.0)
+    for nic, direction, ratio, capacity, basis in window.path_uses:
+        _put(points, m.NIC_PATH_UTILIZATION, (nic, direction), 0.0, ratio)
+        if capacity is not None:
+            _put(points, m.NIC_PATH_CAPACITY, (nic, direction, basis), 0.0, capacity / 8)
     for metric, value in ((m.WINDOW_CONFIDENCE, window.confidence),
                           (m.WINDOW_START, window.start), (m.WINDOW_END, window.end),
                           (m.WINDOW_EVIDENCE, float(window.evidence_items)),

@@ -123,6 +123,15 @@ WINDOW_TOP_EVIDENCE = gauge("window_top_evidence_info", ("evidence",),
 WINDOWS_TOTAL = counter("windows_total", ("label",), "Windows labelled, per label.")
 LAST_WINDOW_AGE = gauge("last_window_age_seconds", (),
                         "Seconds since the end of the latest window; absent before the first.")
+NIC_PATH_UTILIZATION = gauge(
+    "nic_path_utilization_ratio", ("nic", "direction"),
+    "Share of its path's capacity a NIC direction used over the latest window, the figure "
+    "the evidence and the reports give: against a plateau or an iperf3/download result "
+    "where the classifier found the path full, else the tightest known rate; capped at 1.")
+NIC_PATH_CAPACITY = gauge(
+    "nic_path_capacity_bytes_per_second", ("nic", "direction", "basis"),
+    "The capacity nic_path_utilization_ratio is against; basis is link_speed, declared "
+    "([links]), shaped (tc), plateau, iperf3 or download.")
 
 GPU_PCI_DEVICES = gauge("gpu_pci_devices", (),
                         "NVIDIA GPUs on the PCI bus (sysfs), whether or not NVML can read "

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ai_bottleneck.capacity import Measured, Saturation, saturations
 from ai_bottleneck.findings import Signal, above, below
+from ai_bottleneck.path_use import PathUse, busier, window_uses
 from ai_bottleneck.probes.vocabulary import DOWNLOAD_SECONDS, SERVER_SECONDS, UPLOAD_SECONDS
 from ai_bottleneck.readings import GpuReading, HttpReading, Readings, ThroughputReading
 from ai_bottleneck.thresholds import Thresholds
@@ -87,9 +88,9 @@ class Facts:
         recent = sorted((t for t in self.readings.throughputs
                          if t.age_seconds <= self.thresholds.active_measurement_max_age_seconds),
                         key=lambda t: t.age_seconds)
-        return [(t.direction, t.bits_per_second,
-                 f"{t.probe} {t.target} ({secs(t.age_seconds)} before the window end)")
-                for t in recent]
+        return [Measured(t.direction, t.bits_per_second,
+                         f"{t.probe} {t.target} ({secs(t.age_seconds)} before the window end)",
+                         t.probe) for t in recent]
 
     def _own_load(self) -> tuple[float, float]:
         """What the agent's own timed HTTP calls add to the readings: the share of the
@@ -276,13 +277,19 @@ class Facts:
         if h is not None and h.cpu is not None:
             extra = f", busiest core {pct(h.busiest_core)}" if h.busiest_core is not None else ""
             out.append(f"CPU {pct(h.cpu)}{extra}")
-        busiest = max(self.nics, key=lambda n: n.peak[1] if n.peak else -1.0, default=None)
-        if busiest is not None and busiest.peak is not None:
-            direction, util = busiest.peak
-            cap = busiest.capacity(direction)
-            of = f"{bits(cap.bits_per_second)} ({cap.source})" if cap is not None else "its link"
-            out.append(f"{busiest.name} {direction} at {pct(util)} of {of}")
+        busiest = self.busiest_link()
+        if busiest is not None:
+            name, use = busiest
+            out.append(f"{name} {use.direction} at {pct(use.ratio)} of {use.of_text()}")
         return out
+
+    def busiest_link(self) -> tuple[str, PathUse] | None:
+        """The NIC direction nearest what its path carries: against the capacity of a
+        saturation found above (a plateau, a test), else the tightest rate known; the
+        reports show the same figure (ai_bottleneck.path_use)."""
+        found = [(n.name, u) for n in self.nics
+                 if (u := busier(window_uses(n, self.saturated_nics))) is not None]
+        return max(found, key=lambda p: p[1].ratio, default=None)
 
     def thin_pipe(self) -> str | None:
         """The thin link in front of the GPU, in words, when one was measured: payloads

@@ -14,7 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ai_bottleneck import gpu_faults, gpu_workloads
+from ai_bottleneck.capacity import Saturation
 from ai_bottleneck.engine_signals import EngineReading
+from ai_bottleneck.path_use import busier, window_uses
 from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.readings import GpuReading, HttpReading, NicReading, Readings
 
@@ -40,6 +42,10 @@ class Agg:
     @property
     def last(self) -> float | None:
         return self.values[-1] if self.values else None
+
+    @property
+    def count(self) -> int:
+        return len(self.values)
 
     def __bool__(self) -> bool:
         return bool(self.values)
@@ -97,21 +103,55 @@ class HostFigures:
 
 
 @dataclass
+class UseAgainst:
+    """A NIC's busier-direction use over the windows where it was against one kind of
+    capacity (ai_bottleneck.path_use): its ratios and each window's capacity."""
+
+    direction: str
+    basis: str
+    use: Agg = field(default_factory=Agg)
+    capacities: list[float] = field(default_factory=list)
+
+    @property
+    def windows(self) -> int:
+        return self.use.count
+
+
+@dataclass
 class NicFigures:
     name: str
     windows: int = 0
     rx_bits_per_second: Agg = field(default_factory=Agg)
     tx_bits_per_second: Agg = field(default_factory=Agg)
     link_bits_per_second: float | None = None
-    use: Agg = field(default_factory=Agg)   # the busier direction's share of the link
+    #: Each direction's share of its path's capacity (ai_bottleneck.path_use: the figure
+    #: the evidence quotes where the classifier found the path full), and the busier one's.
+    rx_use: Agg = field(default_factory=Agg)
+    tx_use: Agg = field(default_factory=Agg)
+    use: Agg = field(default_factory=Agg)
+    #: What the busier direction's use was against: (direction, basis) -> its windows.
+    against: dict[tuple[str, str], UseAgainst] = field(default_factory=dict)
 
-    def add(self, n: NicReading) -> None:
+    def add(self, n: NicReading, saturations: Iterable[Saturation] = ()) -> None:
         self.windows += 1
         self.rx_bits_per_second.add(n.rx_bits_per_second)
         self.tx_bits_per_second.add(n.tx_bits_per_second)
         self.link_bits_per_second = n.link_bits_per_second or self.link_bits_per_second
-        peak = n.peak
-        self.use.add(peak[1] if peak else None)
+        uses = window_uses(n, saturations)
+        self.rx_use.add(uses["rx"].ratio if "rx" in uses else None)
+        self.tx_use.add(uses["tx"].ratio if "tx" in uses else None)
+        top = busier(uses)
+        if top is not None:
+            self.use.add(top.ratio)
+            group = self.against.setdefault((top.direction, top.basis),
+                                            UseAgainst(top.direction, top.basis))
+            group.use.add(top.ratio)
+            if top.capacity_bits_per_second is not None:
+                group.capacities.append(top.capacity_bits_per_second)
+
+    def main_against(self) -> UseAgainst | None:
+        """The capacity the busier direction was against in the most windows."""
+        return max(self.against.values(), key=lambda g: g.windows, default=None)
 
 
 @dataclass
@@ -229,7 +269,7 @@ def run_figures(results: Sequence[WindowResult]) -> RunFigures:
             host.io_pressure.add(h.io_pressure)
             host.memory_used_ratio.add(h.memory_used_ratio)
         for n in rd.nics:
-            nics.setdefault(n.name, NicFigures(n.name)).add(n)
+            nics.setdefault(n.name, NicFigures(n.name)).add(n, r.saturations)
         if rd.tcp is not None:
             retransmits.add(rd.tcp.retransmit_ratio)
         for t in rd.http:

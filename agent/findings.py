@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ai_bottleneck.capacity import Saturation
 from ai_bottleneck.labels import Label
 from ai_bottleneck.readings import Readings
 
@@ -73,3 +74,6 @@ class Classification:
     probes: dict[str, str]
     hard: bool = False
     readings: Readings | None = field(default=None, compare=False, repr=False)  # for reports
+    #: The NIC directions full against their path's capacity, as the evidence states them
+    #: (the reports show link use against the same capacity).
+    saturations: tuple[Saturation, ...] = ()

@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from html import escape
 
+from ai_bottleneck.capacity import LINK_SPEED
 from ai_bottleneck.figures import run_figures
+from ai_bottleneck.path_use import capacity_text, window_uses
 from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.probes.vocabulary import HttpPhase
 from ai_bottleneck.report import ReportOptions, verdict_lines, warning_lines, why_lines
@@ -88,24 +90,7 @@ def _charts(results: Sequence[WindowResult]) -> list[str]:
             Series("IO pressure", pts("io_pressure"))], t0, t1, y_fmt=pct, y_max=1.0))
     nic_names = list(dict.fromkeys(n.name for r in results if r.readings
                                    for n in r.readings.nics if not n.loopback))
-    for name in nic_names:
-        rx, tx, link = [], [], None
-        for r in results:
-            n = next((n for n in r.readings.nics if n.name == name), None) if r.readings else None
-            rx.append((_mid(r), n.rx_bits_per_second if n else None))
-            tx.append((_mid(r), n.tx_bits_per_second if n else None))
-            link = (n.link_bits_per_second if n and n.link_bits_per_second else link)
-        peak = max((v for _, v in (*rx, *tx) if v is not None), default=0.0)
-        if link and peak >= link / 4:
-            title, marks = f"NIC {name}: traffic against its link speed", [
-                (link, f"link {bits(link)}")]
-        else:  # drawn to scale the link would flatten the traffic into the axis
-            use = f", peak {pct(peak / link, 1)} of it" if link else ""
-            title = (f"NIC {name}: traffic (link {bits(link) if link else 'speed unknown'}"
-                     f"{use})")
-            marks = []
-        out.append(line_chart(title, [Series("rx", rx), Series("tx", tx)], t0, t1,
-                              y_fmt=bits, marks=marks))
+    out += [_nic_chart(name, results, t0, t1) for name in nic_names]
     targets = [t.target for t in sorted(run_figures(results).targets, key=lambda t: -t.calls)]
     for target in targets[:TARGETS_CHARTED]:
         names = [p.value for p in HttpPhase]
@@ -126,6 +111,37 @@ def _charts(results: Sequence[WindowResult]) -> list[str]:
                                     [(s, e, [v[i] for i in used]) for s, e, v in bars],
                                     [names[i] for i in used], t0, t1, y_fmt=secs))
     return out
+
+
+def _nic_chart(name: str, results: Sequence[WindowResult], t0: float, t1: float) -> str:
+    """A NIC's rx and tx, with the capacities its use was judged against (a declared,
+    shaped, plateau or measured path: ai_bottleneck.path_use; the link speed) drawn as
+    lines where the traffic reaches a quarter of them; the link speed, else, named in
+    the title."""
+    rx, tx, link = [], [], None
+    paths: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        n = next((n for n in r.readings.nics if n.name == name), None) if r.readings else None
+        rx.append((_mid(r), n.rx_bits_per_second if n else None))
+        tx.append((_mid(r), n.tx_bits_per_second if n else None))
+        link = (n.link_bits_per_second if n and n.link_bits_per_second else link)
+        for u in window_uses(n, r.saturations).values() if n else ():
+            if u.basis != LINK_SPEED and u.capacity_bits_per_second:
+                paths.setdefault((u.direction, u.basis), []).append(u.capacity_bits_per_second)
+    peak = max((v for _, v in (*rx, *tx) if v is not None), default=0.0)
+    marks = [(max(caps), f"{direction} {capacity_text(caps, basis)}")
+             for (direction, basis), caps in paths.items() if peak >= max(caps) / 4]
+    against = ["its path"] if marks else []
+    if link and peak >= link / 4:
+        marks.append((link, f"link {bits(link)}"))
+        against.append("its link speed")
+        note = ""
+    else:  # drawn to scale the link would flatten the traffic into the axis
+        use = f", peak {pct(peak / link, 1)} of it" if link else ""
+        note = f" (link {bits(link) if link else 'speed unknown'}{use})"
+    title = f"NIC {name}: traffic" + (f" against {' and '.join(against)}" if against else "")
+    return line_chart(title + note, [Series("rx", rx), Series("tx", tx)], t0, t1,
+                      y_fmt=bits, marks=marks)
 
 
 def _list(items: Sequence[str]) -> str:

@@ -29,6 +29,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ai_bottleneck.capacity import Saturation
 from ai_bottleneck.classifier import classify
 from ai_bottleneck.findings import Classification
 from ai_bottleneck.hysteresis import Hysteresis, Transition
@@ -62,6 +63,9 @@ class WindowResult:
     held: bool = False         # the raw label disagreed and hysteresis kept the label
     pending: tuple[str, int] | None = None
     transition: Transition | None = None
+    #: NIC directions full against their path's capacity (ai_bottleneck.capacity): the
+    #: figures the evidence quotes, which the reports' link use follows.
+    saturations: tuple[Saturation, ...] = ()
     # The classifier's typed readings of this window (reports reuse its figures).
     readings: Readings | None = field(default=None, compare=False, repr=False)
 
@@ -76,7 +80,16 @@ class WindowResult:
             "pending": ({"label": self.pending[0], "windows": self.pending[1]}
                         if self.pending else None),
             "transition": self.transition.to_json() if self.transition else None,
+            "saturations": [saturation_json(s) for s in self.saturations],
         }
+
+
+def saturation_json(s: Saturation) -> dict[str, Any]:
+    """One full NIC direction in ``WindowResult.to_json()`` (a field newer than the rest:
+    readers must take its absence as none)."""
+    return {"nic": s.nic, "direction": s.direction, "utilization_ratio": s.utilization,
+            "capacity_bits_per_second": s.capacity_bits_per_second, "source": s.source,
+            "basis": s.basis}
 
 
 class Labeller:
@@ -178,7 +191,8 @@ class Labeller:
             raw_label=c.label.value, raw_confidence=c.confidence, evidence=evidence,
             advice=advice, warnings=c.warnings, summary=c.summary, probes=c.probes,
             samples=window.sample_count, late_samples=window.late_samples, hard=c.hard,
-            held=d.held, pending=d.pending, transition=d.transition, readings=c.readings)
+            held=d.held, pending=d.pending, transition=d.transition,
+            saturations=c.saturations, readings=c.readings)
 
     def _settles(self, window: Window, label: str) -> bool:
         """Whether ``window`` settles a change to ``label``: its second half alone

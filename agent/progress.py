@@ -10,6 +10,7 @@ import os
 import sys
 from typing import IO
 
+from ai_bottleneck.path_use import busier, window_uses
 from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.termstyle import terminal_width
 from ai_bottleneck.units import bits, duration, pct, secs
@@ -27,7 +28,8 @@ def leading_numbers(result: WindowResult) -> list[str]:
     if r.host is not None and r.host.cpu is not None:
         out.append(f"CPU {pct(r.host.cpu)}")
     nics = [n for n in r.nics if not n.loopback]
-    peaks = [p[1] for n in nics if (p := n.peak)]
+    # Against the capacity the classifier judged the link by (ai_bottleneck.path_use).
+    peaks = [u.ratio for n in nics if (u := busier(window_uses(n, result.saturations)))]
     if peaks:
         out.append(f"link {pct(max(peaks))}")
     elif nics:

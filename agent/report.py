@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ai_bottleneck.figures import RunFigures, run_figures
 from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.remarks import WarningKind, kind_of, subject_of
-from ai_bottleneck.report_tables import key_numbers, phase_lines
+from ai_bottleneck.report_tables import key_numbers, phase_lines, use_text
 from ai_bottleneck.termstyle import Style, clip, wrap
 from ai_bottleneck.timeline import LABEL_CHARS, run_text, runs, strip, summarise
 from ai_bottleneck.units import clock, duration, pct, secs
@@ -87,9 +87,9 @@ def _leading(f: RunFigures) -> list[str]:
         out.append(f"GPU busy {pct(max(busy))}")
     if f.host is not None and f.host.cpu.mean is not None:
         out.append(f"CPU {pct(f.host.cpu.mean)}")
-    use = [n.use.mean for n in f.nics if n.use.mean is not None]
-    if use:
-        out.append(f"busiest link {pct(max(use))}")
+    used = [n for n in f.nics if n.use.mean is not None]
+    if used:
+        out.append(f"busiest link {use_text(max(used, key=lambda n: n.use.mean or 0.0))}")
     p95 = [t.p95_seconds.mean for t in f.targets if t.p95_seconds.mean is not None]
     if p95:
         out.append(f"request p95 {secs(max(p95))}")

@@ -6,7 +6,9 @@ window, over the windows the section header names.
 
 from __future__ import annotations
 
-from ai_bottleneck.figures import Agg, RunFigures
+from ai_bottleneck.capacity import LINK_SPEED
+from ai_bottleneck.figures import Agg, NicFigures, RunFigures, UseAgainst
+from ai_bottleneck.path_use import capacity_text
 from ai_bottleneck.probes.vocabulary import HttpPhase
 from ai_bottleneck.termstyle import Style, table, wrap
 from ai_bottleneck.units import MISSING, bits, celsius, count, pct, secs, size, watts
@@ -78,10 +80,42 @@ def nic_table(f: RunFigures, width: int) -> list[str]:
              bits(n.link_bits_per_second) if n.link_bits_per_second else "unknown",
              _ratio_pair(n.use)] for n in f.nics]
     out = table(["NIC", "RX", "TX", "LINK", "USE"], rows, width, shrink=0)
+    out += [note for n in f.nics if (note := use_note(n)) is not None]
     if f.retransmit_ratio:
         r = f.retransmit_ratio
         out.append(f"  TCP retransmits {pct(r.mean, 2)}/{pct(r.max, 2)} of segments sent")
     return out
+
+
+def _against_text(g: UseAgainst) -> str:
+    """"rx 100% of 8.02 Mbit/s path (plateau)": the mean use in the windows of ``g``."""
+    return f"{g.direction} {pct(g.use.mean)} of {capacity_text(g.capacities, g.basis)}"
+
+
+def use_note(n: NicFigures) -> str | None:
+    """"  eth0 USE: rx 100% of 8.02 Mbit/s path (plateau) 5w, of the link speed 2w": what the
+    USE column was against where that was not the link speed (the LINK column says
+    that), with the mean use in those windows."""
+    others = sorted((g for g in n.against.values() if g.basis != LINK_SPEED),
+                    key=lambda g: -g.windows)
+    if not others:
+        return None
+    parts = [f"{_against_text(g)} {g.windows}w" for g in others]
+    link = sum(g.windows for g in n.against.values() if g.basis == LINK_SPEED)
+    if link:
+        parts.append(f"of the link speed {link}w")
+    return f"  {n.name} USE: " + ", ".join(parts)
+
+
+def use_text(n: NicFigures) -> str:
+    """The NIC's mean use, against its link speed ("3%"); where the busier direction was
+    mostly against another capacity, that group's figure and windows: "rx 100% of
+    8.02 Mbit/s path (plateau)" (in all windows), "... in 5 of 6 windows"."""
+    g = n.main_against()
+    if g is None or g.basis == LINK_SPEED:
+        return pct(n.use.mean)
+    share = "" if g.windows == n.use.count else f" in {g.windows} of {n.use.count} windows"
+    return _against_text(g) + share
 
 
 def target_table(f: RunFigures, width: int) -> list[str]:

@@ -64,6 +64,9 @@ class WindowSummary:
     evidence_items: int
     top_evidence: str = ""  # the first evidence line, cut to TOP_EVIDENCE_CHARS
     label_since: float = 0.0  # start of the first window of this run of the label
+    #: Each NIC direction's use against its path's capacity (ai_bottleneck.path_use):
+    #: (nic, direction, ratio, capacity in bits per second or None, basis label).
+    path_uses: tuple[tuple[str, str, float, float | None, str], ...] = ()
 
 
 class RecordingStatus(Protocol):

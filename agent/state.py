@@ -248,11 +248,15 @@ class AgentState:
 
     def record_window(self, label: object, confidence: float, start: float, end: float,
                       evidence_items: int = 0, *, top_evidence: str = "",
-                      means: Mapping[SeriesKey, Mapping[str, float]] | None = None) -> None:
+                      means: Mapping[SeriesKey, Mapping[str, float]] | None = None,
+                      path_uses: Iterable[tuple[str, str, float, float | None, str]] = ()
+                      ) -> None:
         """A labelled window. ``label`` is one of LABEL_NAMES (a str or a str-valued Enum).
 
         ``means`` (series -> value -> mean over this window) replace those values of
         the live series, now and in their samples until the next window closes.
+        ``path_uses``: its NIC directions' use (ai_bottleneck.path_use.metric_uses); one
+        whose ratio is not a number is left out.
         """
         name = str(getattr(label, "value", label))
         if name not in LABEL_NAMES:
@@ -270,7 +274,9 @@ class AgentState:
                      else float(start))
             window = WindowSummary(label=name, confidence=float(confidence), start=float(start),
                                    end=float(end), evidence_items=int(evidence_items),
-                                   top_evidence=top, label_since=since)
+                                   top_evidence=top, label_since=since,
+                                   path_uses=tuple(u for u in path_uses
+                                                   if math.isfinite(u[2])))
             totals = dict(snap.windows_total)
             totals[name] += 1
             changes: dict[str, Any] = {"window": window,

@@ -118,7 +118,8 @@ def full_state(clock: Clock, gpus: int = 2) -> AgentState:
                                            engine_values)])
     state.record_failure("host", "timeout", "host probe took 5 s")
     state.record_window("gpu_bound", 0.9, t - 10, t, evidence_items=3,
-                        top_evidence="GPU 0 busy 95% of the window")
+                        top_evidence="GPU 0 busy 95% of the window",
+                        path_uses=[("eth0", "rx", 0.98, 7.6e6, "plateau")])
     return state
 
 

@@ -54,8 +54,11 @@ def test_chromium_draws_the_report_without_console_errors(tmp_path: Path,
     # the timeline, one chart per GPU, the CPU chart, one per NIC, the request phases
     assert dom.count("<svg") >= 5
     assert "label timeline" in dom and "GPU 0: busy and memory used" in dom
-    # the lab's links are 10 Gbit/s and carry little: the speed is named, not drawn
-    assert "CPU and pressure" in dom and "traffic (link 10 Gbit/s, peak 0." in dom
+    # the lab's links are 10 Gbit/s and carry little: the speed is named, not drawn; the
+    # plateau the classifier judged a full path by is drawn, as its evidence states it
+    assert "CPU and pressure" in dom and "(link 10 Gbit/s, peak 0." in dom
+    plateau = "tx 5.01-5.03 Mbit/s path (plateau)</text>"
+    assert (plateau in dom) is (scenario != "vram_bound"), dom
     assert "mean request time by phase" in dom
     assert dom.count("<polyline") >= 4
     for advice in verdict.advice:
