@@ -30,7 +30,7 @@ GUIDE = REPO / "docs" / "deployment.md"
 #: block is here and that the file names the block).
 TESTED_BY = {
     "host-install": "tests/test_guide_plain_host.py",
-    "host-start": "tests/test_guide_plain_host.py",
+    "host-start": "tests/test_guide_systemd.py",
     "host-check": "tests/test_guide_plain_host.py",
     "prom-rules": "tests/test_guide_plain_host.py",
     "prom-config": "tests/test_guide_plain_host.py",
@@ -94,12 +94,14 @@ def substitute(text: str, substitutions: Mapping[str, str]) -> str:
     return text
 
 
-def script(name: str, substitutions: Mapping[str, str]) -> tuple[str, list[str]]:
+def script(name: str, substitutions: Mapping[str, str], *,
+           systemd: bool = False) -> tuple[str, list[str]]:
     """A bash script of block NAME with the placeholders substituted, without the
-    lines that need systemd as PID 1 (returned beside it)."""
+    lines that need systemd as PID 1 (returned beside it) unless ``systemd`` says
+    the script runs where systemd is PID 1."""
     lines = block(name).lines
-    skipped = [line for line in lines if needs_systemd(line)]
-    kept = [line for line in lines if not needs_systemd(line)]
+    skipped = [line for line in lines if needs_systemd(line) and not systemd]
+    kept = [line for line in lines if line not in skipped]
     body = substitute("\n".join(kept), substitutions) if kept else ""
     return "set -euo pipefail\n" + body + "\n", skipped
 

@@ -118,7 +118,9 @@ def test_unit_runs_unprivileged_with_nvml_devices_only() -> None:
     assert allowed == {"/dev/nvidiactl", "/dev/nvidia-uvm", "char-nvidia-frontend",
                        "char-nvidia", "char-nvidia-uvm"}
     assert all(value.endswith(" rw") for value in entries["DeviceAllow"])  # never "m" (mknod)
-    assert entries["SupplementaryGroups"] == ["systemd-journal"]
+    assert entries["SupplementaryGroups"] == ["systemd-journal ai-bottleneck-config"]
+    # A static group named like the dynamic user makes systemd refuse to start it.
+    assert "Group" not in entries and "User" not in entries
     assert "PrivateNetwork" not in entries  # the agent measures the host's network
     exec_start = entries["ExecStart"][0].split()
     assert exec_start[1:] == ["run", "--config", str(DEFAULT_PATH)]

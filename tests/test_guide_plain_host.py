@@ -130,7 +130,8 @@ def test_plain_host_walkthrough(box: HostSandbox, tmp_path: Path) -> None:
     link = box.run("readlink /usr/local/bin/ai-bottleneck")
     assert link.stdout.strip() == "/opt/ai-bottleneck/bin/ai-bottleneck"
     mode = box.run("stat -c '%a %G' /etc/ai-bottleneck /etc/ai-bottleneck/config.toml")
-    assert mode.stdout.split("\n")[:2] == ["750 ai-bottleneck", "640 ai-bottleneck"]
+    assert mode.stdout.split("\n")[:2] == ["750 ai-bottleneck-config",
+                                            "640 ai-bottleneck-config"]
     assert not Path("/opt/ai-bottleneck").exists()  # made in the sandbox only
     edit_agent_config(box, agent_port, oom_log)
 
