@@ -100,9 +100,11 @@ def edit_agent_config(box: HostSandbox, port: int, oom_log: Path) -> None:
     box.write(path, text)
 
 
-def edit_prometheus_config(box: HostSandbox, agent_port: int, alertmanager_port: int) -> None:
-    path = "/etc/prometheus/prometheus.yml"
-    stock = yaml.safe_load(box.read(path))
+def edited_prometheus_config(stock_text: str, agent_port: int, alertmanager_port: int) -> str:
+    """Debian's stock prometheus.yml with what guide step 5 tells the operator to add:
+    the shipped ai-bottleneck job (this agent as its target), its rule file, this
+    Alertmanager; 1 s intervals to keep the tests short."""
+    stock = yaml.safe_load(stock_text)
     shipped = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
     (job,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "ai-bottleneck"]
     job["static_configs"] = [{"targets": [f"127.0.0.1:{agent_port}"]}]
@@ -113,7 +115,27 @@ def edit_prometheus_config(box: HostSandbox, agent_port: int, alertmanager_port:
     stock["scrape_configs"].append(job)
     stock["alerting"] = {"alertmanagers": [{"static_configs": [
         {"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]}
-    box.write(path, yaml.safe_dump(stock, sort_keys=False))
+    return yaml.safe_dump(stock, sort_keys=False)
+
+
+#: Alertmanager's config in the tests: one receiver, nothing sent anywhere.
+ALERTMANAGER_CONFIG = ("route:\n  receiver: operator\n  group_wait: 0s\n"
+                       "receivers:\n  - name: operator\n")
+OOM_LINE = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+
+
+def check_prometheus_outputs(out: str, host: str) -> None:
+    """What guide step 6's three commands must print with AiBottleneckGpuOutOfMemory
+    firing for HOST, the only agent."""
+    health_line, *rest = out.splitlines()
+    planned = yaml.safe_load((REPO / "deploy" / "prometheus" / "rules" /
+                              "ai-bottleneck.rules.yml").read_text())
+    names = {r.get("alert") or r["record"] for g in planned["groups"] for r in g["rules"]}
+    health = ast.literal_eval(health_line)  # the command prints a dict
+    assert set(health) == names and set(health.values()) == {"ok"}, health
+    assert f"AiBottleneckGpuOutOfMemory {host} firing" in rest
+    table = [line.split() for line in rest if line and not line.startswith("AiBottleneck")]
+    assert table[0][0] == "HOST" and [row[0] for row in table[1:]] == [host], rest
 
 
 def test_plain_host_walkthrough(box: HostSandbox, tmp_path: Path) -> None:
@@ -166,12 +188,12 @@ def test_plain_host_walkthrough(box: HostSandbox, tmp_path: Path) -> None:
     # 4-5. Rules, scrape job, Alertmanager; Prometheus started with the edited file.
     _out, skipped = run(box, "prom-rules", env)
     assert not skipped
-    edit_prometheus_config(box, agent_port, am_port)
+    box.write("/etc/prometheus/prometheus.yml", edited_prometheus_config(
+        box.read("/etc/prometheus/prometheus.yml"), agent_port, am_port))
     _out, skipped = run(box, "prom-config", env)
     assert skipped == ["systemctl reload prometheus          # Debian's unit; or send SIGHUP "
                        "to prometheus"]
-    (tmp_path / "alertmanager.yml").write_text(
-        "route:\n  receiver: operator\n  group_wait: 0s\nreceivers:\n  - name: operator\n")
+    (tmp_path / "alertmanager.yml").write_text(ALERTMANAGER_CONFIG)
     box.start(["prometheus-alertmanager", f"--config.file={tmp_path / 'alertmanager.yml'}",
                f"--storage.path={tmp_path / 'am-data'}", "--cluster.listen-address=",
                f"--web.listen-address=127.0.0.1:{am_port}"], tmp_path / "am.log", env=env)
@@ -193,7 +215,7 @@ def test_plain_host_walkthrough(box: HostSandbox, tmp_path: Path) -> None:
     wait_for("the OOM counter at 0 in Prometheus",
              lambda: query('ai_bottleneck_oom_events_total{host="127.0.0.1"} == 0'))
     with open(oom_log, "a", encoding="utf-8") as f:
-        f.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+        f.write(OOM_LINE)
     wait_for("AiBottleneckGpuOutOfMemory firing", lambda: query(
         'ALERTS{alertname="AiBottleneckGpuOutOfMemory",alertstate="firing"}'))
 
@@ -207,15 +229,7 @@ def test_plain_host_walkthrough(box: HostSandbox, tmp_path: Path) -> None:
 
     # 6. The guide's checks against this Prometheus.
     out, _ = run(box, "prom-check", env, **{"localhost:9090": f"127.0.0.1:{prom_port}"})
-    health_line, *rest = out.splitlines()
-    planned = yaml.safe_load((REPO / "deploy" / "prometheus" / "rules" /
-                              "ai-bottleneck.rules.yml").read_text())
-    names = {r.get("alert") or r["record"] for g in planned["groups"] for r in g["rules"]}
-    health = ast.literal_eval(health_line)  # the command prints a dict
-    assert set(health) == names and set(health.values()) == {"ok"}, health
-    assert "AiBottleneckGpuOutOfMemory 127.0.0.1 firing" in rest
-    table = [line.split() for line in rest if line and not line.startswith("AiBottleneck")]
-    assert table[0][0] == "HOST" and [row[0] for row in table[1:]] == ["127.0.0.1"], rest
+    check_prometheus_outputs(out, "127.0.0.1")
 
     # 7. Alertmanager got it.
     def in_alertmanager() -> str:

@@ -1,4 +1,4 @@
-"""docs/deployment.md, plain-host steps 1-3, under a real systemd as PID 1.
+"""docs/deployment.md, plain-host steps 1-7, under a real systemd as PID 1.
 
 The test machines run no systemd, so the test boots one: podman runs
 /lib/systemd/systemd on an overlay of this machine's own root filesystem
@@ -10,13 +10,18 @@ checkout, bind-mounted at its own path, for `/path/to/ai-bottleneck`), then
 status`, `journalctl -u`, and the check with curl. The unit starts with its
 whole sandbox (DynamicUser=, ProtectSystem=strict, the device policy, the
 system call filter); the test checks that its process runs as the dynamic
-user, in the config's group, and serves /metrics.
+user, in the config's group, and serves /metrics. Then Debian's Prometheus
+and Alertmanager run as their systemd services (loopback ports in
+/etc/default), the rules and scrape job go in as the guide says, `systemctl
+reload prometheus` must load them, an OOM line in a log the agent follows
+must fire AiBottleneckGpuOutOfMemory, and the guide's checks (the rules and
+alerts APIs, `ai-bottleneck fleet`, `amtool`) must show it.
 
-The container shares the host's network (pip reaches the package index),
-so the one edit to the agent's config the test makes is a free loopback
-port (and 2 s windows). CAP_SYS_ADMIN lets systemd set up the unit's mount
-namespace inside the container. Root and podman (with runc, as
-tests/test_image.py) only; about 30 s.
+The container shares the host's network (pip reaches the package index), so
+the agent's config gets a free loopback port (and 500 ms samples, 2 s
+windows, the log to follow). CAP_SYS_ADMIN lets systemd set up the unit's
+mount namespace inside the container. Root and podman (with runc, as
+tests/test_image.py) only; about 40 s.
 """
 
 from __future__ import annotations
@@ -28,16 +33,25 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from tests import guide
+from tests.test_guide_plain_host import (
+    ALERTMANAGER_CONFIG,
+    OOM_LINE,
+    check_prometheus_outputs,
+    edited_prometheus_config,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 REPO = guide.REPO
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+OOM_LOG = "/var/log/model-server.log"
 
 
 def free_port() -> int:
@@ -104,8 +118,13 @@ def test_install_start_and_check_under_systemd(machine: str) -> None:
     config = "/etc/ai-bottleneck/config.toml"
     edit = podman("exec", machine, "sed", "-i", "-e",
                   f's|^# listen = ":19466"$|listen = "127.0.0.1:{port}"|', "-e",
-                  's|^# window_seconds = "10s"$|window_seconds = "2s"|', config)
+                  's|^# window_seconds = "10s"$|window_seconds = "2s"|', "-e",
+                  's|^# interval_seconds = "1s"$|interval_seconds = "500ms"|', config)
     assert edit.returncode == 0, edit.stderr
+    # A model server's log for the OOM watcher (steps 6-7 make it report an OOM).
+    write(machine, OOM_LOG, "model server starting\n")
+    write(machine, config, podman("exec", machine, "cat", config).stdout +
+          f'\n[probes.oom]\nfiles = ["{OOM_LOG}"]\ninterval_seconds = 0.5\n')
     assert f'listen = "127.0.0.1:{port}"' in podman("exec", machine, "cat", config).stdout
 
     started = inside(machine, "host-start", timeout=120)
@@ -147,3 +166,63 @@ def test_install_start_and_check_under_systemd(machine: str) -> None:
     assert fields["Uid"].split()[0] != "0" and int(fields["CapEff"], 16) == 0, status
     assert fields["NoNewPrivs"].strip() == "1" and fields["Seccomp"].strip() == "2", status
     print("\n" + started.stdout[-2000:])
+    prometheus_steps(machine, port)
+
+
+def write(machine: str, path: str, text: str) -> None:
+    done = podman("exec", "-i", machine, "tee", path, stdin=text)
+    assert done.returncode == 0, done.stderr
+
+
+def prometheus_steps(machine: str, agent_port: int) -> None:
+    """Steps 4-7 with Debian's Prometheus and Alertmanager running as their services
+    (the operator's, "already running": the test starts them on loopback ports)."""
+    prom_port, am_port = free_port(), free_port()
+    write(machine, "/etc/default/prometheus",
+          f'ARGS="--web.listen-address=127.0.0.1:{prom_port}"\n')
+    write(machine, "/etc/default/prometheus-alertmanager",
+          f'ARGS="--web.listen-address=127.0.0.1:{am_port} --cluster.listen-address="\n')
+    write(machine, "/etc/prometheus/alertmanager.yml", ALERTMANAGER_CONFIG)
+    started = podman("exec", machine, "systemctl", "start", "prometheus",
+                     "prometheus-alertmanager", timeout=60)
+    assert started.returncode == 0, started.stderr
+    client = httpx.Client(base_url=f"http://127.0.0.1:{prom_port}", timeout=5)
+
+    def answer(path: str, **params: str) -> Any:
+        try:
+            body = client.get(path, params=params).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        return body["data"] if body.get("status") == "success" else None
+
+    wait_for("Prometheus up as a service", lambda: answer("/api/v1/status/buildinfo"))
+    assert inside(machine, "prom-rules").returncode == 0
+    write(machine, "/etc/prometheus/prometheus.yml", edited_prometheus_config(
+        podman("exec", machine, "cat", "/etc/prometheus/prometheus.yml").stdout,
+        agent_port, am_port))
+    reloaded = inside(machine, "prom-config", timeout=60)  # promtool, systemctl reload
+    assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+    # The reload took: the rules are loaded and the agent is scraped.
+    wait_for("the rules after the reload", lambda: (answer("/api/v1/rules") or {}).get("groups"))
+    wait_for("the OOM counter at 0", lambda: answer(
+        "/api/v1/query", query='ai_bottleneck_oom_events_total{host="127.0.0.1"} == 0'
+    )["result"])
+    appended = podman("exec", "-i", machine, "tee", "-a", OOM_LOG, stdin=OOM_LINE)
+    assert appended.returncode == 0, appended.stderr
+    wait_for("AiBottleneckGpuOutOfMemory firing", lambda: answer(
+        "/api/v1/query", query='ALERTS{alertname="AiBottleneckGpuOutOfMemory",'
+                               'alertstate="firing"}')["result"])
+    wait_for("every rule evaluated", lambda: all(
+        not r.get("lastEvaluation", "0001").startswith("0001")
+        for g in answer("/api/v1/rules")["groups"] for r in g["rules"]))
+    client.close()
+    checked = inside(machine, "prom-check", **{"localhost:9090": f"127.0.0.1:{prom_port}"})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    check_prometheus_outputs(checked.stdout, "127.0.0.1")
+
+    def in_alertmanager() -> str:
+        done = inside(machine, "alertmanager-check",
+                      **{"localhost:9093": f"127.0.0.1:{am_port}"})
+        return done.stdout if "AiBottleneckGpuOutOfMemory" in done.stdout else ""
+
+    print(checked.stdout + wait_for("the alert in Alertmanager", in_alertmanager, 30))
