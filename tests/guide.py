@@ -1,6 +1,6 @@
-"""The command blocks of docs/deployment.md's walk-through, as the tests run them.
+"""The command blocks of docs/deployment.md, as the tests run them.
 
-A fenced ``sh`` block in the guide is preceded by one of two markers:
+Every fenced ``sh`` block in the guide is preceded by one of two markers:
 
 - ``<!-- test: NAME -->``: a test runs this block's lines literally, with
   only the placeholders it declares substituted (host names, ports, the
@@ -38,6 +38,8 @@ TESTED_BY = {
     "alertmanager-check": "tests/test_guide_plain_host.py",
     "k8s-image": "tests/test_image.py",
     "k8s-settings": "tests/test_guide.py",
+    "prom-files": "tests/test_deploy.py",
+    "image-run": "tests/test_image.py",
 }
 
 _MARKED = re.compile(r"^([ \t]*)<!-- (test|untested): ([^>]*?) -->\n[ \t]*```sh\n(.*?)^[ \t]*```",
@@ -58,23 +60,19 @@ class Block:
                 if line.strip() and not line.lstrip().startswith("#")]
 
 
-def walkthrough() -> str:
-    """The guide's "From nothing to a dashboard and alerts" section."""
-    text = GUIDE.read_text(encoding="utf-8")
-    start = text.index("## From nothing to a dashboard and alerts")
-    end = text.index("\n## ", start + 3)
-    return text[start:end]
+def guide_text() -> str:
+    return GUIDE.read_text(encoding="utf-8")
 
 
 def blocks(text: str | None = None) -> list[Block]:
-    section = walkthrough() if text is None else text
+    section = guide_text() if text is None else text
     return [Block(kind, name.strip(), textwrap.dedent(body))
             for _indent, kind, name, body in _MARKED.findall(section)]
 
 
 def unmarked_fences(text: str | None = None) -> int:
-    """How many sh blocks of the walk-through carry no marker."""
-    section = walkthrough() if text is None else text
+    """How many sh blocks of the guide carry no marker."""
+    section = guide_text() if text is None else text
     return len(_FENCE.findall(section)) - len(_MARKED.findall(section))
 
 

@@ -159,6 +159,15 @@ def test_promtool_checks_the_scrape_config_and_rules() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_guide_promtool_block_runs_as_written() -> None:
+    from tests import guide
+
+    run_promtool(["--version"])  # fails in CI, skips elsewhere, without promtool
+    done, skipped = guide.run_block("prom-files", {}, timeout=120)
+    assert done.returncode == 0 and not skipped, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
 def test_promtool_rule_unit_tests_pass() -> None:
     result = run_promtool(["test", "rules", "tests.yml"], cwd=DEPLOY / "prometheus")
     assert result.returncode == 0, result.stdout + result.stderr

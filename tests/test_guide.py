@@ -1,5 +1,5 @@
-"""docs/deployment.md's walk-through: every command block is marked, and every block
-marked tested is run by the test file tests/guide.py names. Also runs the
+"""docs/deployment.md: every command block is marked, and every block marked tested
+is run by the test file tests/guide.py names. Also runs the
 Kubernetes settings block (kubectl's built-in kustomize) on a copy of deploy/."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from tests import guide
 REPO = guide.REPO
 
 
-def test_every_walkthrough_block_is_marked_and_each_tested_one_is_run() -> None:
+def test_every_guide_block_is_marked_and_each_tested_one_is_run() -> None:
     found = guide.blocks()
-    assert guide.unmarked_fences() == 0, "a sh block in the walk-through has no marker"
+    assert guide.unmarked_fences() == 0, "a sh block in docs/deployment.md has no marker"
     tested = [b.name for b in found if b.kind == "test"]
     assert len(tested) == len(set(tested)), tested
     assert set(tested) == set(guide.TESTED_BY), set(tested) ^ set(guide.TESTED_BY)

@@ -151,6 +151,42 @@ def test_image_builds_runs_the_agent_and_serves_metrics(image: dict[str, Any]) -
         podman("rm", "-f", name)
 
 
+def test_guide_run_command_serves_metrics(image: dict[str, Any], tmp_path: Path) -> None:
+    # podman's defaults as this machine needs them (see the module doc), in a
+    # containers.conf: the guide's command itself stays as written.
+    conf = tmp_path / "containers.conf"
+    conf.write_text('[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n'
+                    '[engine]\nruntime = "runc"\n')
+    port = free_port()
+    text, skipped = guide.script("image-run", {"127.0.0.1:19466": f"127.0.0.1:{port}"})
+    assert not skipped
+    before = set(podman("ps", "-aq").stdout.split())
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bash", "-c", text], cwd=REPO, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "CONTAINERS_CONF": str(conf)})
+    try:
+        body = ""
+        deadline = time.monotonic() + 60
+        while "ai_bottleneck_window_label" not in body and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert "ai_bottleneck_window_label" in body, log.read_text()[-3000:]
+    finally:
+        proc.terminate()  # podman passes it on; --rm removes the container
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        for left in set(podman("ps", "-aq").stdout.split()) - before:
+            podman("rm", "-f", "-t", "0", left)
+
+
 def test_pushed_image_is_the_one_the_manifests_pull(image: dict[str, Any],
                                                     tmp_path: Path) -> None:
     registry = image["registry"]
