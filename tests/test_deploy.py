@@ -118,7 +118,9 @@ def test_unit_runs_unprivileged_with_nvml_devices_only() -> None:
     assert allowed == {"/dev/nvidiactl", "/dev/nvidia-uvm", "char-nvidia-frontend",
                        "char-nvidia", "char-nvidia-uvm"}
     assert all(value.endswith(" rw") for value in entries["DeviceAllow"])  # never "m" (mknod)
-    assert entries["SupplementaryGroups"] == ["systemd-journal"]
+    assert entries["SupplementaryGroups"] == ["systemd-journal ai-bottleneck-config"]
+    # A static group named like the dynamic user makes systemd refuse to start it.
+    assert "Group" not in entries and "User" not in entries
     assert "PrivateNetwork" not in entries  # the agent measures the host's network
     exec_start = entries["ExecStart"][0].split()
     assert exec_start[1:] == ["run", "--config", str(DEFAULT_PATH)]
@@ -155,6 +157,15 @@ def test_promtool_checks_the_scrape_config_and_rules() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     result = run_promtool(["check", "rules", "rules/ai-bottleneck.rules.yml"], cwd=prometheus)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_guide_promtool_block_runs_as_written() -> None:
+    from tests import guide
+
+    run_promtool(["--version"])  # fails in CI, skips elsewhere, without promtool
+    done, skipped = guide.run_block("prom-files", {}, timeout=120)
+    assert done.returncode == 0 and not skipped, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
 
 
 def test_promtool_rule_unit_tests_pass() -> None:

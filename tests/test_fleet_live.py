@@ -36,6 +36,7 @@ import httpx
 import pytest
 import yaml
 
+from tests import guide
 from tests.clitool import clean_env, run
 from tests.clitool import command as cli_command
 from tests.fakes.fake_nvml import make_gpus, write_state
@@ -201,12 +202,9 @@ def fleet(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def doc_check_commands() -> list[str]:
-    """The commands of step 3 of the plain-host path in docs/deployment.md."""
-    text = (REPO / "docs" / "deployment.md").read_text(encoding="utf-8")
-    step = text.split("3. **Check** that Prometheus scrapes the agents", 1)[1]
-    block = step.split("```sh", 1)[1].split("```", 1)[0]
-    lines = [line.strip() for line in block.strip().splitlines()]
-    assert len(lines) == 2 and lines[1].startswith("ai-bottleneck fleet"), lines
+    """The check commands of docs/deployment.md's plain-host step 6 (tests/guide.py)."""
+    lines = guide.block("prom-check").lines
+    assert len(lines) == 3 and lines[2].startswith("ai-bottleneck fleet"), lines
     return lines
 
 
@@ -292,7 +290,7 @@ def test_live_fleet_rules_alerts_panels_and_fleet_command(fleet: dict[str, Any])
     assert table.returncode == 0, table.stderr
     assert {line.split()[0] for line in table.stdout.splitlines()[1:]} == set(hosts)
     # The check commands of docs/deployment.md ("From nothing to a dashboard and
-    # alerts", plain hosts, step 3), as written there, against this Prometheus.
+    # alerts", plain hosts, step 6), as written there, against this Prometheus.
     for line in doc_check_commands():
         command = line.replace("http://localhost:9090", prom.url)
         if command.startswith("ai-bottleneck "):
@@ -303,6 +301,11 @@ def test_live_fleet_rules_alerts_panels_and_fleet_command(fleet: dict[str, Any])
         if "api/v1/rules" in command:
             assert "'ok'" in done.stdout and "'err'" not in done.stdout, done.stdout
             assert "'AiBottleneckTargetDown': 'ok'" in done.stdout
+        elif "api/v1/alerts" in command:
+            listed = done.stdout.splitlines()
+            assert "AiBottleneckGpuOutOfMemory fleet-oom firing" in listed, listed
+            assert any(line.startswith("AiBottleneckTargetDown fleet-target ")
+                       for line in listed), listed
         else:
             assert {"fleet-gpu", "fleet-target", "fleet-oom"} <= set(done.stdout.split())
     print("\nrules:", ", ".join(f"{r['name']}={r['health']}" for r in evaluated))
