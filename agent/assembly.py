@@ -28,7 +28,7 @@ from ai_bottleneck.budget import ActiveBudget
 from ai_bottleneck.config import Config, ConfigError
 from ai_bottleneck.discovery import discover
 from ai_bottleneck.pipeline import Labeller, WindowResult
-from ai_bottleneck.probes.base import PeerServer, PeerServerHost, Probe
+from ai_bottleneck.probes.base import PeerServer, PeerServerHost, Probe, SampleFollower
 from ai_bottleneck.probes.options import OptionError
 from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import ReadStats, RecordReader, RecordWriter, make_header
@@ -265,12 +265,31 @@ def assemble_live(config: Config, probe_set: ProbeSet, *, mode: str,
     recorder = (RecordWriter(record_path, make_header(mode=mode, **labeller.header_fields()))
                 if record_path is not None else None)
     pipeline = RunPipeline(labeller, recorder, state, exposition, on_window, keep_results)
-    sampler = Sampler(probe_set.probes, config.agent.interval_seconds, pipeline.handle,
+    sampler = Sampler(probe_set.probes, config.agent.interval_seconds,
+                      _handed_to_followers(probe_set.probes, pipeline.handle),
                       budget=ActiveBudget.from_options(config.budget),
                       active_interval_override=active_interval_override)
     servers = [s for p in probe_set.probes if peer_servers and isinstance(p, PeerServerHost)
                and (s := p.make_server()) is not None]
     return LiveRun(probe_set, pipeline, sampler, servers)
+
+
+def _handed_to_followers(probes: Sequence[Probe],
+                         handle: Callable[[Sequence[Round]], None]
+                         ) -> Callable[[Sequence[Round]], None]:
+    """The pipeline's handler, then every round's samples to the probes that follow other
+    probes' samples (ai_bottleneck.probes.base.SampleFollower); the handler alone when none
+    does."""
+    followers = [p for p in probes if isinstance(p, SampleFollower)]
+    if not followers:
+        return handle
+
+    def handle_and_follow(rounds: Sequence[Round]) -> None:
+        handle(rounds)
+        batch = [s for r in rounds for s in r.samples]
+        for follower in followers:
+            follower.follow(batch)
+    return handle_and_follow
 
 
 # -- replay ---------------------------------------------------------------------------
