@@ -169,7 +169,8 @@ class ServiceProbe:
         o = self.options
         self._label = o.unit or o.cgroup or o.container or o.process
         self._root = hierarchy(o.cgroup_root) or o.cgroup_root.rstrip("/")
-        self._agent_pid = os.getpid()
+        # The agent's own cgroup, as this process sees it (never judged as the service).
+        self._agent_cgroup = process_cgroup("/proc", "self") or "/"
         self._gpu_pids: frozenset[int] = frozenset()
         self._before: dict[str, dict[str, float]] = {}
         self._ticks: dict[int, int] = {}
@@ -203,7 +204,7 @@ class ServiceProbe:
                 path = self._resolve()
                 self._paths = [path] if path is not None else None
             return self._paths, self._label
-        found = own_cgroups(self.options.proc_root, self._gpu_pids, self._agent_pid)
+        found = own_cgroups(self.options.proc_root, self._gpu_pids, self._agent_cgroup)
         return [f"{self._root}{p}" for p in found], f"{GPU_PROCESSES} ({describe(found)})"
 
     def follow(self, samples: Sequence[Sample]) -> None:

@@ -76,24 +76,26 @@ def find_container(root: str, container: str) -> str | None:
 
 def process_cgroup(proc_root: str, pid: int | str) -> str | None:
     """A process's cgroup-v2 path (``/system.slice/x.service``; ``/`` is the root), from
-    the ``0::`` line of /proc/PID/cgroup; None when the process is gone or has none."""
+    the ``0::`` line of /proc/PID/cgroup; None when the process is gone, has none, or
+    sits outside the reader's cgroup namespace (a path with ``..``: no directory of the
+    tree mounted here)."""
     for line in (read(f"{proc_root}/{pid}/cgroup") or "").splitlines():
         if line.startswith("0::"):
-            return "/" + line[3:].strip().strip("/")
+            path = "/" + line[3:].strip().strip("/")
+            return None if "/.." in path else path
     return None
 
 
-def own_cgroups(proc_root: str, pids: Iterable[int], agent_pid: int) -> list[str]:
+def own_cgroups(proc_root: str, pids: Iterable[int], agent_cgroup: str) -> list[str]:
     """The cgroups of ``pids`` that are their own: not the root (that is the whole host),
     not the agent's own cgroup nor one holding it (the agent's CPU would count as the
     service's), and none nested in another one chosen (it would count twice)."""
-    agent = process_cgroup(proc_root, agent_pid) or "/"
     found: set[str] = set()
     for pid in pids:
         path = process_cgroup(proc_root, pid)
         if path is None or path == "/":
             continue
-        if agent == path or agent.startswith(path + "/"):
+        if agent_cgroup == path or agent_cgroup.startswith(path + "/"):
             continue
         found.add(path)
     return sorted(p for p in found

@@ -47,8 +47,9 @@ def test_own_cgroups_leave_out_the_root_the_agents_and_nested_ones(tmp_path: Pat
     _proc(tmp_path, 4, "/kubepods.slice/pod-a.slice")
     _proc(tmp_path, 5, "/kubepods.slice/pod-a.slice/cri-containerd-x.scope")  # nested
     _proc(tmp_path, 6, "/user.slice")                         # holds the agent
-    _proc(tmp_path, 99, "/user.slice/session-1.scope")        # the agent
-    found = own_cgroups(str(tmp_path), [1, 2, 3, 4, 5, 6, 7], agent_pid=99)  # 7: gone
+    _proc(tmp_path, 8, "/../../system.slice/x.service")       # another cgroup namespace's
+    found = own_cgroups(str(tmp_path), [1, 2, 3, 4, 5, 6, 7, 8],  # 7: gone
+                        agent_cgroup="/user.slice/session-1.scope")
     assert found == ["/kubepods.slice/pod-a.slice", "/system.slice/vllm.service"]
     assert describe([f"/c{i}" for i in range(6)]) == "/c0, /c1, /c2, /c3 +2 more"
 
