@@ -98,3 +98,44 @@ def test_run_takes_service_too(tmp_path: Path) -> None:
         run.probes.close()
     help_text = clitool.run(["run", "--help"], clitool.clean_env(tmp_path), tmp_path).stdout
     assert "--service" in help_text
+
+
+@pytest.mark.root
+def test_diagnose_service_finds_a_container_by_its_id_in_real_cgroups(tmp_path: Path) -> None:
+    """A real cgroup shaped like a Docker container's scope, two CPU loops in it capped at
+    0.3 CPUs: `diagnose --service <ID prefix>` finds it and judges it starved."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.cgroups import cgroup2_root, made_slice
+    from tests.fakes.fake_nvml import make_gpus, write_state
+
+    cid = "c0ffee" + "0123456789abcdef" * 3 + "0123456789"
+    assert len(cid) == 64
+    state, cfg = tmp_path / "gpu.json", tmp_path / "agent.toml"
+    write_state(state, make_gpus(1, utilization_percent=1))
+    burn = "import time\nend = time.time() + 20\nwhile time.time() < end: pass\n"
+    with cgroup2_root() as root, made_slice(root) as made:
+        cfg.write_text(f'[agent]\ninterval_seconds = "0.5s"\n\n[probes.service]\n'
+                       f'cgroup_root = "{root}"\n\n[probes.nic]\nenabled = false\n')
+        loops = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
+        try:
+            made.move(f"docker-{cid}.scope", [loop.pid for loop in loops])
+            made.limit_cpu(f"docker-{cid}.scope", 0.3)
+            proc = clitool.run(["diagnose", "--duration", "6s", "--window", "3s", "--json",
+                                "--service", cid[:12]],
+                               clitool.fake_gpu_env(tmp_path, state, cfg), tmp_path)
+        finally:
+            for loop in loops:
+                loop.kill()
+                loop.wait(timeout=10)
+    clitool.assert_no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    windows = json.loads(proc.stdout)["windows"]
+    texts = [" | ".join(w["evidence"]) for w in windows]
+    assert all(f"service {cid[:12]}: CPU" in t for t in texts[1:]), texts
+    last = windows[-1]
+    assert last["raw_label"] == "cpu_bound", texts[-1]
+    assert "CPU pressure: tasks waited for a CPU" in texts[-1]
+    assert f"(pid {loops[0].pid}, service)" in texts[-1]
