@@ -84,9 +84,11 @@ def build_probes(config: Config,
     for name in sorted(set(config.known_probes) - set(enabled)):
         result.unavailable[name] = "turned off in the config (enabled = false)"
     required = set(config.required_probes)
+    usable: dict[str, str] = {}
     for d in found:
         if d.usable and d.probe is not None:
             result.probes.append(d.probe)
+            usable[d.name] = d.availability.reason
             continue
         if d.name in required:
             result.close()
@@ -94,7 +96,27 @@ def build_probes(config: Config,
                               f"probe is required (enabled = true) but cannot run here: "
                               f"{d.availability.reason}")
         result.unavailable[d.name] = d.availability.reason
+    _drop_orphan_followers(result, usable)
     return result
+
+
+def _drop_orphan_followers(result: ProbeSet, reasons: Mapping[str, str]) -> None:
+    """A probe that follows another probe's samples has nothing to do where that probe
+    does not run (the default service without a GPU probe): unavailable, with both
+    reasons, as it was before it could follow."""
+    running = set(result.names)
+    for probe in list(result.probes):
+        if not isinstance(probe, SampleFollower):
+            continue
+        leader = probe.follows
+        if leader is None or leader in running:
+            continue
+        result.probes.remove(probe)
+        probe.close()
+        why = result.unavailable.get(leader, "not running")
+        own = reasons.get(probe.name, "")
+        result.unavailable[probe.name] = ((f"{own}; " if own else "") + f"but the {leader} "
+                                          f"probe does not run here ({why})")
 
 
 def _flag_behind(key: str, overrides: Mapping[str, Mapping[str, Any]],

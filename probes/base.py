@@ -182,7 +182,12 @@ class SampleFollower(Protocol):
     the round is labelled; ``follow`` keeps what it needs (quickly, no I/O) for the
     probe's next ``sample()``, which runs on a worker thread. Probes never import each
     other: the coupling goes through the agent, and what the probe then measured is in
-    its own samples, so a replay needs no follower.
+    its own samples, so a replay needs no follower. ``follows`` names the probe whose
+    samples it needs (None: it needs none now); where that probe does not run, the
+    agent does not run the follower either and says why.
     """
+
+    @property
+    def follows(self) -> str | None: ...
 
     def follow(self, samples: Sequence[Sample]) -> None: ...

@@ -207,6 +207,12 @@ class ServiceProbe:
         found = own_cgroups(self.options.proc_root, self._gpu_pids, self._agent_cgroup)
         return [f"{self._root}{p}" for p in found], f"{GPU_PROCESSES} ({describe(found)})"
 
+    @property
+    def follows(self) -> str | None:
+        """The probe whose samples this one needs: the gpu probe's, when no service is
+        named (its process samples say which PIDs hold GPU memory)."""
+        return None if self._label else "gpu"
+
     def follow(self, samples: Sequence[Sample]) -> None:
         """The agent's hand-over after every round: the PIDs holding GPU memory, from the
         gpu probe's process samples (a round without gpu samples changes nothing)."""

@@ -189,3 +189,29 @@ def test_starved_gpu_process_reads_cpu_bound_with_its_pressure(
         assert f"pid {gpu_pid}, service" in text
     assert [(w["label"], w["evidence"]) for w in replayed] == \
         [(w["label"], w["evidence"]) for w in live]
+
+
+def test_without_a_gpu_probe_the_default_service_does_not_run(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.procs").write_text("")
+    off = {name: {"enabled": False} for name in ("nic", "http", "iperf3", "download", "oom",
+                                                 "engine")}
+    config = parse_config({"probes": {"gpu": {"enabled": False}, "service": {
+        "cgroup_root": str(tmp_path)}, **off}})
+    probes = build_probes(config)
+    try:
+        assert "service" not in probes.names
+        reason = probes.unavailable["service"]
+        assert reason.startswith("no service named") and "but the gpu probe does not run " \
+            "here (turned off in the config" in reason, reason
+    finally:
+        probes.close()
+    # A named service needs no GPU probe.
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "cgroup.procs").write_text("")
+    config = parse_config({"service": {"cgroup": "api"}, "probes": {
+        "gpu": {"enabled": False}, "service": {"cgroup_root": str(tmp_path)}, **off}})
+    probes = build_probes(config)
+    try:
+        assert "service" in probes.names, probes.unavailable
+    finally:
+        probes.close()
