@@ -59,6 +59,7 @@ NAMING_KEYS = ("unit", "cgroup", "container", "process")
 #: The service label while the service is the GPU processes' cgroups.
 GPU_PROCESSES = "GPU processes"
 _MAX_PIDS = 4096  # processes read per pass: a service of thousands costs no more
+_MAX_CGROUPS = 256  # cgroups below the service's read per pass, for the same reason
 
 
 @dataclass(frozen=True)
@@ -126,11 +127,13 @@ def _counters(path: str) -> dict[str, float | None]:
 
 def _procs(paths: Sequence[str]) -> list[int]:
     """The processes of the cgroups and of the cgroups below them (a unit's or a pod's
-    processes may sit in child cgroups), at most _MAX_PIDS."""
+    processes may sit in child cgroups), at most _MAX_PIDS from _MAX_CGROUPS cgroups."""
     pids: list[int] = []
     todo = list(paths)
-    while todo and len(pids) < _MAX_PIDS:
+    visited = 0
+    while todo and len(pids) < _MAX_PIDS and visited < _MAX_CGROUPS:
         path = todo.pop()
+        visited += 1
         pids += [int(p) for p in (_read(f"{path}/cgroup.procs") or "").split() if p.isdigit()]
         try:
             todo += [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]

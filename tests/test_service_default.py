@@ -215,3 +215,18 @@ def test_without_a_gpu_probe_the_default_service_does_not_run(tmp_path: Path) ->
         assert "service" in probes.names, probes.unavailable
     finally:
         probes.close()
+
+
+def test_the_service_counts_the_processes_of_the_cgroups_below_it(tmp_path: Path) -> None:
+    unit = tmp_path / "system.slice" / "api.service"
+    (unit / "worker").mkdir(parents=True)
+    (tmp_path / "cgroup.procs").write_text("")
+    (unit / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    (unit / "worker" / "cgroup.procs").write_text("1\n")
+    (unit / "cpu.stat").write_text("usage_usec 1000\n")
+    probe = ServiceProbe(Options(unit="api.service", cgroup_root=str(tmp_path),
+                                 top_processes=0))
+    assert probe.check().usable
+    (first, *_rest) = probe.sample()
+    assert first.labels == {"service": "api.service"}
+    assert first.values["process_count"] == 2.0
