@@ -20,8 +20,12 @@ import psutil
 
 from tests.cgroups import cgroup2_root, made_slice
 
-#: One core's worth of unrelated work: a CPU loop bounded in time.
-_BURN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
+#: One core's worth of unrelated work: a CPU loop bounded in time, at the lowest priority
+#: (a batch job's), so it takes every cycle nothing else wants: the host reads saturated,
+#: and the service's own CPU steps (the simulated GPU's timing runs on the CPU too) are
+#: not slowed by it, as a real GPU's kernels would not be.
+_BURN = ("import os, time\nos.nice(19)\nend = time.time() + {seconds}\n"
+         "while time.time() < end: pass\n")
 
 
 @dataclass(frozen=True)
