@@ -29,7 +29,7 @@ from ai_bottleneck.config import Config, ConfigError
 from ai_bottleneck.discovery import discover
 from ai_bottleneck.path_use import metric_uses
 from ai_bottleneck.pipeline import Labeller, WindowResult
-from ai_bottleneck.probes.base import PeerServer, PeerServerHost, Probe
+from ai_bottleneck.probes.base import PeerServer, PeerServerHost, Probe, SampleFollower
 from ai_bottleneck.probes.options import OptionError
 from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import ReadStats, RecordReader, RecordWriter, make_header
@@ -85,9 +85,11 @@ def build_probes(config: Config,
     for name in sorted(set(config.known_probes) - set(enabled)):
         result.unavailable[name] = "turned off in the config (enabled = false)"
     required = set(config.required_probes)
+    usable: dict[str, str] = {}
     for d in found:
         if d.usable and d.probe is not None:
             result.probes.append(d.probe)
+            usable[d.name] = d.availability.reason
             continue
         if d.name in required:
             result.close()
@@ -95,7 +97,27 @@ def build_probes(config: Config,
                               f"probe is required (enabled = true) but cannot run here: "
                               f"{d.availability.reason}")
         result.unavailable[d.name] = d.availability.reason
+    _drop_orphan_followers(result, usable)
     return result
+
+
+def _drop_orphan_followers(result: ProbeSet, reasons: Mapping[str, str]) -> None:
+    """A probe that follows another probe's samples has nothing to do where that probe
+    does not run (the default service without a GPU probe): unavailable, with both
+    reasons, as it was before it could follow."""
+    running = set(result.names)
+    for probe in list(result.probes):
+        if not isinstance(probe, SampleFollower):
+            continue
+        leader = probe.follows
+        if leader is None or leader in running:
+            continue
+        result.probes.remove(probe)
+        probe.close()
+        why = result.unavailable.get(leader, "not running")
+        own = reasons.get(probe.name, "")
+        result.unavailable[probe.name] = ((f"{own}; " if own else "") + f"but the {leader} "
+                                          f"probe does not run here ({why})")
 
 
 def _flag_behind(key: str, overrides: Mapping[str, Mapping[str, Any]],
@@ -268,12 +290,31 @@ def assemble_live(config: Config, probe_set: ProbeSet, *, mode: str,
     recorder = (RecordWriter(record_path, make_header(mode=mode, **labeller.header_fields()))
                 if record_path is not None else None)
     pipeline = RunPipeline(labeller, recorder, state, exposition, on_window, keep_results)
-    sampler = Sampler(probe_set.probes, config.agent.interval_seconds, pipeline.handle,
+    sampler = Sampler(probe_set.probes, config.agent.interval_seconds,
+                      _handed_to_followers(probe_set.probes, pipeline.handle),
                       budget=ActiveBudget.from_options(config.budget),
                       active_interval_override=active_interval_override)
     servers = [s for p in probe_set.probes if peer_servers and isinstance(p, PeerServerHost)
                and (s := p.make_server()) is not None]
     return LiveRun(probe_set, pipeline, sampler, servers)
+
+
+def _handed_to_followers(probes: Sequence[Probe],
+                         handle: Callable[[Sequence[Round]], None]
+                         ) -> Callable[[Sequence[Round]], None]:
+    """The pipeline's handler, then every round's samples to the probes that follow other
+    probes' samples (ai_bottleneck.probes.base.SampleFollower); the handler alone when none
+    does."""
+    followers = [p for p in probes if isinstance(p, SampleFollower)]
+    if not followers:
+        return handle
+
+    def handle_and_follow(rounds: Sequence[Round]) -> None:
+        handle(rounds)
+        batch = [s for r in rounds for s in r.samples]
+        for follower in followers:
+            follower.follow(batch)
+    return handle_and_follow
 
 
 # -- replay ---------------------------------------------------------------------------

@@ -192,8 +192,9 @@ def check_config_cmd(file: Path | None) -> None:
 @click.option("--engine", "engines", multiple=True, metavar="URL",
               help="Read this model server's metrics URL (vLLM, SGLang, TGI, Triton, "
                    "llama.cpp; repeatable).")
-@click.option("--service", metavar="UNIT|CGROUP|PROCESS",
-              help="The service under diagnosis (systemd unit, cgroup, process name or PID).")
+@click.option("--service", metavar="UNIT|CGROUP|CONTAINER|PROCESS",
+              help="The service under diagnosis (systemd unit, cgroup, container ID, process "
+                   "name or PID; default: the processes holding GPU memory).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Config file (default: $AI_BOTTLENECK_CONFIG or "
                    "/etc/ai-bottleneck/config.toml when present).")
@@ -354,9 +355,11 @@ def replay_cmd(file: Path, window: float | None, as_json: bool, since: str | Non
 @click.option("--web.config.file", "web_config_file",
               type=click.Path(dir_okay=False, path_type=Path),
               help="TLS and basic-auth settings, in the Prometheus exporter web config format.")
+@click.option("--service", metavar="UNIT|CGROUP|CONTAINER|PROCESS",
+              help="The service under diagnosis (over the config's [service]).")
 @click.pass_context
 def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
-            web_config_file: Path | None) -> None:
+            web_config_file: Path | None, service: str | None) -> None:
     """Run the agent: sample continuously, label windows, serve Prometheus metrics."""
     from ai_bottleneck.config import ConfigError
     from ai_bottleneck.daemon import Agent
@@ -365,7 +368,8 @@ def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
 
     setup_logging(ctx.obj.get("verbose", 0) if ctx.obj else 0, daemon=True)
     try:
-        agent = Agent(config_path, listen=listen, web_config_file=web_config_file)
+        agent = Agent(config_path, listen=listen, web_config_file=web_config_file,
+                      service=service)
     except (ConfigError, WebConfigError) as exc:
         _fail(str(exc))
     try:

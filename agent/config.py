@@ -14,6 +14,8 @@ Layout::
     [links]        rates the NICs cannot tell: the public bandwidth bought, known
                    internal rates (ai_bottleneck.probes.capacity.Links; given to
                    the nic probe)
+    [service]      the service under diagnosis (ai_bottleneck.service_config; folded
+                   into [probes.service])
     [probes.NAME]  options of probe NAME, plus ``enabled = true/false``
 
 Unknown keys are errors. Every error is a ``ConfigError`` whose text is one
@@ -37,6 +39,7 @@ from ai_bottleneck.budget import BudgetOptions
 from ai_bottleneck.probes.capacity import Links
 from ai_bottleneck.probes.options import OptionError, option_info, parse_options
 from ai_bottleneck.probes.sample import one_line
+from ai_bottleneck.service_config import fold_service
 from ai_bottleneck.thresholds import Thresholds
 
 DEFAULT_PATH = Path("/etc/ai-bottleneck/config.toml")
@@ -135,7 +138,7 @@ class ProbeSettings:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
-_SECTIONS = ("agent", "thresholds", "budget", "links", "probes")
+_SECTIONS = ("agent", "thresholds", "budget", "links", "service", "probes")
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,14 @@ def parse_config(raw: Mapping[str, Any], source: str = "(defaults)",
     except OptionError as exc:
         raise ConfigError(source, exc.key, exc.problem) from None
     probes = _parse_probes(raw.get("probes", {}), source, known)
+    try:
+        service = fold_service(raw.get("service"), probes.get("service", ProbeSettings()).options)
+    except OptionError as exc:
+        raise ConfigError(source, exc.key, exc.problem) from None
+    if service is not None and "service" not in known:
+        raise ConfigError(source, "service", "the service probe is not installed")
+    if service is not None:
+        probes["service"] = ProbeSettings(probes.get("service", ProbeSettings()).enabled, service)
     if links and "links" in probes.get("nic", ProbeSettings()).options:
         raise ConfigError(source, "probes.nic.links", "declare link rates in [links] only")
     return Config(source=source, agent=agent, thresholds=thresholds, budget=budget,

@@ -20,6 +20,7 @@ from types import FrameType
 
 from ai_bottleneck.assembly import LiveRun, ProbeSet, assemble_live, build_probes
 from ai_bottleneck.config import Config, ConfigError, load_config
+from ai_bottleneck.diagnose import FLAG_OPTIONS, service_override
 from ai_bottleneck.endpoint import MetricsServer
 from ai_bottleneck.gpu_presence import count_nvidia_gpus
 from ai_bottleneck.live_page import LivePage
@@ -67,8 +68,9 @@ class Agent:
     """The daemon. ``start()`` then ``wait()``; signals drive stop and reload."""
 
     def __init__(self, config_path: Path | None, *, listen: str | None = None,
-                 web_config_file: Path | None = None) -> None:
+                 web_config_file: Path | None = None, service: str | None = None) -> None:
         self.config_path = config_path
+        self._service_override = service_override(service)  # --service, over every reload
         self._listen_override = listen
         self._web_override = web_config_file
         self.config = self._load()
@@ -94,7 +96,7 @@ class Agent:
     # -- building and running one config -------------------------------------------
 
     def _build(self, config: Config) -> _Run:
-        probes = build_probes(config)
+        probes = build_probes(config, self._service_override, origins=FLAG_OPTIONS)
         path = (_fresh_record_path(config.agent.record_file)
                 if config.agent.record_file is not None else None)
         try:

@@ -15,7 +15,7 @@ from typing import Any
 from ai_bottleneck.assembly import ProbeSet, assemble_live
 from ai_bottleneck.config import Config
 from ai_bottleneck.pipeline import WindowResult
-from ai_bottleneck.probes.service import options_for
+from ai_bottleneck.probes.service import NAMING_KEYS, options_for
 from ai_bottleneck.verdict import Verdict, overall_verdict
 
 Progress = Callable[[float, float, WindowResult | None], None]
@@ -132,17 +132,21 @@ def run_diagnose(config: Config, probe_set: ProbeSet, *, duration_seconds: float
 #: The command-line flags that set a probe option: named in errors about their values.
 FLAG_OPTIONS = {("http", "targets"): "--url", ("iperf3", "targets"): "--iperf3",
                 ("download", "url"): "--download", ("engine", "targets"): "--engine",
-                ("service", "unit"): "--service", ("service", "cgroup"): "--service",
-                ("service", "process"): "--service"}
+                **{("service", key): "--service" for key in NAMING_KEYS}}
+
+
+def service_override(service: str | None) -> dict[str, dict[str, Any]]:
+    """``--service NAME`` as probe options: it replaces the service the config names."""
+    if not service:
+        return {}
+    return {"service": {**dict.fromkeys(NAMING_KEYS, ""), **options_for(service)}}
 
 
 def flag_overrides(urls: tuple[str, ...], iperf3: tuple[str, ...], download: str | None,
                    config: Config, service: str | None = None,
                    engines: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """Command-line targets replace the config's targets for that probe."""
-    out: dict[str, dict[str, Any]] = {}
-    if service:
-        out["service"] = options_for(service)
+    out: dict[str, dict[str, Any]] = service_override(service)
     if urls:
         out["http"] = {"targets": [{"url": u} for u in urls]}
     if iperf3:

@@ -19,8 +19,9 @@ Optional capabilities are declared Protocols the agent checks for with
 ``isinstance``: ``TrafficEstimate`` (an active probe says how much traffic its
 next run makes), ``PeerServerHost`` (the probe runs a server that peers test
 against), ``LinkLoadSource`` (its samples say how busy the network link is,
-which holds active probes back) and ``InFlight`` (it says what its calls still
-running have taken so far).
+which holds active probes back), ``InFlight`` (it says what its calls still
+running have taken so far) and ``SampleFollower`` (it reads the other probes'
+samples after every round: the service probe follows the GPU processes).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ from ai_bottleneck.probes.vocabulary import IN_FLIGHT_LABELS
 __all__ = [
     "IN_FLIGHT_LABELS", "Availability", "Clock", "InFlight", "LinkLoadSource", "OptionError",
     "PeerServer", "PeerServerHost",
-    "Probe", "ProbeFactory", "Sample", "Skip", "SkipKind", "TrafficEstimate", "clean_values",
+    "Probe", "ProbeFactory", "Sample", "SampleFollower", "Skip", "SkipKind", "TrafficEstimate",
+    "clean_values",
     "failed", "is_skipped", "one_line", "option_info", "parse_bytes", "parse_duration",
     "parse_options", "parse_rate", "skip_kind", "skipped_sample",
 ]
@@ -169,3 +171,23 @@ class InFlight(Protocol):
     """
 
     def in_flight(self) -> Sequence[Sample]: ...
+
+
+@runtime_checkable
+class SampleFollower(Protocol):
+    """A probe whose next sample depends on what other probes saw (the service probe
+    measures the cgroups of the processes the gpu probe found holding GPU memory).
+
+    The agent hands it every round's samples, all probes', on the sampling thread, after
+    the round is labelled; ``follow`` keeps what it needs (quickly, no I/O) for the
+    probe's next ``sample()``, which runs on a worker thread. Probes never import each
+    other: the coupling goes through the agent, and what the probe then measured is in
+    its own samples, so a replay needs no follower. ``follows`` names the probe whose
+    samples it needs (None: it needs none now); where that probe does not run, the
+    agent does not run the follower either and says why.
+    """
+
+    @property
+    def follows(self) -> str | None: ...
+
+    def follow(self, samples: Sequence[Sample]) -> None: ...

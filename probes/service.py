@@ -7,7 +7,11 @@ service for other work. This probe reads the service's own cgroup-v2 files
 ``memory.current``) so the rules can judge the service (agent/service_cpu.py),
 and each pass names the processes using the most CPU, the service's and the
 host's, from ``/proc/<pid>/stat`` deltas. The service is a cgroup path, a systemd
-unit (found in the cgroup tree), or a PID or process name (its cgroup).
+unit or a container ID (found in the cgroup tree), or a PID or process name (its
+cgroup). With none named, the service is the processes holding GPU memory: the agent
+hands the probe the PIDs the gpu probe saw (``follow``), and the probe measures their
+cgroups, those of their own (probes/service_cgroups.py: not the root, not the agent's);
+the service label names the cgroups chosen, so a recording replays the same.
 
 Samples: one per pass labelled ``service`` (values in docs/probes.md), and one per
 top process labelled ``service``, ``pid``, ``process_name``, ``in_service``
@@ -30,9 +34,18 @@ from ai_bottleneck.probes.base import (
     option_info,
     parse_options,
 )
+from ai_bottleneck.probes.service_cgroups import (
+    describe,
+    find_container,
+    find_unit,
+    hierarchy,
+    own_cgroups,
+    process_cgroup,
+)
 from ai_bottleneck.probes.vocabulary import (
     HOST_CPU,
     IN_SERVICE_LABEL,
+    OTHER_PROCESSES,
     PROCESS_COUNT,
     PROCESS_CPU_CORES,
     PROCESS_LABEL,
@@ -41,6 +54,12 @@ from ai_bottleneck.probes.vocabulary import (
 
 NAME = "service"
 _PSI = ("cpu", "memory", "io")
+#: The options that name the service; at most one of them is given.
+NAMING_KEYS = ("unit", "cgroup", "container", "process")
+#: The service label while the service is the GPU processes' cgroups.
+GPU_PROCESSES = "GPU processes"
+_MAX_PIDS = 4096  # processes read per pass: a service of thousands costs no more
+_MAX_CGROUPS = 256  # cgroups below the service's read per pass, for the same reason
 
 
 @dataclass(frozen=True)
@@ -49,13 +68,28 @@ class Options:
         doc="the service's cgroup-v2 path, under cgroup_root (system.slice/vllm.service)"))
     unit: str = field(default="", metadata=option_info(
         doc="a systemd unit; its cgroup is found under cgroup_root"))
+    container: str = field(default="", metadata=option_info(
+        doc="a container ID (12 to 64 hex digits); its cgroup is found under cgroup_root"))
     process: str = field(default="", metadata=option_info(
         doc="a process name or PID; the service is that process's cgroup"))
+    gpu_processes: bool = field(default=True, metadata=option_info(
+        doc="with no service named, the service is the processes holding GPU memory (their "
+            "cgroups of their own); false: no service, judged host-wide"))
     cgroup_root: str = field(default="/sys/fs/cgroup", metadata=option_info(
-        doc="where the cgroup-v2 hierarchy is mounted"))
+        doc="where the cgroup-v2 hierarchy is mounted (or its hybrid-layout parent, with "
+            "the v2 tree in unified/)"))
     proc_root: str = field(default="/proc", metadata=option_info(doc="where /proc is"))
     top_processes: int = field(default=5, metadata=option_info(
         min=0, max=50, doc="processes named per pass, by CPU, the service's and the host's"))
+
+    def __post_init__(self) -> None:
+        named = [k for k in NAMING_KEYS if getattr(self, k)]
+        if len(named) > 1:
+            raise ValueError(f"name the service one way: {' and '.join(named)} are both set")
+        if self.container and not (12 <= len(self.container) <= 64 and all(
+                c in "0123456789abcdefABCDEF" for c in self.container)):
+            raise ValueError(f"container: {self.container!r} is not a container ID "
+                             "(12 to 64 hex digits)")
 
 
 def _read(path: str) -> str | None:
@@ -81,6 +115,31 @@ def _usage_usec(text: str | None) -> float | None:
         if line.startswith("usage_usec "):
             return float(line.split()[1])
     return None
+
+
+def _counters(path: str) -> dict[str, float | None]:
+    """A cgroup's CPU time and pressure stall totals (microseconds)."""
+    out = {"usage": _usage_usec(_read(f"{path}/cpu.stat"))}
+    for resource in _PSI:
+        out[resource] = _psi_total(_read(f"{path}/{resource}.pressure"))
+    return out
+
+
+def _procs(paths: Sequence[str]) -> list[int]:
+    """The processes of the cgroups and of the cgroups below them (a unit's or a pod's
+    processes may sit in child cgroups), at most _MAX_PIDS from _MAX_CGROUPS cgroups."""
+    pids: list[int] = []
+    todo = list(paths)
+    visited = 0
+    while todo and len(pids) < _MAX_PIDS and visited < _MAX_CGROUPS:
+        path = todo.pop()
+        visited += 1
+        pids += [int(p) for p in (_read(f"{path}/cgroup.procs") or "").split() if p.isdigit()]
+        try:
+            todo += [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue
+    return sorted(set(pids))[:_MAX_PIDS]
 
 
 def process_ticks(proc_root: str, pid: int) -> tuple[str, int] | None:
@@ -109,9 +168,14 @@ class ServiceProbe:
         self._clock = clock
         self._hz = float(os.sysconf("SC_CLK_TCK"))
         self._cpus = float(os.cpu_count() or 1)
-        self._path: str | None = None
-        self._label = (self.options.unit or self.options.cgroup or self.options.process)
-        self._before: dict[str, float] = {}
+        self._paths: list[str] | None = None
+        o = self.options
+        self._label = o.unit or o.cgroup or o.container or o.process
+        self._root = hierarchy(o.cgroup_root) or o.cgroup_root.rstrip("/")
+        # The agent's own cgroup, as this process sees it (never judged as the service).
+        self._agent_cgroup = process_cgroup("/proc", "self") or "/"
+        self._gpu_pids: frozenset[int] = frozenset()
+        self._before: dict[str, dict[str, float]] = {}
         self._ticks: dict[int, int] = {}
         self._thread_ticks: dict[tuple[int, int], int] = {}
         self._before_at: float | None = None
@@ -120,28 +184,46 @@ class ServiceProbe:
 
     def _resolve(self) -> str | None:
         o = self.options
-        root = o.cgroup_root.rstrip("/")
+        root = self._root
         if o.cgroup:
             path = f"{root}/{o.cgroup.strip('/')}"
         elif o.unit:
-            path = self._find_unit(root, o.unit) or ""
+            path = find_unit(root, o.unit) or ""
+        elif o.container:
+            path = find_container(root, o.container) or ""
         elif o.process:
             pid = int(o.process) if o.process.isdigit() else self._find_process(o.process)
-            text = _read(f"{o.proc_root}/{pid}/cgroup") if pid else None
-            lines = [ln for ln in (text or "").splitlines() if ln.startswith("0::")]
-            path = f"{root}/{lines[0][3:].strip('/')}" if lines else ""
+            found = process_cgroup(o.proc_root, pid) if pid else None
+            path = f"{root}{found}".rstrip("/") if found else ""
         else:
             return None
         return path if path and os.path.exists(f"{path}/cgroup.procs") else None
 
-    @staticmethod
-    def _find_unit(root: str, unit: str) -> str | None:
-        for dirpath, dirnames, _files in os.walk(root):
-            if unit in dirnames:
-                return f"{dirpath}/{unit}"
-            if dirpath.count("/") - root.count("/") >= 4:
-                dirnames.clear()  # units sit a few slices deep at most
-        return None
+    def _current(self) -> tuple[list[str] | None, str]:
+        """The cgroups measured this pass and the service label: the named service's
+        (None when it is not found), else the GPU processes' own ([] when none)."""
+        if self._label:
+            if self._paths is None or not os.path.exists(f"{self._paths[0]}/cgroup.procs"):
+                path = self._resolve()
+                self._paths = [path] if path is not None else None
+            return self._paths, self._label
+        found = own_cgroups(self.options.proc_root, self._gpu_pids, self._agent_cgroup)
+        return [f"{self._root}{p}" for p in found], f"{GPU_PROCESSES} ({describe(found)})"
+
+    @property
+    def follows(self) -> str | None:
+        """The probe whose samples this one needs: the gpu probe's, when no service is
+        named (its process samples say which PIDs hold GPU memory)."""
+        return None if self._label else "gpu"
+
+    def follow(self, samples: Sequence[Sample]) -> None:
+        """The agent's hand-over after every round: the PIDs holding GPU memory, from the
+        gpu probe's process samples (a round without gpu samples changes nothing)."""
+        gpu = [s for s in samples if s.probe == "gpu" and s.ok]
+        if gpu:
+            self._gpu_pids = frozenset(
+                int(pid) for s in gpu if (pid := s.labels.get(PROCESS_LABEL, OTHER_PROCESSES))
+                != OTHER_PROCESSES and pid.isdigit())
 
     def _find_process(self, name: str) -> int | None:
         for entry in os.listdir(self.options.proc_root):
@@ -154,52 +236,66 @@ class ServiceProbe:
     # -- protocol ---------------------------------------------------------------------------
 
     def check(self) -> Availability:
-        if not self._label:
-            return Availability.no("no service named ([probes.service] cgroup, unit or process)")
-        self._path = self._resolve()
-        if self._path is None:
-            return Availability.no(f"service {self._label}: no cgroup-v2 directory found under "
-                                   f"{self.options.cgroup_root}")
-        return Availability.yes(f"service {self._label}: cgroup {self._path}")
+        if self._label:
+            path = self._resolve()
+            self._paths = [path] if path is not None else None
+            if path is None:
+                return Availability.no(f"service {self._label}: no cgroup-v2 directory found "
+                                       f"under {self.options.cgroup_root}")
+            return Availability.yes(f"service {self._label}: cgroup {path}")
+        unnamed = "no service named ([service] unit, cgroup, container or process)"
+        if not self.options.gpu_processes:
+            return Availability.no(unnamed)
+        if not os.path.exists(f"{self._root}/cgroup.procs"):
+            return Availability.no(f"{unnamed}, and no cgroup-v2 hierarchy at "
+                                   f"{self.options.cgroup_root} to find the GPU processes in")
+        return Availability.yes(f"{unnamed}: the service is the processes holding GPU memory, "
+                                "where they run in cgroups of their own")
 
     def sample(self) -> Sequence[Sample]:
         t = self._clock()
-        if self._path is None or not os.path.exists(f"{self._path}/cgroup.procs"):
-            self._path = self._resolve() if self._label else None
-            if self._path is None:
-                return [failed(NAME, f"service {self._label or '?'}: cgroup not found",
-                               {"service": self._label}, t=t)]
+        paths, label = self._current()
+        if paths is None:
+            return [failed(NAME, f"service {label}: cgroup not found", {"service": label}, t=t)]
+        if not paths:
+            # No GPU process in a cgroup of its own: nothing to judge apart from the host.
+            self._before, self._before_at = {}, None
+            return []
         now = self._monotonic()
-        counters = {"usage": _usage_usec(_read(f"{self._path}/cpu.stat"))}
-        for resource in _PSI:
-            counters[resource] = _psi_total(_read(f"{self._path}/{resource}.pressure"))
-        pids = [int(p) for p in (_read(f"{self._path}/cgroup.procs") or "").split()]
+        counters = {path: _counters(path) for path in paths}
+        pids = _procs(paths)
         values: dict[str, float] = {PROCESS_COUNT: float(len(pids))}
-        memory = _read(f"{self._path}/memory.current")
-        if memory is not None and memory.strip().isdigit():
-            values["memory_current_bytes"] = float(memory)
-        elapsed = now - self._before_at if self._before_at is not None else None
-        top = self._processes(pids, elapsed)
+        memory = [_read(f"{path}/memory.current") for path in paths]
+        if all(m is not None and m.strip().isdigit() for m in memory):
+            values["memory_current_bytes"] = float(sum(int(m or 0) for m in memory))
+        same = set(self._before) == set(paths)
+        elapsed = now - self._before_at if self._before_at is not None and same else None
+        top = self._processes(pids, now - self._before_at if self._before_at else None)
         if elapsed and elapsed > 0:
-            usage, before = counters["usage"], self._before.get("usage")
-            if usage is not None and before is not None:
-                cores = max(0.0, usage - before) / 1e6 / elapsed
+            used = [(c["usage"], self._before[p].get("usage")) for p, c in counters.items()]
+            if all(u is not None and b is not None for u, b in used):
+                cores = sum(max(0.0, (u or 0.0) - (b or 0.0)) for u, b in used) / 1e6 / elapsed
                 values["cpu_cores"] = cores
                 values[HOST_CPU] = min(1.0, cores / self._cpus)
             for resource in _PSI:
-                total, before = counters[resource], self._before.get(resource)
-                if total is not None and before is not None:
+                # Stall shares of several cgroups do not add up: the worst one speaks.
+                stalls = [max(0.0, total - before) for p, c in counters.items()
+                          if (total := c[resource]) is not None
+                          and (before := self._before[p].get(resource)) is not None]
+                if stalls:
                     values[f"{resource}_pressure_some_ratio"] = min(
-                        1.0, max(0.0, total - before) / 1e6 / elapsed)
+                        1.0, max(stalls) / 1e6 / elapsed)
             busiest = self._busiest_thread(pids, elapsed)
             if busiest is not None:
                 values[SERVICE_BUSIEST_THREAD] = busiest
-        self._before = {k: v for k, v in counters.items() if v is not None}
+        self._before = {p: {k: v for k, v in c.items() if v is not None}
+                        for p, c in counters.items()}
         self._before_at = now
-        labels = {"service": self._label}
+        labels = {"service": label}
+        mine = set(pids)
         return [Sample(t=t, probe=NAME, labels=labels, values=values), *[
             Sample(t=t, probe=NAME, labels={**labels, PROCESS_LABEL: str(pid), "process_name": comm,
-                                            IN_SERVICE_LABEL: "1" if pid in pids else "0"},
+                                            IN_SERVICE_LABEL: "1" if pid in mine else "0"},
                    values={PROCESS_CPU_CORES: cores}) for pid, comm, cores in top]]
 
     def close(self) -> None:
@@ -259,14 +355,16 @@ class ServiceProbe:
 
 
 def options_for(name: str) -> dict[str, str]:
-    """The probe options that ``diagnose --service NAME`` means: a systemd unit
-    (``*.service``, ``*.scope``, ``*.slice``), a cgroup path (contains ``/``), else a
-    process name or PID."""
+    """The probe options that ``--service NAME`` means: a systemd unit (``*.service``,
+    ``*.scope``, ``*.slice``), a cgroup path (contains ``/``), a container ID (12 to 64
+    hex digits; a PID has at most 7 digits), else a process name or PID."""
     name = name.strip()
     if "/" in name:
         return {"cgroup": name}
     if name.endswith((".service", ".scope", ".slice")):
         return {"unit": name}
+    if 12 <= len(name) <= 64 and all(c in "0123456789abcdefABCDEF" for c in name):
+        return {"container": name}
     return {"process": name}
 
 

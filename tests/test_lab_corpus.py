@@ -21,6 +21,7 @@ from ai_bottleneck.assembly import assemble_replay as replay
 from ai_bottleneck.probes.options import parse_options
 from ai_bottleneck.thresholds import Thresholds
 from tests.lab.runner import DISTURBED_OTHER_CPU, QUICK, agent_command, timeline_from_json
+from tests.lab.schedule import SHARED_HOST_SCENARIOS
 from tests.lab.score import Score, format_table, score_runs
 from tests.lab.suite import scenarios_for
 
@@ -51,7 +52,12 @@ def test_the_corpus_has_every_scenario_small_and_quietly_recorded() -> None:
     for schedule in SCHEDULES:
         document, recording = _load(schedule)
         assert 0 < recording.stat().st_size < MAX_RECORDING_BYTES, recording
-        # Ground truth only holds where the lab's load was the host's load.
+        # Ground truth only holds where the lab's load was the host's load; except where
+        # the service runs in a cgroup of its own (the shared-host scenarios): the agent
+        # judges that cgroup, so other work on the host is what the scenario plays
+        # (busy_host_idle_service) or leaves the service's cap the limit (starved_service).
+        if document["scenario"] in SHARED_HOST_SCENARIOS:
+            continue
         others = [c["other"] for c in (document["lead_in_cpu"],
                                        *document["phase_cpu"].values())]
         assert max(others) < DISTURBED_OTHER_CPU, (schedule.name, others)

@@ -1,5 +1,5 @@
 """The scenario lab, live: every scenario played against `ai-bottleneck diagnose` at CI
-lengths (tests/lab/runner.py QUICK: 5 s windows, five a phase; about 9 minutes), graded
+lengths (tests/lab/runner.py QUICK: 5 s windows, five a phase; about 11 minutes), graded
 together. Fails when macro-F1 drops under 0.9; the table (figures beside the issue's
 targets) is printed either way. The full lengths are the benchmark's:
 `python -m tests.bench.bench_lab`."""
@@ -15,8 +15,9 @@ from tests.lab.suite import run_suite, scenarios_for
 
 MIN_MACRO_F1 = 0.9
 #: Retries of scenarios that other work on the host disturbed stop here, so the test stays
-#: under 13 minutes (the first attempts take about 9).
-BUDGET_SECONDS = 11.5 * 60
+#: under 15 minutes (the first attempts take about 11, the two shared-host scenarios on
+#: real cgroups about 2 of them).
+BUDGET_SECONDS = 13.5 * 60
 
 
 @pytest.mark.root

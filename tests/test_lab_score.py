@@ -207,7 +207,7 @@ def test_scenarios_are_the_issue_list_and_fit_the_scoring() -> None:
     ci = ci_scenarios()
     assert set(ci) == {"idle", "gpu_bound", "network_bound", "cpu_bound", "vram_bound",
                        "balanced", "transitions", "egress_big_answers", "internal_hop",
-                       "purchased_rate"}
+                       "purchased_rate", "busy_host_idle_service", "starved_service"}
     for scenario in [*ci.values(), *full_scenarios().values()]:
         assert all(p.expected_label in LABEL_ORDER for p in scenario.phases)
     article = ci["network_bound"].phases[0]

@@ -5,8 +5,8 @@ graded per label, with the issue's targets beside the measured figures.
         [--min-f1 F] [--record-dir DIR] [--keep DIR] [--no-retry]
 
 Full: windows of 10 s sampled every second (the agent's defaults), twelve windows a phase,
-about 25 minutes. ``--quick``: the CI lengths (5 s windows every 0.5 s, five windows a
-phase), about 6 minutes. Needs root (network namespaces, tc). Prints the table and writes
+about 30 minutes. ``--quick``: the CI lengths (5 s windows every 0.5 s, five windows a
+phase), about 8 minutes. Needs root (network namespaces, tc). Prints the table and writes
 the JSON (``--out``); exits 1 when macro-F1 is under ``--min-f1`` (default: 0.9 with
 --quick, the target 0.95 otherwise) or a scenario could not be played, 2 on bad usage.
 """

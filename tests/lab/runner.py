@@ -50,6 +50,7 @@ from tests.lab.cpu import (
     wait_for_quiet_host,
 )
 from tests.lab.load import BackgroundLoad, LoadResult
+from tests.lab.placement import placed
 from tests.lab.schedule import FAST_LINK_BITS_PER_SECOND, IDLE_SERVICE, Phase, Scenario
 from tests.lab.score import Score, TimedPhase, score_runs
 from tests.lab.service import REPO_ROOT, ServiceHandle, start_service
@@ -216,7 +217,7 @@ IPERF3_PORT = 5299
 
 def agent_config(settings: AgentSettings, *, infer_url: str, service_log: Path,
                  nic: str, scenario: Scenario | None = None,
-                 iperf3_target: str | None = None) -> str:
+                 iperf3_target: str | None = None, cgroup_root: Path | None = None) -> str:
     """The agent's config for a lab run: every probe pointed at the lab, plus the
     scenario's own tables ("{nic}" in them names the lab's NIC)."""
     body_bytes = (scenario.probe_body_bytes if scenario is not None
@@ -244,8 +245,11 @@ def agent_config(settings: AgentSettings, *, infer_url: str, service_log: Path,
                           if iperf3_target is not None else {"enabled": False}),
         "probes.download": {"enabled": False},
         "probes.engine": {"enabled": False},
-        # The lab does not name its service's cgroup (yet): judged host-wide, as before.
-        "probes.service": {"enabled": False},
+        # Where the scenario places the service in a cgroup of its own, the service probe
+        # finds it as the GPU process's cgroup (nothing named); elsewhere the service runs
+        # in the lab's own cgroup and the host is judged, as before.
+        "probes.service": ({"enabled": True, "cgroup_root": str(cgroup_root)}
+                           if cgroup_root is not None else {"enabled": False}),
     }
     for table, values in (scenario.agent_tables if scenario is not None else {}).items():
         tables[table.replace("{nic}", nic)] = {
@@ -418,7 +422,8 @@ def _play(scenario: Scenario, settings: AgentSettings, workdir: Path, *,
     first_out = scenario.phases[0].link_rate_out_bits_per_second or first_rate
     with netns_link(first_rate, first_out) as link, start_service(
             workdir / "gpu.json", workdir / "service.log", link=link, bind=link.ns_addr,
-            params=IDLE_SERVICE, gpu_model=scenario.gpu_model) as service:
+            params=IDLE_SERVICE, gpu_model=scenario.gpu_model) as service, placed(
+                scenario.placement, service.process.pid, seconds=duration + 60) as placement:
         # The first phase's hop from the start: the agent's active probes run once, at
         # the start of a diagnose run, and measure the path as the phase will have it.
         link.set_hop_rate(scenario.phases[0].hop_rate_in_bits_per_second)
@@ -431,7 +436,8 @@ def _play(scenario: Scenario, settings: AgentSettings, workdir: Path, *,
         config = workdir / "agent.toml"
         config.write_text(agent_config(settings, infer_url=service.infer_url,
                                        service_log=service.log, nic=link.host_dev,
-                                       scenario=scenario, iperf3_target=iperf3_target),
+                                       scenario=scenario, iperf3_target=iperf3_target,
+                                       cgroup_root=placement.cgroup_root),
                           encoding="utf-8")
         env = {**os.environ, "AI_BOTTLENECK_NVML_BACKEND": NVML_BACKEND,
                "AI_BOTTLENECK_FAKE_NVML": str(service.gpu_state),
@@ -444,7 +450,7 @@ def _play(scenario: Scenario, settings: AgentSettings, workdir: Path, *,
         with _agent_process(argv, env, out, err) as agent:
             driver = _Driver(service, link, CpuMeter({
                 "agent": agent.pid, "service": service.process.pid,
-                "load_generator": os.getpid()}))
+                "load_generator": os.getpid(), **placement.processes}))
             try:
                 origin = _first_sample_time(record, agent, err, start_timeout)
                 # First phase on a window boundary at least lead_in windows in.

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tests.lab.placement import Placement
 from tests.lab.score import TimedPhase
 from tests.lab.service import ServiceParams
 from tests.lab.simgpu import DEFAULT_GPU_MODEL, GIB
@@ -79,6 +80,9 @@ class Scenario:
     #: The agent's own timed call: body size and time limit, when not the settings'.
     probe_body_bytes: int | None = None
     probe_timeout_seconds: float | None = None
+    #: Run the service in a cgroup of its own beside other work (tests/lab/placement.py);
+    #: the agent's service probe then judges the GPU process's cgroup. None: as it runs.
+    placement: Placement | None = None
 
     @property
     def duration_seconds(self) -> float:
@@ -213,6 +217,39 @@ def _network_scenarios(window_seconds: float, windows: int) -> dict[str, Scenari
 NETWORK_SCENARIOS = ("egress_big_answers", "internal_hop", "purchased_rate")
 
 
+# ---- a shared host: whose CPU load is it (the service's own cgroup) ----
+
+#: The starved service's CPU limit: its two pre-processing workers want two cores and get
+#: this many, so its tasks wait for a CPU most of the time (cgroup PSI) while the host has
+#: CPU to spare.
+STARVED_SERVICE_CORES = 0.3
+
+
+def _shared_host_scenarios(window_seconds: float, windows: int) -> dict[str, Scenario]:
+    d = window_seconds * windows
+    return {
+        "busy_host_idle_service": Scenario("busy_host_idle_service", (Phase(
+            "idle", d, "idle", IDLE_SERVICE, None,
+            description="model loaded, no requests, while unrelated processes in another "
+                        "cgroup burn every CPU of the host"),),
+            "an idle service on a host saturated by other work: the service's cgroup is "
+            "idle, the host load is named as context",
+            placement=Placement(other_burners=-1)),
+        "starved_service": Scenario("starved_service", (Phase(
+            "cpu_bound", d, "cpu_bound", CPU_HEAVY_SERVICE,
+            LoadParams(clients=4, payload_bytes=100_000),
+            description=f"requests needing CPU pre-processing while the service's cgroup "
+                        f"is capped at {STARVED_SERVICE_CORES:g} CPUs"),),
+            "a service starved of CPU by its own cgroup's limit while the host has CPU to "
+            "spare: its cgroup's CPU pressure names it",
+            placement=Placement(service_cores=STARVED_SERVICE_CORES)),
+    }
+
+
+#: The scenarios of a shared host, judged on the service's own cgroup.
+SHARED_HOST_SCENARIOS = ("busy_host_idle_service", "starved_service")
+
+
 def build_scenarios(window_seconds: float, windows_per_phase: int) -> dict[str, Scenario]:
     """Every scenario, with each phase ``windows_per_phase`` windows long."""
     if window_seconds <= 0 or windows_per_phase < 1:
@@ -227,6 +264,7 @@ def build_scenarios(window_seconds: float, windows_per_phase: int) -> dict[str, 
         "idle -> network_bound -> gpu_bound -> idle in one run, to measure detection and "
         "reset latency")
     scenarios.update(_network_scenarios(window_seconds, windows_per_phase))
+    scenarios.update(_shared_host_scenarios(window_seconds, windows_per_phase))
     return scenarios
 
 
