@@ -77,9 +77,8 @@ OVERLOAD_STATUSES = frozenset({429.0, 503.0, 504.0})
 _mean = SeriesWindow.mean
 
 
-def _max(sw: SeriesWindow, name: str) -> float | None:
-    st = sw.stats(name)
-    return None if st is None else st.max
+#: ``_max(sw, name)``: the largest value of ``name`` (SeriesWindow.peak).
+_max = SeriesWindow.peak
 
 
 def _slowdowns(sw: SeriesWindow) -> list[tuple[str, float]]:
@@ -240,8 +239,8 @@ def _http_readings(window: Window) -> list[HttpReading]:
             phases = {p: m for p in HTTP_PHASES
                       if (m := _mean(sw, p)) is not None}
             server = sw.stats(SERVER_SECONDS)
-            moved = [st.sum for name in (REQUEST_BYTES, RESPONSE_BYTES)
-                     if (st := sw.stats(name)) is not None]
+            moved = [total for name in (REQUEST_BYTES, RESPONSE_BYTES)
+                     if (total := sw.total(name)) is not None]
             reading = HttpReading(
                 target=target, calls=calls, failures=failures, errors=reading.errors,
                 total=sw.stats(TOTAL_SECONDS), phases=phases,

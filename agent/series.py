@@ -149,6 +149,23 @@ class SeriesWindow:
         vals = self.values(name)  # no sort needed for a mean alone
         return math.fsum(vals) / len(vals) if vals else None
 
+    def peak(self, name: str) -> float | None:
+        """``stats(name).max`` without the rest of the statistics (no sort)."""
+        st = self._stats.get(name)
+        if st is not None:
+            return st.max
+        vals = self.values(name)
+        # The last of equal largest values, as the sorted statistics pick it (-0.0, 0.0).
+        return max(reversed(vals)) if vals else None
+
+    def total(self, name: str) -> float | None:
+        """``stats(name).sum`` without the rest of the statistics (no sort)."""
+        st = self._stats.get(name)
+        if st is not None:
+            return st.sum
+        vals = self.values(name)
+        return math.fsum(vals) if vals else None
+
     def any_nonzero(self, name: str) -> bool:
         return any(self.values(name))
 
