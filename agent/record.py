@@ -17,7 +17,6 @@ import stat
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from math import isfinite
 from pathlib import Path
 from typing import IO, Any
 
@@ -205,9 +204,8 @@ class RecordReader:
                         sample = typed(line)
                     except REFUSED:
                         sample = None
-                    # (sample_decoder.plain, inline: this runs for every line)
-                    if (sample is None or not sample.probe
-                            or not isfinite(sample.t + sum(sample.values.values()))):
+                    # sample_decoder.plain, inline: this runs for every line
+                    if sample is None or not sample.probe:
                         sample = self._general(line, lineno)
                         if sample is None:
                             continue

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from math import isfinite
 
 from ai_bottleneck.probes.sample import Sample
 
@@ -33,7 +32,9 @@ def typed_decoder() -> TypedDecoder | None:
 
 
 def plain(sample: Sample) -> bool:
-    """Whether a typed decode is the sample the general path would give: msgspec
-    accepts an empty probe name, and a sum of finite values may overflow (the general
-    path decides both)."""
-    return bool(sample.probe) and isfinite(sample.t + sum(sample.values.values()))
+    """Whether a typed decode is the sample the general path would give. msgspec
+    refuses a number out of a float's range (so every time and value it gives is
+    finite), a boolean or null where a number belongs, a label that is not a string and
+    an error that is not text; it accepts an empty probe name, which the general path
+    refuses."""
+    return bool(sample.probe)
