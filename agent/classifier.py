@@ -310,7 +310,8 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
     judged, service_notes = service_cpu.judge_service(r, window)
     f = engine_rules.facts(judged, thresholds)
     # A GPU fallen off the bus or needing a reset comes before every rule (gpu_faults.py).
-    faults = gpu_faults.hard_faults(window)
+    health = gpu_faults.GpuHealth(window)
+    faults = health.hard_faults()
     found: Finding | None = Finding(Label.UNKNOWN, notes=faults, hard=True) if faults else None
     for _, rule in RULES if found is None else ():
         found = rule(f)
@@ -324,9 +325,9 @@ def classify(window: Window, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Cla
     return Classification(
         label=found.label, confidence=found.confidence(), evidence=tuple(evidence),
         advice=tuple(found.advice or advice_for(found, f)),
-        warnings=(*warnings_for(f, found.label, window), *gpu_faults.warnings(window)),
+        warnings=(*warnings_for(f, found.label, window), *health.warnings()),
         summary={**summary(r), **engine_rules.summary(f), **gpu_workloads.summary(window),
-                 **gpu_faults.summary(window)},
+                 **health.summary()},
         probes={name: str(st) for name, st in r.status.items()}, hard=found.hard, readings=r,
         saturations=tuple(f.saturated_nics))
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from ai_bottleneck.probes.base import Sample
 from ai_bottleneck.probes.gpu_health import (
+    HEALTH_FLAGS,
     XID_RESET_REQUIRED,
     XID_WARNING,
     HealthState,
@@ -34,7 +35,7 @@ from ai_bottleneck.probes.vocabulary import (
     mig_instance,
 )
 from ai_bottleneck.remarks import Remark, WarningKind
-from ai_bottleneck.series import SeriesWindow
+from ai_bottleneck.series import SeriesWindow, by_time
 from ai_bottleneck.windows import Window
 
 _WORST_FIRST = (HealthState.LOST, HealthState.RESET_REQUIRED, HealthState.DEGRADED,
@@ -54,13 +55,17 @@ def _gpus(window: Window) -> Iterator[tuple[str, Sequence[SeriesWindow]]]:
     yield from sorted(by_gpu.items())
 
 
-def _samples(group: Sequence[SeriesWindow]) -> list[Sample]:
-    return sorted((s for sw in group for s in sw.samples), key=lambda s: s.t)
+def _samples(group: Sequence[SeriesWindow]) -> Sequence[Sample]:
+    if len(group) == 1:
+        return group[0].samples  # one series: already in time order
+    return sorted((s for sw in group for s in sw.samples), key=by_time)
 
 
 def _worst(samples: Sequence[Sample]) -> tuple[HealthState, Sample] | None:
     found: dict[HealthState, Sample] = {}
     for s in samples:
+        if s.values.keys().isdisjoint(HEALTH_FLAGS):
+            continue  # no health flag at all (an older recording): no state
         state = state_of(s.values)
         if state is not None:
             found[state] = s  # the latest sample in that state
@@ -80,11 +85,37 @@ def _last(group: Sequence[SeriesWindow], name: str) -> float | None:
     return max(values)[1] if values else None
 
 
+class GpuHealth:
+    """The health of every GPU of one window, read once: the classifier asks for the
+    hard faults, the warnings and the summary of the same window."""
+
+    __slots__ = ("gpus",)
+
+    def __init__(self, window: Window) -> None:
+        #: (GPU, its series, its worst state in the window and the latest sample in it)
+        self.gpus = [(gpu, group, _worst(_samples(group))) for gpu, group in _gpus(window)]
+
+    def hard_faults(self) -> list[str]:
+        return _hard_faults(self.gpus)
+
+    def warnings(self) -> list[Remark]:
+        return _warnings(self.gpus)
+
+    def summary(self) -> dict[str, object]:
+        return _summary(self.gpus)
+
+
+_Assessed = Sequence[tuple[str, Sequence[SeriesWindow], tuple[HealthState, Sample] | None]]
+
+
 def hard_faults(window: Window) -> list[str]:
     """One line per GPU that fell off the bus or needs a reset in this window."""
+    return GpuHealth(window).hard_faults()
+
+
+def _hard_faults(gpus: _Assessed) -> list[str]:
     out = []
-    for gpu, group in _gpus(window):
-        worst = _worst(_samples(group))
+    for gpu, group, worst in gpus:
         if worst is None:
             continue
         state, sample = worst
@@ -126,9 +157,12 @@ _REPAIRS = (
 
 def warnings(window: Window) -> list[Remark]:
     """GPU health worth knowing that does not stop the verdict."""
+    return GpuHealth(window).warnings()
+
+
+def _warnings(gpus: _Assessed) -> list[Remark]:
     out = []
-    for gpu, group in _gpus(window):
-        worst = _worst(_samples(group))
+    for gpu, group, worst in gpus:
         if worst is not None and worst[0] is HealthState.DEGRADED:
             for flag, kind, text in _REPAIRS:
                 if _last(group, flag):
@@ -151,9 +185,12 @@ HEALTH_KEY = "gpu_health"
 def summary(window: Window) -> dict[str, object]:
     """``{"gpu_health": {"<gpu>": {"state": "reset_required", "reason": "..."}}}`` for the
     GPUs not ``ok`` in this window (their worst state); {} when all are ok or unknown."""
+    return GpuHealth(window).summary()
+
+
+def _summary(gpus: _Assessed) -> dict[str, object]:
     out: dict[str, dict[str, str]] = {}
-    for gpu, group in _gpus(window):
-        worst = _worst(_samples(group))
+    for gpu, group, worst in gpus:
         if worst is None or worst[0] is HealthState.OK:
             continue
         state, sample = worst

@@ -48,13 +48,13 @@ def summary(window: Window) -> dict[str, Any]:
     for sw in window.of("gpu"):
         if not is_process_sample(sw.labels):
             continue
-        st = sw.stats(PROCESS_MEMORY_USED)
-        if st is None:
+        peak = sw.peak(PROCESS_MEMORY_USED)
+        if peak is None:
             continue
         mig = mig_instance(sw.labels)
         where = sw.labels.get("gpu", "?") + (f" MIG instance {mig}" if mig is not None else "")
         key = f"{workload_name(sw.labels)} on GPU {where}"
-        peaks[key] = peaks.get(key, 0.0) + st.max
+        peaks[key] = peaks.get(key, 0.0) + peak
     if not peaks:
         return {}
     largest = sorted(peaks.items(), key=lambda kv: -kv[1])[:MAX_WORKLOADS]

@@ -72,13 +72,13 @@ BENIGN_CLOCK_BITS = 0x1 | 0x2 | 0x10 | 0x100
 OVERLOAD_STATUSES = frozenset({429.0, 503.0, 504.0})
 
 
-def _mean(sw: SeriesWindow, name: str) -> float | None:
-    return sw.mean(name)
+#: ``_mean(sw, name)``: the mean of value ``name`` (SeriesWindow.mean itself, not a
+#: wrapper around it: the rules read a few dozen means per window).
+_mean = SeriesWindow.mean
 
 
-def _max(sw: SeriesWindow, name: str) -> float | None:
-    st = sw.stats(name)
-    return None if st is None else st.max
+#: ``_max(sw, name)``: the largest value of ``name`` (SeriesWindow.peak).
+_max = SeriesWindow.peak
 
 
 def _slowdowns(sw: SeriesWindow) -> list[tuple[str, float]]:
@@ -116,7 +116,7 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
         sw = max(measured, key=lambda s: s.count)
         bitmask = sw.values("clocks_event_reasons_bitmask")
         # Nothing but idle or user-set clocks in the bitmask: no need to read every flag.
-        quiet = bool(bitmask) and not any(int(v) & ~BENIGN_CLOCK_BITS for v in bitmask)
+        quiet = bool(bitmask) and not any(int(v) & ~BENIGN_CLOCK_BITS for v in set(bitmask))
         slowdowns = [] if quiet else _slowdowns(sw)
         oom = sum(v for v in (sw.increase(OOM_EVENTS_TOTAL),
                               sw.increase(LOAD_FAILURE_EVENTS_TOTAL)) if v)
@@ -182,6 +182,8 @@ def _nic_readings(window: Window) -> tuple[list[NicReading], TcpReading | None]:
         drops = [v for v in (_mean(sw, nic_value("rx", "drops_per_second")),
                              _mean(sw, nic_value("tx", "drops_per_second"))) if v is not None]
         rx_cap, tx_cap = tightest_capacity(sw, "rx"), tightest_capacity(sw, "tx")
+        # The throughput statistics first: the means below then read them, not the samples.
+        rx_stats, tx_stats = sw.stats("rx_bits_per_second"), sw.stats("tx_bits_per_second")
         nics.append(NicReading(
             name=name, samples=sw.count,
             rx_bits_per_second=_mean(sw, nic_value("rx", "bits_per_second")),
@@ -191,7 +193,7 @@ def _nic_readings(window: Window) -> tuple[list[NicReading], TcpReading | None]:
             tx_utilization=_utilization(sw, "tx", tx_cap),
             drops_per_second=sum(drops) if drops else None,
             rx_capacity=rx_cap, tx_capacity=tx_cap,
-            rx_stats=sw.stats("rx_bits_per_second"), tx_stats=sw.stats("tx_bits_per_second"),
+            rx_stats=rx_stats, tx_stats=tx_stats,
         ))
     return nics, tcp
 
@@ -237,8 +239,8 @@ def _http_readings(window: Window) -> list[HttpReading]:
             phases = {p: m for p in HTTP_PHASES
                       if (m := _mean(sw, p)) is not None}
             server = sw.stats(SERVER_SECONDS)
-            moved = [st.sum for name in (REQUEST_BYTES, RESPONSE_BYTES)
-                     if (st := sw.stats(name)) is not None]
+            moved = [total for name in (REQUEST_BYTES, RESPONSE_BYTES)
+                     if (total := sw.total(name)) is not None]
             reading = HttpReading(
                 target=target, calls=calls, failures=failures, errors=reading.errors,
                 total=sw.stats(TOTAL_SECONDS), phases=phases,

@@ -29,6 +29,7 @@ from ai_bottleneck.record_writer import (
     RecordWriter,
     make_header,
 )
+from ai_bottleneck.sample_decoder import REFUSED, typed_decoder
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ReadStats", "RecordError", "RecordReader",
            "RecordWriter", "make_header", "read_record"]
@@ -95,10 +96,12 @@ class RecordReader:
     """Iterate the samples of a recording.
 
     ``header`` is available after construction; ``stats`` fills in as the
-    samples are read. ``loads`` decodes one line (bytes); a line it refuses is
-    decoded again by the standard library, which also reads what a strict
-    decoder rejects (NaN, Infinity, lone surrogates), so the decoder changes
-    speed, never which samples are read.
+    samples are read. By default a line is decoded straight into a Sample where
+    msgspec is installed (sample_decoder); a line that decoder refuses, or every line
+    when ``loads`` is given, is decoded by ``loads`` (default: ``default_loads()``)
+    and checked by Sample.from_json; a line ``loads`` refuses is decoded again by the
+    standard library, which also reads what a strict decoder rejects (NaN, Infinity,
+    lone surrogates), so the decoder changes speed, never which samples are read.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, warn_limit: int = 10,
@@ -107,6 +110,8 @@ class RecordReader:
         self.stats = ReadStats()
         self._warn_limit = warn_limit
         self._loads = loads if loads is not None else default_loads()
+        # A decoder given is the one used; by default lines go straight to Samples.
+        self._typed = typed_decoder() if loads is None else None
         try:
             self._fh = _open_bytes(self.path)
             first = self._fh.readline(MAX_LINE_BYTES)
@@ -161,12 +166,26 @@ class RecordReader:
         self._bad(lineno, f"not JSON ({why})")
         return _SKIP
 
+    def _general(self, line: bytes, lineno: int) -> Sample | None:
+        """The sample of a line decoded to dicts and checked by Sample.from_json; None
+        for a blank or malformed line (counted and warned)."""
+        try:
+            obj = self._loads(line)
+        except (ValueError, RecursionError):
+            obj = self._decode_refused(line, lineno)
+            if obj is _SKIP:
+                return None
+        try:
+            return Sample.from_json(obj, adopt=True)
+        except SampleError as exc:
+            self._bad(lineno, str(exc))
+            return None
+
     def __iter__(self) -> Iterator[Sample]:
         # The loop runs once per sample of a recording (about a million for a day):
-        # the common case is one decode, one from_json and two comparisons of the
-        # sample's time (ai_bottleneck.record_times), with nothing else per line.
-        loads = self._loads
-        from_json = Sample.from_json
+        # the common case is one typed decode (sample_decoder) and two comparisons of
+        # the sample's time (ai_bottleneck.record_times), with nothing else per line.
+        typed = self._typed
         stats = self.stats
         gate = TimeGate()
         readline = self._fh.readline
@@ -180,19 +199,24 @@ class RecordReader:
                         pass
                     self._bad(lineno, f"longer than {MAX_LINE_BYTES} bytes")
                     continue
-                try:
-                    obj = loads(line)
-                except (ValueError, RecursionError):
-                    obj = self._decode_refused(line, lineno)
-                    if obj is _SKIP:
+                if typed is not None:
+                    try:
+                        sample = typed(line)
+                    except REFUSED:
+                        sample = None
+                    # sample_decoder.plain, inline: this runs for every line
+                    if sample is None or not sample.probe:
+                        sample = self._general(line, lineno)
+                        if sample is None:
+                            continue
+                else:
+                    sample = self._general(line, lineno)
+                    if sample is None:
                         continue
-                try:
-                    sample = from_json(obj, adopt=True)
-                except SampleError as exc:
-                    self._bad(lineno, str(exc))
-                    continue
-                if gate.low <= sample.t <= gate.high and not gate.held:
-                    gate.advance(sample.t)
+                t = sample.t
+                if gate.low <= t <= gate.high and not gate.held:
+                    if t > gate.newest:
+                        gate.advance(t)
                     stats.samples += 1
                     yield sample
                     continue

@@ -37,9 +37,12 @@ class TimeGate:
         # No reference yet: nothing is in range, so the first samples go to admit().
         self.low, self.high = math.inf, -math.inf
         self._ref: float | None = None
+        #: The stream's time so far (-inf before it has one): the reader asks
+        #: ``t > newest`` before calling advance, to skip the call for most samples.
+        self.newest = -math.inf
 
     def _set_ref(self, t: float) -> None:
-        self._ref = t
+        self._ref = self.newest = t
         self.low, self.high = t - self.max_jump, t + self.max_jump
 
     def advance(self, t: float) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
-from ai_bottleneck.probes.sample import Sample, is_skipped
+from ai_bottleneck.probes.sample import SKIPPED_VALUE, Sample, is_skipped
 
 PERCENTILE = 0.95
 #: Sort key of samples: their time.
@@ -44,8 +44,30 @@ class Stats:
         # p95 is the nearest rank: the smallest value with at least 95% of the values at
         # or below it. No interpolation, so it is always a value that was measured (with
         # 10 samples, p95 is the maximum).
-        return cls(n, total / n, ordered[max(1, math.ceil(PERCENTILE * n - 1e-9)) - 1],
-                   ordered[0], ordered[-1], total, values[-1])
+        return _stats(n, total / n, ordered[max(1, math.ceil(PERCENTILE * n - 1e-9)) - 1],
+                      ordered[0], ordered[-1], total, values[-1])
+
+
+def _stats(count: int, mean: float, p95: float, low: float, high: float, total: float,
+           last: float) -> Stats:
+    """A Stats without the frozen dataclass's __init__ (an object.__setattr__ per field):
+    a window computes a few dozen of them, a day of windows a few hundred thousand."""
+    st = _new_object(Stats)
+    _set_count(st, count)
+    _set_mean(st, mean)
+    _set_p95(st, p95)
+    _set_min(st, low)
+    _set_max(st, high)
+    _set_sum(st, total)
+    _set_last(st, last)
+    return st
+
+
+_new_object = object.__new__
+# The slot descriptors of Stats' fields; setting through them is what __init__ does.
+_set_count, _set_mean, _set_p95, _set_min, _set_max, _set_sum, _set_last = (
+    Stats.__dict__[name].__set__ for name in ("count", "mean", "p95", "min", "max", "sum",
+                                               "last"))
 
 
 class SeriesWindow:
@@ -73,7 +95,8 @@ class SeriesWindow:
         # every window, and the common case (all measured) is one C-speed pass.
         ok = [s for s in samples if s.error is None]
         failed = [s for s in samples if s.error is not None] if len(ok) < len(samples) else []
-        skipped = [s for s in ok if is_skipped(s)]
+        # is_skipped(s), inline: this runs for every sample of a replay
+        skipped = [s for s in ok if SKIPPED_VALUE in s.values]
         if skipped:
             ok = [s for s in ok if not is_skipped(s)]
         self.ok_samples: Sequence[Sample] = ok
@@ -126,12 +149,32 @@ class SeriesWindow:
         vals = self.values(name)  # no sort needed for a mean alone
         return math.fsum(vals) / len(vals) if vals else None
 
+    def peak(self, name: str) -> float | None:
+        """``stats(name).max`` without the rest of the statistics (no sort)."""
+        st = self._stats.get(name)
+        if st is not None:
+            return st.max
+        vals = self.values(name)
+        # The last of equal largest values, as the sorted statistics pick it (-0.0, 0.0).
+        return max(reversed(vals)) if vals else None
+
+    def total(self, name: str) -> float | None:
+        """``stats(name).sum`` without the rest of the statistics (no sort)."""
+        st = self._stats.get(name)
+        if st is not None:
+            return st.sum
+        vals = self.values(name)
+        return math.fsum(vals) if vals else None
+
     def any_nonzero(self, name: str) -> bool:
         return any(self.values(name))
 
     def last(self, name: str) -> float | None:
-        st = self.stats(name)
-        return None if st is None else st.last
+        """The latest measurement of value ``name`` (no statistics needed for it)."""
+        for row in reversed(self._rows):
+            if name in row:
+                return row[name]
+        return None
 
     def failed_values(self, name: str) -> list[float]:
         """Values carried by failed samples (an HTTP status that came back with an error)."""

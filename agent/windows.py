@@ -176,12 +176,16 @@ _Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
 class _Open:
-    __slots__ = ("count", "late", "series")
+    __slots__ = ("late", "series")
 
     def __init__(self) -> None:
         self.series: dict[_Key, list[Sample]] = {}
-        self.count = 0
         self.late = 0
+
+    @property
+    def count(self) -> int:
+        """Samples in this window (counted when asked, not per sample added)."""
+        return sum(map(len, self.series.values()))
 
 
 class WindowBuilder:
@@ -228,7 +232,6 @@ class WindowBuilder:
         t = sample.t
         # The common case first: the same window as the sample before.
         acc = self._cur if self._cur_lo <= t < self._cur_hi else self._slot(t)
-        acc.count += 1
         key = (sample.probe, tuple(sample.labels.items()))
         group = acc.series.get(key)
         if group is None:
@@ -277,21 +280,22 @@ class WindowBuilder:
         """``add`` for a whole stream, yielding windows as they close. The same steps
         as ``add`` with the hot state in local variables: replaying a day of samples
         spends most of its time here."""
-        cur, lo, hi = self._cur, self._cur_lo, self._cur_hi
+        lo, hi = self._cur_lo, self._cur_hi
+        cur_series = self._cur.series  # the series of the window samples go to now
         watermark, close_at = self._watermark, self._close_at
         for sample in samples:
             t = sample.t
-            if not lo <= t < hi:
-                self._watermark = watermark
-                acc = self._slot(t)
-                cur, lo, hi, close_at = self._cur, self._cur_lo, self._cur_hi, self._close_at
+            if lo <= t < hi:
+                series = cur_series
             else:
-                acc = cur
-            acc.count += 1
+                self._watermark = watermark
+                series = self._slot(t).series
+                cur_series, lo, hi, close_at = (self._cur.series, self._cur_lo, self._cur_hi,
+                                                self._close_at)
             key = (sample.probe, tuple(sample.labels.items()))
-            group = acc.series.get(key)
+            group = series.get(key)
             if group is None:
-                acc.series[key] = [sample]
+                series[key] = [sample]
             else:
                 group.append(sample)
             if t > watermark:
@@ -301,7 +305,7 @@ class WindowBuilder:
                     self._watermark = watermark
                     yield from self._close_before(
                         int((t - self.reorder_seconds - self.origin) // self.window_seconds))
-                    cur, lo, hi = self._cur, self._cur_lo, self._cur_hi
+                    cur_series, lo, hi = self._cur.series, self._cur_lo, self._cur_hi
                     close_at = self._close_at
         self._watermark = watermark
 
@@ -325,7 +329,8 @@ class WindowBuilder:
 
     def _build(self, index: int, acc: _Open) -> Window:
         assert self.origin is not None
-        self._closed_samples += acc.count
+        count = acc.count
+        self._closed_samples += count
         start = self.origin + index * self.window_seconds
         end = start + self.window_seconds
         merged: dict[_Key, tuple[Mapping[str, str], list[Sample]]] = {}
@@ -359,7 +364,7 @@ class WindowBuilder:
         this_window = {id(sw) for group in series.values() for sw in group}
         carried = [sw for sw in self._carried.values() if id(sw) not in this_window]
         return Window(start, end, series, unavailable=self.unavailable,
-                      expected=self._expected, carried=carried, sample_count=acc.count,
+                      expected=self._expected, carried=carried, sample_count=count,
                       late_samples=acc.late)
 
     def _forget_before(self, cutoff: float) -> None:

@@ -74,10 +74,17 @@ def state_values(state: HealthState) -> dict[str, float]:
             for s in HEALTH_STATES}
 
 
+#: Each state with its flag's name, in the order ``state_of`` asks (read per sample).
+_STATE_FLAGS = tuple((s, f"{FLAG_PREFIX}{s.value}{FLAG_SUFFIX}") for s in HealthState)
+#: The names of every state's flag.
+HEALTH_FLAGS = frozenset(flag for _, flag in _STATE_FLAGS)
+
+
 def state_of(values: Mapping[str, float]) -> HealthState | None:
     """The health state a sample's flags say, or None when it carries none."""
-    for s in HealthState:
-        if values.get(f"{FLAG_PREFIX}{s.value}{FLAG_SUFFIX}") == 1.0:
+    get = values.get
+    for s, flag in _STATE_FLAGS:
+        if get(flag) == 1.0:
             return s
     return None
 

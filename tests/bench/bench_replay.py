@@ -6,8 +6,9 @@ Writes the recording with the real RecordWriter (not timed), then times the
 real reader alone and the whole replay (reader + windows + classifier +
 hysteresis) through ai_bottleneck.assembly.assemble_replay, and prints samples per second and
 seconds per day next to the target: the whole day in under 5 s. The reader
-decodes lines with orjson where installed; the reader with the standard
-library's decoder (its fallback) is timed too, for comparison.
+decodes lines straight into Samples with msgspec where installed (its general
+path, orjson or the standard library's decoder plus checks in Python, reads the
+lines msgspec refuses); the general path alone is timed too, for comparison.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ai_bottleneck.assembly import assemble_replay as replay
 from ai_bottleneck.record import RecordReader, default_loads
+from ai_bottleneck.sample_decoder import typed_decoder
 from tests.synth import write_day
 
 TARGET_SECONDS_PER_DAY = 5.0
@@ -54,13 +56,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{path.stat().st_size / 1e6:.0f} MB, written in {time.perf_counter() - t0:.1f} s")
 
         loads = default_loads()
-        print(f"decoder: {getattr(loads, '__module__', '?')}.{loads.__name__}")
+        general = f"{getattr(loads, '__module__', '?')}.{loads.__name__}"
+        print(f"decoder: msgspec, straight to Samples (general path: {general})"
+              if typed_decoder() is not None else f"decoder: {general} (no msgspec)")
         read_runs = []
+        general_runs = []
         stdlib_runs = []
         full_runs = []
         labels: Counter[str] = Counter()
         for _ in range(args.repeat):
             read_runs.append(_timed(lambda: sum(1 for _ in RecordReader(path)))[:2])
+            if typed_decoder() is not None:
+                general_runs.append(_timed(
+                    lambda: sum(1 for _ in RecordReader(path, loads=loads)))[:2])
             if loads is not json.loads:
                 stdlib_runs.append(_timed(
                     lambda: sum(1 for _ in RecordReader(path, loads=json.loads)))[:2])
@@ -74,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     full_wall, full_cpu = min(full_runs)
     label_wall = max(0.0, full_wall - read_wall)
     rows = [("reader only", read_wall)]
+    if general_runs:
+        rows.append((f"reader only, {general.split('.', maxsplit=1)[0]}", min(general_runs)[0]))
     if stdlib_runs:
         rows.append(("reader only, stdlib json", min(stdlib_runs)[0]))
     rows += [("labelling (replay - reader)", label_wall), ("replay: reader + labelling", full_wall)]

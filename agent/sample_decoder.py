@@ -1,0 +1,40 @@
+"""Decode a recording line straight into a Sample in one call, where msgspec is
+installed: it parses the JSON and checks the types of a sample's fields in C, about
+twice as fast as decoding to dicts and checking them in Python (Sample.from_json).
+
+A line it refuses (a boolean or non-finite value, a label that is not a string, an
+error that is not text, anything malformed) goes to the reader's general path,
+which decides as before; so the decoder changes speed, never which samples are read.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from ai_bottleneck.probes.sample import Sample
+
+TypedDecoder = Callable[[bytes], Sample]
+#: What the typed decoder raises for a line it refuses (msgspec.DecodeError is a
+#: ValueError; absurd nesting may end in RecursionError).
+REFUSED = (ValueError, RecursionError)
+
+
+@functools.cache
+def typed_decoder() -> TypedDecoder | None:
+    """msgspec's decoder of Sample lines, or None where msgspec is not installed (made
+    once: building it inspects Sample's type hints)."""
+    try:
+        import msgspec
+    except ImportError:
+        return None
+    return msgspec.json.Decoder(Sample).decode
+
+
+def plain(sample: Sample) -> bool:
+    """Whether a typed decode is the sample the general path would give. msgspec
+    refuses a number out of a float's range (so every time and value it gives is
+    finite), a boolean or null where a number belongs, a label that is not a string and
+    an error that is not text; it accepts an empty probe name, which the general path
+    refuses."""
+    return bool(sample.probe)
