@@ -17,9 +17,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal
 
 from ai_bottleneck.probes.base import (
     Availability,
@@ -34,6 +32,9 @@ from ai_bottleneck.probes.engine_map import ENGINES, SPECS, Engine, EngineSpec, 
 from ai_bottleneck.probes.promtext import Exposition, Histogram, parse
 from ai_bottleneck.probes.vocabulary import ENGINE_KV_CAPACITY, ENGINE_LABEL
 
+if TYPE_CHECKING:  # httpx is imported only where a target is configured: the
+    import httpx  # agent without engine targets does not carry it (footprint)
+
 #: Largest metrics page read; a vLLM page is tens of kilobytes, so this is only a guard.
 MAX_BODY_BYTES = 8 * 2**20
 _P95 = 0.95
@@ -41,6 +42,8 @@ _P95 = 0.95
 
 def public_url(url: str) -> str:
     """The URL without credentials, query or fragment: what may appear in a label."""
+    import httpx
+
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
@@ -63,6 +66,8 @@ class Target:
         min=0.01, max=120, doc="limit for one scrape"))
 
     def __post_init__(self) -> None:
+        import httpx
+
         try:
             parsed = httpx.URL(self.url)
         except httpx.InvalidURL as exc:
@@ -114,8 +119,8 @@ class EngineProbe:
         self.interval_seconds: float | None = options.interval_seconds
         self.timeout_seconds = sum(t.timeout_seconds for t in self.targets) + 1.0
         self._wall_clock = wall_clock
-        self._client = httpx.Client(transport=transport, trust_env=False,
-                                    follow_redirects=False, verify=options.verify_tls)
+        self._transport = transport
+        self._client: httpx.Client | None = None
         self._previous: dict[str, _Previous] = {}
         self._lock = threading.Lock()
 
@@ -131,13 +136,24 @@ class EngineProbe:
             return [self._sample_target(t) for t in self.targets]
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.Client(transport=self._transport, trust_env=False,
+                                        follow_redirects=False, verify=self.options.verify_tls)
+        return self._client
 
     def _sample_target(self, target: Target) -> Sample:
         t = self._wall_clock()
         labels = {"target": target.label}
         if target.engine != "auto":
             labels[ENGINE_LABEL] = target.engine
+        import httpx
+
         try:
             text = self._fetch(target)
         except (httpx.HTTPError, ValueError) as exc:
@@ -160,7 +176,7 @@ class EngineProbe:
         return Sample(t=t, probe=self.name, labels=labels, values=clean_values(values))
 
     def _fetch(self, target: Target) -> str:
-        with self._client.stream("GET", target.url, headers=target.headers,
+        with self._http().stream("GET", target.url, headers=target.headers,
                                  timeout=target.timeout_seconds) as response:
             if response.status_code != 200:
                 raise ValueError(f"status {response.status_code} from the metrics URL")
@@ -239,6 +255,8 @@ def _vllm_capacity(page: Exposition) -> float | None:
 
 
 def _describe(exc: Exception) -> str:
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     if isinstance(exc, httpx.ConnectError):
