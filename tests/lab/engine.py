@@ -143,8 +143,8 @@ def engine_scenarios(window_seconds: float, windows: int) -> dict[str, EngineSce
             "concurrency beyond the engine's slots"),
         "engine_vram_bound": EngineScenario("engine_vram_bound", (EnginePhase(
             "vram_bound", d, "vram_bound",
-            EngineLoad(clients=4, prompt_repeats=long_prompt, n_predict=240),
-            description="four clients with 1,800-token prompts and 240-token answers on "
+            EngineLoad(clients=4, prompt_repeats=long_prompt, n_predict=230),
+            description="four clients with 1,800-token prompts and 230-token answers on "
                         "two 2,048-token slots: the KV cache is full and requests wait "
                         "for room"),), "long contexts fill the KV cache"),
         "engine_network_bound": EngineScenario("engine_network_bound", (EnginePhase(
