@@ -29,8 +29,9 @@ from ai_bottleneck.probes.base import (
     parse_options,
 )
 from ai_bottleneck.probes.engine_map import ENGINES, SPECS, Engine, EngineSpec, detect
+from ai_bottleneck.probes.engine_slots import read_kv, slots_url
 from ai_bottleneck.probes.promtext import Exposition, Histogram, parse
-from ai_bottleneck.probes.vocabulary import ENGINE_KV_CAPACITY, ENGINE_LABEL
+from ai_bottleneck.probes.vocabulary import ENGINE_KV_CAPACITY, ENGINE_KV_USAGE, ENGINE_LABEL
 
 if TYPE_CHECKING:  # httpx is imported only where a target is configured: the
     import httpx  # agent without engine targets does not carry it (footprint)
@@ -117,7 +118,10 @@ class EngineProbe:
         self.options = options
         self.targets = options.targets
         self.interval_seconds: float | None = options.interval_seconds
-        self.timeout_seconds = sum(t.timeout_seconds for t in self.targets) + 1.0
+        # A llama.cpp target may take a second GET (/slots, for its KV cache use).
+        self.timeout_seconds = sum(
+            t.timeout_seconds * (2 if t.engine in ("auto", "llamacpp") else 1)
+            for t in self.targets) + 1.0
         self._wall_clock = wall_clock
         self._transport = transport
         self._client: httpx.Client | None = None
@@ -172,8 +176,19 @@ class EngineProbe:
             previous = None  # another server now answers at this URL: no deltas across
         now = _Previous(engine)
         values = read_values(SPECS[engine], page, previous, now)
+        if engine == "llamacpp" and values.get(ENGINE_KV_USAGE) is None:
+            values.update(self._llamacpp_kv(target))
         self._previous[target.label] = now
         return Sample(t=t, probe=self.name, labels=labels, values=clean_values(values))
+
+    def _llamacpp_kv(self, target: Target) -> dict[str, float | None]:
+        """KV use from the server's /slots, where its /metrics has no gauge for it
+        (probes/engine_slots.py says how it maps)."""
+        url = slots_url(target.url)
+        if url is None:
+            return {}
+        usage, capacity = read_kv(self._client, url, target.headers, target.timeout_seconds)
+        return {ENGINE_KV_USAGE: usage, ENGINE_KV_CAPACITY: capacity}
 
     def _fetch(self, target: Target) -> str:
         with self._http().stream("GET", target.url, headers=target.headers,

@@ -123,8 +123,8 @@ SPECS: dict[Engine, EngineSpec] = {
                                  ("nv_inference_request_success",), 1e-6)},
     ),
     # llama.cpp server with --metrics (tools/server/server.cpp): requests_deferred are
-    # requests waiting for a free slot. Newer builds dropped kv_cache_usage_ratio;
-    # then the value is absent.
+    # requests waiting for a free slot. Newer builds dropped kv_cache_usage_ratio; the
+    # probe then reads KV use from /slots (probes/engine_slots.py).
     "llamacpp": EngineSpec(
         "llamacpp", "llamacpp:",
         summed={ENGINE_RUNNING: ("llamacpp:requests_processing",),

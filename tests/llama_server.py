@@ -45,6 +45,7 @@ class LlamaServer:
     base_url: str
     slots: int
     log: Path
+    pid: int = 0
 
     @property
     def metrics_url(self) -> str:
@@ -91,7 +92,7 @@ def llama_server(tmp: Path, *, slots: int = 2, context: int = 8192,
                 raise RuntimeError(f"llama-server not ready within {ready_seconds:g} s: "
                                    + log.read_text(errors="replace")[-2000:])
             time.sleep(0.2)
-        yield LlamaServer(base, slots, log)
+        yield LlamaServer(base, slots, log, proc.pid)
     finally:
         proc.terminate()
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.lab.engine import EngineScenario, engine_scenarios, run_engine_scenario
 from tests.lab.runner import AgentSettings, LabRunError, ScenarioRun, run_scenario
 from tests.lab.schedule import Scenario, build_scenarios
 from tests.lab.score import Score, format_table, score_runs
@@ -37,12 +38,14 @@ class Targets:
 TARGETS = Targets()
 
 
-def scenarios_for(settings: AgentSettings) -> dict[str, Scenario]:
-    """Every scenario with phases of ``settings.windows_per_phase`` windows."""
-    return build_scenarios(settings.window_seconds, settings.windows_per_phase)
+def scenarios_for(settings: AgentSettings) -> dict[str, Scenario | EngineScenario]:
+    """Every scenario with phases of ``settings.windows_per_phase`` windows: the stand-in
+    service's, then the real engine's (tests/lab/engine.py)."""
+    return {**build_scenarios(settings.window_seconds, settings.windows_per_phase),
+            **engine_scenarios(settings.window_seconds, settings.windows_per_phase)}
 
 
-def expected_seconds(scenario: Scenario, settings: AgentSettings) -> float:
+def expected_seconds(scenario: Scenario | EngineScenario, settings: AgentSettings) -> float:
     windows = (settings.lead_in_windows + settings.tail_windows
                + len(scenario.phases) * settings.windows_per_phase)
     return windows * settings.window_seconds + SCENARIO_OVERHEAD_SECONDS
@@ -197,13 +200,17 @@ def run_suite(names: Sequence[str], settings: AgentSettings, workdir: Path, *,
     return result
 
 
-def _attempt(scenario: Scenario, settings: AgentSettings, workdir: Path,
+def _attempt(scenario: Scenario | EngineScenario, settings: AgentSettings, workdir: Path,
              record_dir: Path | None, result: SuiteResult,
              progress: Callable[[str], None]) -> ScenarioRun | None:
     record = record_dir / f"{scenario.name}.jsonl.gz" if record_dir is not None else None
     started = time.monotonic()
     try:
-        run = run_scenario(scenario, settings, workdir / scenario.name, record_to=record)
+        if isinstance(scenario, EngineScenario):
+            run = run_engine_scenario(scenario, settings, workdir / scenario.name,
+                                      record_to=record)
+        else:
+            run = run_scenario(scenario, settings, workdir / scenario.name, record_to=record)
     except LabRunError as exc:
         result.failures[scenario.name] = str(exc)
         progress(f"{scenario.name}: FAILED: {exc}")
