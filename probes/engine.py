@@ -29,7 +29,6 @@ from ai_bottleneck.probes.base import (
     parse_options,
 )
 from ai_bottleneck.probes.engine_map import ENGINES, SPECS, Engine, EngineSpec, detect
-from ai_bottleneck.probes.engine_slots import read_kv, slots_url
 from ai_bottleneck.probes.promtext import Exposition, Histogram, parse
 from ai_bottleneck.probes.vocabulary import ENGINE_KV_CAPACITY, ENGINE_KV_USAGE, ENGINE_LABEL
 
@@ -184,10 +183,12 @@ class EngineProbe:
     def _llamacpp_kv(self, target: Target) -> dict[str, float | None]:
         """KV use from the server's /slots, where its /metrics has no gauge for it
         (probes/engine_slots.py says how it maps)."""
+        from ai_bottleneck.probes.engine_slots import read_kv, slots_url  # imports httpx
+
         url = slots_url(target.url)
         if url is None:
             return {}
-        usage, capacity = read_kv(self._client, url, target.headers, target.timeout_seconds)
+        usage, capacity = read_kv(self._http(), url, target.headers, target.timeout_seconds)
         return {ENGINE_KV_USAGE: usage, ENGINE_KV_CAPACITY: capacity}
 
     def _fetch(self, target: Target) -> str:
