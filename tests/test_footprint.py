@@ -1,0 +1,35 @@
+"""What the agent of bench_agent carries (host, nic and GPU probes; the engine probe on
+without targets; http and download off): the heavy libraries of the probes and endpoint
+features it does not use stay unimported. The RSS figure itself is bench_agent's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+_SCRIPT = """
+import json, sys
+from ai_bottleneck.assembly import build_probes
+from ai_bottleneck.config import load_config
+import ai_bottleneck.daemon  # the endpoint, exporter and sampler of `run`
+probes = build_probes(load_config(sys.argv[1]))
+for probe in probes.probes:
+    probe.sample()
+probes.close()
+print(json.dumps({name: name in sys.modules for name in sys.argv[2:]}))
+"""
+
+_HEAVY = ["httpx", "httpcore", "bcrypt", "yaml", "msgspec", "re2"]
+
+
+def test_the_passive_agent_leaves_the_heavy_libraries_unimported(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("".join(f"[probes.{name}]\nenabled = false\n"
+                              for name in ("iperf3", "oom", "http", "download")))
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(config), *_HEAVY],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    imported = json.loads(proc.stdout.splitlines()[-1])
+    assert not [name for name, present in imported.items() if present], imported
