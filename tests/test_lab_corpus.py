@@ -30,11 +30,10 @@ SCHEDULES = sorted(CORPUS.glob("*.json"))
 MIN_MACRO_F1 = 0.9
 MAX_RECORDING_BYTES = 200_000
 #: Scenarios whose recording is still to be made on a quiet host (the runs of the real
-#: engine's scenarios so far had other work at 16-95% of the CPU): record each with
+#: engine's scenarios made so far had other work at 13-95% of the CPU): record each with
 #: `python -m tests.bench.bench_lab --quick --no-retry --record-dir tests/data/lab
 #: --scenario NAME` and take it off this list.
-NOT_YET_RECORDED: frozenset[str] = frozenset({
-    "engine_balanced", "engine_gpu_bound", "engine_vram_bound", "engine_network_bound"})
+NOT_YET_RECORDED: frozenset[str] = frozenset({"engine_balanced", "engine_network_bound"})
 
 
 def _load(schedule: Path) -> tuple[dict[str, Any], Path]:
