@@ -94,7 +94,7 @@ class Agent:
         self._web_override = web_config_file
         self.config = self._load()
         self.state = AgentState.from_config(self.config.agent)
-        self.page = LivePage()
+        self.page = LivePage(history_seconds=self.config.endpoint.page_history_seconds)
         self.server = MetricsServer(self.state, self.config.agent.listen,
                                     self.config.agent.web_config_file, page=self.page.render,
                                     **self.config.endpoint.server_kwargs())

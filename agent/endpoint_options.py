@@ -45,6 +45,11 @@ class EndpointOptions:
     failed_login_wait_max_seconds: float = field(default=60.0, metadata=option_info(
         min=0.01, max=86400, doc="the longest wait between a client's password checks"))
 
+    page_history_seconds: float = field(default=3600.0, metadata=option_info(
+        min=60, max=86400, doc="how far back the live page at / goes; the agent keeps that "
+                               "many windows in memory (about 20 KB each with 8 GPUs: an "
+                               "hour of 10 s windows is some 7 MB)"))
+
     def __post_init__(self) -> None:
         if self.max_connections_per_client > self.max_connections:
             raise ValueError(f"max_connections_per_client ({self.max_connections_per_client}) "

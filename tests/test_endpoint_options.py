@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ai_bottleneck.config import Config
+from ai_bottleneck.daemon import Agent
 from ai_bottleneck.endpoint import MetricsServer
 from ai_bottleneck.endpoint_options import EndpointOptions, markdown_table
 from tests.clitool import assert_one_line_error, clean_env, run
@@ -39,6 +40,17 @@ def test_the_table_is_read(tmp_path: Path) -> None:
                                               failed_login_wait_max_seconds=30)
 
 
+def test_the_live_page_keeps_the_configured_history(tmp_path: Path,
+                                                    nvml_state: Path,  # noqa: F811
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, val in env_for(nvml_state).items():
+        monkeypatch.setenv(key, val)
+    default = write(tmp_path, "", "default.toml")
+    short = write(tmp_path, "[endpoint]\npage_history_seconds = 600\n", "short.toml")
+    assert Agent(default).page.history_seconds == 3600
+    assert Agent(short).page.history_seconds == 600
+
+
 @pytest.mark.parametrize(("text", "key"), [
     ("request_timeout_seconds = nan", "endpoint.request_timeout_seconds"),
     ("idle_timeout_seconds = inf", "endpoint.idle_timeout_seconds"),
@@ -51,6 +63,7 @@ def test_the_table_is_read(tmp_path: Path) -> None:
     ("failed_login_wait_seconds = 10\nfailed_login_wait_max_seconds = 5",
      "failed_login_wait_max_seconds"),
     ("max_conections = 16", "endpoint.max_conections"),
+    ("page_history_seconds = 10", "endpoint.page_history_seconds"),
 ])
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     message = error_of(write(tmp_path, f"[endpoint]\n{text}\n"))
