@@ -248,9 +248,10 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 #: The accept queue. When it is full the kernel drops a new connection's SYN and the
-#: client tries again only after a second: a scrape arriving just after 200 idle
-#: clients reconnect at once (their idle timeout ends together) took 1.03 s with
-#: a queue of 64. The kernel caps this at net.core.somaxconn (4096 by default).
+#: client tries again only after a second. With a queue of 64, 200 idle clients
+#: reconnecting at once (their idle timeout ends together) overflow it, and a
+#: scrape among them takes over a second (1.03 s was measured). The kernel caps
+#: this at net.core.somaxconn (4096 by default).
 LISTEN_BACKLOG = 4096
 
 
