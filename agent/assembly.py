@@ -231,6 +231,11 @@ class RunPipeline:
 # -- live runs (diagnose, run) --------------------------------------------------------
 
 
+#: Label transitions the daemon keeps (nothing it serves reads older ones; a
+#: report's run keeps them all).
+RUN_TRANSITIONS = 1000
+
+
 @dataclass
 class LiveRun:
     """A sampler in front of a pipeline, and the servers the probes run for peers."""
@@ -286,7 +291,8 @@ def assemble_live(config: Config, probe_set: ProbeSet, *, mode: str,
     opened), traffic budget, sampler and, with ``peer_servers`` (the daemon), the
     servers probes run for their peers (not yet started)."""
     labeller = Labeller(window_seconds, config.thresholds, unavailable=probe_set.unavailable,
-                        expected_probes=probe_set.names, origin=origin)
+                        expected_probes=probe_set.names, origin=origin,
+                        max_transitions=RUN_TRANSITIONS if mode == "run" else None)
     recorder = (RecordWriter(record_path, make_header(mode=mode, **labeller.header_fields()))
                 if record_path is not None else None)
     pipeline = RunPipeline(labeller, recorder, state, exposition, on_window, keep_results)

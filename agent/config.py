@@ -11,6 +11,7 @@ Layout::
     [agent]        sampling interval, window length, listen address, files
     [thresholds]   classifier thresholds (ai_bottleneck.thresholds.Thresholds)
     [budget]       traffic budget of active probes (ai_bottleneck.budget.BudgetOptions)
+    [endpoint]     limits of the HTTP endpoint (ai_bottleneck.endpoint_options)
     [links]        rates the NICs cannot tell: the public bandwidth bought, known
                    internal rates (ai_bottleneck.probes.capacity.Links; given to
                    the nic probe)
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_bottleneck.budget import BudgetOptions
+from ai_bottleneck.endpoint_options import EndpointOptions
 from ai_bottleneck.probes.capacity import Links
 from ai_bottleneck.probes.options import OptionError, option_info, parse_options
 from ai_bottleneck.probes.sample import one_line
@@ -138,7 +140,7 @@ class ProbeSettings:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
-_SECTIONS = ("agent", "thresholds", "budget", "links", "service", "probes")
+_SECTIONS = ("agent", "thresholds", "budget", "endpoint", "links", "service", "probes")
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class Config:
     agent: AgentOptions = field(default_factory=AgentOptions)
     thresholds: Thresholds = field(default_factory=Thresholds)
     budget: BudgetOptions = field(default_factory=BudgetOptions)
+    endpoint: EndpointOptions = field(default_factory=EndpointOptions)
     probes: Mapping[str, ProbeSettings] = field(default_factory=dict)
     known_probes: tuple[str, ...] = ()
     #: The [links] table as written (checked): the nic probe gets it as its ``links``.
@@ -285,6 +288,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "(defaults)",
         agent = parse_options(AgentOptions, raw.get("agent"), prefix="agent")
         thresholds = parse_options(Thresholds, raw.get("thresholds"), prefix="thresholds")
         budget = parse_options(BudgetOptions, raw.get("budget"), prefix="budget")
+        endpoint = parse_options(EndpointOptions, raw.get("endpoint"), prefix="endpoint")
         links = dict(raw.get("links", {}))
         parse_options(Links, links, prefix="links")
     except OptionError as exc:
@@ -301,7 +305,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "(defaults)",
     if links and "links" in probes.get("nic", ProbeSettings()).options:
         raise ConfigError(source, "probes.nic.links", "declare link rates in [links] only")
     return Config(source=source, agent=agent, thresholds=thresholds, budget=budget,
-                  probes=probes, known_probes=known, links=links)
+                  endpoint=endpoint, probes=probes, known_probes=known, links=links)
 
 
 def _parse_probes(table: Mapping[str, Any], source: str,

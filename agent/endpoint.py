@@ -84,6 +84,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, head: bool) -> None:
         server = self.server
+        if server.current.conn.shut_down:  # cut short by its deadline: no answer
+            self.close_connection = True
+            return
         server.connections.serving(server.current.conn)
         loaded = server.guard.current()
         headers = dict(loaded.config.headers)
@@ -169,17 +172,16 @@ def _accepts_gzip(header: str) -> bool:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
-    request_queue_size = 128
 
     def __init__(self, sock: socket.socket, guard: WebGuard, exposition: Exposition, *,
-                 connections: Connections, page: Page | None = None):
+                 connections: Connections, logins: LoginThrottle, page: Page | None = None):
         super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.server_address = sock.getsockname()[:2]
         self.guard, self.exposition, self.page = guard, exposition, page
         self.connections = connections
-        self.logins = LoginThrottle()
+        self.logins = logins
         self.current = threading.local()  # .conn: the Connection this thread serves
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -245,16 +247,24 @@ class _HTTPServer(ThreadingHTTPServer):
                 conn.thread.join(max(0.0, deadline - time.monotonic()))
 
 
+#: The accept queue. When it is full the kernel drops a new connection's SYN and the
+#: client tries again only after a second. With a queue of 64, 200 idle clients
+#: reconnecting at once (their idle timeout ends together) overflow it, and a
+#: scrape among them takes over a second (1.03 s was measured). The kernel caps
+#: this at net.core.somaxconn (4096 by default).
+LISTEN_BACKLOG = 4096
+
+
 def _listen_socket(host: str, port: int) -> socket.socket:
     """Bind ``host:port``; '' is every interface, IPv6 and IPv4 where the host has both."""
     if host == "":
         if socket.has_dualstack_ipv6():
             return socket.create_server(("::", port), family=socket.AF_INET6,
-                                        dualstack_ipv6=True, backlog=64)
-        return socket.create_server(("0.0.0.0", port), backlog=64)
+                                        dualstack_ipv6=True, backlog=LISTEN_BACKLOG)
+        return socket.create_server(("0.0.0.0", port), backlog=LISTEN_BACKLOG)
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     family, _type, _proto, _name, address = infos[0]
-    return socket.create_server(address[:2], family=family, backlog=64)
+    return socket.create_server(address[:2], family=family, backlog=LISTEN_BACKLOG)
 
 
 class MetricsServer:
@@ -273,9 +283,10 @@ class MetricsServer:
                  process_metrics: bool = True, max_connections: int = 512,
                  max_connections_per_client: int = 256, idle_timeout: float = 120.0,
                  request_timeout: float = 10.0, handshake_timeout: float = 10.0,
+                 failed_logins_free: int = 3, failed_login_wait: float = 1.0,
+                 failed_login_wait_max: float = 60.0,
                  web_config_check_seconds: float = 1.0, page: Page | None = None):
         self.listen = listen
-        self._page = page
         self._page = page
         self._host, self._port = parse_listen(listen)
         self.exposition = Exposition(state, process_metrics=process_metrics)
@@ -283,6 +294,7 @@ class MetricsServer:
         self._limits = dict(max_total=max_connections, max_per_client=max_connections_per_client,
                             idle_timeout=idle_timeout, request_timeout=request_timeout,
                             handshake_timeout=handshake_timeout)
+        self._logins = (failed_logins_free, failed_login_wait, failed_login_wait_max)
         self.connections: Connections | None = None
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -303,7 +315,10 @@ class MetricsServer:
         self.connections = Connections(**self._limits)  # type: ignore[arg-type]
         self.connections.start()
         self._server = _HTTPServer(sock, self.guard, self.exposition,
-                                   connections=self.connections, page=self._page)
+                                   connections=self.connections, page=self._page,
+                                   logins=LoginThrottle(free=self._logins[0],
+                                                        base=self._logins[1],
+                                                        longest=self._logins[2]))
         self._thread = threading.Thread(target=self._server.serve_forever,
                                          kwargs={"poll_interval": 0.2},
                                          name="metrics-server", daemon=True)

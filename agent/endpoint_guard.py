@@ -127,8 +127,14 @@ class Connection:
     deadline: float
     busy: bool = False  # a request is being handled: never evicted
     thread: threading.Thread | None = field(default=None, repr=False)
+    # Shut by the agent (deadline passed, evicted, stopping): whatever part of a
+    # request its thread has read is not answered. A header block cut short by the
+    # shutdown reads as complete to http.server, and 64 slow clients shut at one
+    # deadline were otherwise each rendered /metrics at once, delaying real scrapes.
+    shut_down: bool = False
 
     def shut(self) -> None:
+        self.shut_down = True
         with contextlib.suppress(OSError):  # already closed by its own thread
             self.sock.shutdown(socket.SHUT_RDWR)
 

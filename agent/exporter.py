@@ -24,12 +24,16 @@ from prometheus_client.registry import CollectorRegistry
 from ai_bottleneck import exporter_metrics as m
 from ai_bottleneck.labels import LABEL_NAMES
 from ai_bottleneck.probes.base import Clock, SkipKind
+from ai_bottleneck.probes.sample import one_line
 from ai_bottleneck.probes.vocabulary import is_process_sample, mig_instance
 from ai_bottleneck.state import ERROR_REASONS, AgentState, Series, Snapshot
 
 log = logging.getLogger(__name__)
 
 SKIP_KINDS = tuple(k.value for k in SkipKind)
+#: The error text in ai_bottleneck_probe_error_info: enough to tell one error from
+#: another; the log line (WARNING, once per change) has up to 300 characters.
+ERROR_LABEL_LIMIT = 160
 
 Plan = tuple[tuple[bool, str], ...]
 # Points by metric name (a str caches its hash; the Metric dataclass hashes all its
@@ -164,6 +168,9 @@ def _probe_points(points: _Points, snap: Snapshot) -> None:
         skips.update(h.skips_total)
         for reason, count in sorted(skips.items()):
             _put(points, m.PROBE_SKIPS, (name, reason), 0.0, float(count))
+        if h.last_error is not None:  # the label is bounded: a long text is cut
+            _put(points, m.PROBE_ERROR_INFO, (name, one_line(h.last_error, ERROR_LABEL_LIMIT)),
+                 0.0, 0.0 if h.up else 1.0)
         if h.last_success is not None:
             _put(points, m.PROBE_LAST_SUCCESS, (name,), 0.0, h.last_success)
         if h.last_duration_seconds is not None:

@@ -159,6 +159,10 @@ PROBE_SAMPLES = counter("probe_samples_total", ("probe",),
 PROBE_SKIPS = counter("probe_skips_total", ("probe", "reason"),
                       "Runs of an active probe skipped; reason is budget, nic_busy "
                       "or other.")
+PROBE_ERROR_INFO = gauge("probe_error_info", ("probe", "error"),
+                         "The probe's latest error text (one line, at most 160 characters, "
+                         "secrets redacted); 1 while its last round failed, 0 once it has "
+                         "recovered; one series per probe, replaced when the text changes.")
 PROBE_LAST_SUCCESS = gauge("probe_last_success_timestamp_seconds", ("probe",),
                            "When the probe last gave a good sample, unix seconds.")
 PROBE_DURATION = gauge("probe_duration_seconds", ("probe",),

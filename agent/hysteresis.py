@@ -80,6 +80,9 @@ class Hysteresis:
         self._established = False
         self._streak = 0
         self.transitions: list[Transition] = []
+        # The daemon runs for months: it keeps only the latest transitions (a label
+        # flapping every window would add 8,640 a day). None: every one (a report).
+        self.max_transitions: int | None = None
         self._recent: deque[str] = deque(maxlen=2 * hold_windows)
 
     def recurs(self, raw_label: str) -> bool:
@@ -127,6 +130,8 @@ class Hysteresis:
             transition = Transition(at, self.current, raw_label, count, hard and not first,
                                     settled, recurring)
             self.transitions.append(transition)
+            if self.max_transitions is not None and len(self.transitions) > self.max_transitions:
+                del self.transitions[0]
             self.current = raw_label
             self._confidence = confidence
             self._pending = None

@@ -101,15 +101,18 @@ class Labeller:
     run built and uses; one of them with no sample in a window is ``missing``
     (probes seen earlier in the stream count as expected too). ``origin``:
     where windows start (default: the first sample's time). ``reorder_seconds``:
-    how late a sample may arrive and still land in its own window. Not thread
-    safe: feed it from one thread (the run pipeline does, on the sampling thread).
+    how late a sample may arrive and still land in its own window.
+    ``max_transitions``: keep only that many of the latest label transitions (the
+    daemon; None keeps all, for a report). Not thread safe: feed it from one
+    thread (the run pipeline does, on the sampling thread).
     """
 
     def __init__(self, window_seconds: float = DEFAULT_WINDOW_SECONDS,
                  thresholds: Thresholds | None = None, *,
                  unavailable: Mapping[str, str] | None = None,
                  expected_probes: Collection[str] = (), origin: float | None = None,
-                 reorder_seconds: float = DEFAULT_REORDER_SECONDS) -> None:
+                 reorder_seconds: float = DEFAULT_REORDER_SECONDS,
+                 max_transitions: int | None = None) -> None:
         self.thresholds = thresholds if thresholds is not None else Thresholds()
         self.origin = origin
         self.unavailable = dict(unavailable or {})
@@ -119,6 +122,7 @@ class Labeller:
                                       unavailable=self.unavailable,
                                       expected=self.expected_probes)
         self._hysteresis = Hysteresis(self.thresholds.hysteresis_windows)
+        self._hysteresis.max_transitions = max_transitions
         self._current_advice: tuple[str, ...] = ()
 
     @property

@@ -110,16 +110,22 @@ class Snapshot:
         """Why the agent is not healthy, one short reason each (empty when it is):
         sampling stalled (no probe round for five of its shortest intervals, at least
         30 s) or the recording paused."""
-        problems = []
+        stalled = self.sampling_stalled(now)
+        problems = [stalled] if stalled is not None else []
+        if self.recording is not None and not self.recording.up:
+            problems.append(f"recording paused: {self.recording.last_error or 'write failed'}")
+        return problems
+
+    def sampling_stalled(self, now: float) -> str | None:
+        """Why sampling counts as stalled (no probe round for five of the shortest
+        probe intervals, at least 30 s), or None while it goes on."""
         usable = [h.interval_seconds for h in self.probes.values() if h.usable]
         if usable:
             stall_after = max(30.0, 5 * min(usable))
             quiet = now - max(self.last_round, self.start_time)
             if quiet > stall_after:
-                problems.append(f"sampling stalled: no probe round for {quiet:.0f} s")
-        if self.recording is not None and not self.recording.up:
-            problems.append(f"recording paused: {self.recording.last_error or 'write failed'}")
-        return problems
+                return f"sampling stalled: no probe round for {quiet:.0f} s"
+        return None
 
     def live_series(self, now: float) -> Iterator[Series]:
         """Series not yet stale at ``now`` (also checked here: the writer may be stuck)."""

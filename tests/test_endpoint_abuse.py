@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import http.client
 import logging
+import select
 import socket
 import threading
 import time
@@ -189,3 +190,77 @@ def test_gzip_when_asked() -> None:
     assert {f.name for f in text_string_to_metric_families(text)} == \
         {f.name for f in text_string_to_metric_families(plain.decode())}
     assert len(body) < len(plain) / 3
+
+
+def test_a_request_cut_short_by_its_deadline_is_not_answered() -> None:
+    # http.server reads a header block ended by the shutdown as complete: before,
+    # a slow client reaching its deadline had /metrics rendered for it (the soak's
+    # 64 slow clients, shut at one deadline, held real scrapes up for 100-330 ms).
+    with MetricsServer(populated_state(), "127.0.0.1:0", process_metrics=False,
+                       request_timeout=0.5) as server:
+        rendered: list[str] = []
+        render = server.exposition.render
+
+        def counting(accept: str = "") -> tuple[bytes, str]:
+            rendered.append(accept)
+            return render(accept)
+
+        server.exposition.render = counting  # type: ignore[method-assign]
+        slow = [_connect(server.port, "127.0.0.2") for _ in range(4)]
+        try:
+            for s in slow:  # the request line and a header at once, then a byte a while
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            answers = [b""] * len(slow)
+            deadline = time.monotonic() + 10
+            open_ = list(slow)
+            while open_ and time.monotonic() < deadline:
+                for s in open_:
+                    with contextlib.suppress(OSError):
+                        s.send(b"a")
+                readable, _w, _x = select.select(open_, [], [], 0.1)
+                for s in readable:
+                    try:
+                        data = s.recv(65536)
+                    except OSError:
+                        data = b""
+                    answers[slow.index(s)] += data or b"<closed>"
+                    if not data:
+                        open_.remove(s)
+        finally:
+            for s in slow:
+                s.close()
+        time.sleep(0.3)  # their threads have finished
+        assert answers == [b"<closed>"] * len(slow), [a[:40] for a in answers]
+        assert rendered == [], f"{len(rendered)} requests cut short were answered"
+        assert _scrape(server.port)[0] == 200
+        assert len(rendered) == 1  # the spy sees real scrapes
+
+
+def test_a_burst_of_connections_fits_the_accept_queue() -> None:
+    # 300 clients connecting at once while the server cannot accept (its connection
+    # table is held): each must complete its handshake in the accept queue. With
+    # a queue of 64 the kernel dropped the SYNs of the rest, and each of them (a
+    # scrape among them) waited a second for its retry.
+    n = 300
+    with MetricsServer(populated_state(), "127.0.0.1:0", process_metrics=False) as server:
+        assert server.connections is not None
+        socks: list[socket.socket] = []
+        with server.connections._lock:  # the accept thread stops at its next admit()
+            try:
+                for _ in range(n):
+                    s = socket.socket()
+                    s.bind(("127.0.0.2", 0))
+                    s.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        s.connect(("127.0.0.1", server.port))
+                    socks.append(s)
+                deadline = time.monotonic() + 0.8  # under the 1 s SYN retry
+                pending = set(socks)
+                while pending and time.monotonic() < deadline:
+                    _r, writable, _x = select.select([], list(pending), [], 0.05)
+                    pending -= set(writable)
+                established = n - len(pending)
+            finally:
+                for s in socks:
+                    s.close()
+    assert established == n, f"only {established} of {n} connections were queued"
