@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -20,6 +19,7 @@ from ai_bottleneck.probes.base import Sample
 from ai_bottleneck.probes.host import HostProbe
 from ai_bottleneck.probes.service import Options, ServiceProbe, options_for, process_ticks
 from ai_bottleneck.windows import Window
+from tests.cgroups import cgroup2_root
 
 PASSES = 6
 BURN = "import time\nend = time.time() + 30\nwhile time.time() < end: pass\n"
@@ -28,23 +28,11 @@ SLEEP = "import time; time.sleep(30)"
 
 @contextmanager
 def cgroup2() -> Iterator[Path]:
-    """A cgroup-v2 hierarchy: the system's, or one mounted for the test (hybrid hosts)."""
+    """A cgroup-v2 hierarchy (tests/cgroups.py); needs root."""
     if os.geteuid() != 0:
         pytest.skip("needs root to make cgroups")
-    system = Path("/sys/fs/cgroup")
-    if (system / "cgroup.controllers").exists():
-        yield system
-        return
-    mount = Path(tempfile.mkdtemp(prefix="aib-cg2-"))
-    try:
-        subprocess.run(["mount", "-t", "cgroup2", "none", str(mount)], check=True,
-                       capture_output=True)
-        try:
-            yield mount
-        finally:
-            subprocess.run(["umount", str(mount)], check=False)
-    finally:
-        mount.rmdir()
+    with cgroup2_root() as root:
+        yield root
 
 
 @contextmanager

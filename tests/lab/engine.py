@@ -43,12 +43,14 @@ from tests.lab.runner import (
     ScenarioRun,
     _agent_process,
     _first_sample_time,
-    _keep_recording,
     _sleep_until,
     _tail,
     agent_command,
     agent_config,
+    agent_document,
+    first_phase_start,
     scaled,
+    wait_for_agent,
 )
 from tests.lab.schedule import (
     ARTICLE_CLIENTS,
@@ -306,13 +308,7 @@ def _play(scenario: EngineScenario, settings: AgentSettings, workdir: Path, *,
                               "load_generator": os.getpid()})
             try:
                 origin = _first_sample_time(record, agent, err, start_timeout)
-                k = settings.lead_in_windows
-                while origin + k * window < time.time() + 0.2:
-                    k += 1
-                if k > settings.lead_in_windows:
-                    notes.append(f"the first phase started {k} windows in, not "
-                                 f"{settings.lead_in_windows}: the runner was late")
-                timeline = scenario.timeline(origin + k * window)
+                timeline = scenario.timeline(first_phase_start(origin, settings, notes))
                 runs: list[PhaseRun] = []
                 lead_in_cpu = None
                 for phase, planned in zip(scenario.phases, timeline, strict=True):
@@ -338,20 +334,9 @@ def _play(scenario: EngineScenario, settings: AgentSettings, workdir: Path, *,
             finally:
                 if load is not None:
                     load[1].load = load[0].finish()
-            remaining = origin + duration - time.time() + 30.0
-            try:
-                agent.wait(timeout=max(remaining, 30.0))
-            except subprocess.TimeoutExpired:
-                raise LabRunError(f"the agent did not end within {duration:g}s + 30s") from None
+            wait_for_agent(agent, origin, duration)
         agent_seconds = time.monotonic() - began
-    if agent.returncode != 0:
-        raise LabRunError(f"the agent exited with {agent.returncode}: {_tail(err)}")
-    try:
-        document = json.loads(out.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise LabRunError(f"the agent's --json output is not JSON: {exc}") from None
-    if record_to is not None:
-        _keep_recording(record, record_to)
+    document = agent_document(agent, out, err, record, record_to)
     return ScenarioRun(scenario.name, settings, timeline, document["windows"],
                        document["verdict"], runs, agent_seconds, host_cpu_before,
                        err.read_text(encoding="utf-8", errors="replace"), notes, lead_in_cpu)

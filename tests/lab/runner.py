@@ -281,6 +281,42 @@ def _first_sample_time(record: Path, agent: subprocess.Popen[bytes], stderr: Pat
     raise LabRunError(f"the agent recorded no sample within {timeout:g}s: {_tail(stderr)}")
 
 
+def first_phase_start(origin: float, settings: AgentSettings, notes: list[str]) -> float:
+    """The first phase's start: on a window boundary at least ``lead_in_windows`` after the
+    agent's first sample, later (and noted) when the runner is late."""
+    window = settings.window_seconds
+    k = settings.lead_in_windows
+    while origin + k * window < time.time() + 0.2:
+        k += 1
+    if k > settings.lead_in_windows:
+        notes.append(f"the first phase started {k} windows in, not "
+                     f"{settings.lead_in_windows}: the runner was late")
+    return origin + k * window
+
+
+def wait_for_agent(agent: subprocess.Popen[bytes], origin: float, duration: float) -> None:
+    """Until the agent's diagnose run ends (its duration from ``origin``, 30 s of slack)."""
+    remaining = origin + duration - time.time() + 30.0
+    try:
+        agent.wait(timeout=max(remaining, 30.0))
+    except subprocess.TimeoutExpired:
+        raise LabRunError(f"the agent did not end within {duration:g}s + 30s") from None
+
+
+def agent_document(agent: subprocess.Popen[bytes], out: Path, err: Path, record: Path,
+                   record_to: Path | None) -> dict[str, Any]:
+    """The ended agent's ``--json`` document; its recording kept where asked."""
+    if agent.returncode != 0:
+        raise LabRunError(f"the agent exited with {agent.returncode}: {_tail(err)}")
+    try:
+        document = json.loads(out.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise LabRunError(f"the agent's --json output is not JSON: {exc}") from None
+    if record_to is not None:
+        _keep_recording(record, record_to)
+    return document
+
+
 def _tail(path: Path, lines: int = 3) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace").strip()
@@ -453,14 +489,7 @@ def _play(scenario: Scenario, settings: AgentSettings, workdir: Path, *,
                 "load_generator": os.getpid(), **placement.processes}))
             try:
                 origin = _first_sample_time(record, agent, err, start_timeout)
-                # First phase on a window boundary at least lead_in windows in.
-                k = settings.lead_in_windows
-                while origin + k * window < time.time() + 0.2:
-                    k += 1
-                if k > settings.lead_in_windows:
-                    notes.append(f"the first phase started {k} windows in, not "
-                                 f"{settings.lead_in_windows}: the runner was late")
-                timeline = scenario.timeline(origin + k * window)
+                timeline = scenario.timeline(first_phase_start(origin, settings, notes))
                 runs = []
                 for phase, planned in zip(scenario.phases, timeline, strict=True):
                     _sleep_until(planned.start)
@@ -470,20 +499,9 @@ def _play(scenario: Scenario, settings: AgentSettings, workdir: Path, *,
                 service.control(**IDLE_SERVICE.to_json())  # the tail: no load
             finally:
                 driver.close()
-            remaining = origin + duration - time.time() + 30.0
-            try:
-                agent.wait(timeout=max(remaining, 30.0))
-            except subprocess.TimeoutExpired:
-                raise LabRunError(f"the agent did not end within {duration:g}s + 30s") from None
+            wait_for_agent(agent, origin, duration)
         agent_seconds = time.monotonic() - began
-    if agent.returncode != 0:
-        raise LabRunError(f"the agent exited with {agent.returncode}: {_tail(err)}")
-    try:
-        document = json.loads(out.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise LabRunError(f"the agent's --json output is not JSON: {exc}") from None
-    if record_to is not None:
-        _keep_recording(record, record_to)
+    document = agent_document(agent, out, err, record, record_to)
     return ScenarioRun(scenario.name, settings, timeline, document["windows"],
                        document["verdict"], runs, agent_seconds, host_cpu_before,
                        err.read_text(encoding="utf-8", errors="replace"), notes,
