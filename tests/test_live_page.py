@@ -12,14 +12,18 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from ai_bottleneck.live_page import LivePage
+from ai_bottleneck.assembly import assemble_replay
+from ai_bottleneck.html_report import render_html
+from ai_bottleneck.live_page import PAGE_SUMMARY_KEYS, LivePage, compact
 from ai_bottleneck.pipeline import Labeller
+from ai_bottleneck.verdict import overall_verdict
 from tests import chromium, synth
 from tests.test_daemon import FAST, QUIET, WAIT, Daemon, env_for, nvml_state, start
 
 __all__ = ["nvml_state", "start"]  # fixtures used below
 
 USER, PASSWORD = "viewer", "correct horse battery staple"
+LAB = Path(__file__).parent / "data" / "lab"
 
 
 def _windows(n: int) -> list:  # type: ignore[type-arg]
@@ -42,6 +46,43 @@ def test_the_page_keeps_one_hour_and_renders_whole_or_its_content() -> None:
     assert "<html" not in part and "<script" not in part and 'id="verdict"' in part
     now[0] += 7200  # nothing new for two hours: nothing left to show
     assert "the last 0 windows" in page.render().decode()
+
+
+def _copies(results: list) -> list:  # type: ignore[type-arg]
+    copies, previous = [], None
+    for r in results:
+        previous = compact(r, previous)
+        copies.append(previous)
+    return copies
+
+
+@pytest.mark.parametrize("recording", sorted(p.name for p in LAB.glob("*.jsonl.gz")))
+def test_the_page_renders_the_same_from_its_compact_copies(recording: str) -> None:
+    results = list(assemble_replay(LAB / recording).results)
+    copies = _copies(results)
+
+    def page(windows: list) -> str:  # type: ignore[type-arg]
+        return render_html(windows, overall_verdict(windows), title="t",
+                           not_measured={"oom": "off"}, refresh_seconds=10, current=windows[-1])
+
+    assert len(results) > 3
+    assert page(copies) == page(results)
+    assert all(set(c.summary) <= set(PAGE_SUMMARY_KEYS) for c in copies)
+
+
+def test_a_window_equal_in_part_to_the_one_before_shares_that_part() -> None:
+    results = _windows(6)  # the same scene throughout: GPU, host and NIC readings repeat
+    assert results[1].readings is not None and results[1].readings.status
+    copies = _copies(results)
+    for before, after in zip(copies, copies[1:], strict=False):
+        assert after.readings is not None and before.readings is not None
+        assert after.readings.status is before.readings.status
+        assert after.probes is before.probes and after.warnings is before.warnings
+        assert after.readings.gpus[0] is before.readings.gpus[0]
+        assert after.start > before.start  # what differs stays the window's own
+    # the originals are untouched: the daemon's other consumers see whole windows
+    assert results[-1].readings is not None and results[-1].summary.get("gpu")
+    assert results[-1].readings.status is not results[-2].readings.status
 
 
 def _get(daemon: Daemon, path: str, auth: bool) -> tuple[int, str]:
