@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import click
 
 from ai_bottleneck import __version__
 from ai_bottleneck.cli_params import DURATION, WINDOW, report_options
-from ai_bottleneck.fleet_cli import fleet_cmd
 from ai_bottleneck.logs import setup_logging, stderr_is_journal
-from ai_bottleneck.plan_cli import plan_cmd
 from ai_bottleneck.probes.sample import one_line
 
 
@@ -75,6 +74,21 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except click.UsageError as exc:
             raise _one_line(exc) from None
+
+    #: Commands in modules of their own, imported when named (or listed by --help):
+    #: `run` never loads the planner's model tables or the fleet's HTTP client.
+    LAZY: ClassVar[dict[str, str]] = {"plan": "ai_bottleneck.plan_cli:plan_cmd",
+                                      "fleet": "ai_bottleneck.fleet_cli:fleet_cmd"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            module, attr = self.LAZY[cmd_name].split(":")
+            command = getattr(importlib.import_module(module), attr)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list with each command's whole first sentence, wrapped, never
@@ -379,9 +393,6 @@ def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
     except ListenError as exc:
         _fail(str(exc), code=1)
 
-
-main.add_command(plan_cmd)
-main.add_command(fleet_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover

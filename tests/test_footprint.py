@@ -33,3 +33,16 @@ def test_the_passive_agent_leaves_the_heavy_libraries_unimported(tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     imported = json.loads(proc.stdout.splitlines()[-1])
     assert not [name for name, present in imported.items() if present], imported
+
+
+def test_the_cli_loads_a_command_module_only_when_that_command_runs() -> None:
+    script = ("import sys; from ai_bottleneck.cli import main; "
+              "print(sorted(m for m in sys.modules if m.split('.')[-1] in "
+              "('plan_cli', 'fleet_cli', 'modelinfo', 'gguf_meta')))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    listed = subprocess.run([sys.executable, "-m", "ai_bottleneck.cli", "--help"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert "plan " in listed.stdout and "fleet " in listed.stdout  # still listed
