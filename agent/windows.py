@@ -71,6 +71,9 @@ class ProbeStatus:
         return f"{self.state.value}: {self.detail}" if self.detail else self.state.value
 
 
+_OK = ProbeStatus(ProbeState.OK)  # shared: a ProbeStatus is immutable
+
+
 class Window:
     """All series of one window, plus what the classifier needs to know about the
     probes that gave nothing."""
@@ -113,19 +116,22 @@ class Window:
             if probe in self.expected:
                 return ProbeStatus(ProbeState.MISSING, "no sample in this window")
             return ProbeStatus(ProbeState.ABSENT)
-        ok = sum(sw.count for sw in group)
-        failed = sum(sw.failures for sw in group)
-        skipped = sum(sw.skipped for sw in group)
-        errors = [e for sw in group for e in sw.errors(1)]
-        first_error = errors[0] if errors else ""
+        if len(group) == 1:  # one series: most probes, most windows
+            sw = group[0]
+            ok, failed, skipped = sw.count, sw.failures, sw.skipped
+        else:
+            ok = sum(sw.count for sw in group)
+            failed = sum(sw.failures for sw in group)
+            skipped = sum(sw.skipped for sw in group)
         if ok == 0 and failed == 0:
             return ProbeStatus(ProbeState.SKIPPED, f"{skipped} run(s) skipped")
+        if not failed:
+            return _OK
+        errors = [e for sw in group for e in sw.errors(1)]
+        first_error = errors[0] if errors else ""
         if ok == 0:
             return ProbeStatus(ProbeState.FAILING, f"{failed} of {failed} failed: {first_error}")
-        if failed:
-            return ProbeStatus(ProbeState.PARTIAL,
-                               f"{failed} of {ok + failed} failed: {first_error}")
-        return ProbeStatus(ProbeState.OK)
+        return ProbeStatus(ProbeState.PARTIAL, f"{failed} of {ok + failed} failed: {first_error}")
 
     def statuses(self) -> dict[str, ProbeStatus]:
         """The status of every probe this window knows of, by name."""
@@ -176,11 +182,12 @@ _Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
 class _Open:
-    __slots__ = ("late", "series")
+    __slots__ = ("late", "series", "shuffled")
 
     def __init__(self) -> None:
         self.series: dict[_Key, list[Sample]] = {}
         self.late = 0
+        self.shuffled = False  # a sample older than one fed before it came here
 
     @property
     def count(self) -> int:
@@ -244,6 +251,8 @@ class WindowBuilder:
                 assert self.origin is not None
                 return self._close_before(
                     int((t - self.reorder_seconds - self.origin) // self.window_seconds))
+        elif t < self._watermark:
+            acc.shuffled = True
         return []
 
     def _slot(self, t: float) -> _Open:
@@ -281,17 +290,18 @@ class WindowBuilder:
         as ``add`` with the hot state in local variables: replaying a day of samples
         spends most of its time here."""
         lo, hi = self._cur_lo, self._cur_hi
-        cur_series = self._cur.series  # the series of the window samples go to now
+        cur = self._cur  # the window samples go to now, and its series
+        cur_series = cur.series
         watermark, close_at = self._watermark, self._close_at
         for sample in samples:
             t = sample.t
             if lo <= t < hi:
-                series = cur_series
+                acc, series = cur, cur_series
             else:
                 self._watermark = watermark
-                series = self._slot(t).series
-                cur_series, lo, hi, close_at = (self._cur.series, self._cur_lo, self._cur_hi,
-                                                self._close_at)
+                series = (acc := self._slot(t)).series
+                cur, lo, hi, close_at = self._cur, self._cur_lo, self._cur_hi, self._close_at
+                cur_series = cur.series
             key = (sample.probe, tuple(sample.labels.items()))
             group = series.get(key)
             if group is None:
@@ -305,8 +315,10 @@ class WindowBuilder:
                     self._watermark = watermark
                     yield from self._close_before(
                         int((t - self.reorder_seconds - self.origin) // self.window_seconds))
-                    cur_series, lo, hi = self._cur.series, self._cur_lo, self._cur_hi
-                    close_at = self._close_at
+                    cur, lo, hi, close_at = self._cur, self._cur_lo, self._cur_hi, self._close_at
+                    cur_series = cur.series
+            elif t < watermark:
+                acc.shuffled = True
         self._watermark = watermark
 
     def flush(self) -> list[Window]:
@@ -334,6 +346,7 @@ class WindowBuilder:
         start = self.origin + index * self.window_seconds
         end = start + self.window_seconds
         merged: dict[_Key, tuple[Mapping[str, str], list[Sample]]] = {}
+        in_order = not acc.shuffled
         for raw_key, samples in acc.series.items():
             canon = self._canonical.get(raw_key)
             if canon is None:
@@ -342,6 +355,7 @@ class WindowBuilder:
             key, labels = canon
             if key in merged:
                 merged[key][1].extend(samples)
+                in_order = False  # two runs of one series, one after the other
             else:
                 merged[key] = (labels, samples)
         series: dict[str, list[SeriesWindow]] = {}
@@ -350,7 +364,7 @@ class WindowBuilder:
             prev = self._previous.get(key)
             if prev is not None:
                 prev.previous = None  # keep one window of history, not a chain
-            sw = SeriesWindow(probe, labels, samples, prev)
+            sw = SeriesWindow(probe, labels, samples, prev, in_order=in_order)
             self._previous[key] = sw
             series.setdefault(probe, []).append(sw)
             if probe in self._carry_probes:

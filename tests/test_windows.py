@@ -153,6 +153,31 @@ def test_label_order_does_not_split_a_series() -> None:
     assert sw.mean("rx_bits_per_second") == 2.0
 
 
+@pytest.mark.parametrize("singly", [False, True])
+def test_series_are_in_time_order_however_their_samples_came(singly: bool) -> None:
+    # The builder skips sorting a window's series only when no sample came older than
+    # one before it; out-of-order arrivals and a series in two label orders are sorted.
+    late = [host_at(T0 + 3, cpu=0.3), host_at(T0 + 1, cpu=0.1), host_at(T0 + 2, cpu=0.2)]
+    a = Sample(T0 + 5, "nic", {"nic": "eth0", "driver": "virtio"}, {"rx_bits_per_second": 5.0})
+    b = Sample(T0 + 4, "nic", {"driver": "virtio", "nic": "eth0"}, {"rx_bits_per_second": 4.0})
+    c = Sample(T0 + 6, "nic", {"nic": "eth0", "driver": "virtio"}, {"rx_bits_per_second": 6.0})
+    samples = [*late, a, c, b]
+    builder = WindowBuilder(10.0, origin=T0)
+    if singly:
+        ws = [w for s in samples for w in builder.add(s)] + builder.flush()
+    else:
+        ws = feed(builder, samples)
+    (w,) = ws
+    assert w.of("host")[0].values("cpu_utilization_ratio") == [0.1, 0.2, 0.3]
+    assert w.of("host")[0].last("cpu_utilization_ratio") == 0.3
+    assert w.of("nic")[0].values("rx_bits_per_second") == [4.0, 5.0, 6.0]
+    merged = feed(WindowBuilder(10.0, origin=T0), [a, b, c])  # in time order but for b
+    assert merged[0].of("nic")[0].values("rx_bits_per_second") == [4.0, 5.0, 6.0]
+    runs = feed(WindowBuilder(10.0, origin=T0), [b, a, Sample(
+        T0 + 7, "nic", {"driver": "virtio", "nic": "eth0"}, {"rx_bits_per_second": 7.0})])
+    assert runs[0].of("nic")[0].values("rx_bits_per_second") == [4.0, 5.0, 7.0]
+
+
 def test_add_and_add_many_give_the_same_windows() -> None:
     samples = [host_at(T0 + i * 0.7) for i in range(50)]
     one = WindowBuilder(10.0)
