@@ -68,6 +68,10 @@ BENIGN_CLOCK_EVENTS = frozenset({"gpu_idle", "applications_clocks_setting",
 #: The same reasons as NVML clock-event bits (nvmlClocksEventReason*: GpuIdle 0x1,
 #: ApplicationsClocksSetting 0x2, SyncBoost 0x10, DisplayClockSetting 0x100).
 BENIGN_CLOCK_BITS = 0x1 | 0x2 | 0x10 | 0x100
+#: Every bitmask of benign reasons only, as the float a sample carries (the common case
+#: of the check in _gpu_readings, without a loop).
+_QUIET_BITMASKS = frozenset(float(m) for m in range(BENIGN_CLOCK_BITS + 1)
+                            if not m & ~BENIGN_CLOCK_BITS)
 #: Answers that mean "too busy, come back later": queueing made visible.
 OVERLOAD_STATUSES = frozenset({429.0, 503.0, 504.0})
 
@@ -116,7 +120,9 @@ def _gpu_readings(window: Window) -> tuple[list[GpuReading], list[str]]:
         sw = max(measured, key=lambda s: s.count)
         bitmask = sw.values("clocks_event_reasons_bitmask")
         # Nothing but idle or user-set clocks in the bitmask: no need to read every flag.
-        quiet = bool(bitmask) and not any(int(v) & ~BENIGN_CLOCK_BITS for v in set(bitmask))
+        seen = set(bitmask)
+        quiet = bool(seen) and (seen <= _QUIET_BITMASKS or not any(
+            int(v) & ~BENIGN_CLOCK_BITS for v in seen))
         slowdowns = [] if quiet else _slowdowns(sw)
         oom = sum(v for v in (sw.increase(OOM_EVENTS_TOTAL),
                               sw.increase(LOAD_FAILURE_EVENTS_TOTAL)) if v)
@@ -228,13 +234,14 @@ def _http_readings(window: Window) -> list[HttpReading]:
                 out.append(HttpReading(target=target, calls=0, failures=0, **flight))
             continue  # only skipped
         statuses = [v for sw in group for v in sw.failed_values(STATUS_VALUE)]
-        errors = tuple(dict.fromkeys(e for sw in group for e in sw.errors()))
-        reading = HttpReading(
-            target=target, calls=calls, failures=failures, errors=errors[:3],
-            overload_answers=sum(1 for s in statuses if s in OVERLOAD_STATUSES),
-            server_errors=sum(1 for s in statuses if 500 <= s < 600))
+        errors = tuple(dict.fromkeys(e for sw in group for e in sw.errors()))[:3]
+        overload = sum(1 for s in statuses if s in OVERLOAD_STATUSES)
+        server_errors = sum(1 for s in statuses if 500 <= s < 600)
         measured = [sw for sw in group if sw.count]
-        if measured:
+        if not measured:
+            reading = HttpReading(target=target, calls=calls, failures=failures, errors=errors,
+                                  overload_answers=overload, server_errors=server_errors)
+        else:
             sw = max(measured, key=lambda s: s.count)
             phases = {p: m for p in HTTP_PHASES
                       if (m := _mean(sw, p)) is not None}
@@ -242,12 +249,12 @@ def _http_readings(window: Window) -> list[HttpReading]:
             moved = [total for name in (REQUEST_BYTES, RESPONSE_BYTES)
                      if (total := sw.total(name)) is not None]
             reading = HttpReading(
-                target=target, calls=calls, failures=failures, errors=reading.errors,
+                target=target, calls=calls, failures=failures, errors=errors,
                 total=sw.stats(TOTAL_SECONDS), phases=phases,
                 request_bytes=_mean(sw, REQUEST_BYTES),
                 response_bytes=_mean(sw, RESPONSE_BYTES),
                 concurrency=_max(sw, "concurrency"),
-                overload_answers=reading.overload_answers, server_errors=reading.server_errors,
+                overload_answers=overload, server_errors=server_errors,
                 server_min_seconds=server.min if server is not None else None,
                 bytes_moved=sum(moved) if moved else None)
         if flight:
