@@ -72,12 +72,24 @@ class NicLike(Protocol):
 
 
 def tightest_capacity(sw: SeriesWindow, direction: str) -> Capacity | None:
-    """The smallest known rate of one NIC direction in the window, with its source."""
-    known = [(sw.last("link_speed_bits_per_second"), LINK_SPEED),
-             (sw.last(f"declared_{direction}_bits_per_second"), DECLARED),
-             (sw.last(f"shaped_{direction}_bits_per_second"), SHAPED)]
-    found = [Capacity(v, source) for v, source in known if v is not None and v > 0]
-    return min(found, key=lambda c: c.bits_per_second) if found else None
+    """The smallest known rate of one NIC direction in the window, with its source (the
+    first in _RATES' order of equal ones)."""
+    tightest: tuple[float, str] | None = None
+    for name, source in _RATES.get(direction) or _rates(direction):
+        v = sw.last(name)
+        if v is not None and v > 0 and (tightest is None or v < tightest[0]):
+            tightest = (v, source)
+    return Capacity(*tightest) if tightest is not None else None
+
+
+def _rates(direction: str) -> tuple[tuple[str, str], ...]:
+    """The value names of one direction's known rates, each with its source."""
+    return (("link_speed_bits_per_second", LINK_SPEED),
+            (f"declared_{direction}_bits_per_second", DECLARED),
+            (f"shaped_{direction}_bits_per_second", SHAPED))
+
+
+_RATES = {direction: _rates(direction) for direction in ("rx", "tx")}
 
 
 def plateau(st: Stats | None, *, min_samples: int, floor_bits_per_second: float,

@@ -63,9 +63,8 @@ def _samples(group: Sequence[SeriesWindow]) -> Sequence[Sample]:
 
 def _worst(samples: Sequence[Sample]) -> tuple[HealthState, Sample] | None:
     found: dict[HealthState, Sample] = {}
-    for s in samples:
-        if s.values.keys().isdisjoint(HEALTH_FLAGS):
-            continue  # no health flag at all (an older recording): no state
+    # A sample with no health flag at all (an older recording) has no state.
+    for s in [s for s in samples if not s.values.keys().isdisjoint(HEALTH_FLAGS)]:
         state = state_of(s.values)
         if state is not None:
             found[state] = s  # the latest sample in that state

@@ -165,10 +165,15 @@ def _host_reading(window: Window) -> HostReading | None:
 def _utilization(sw: SeriesWindow, direction: str, capacity: Capacity | None) -> float | None:
     """Mean throughput over the tightest known rate; the probe's own ratio where the
     rates are not in the samples (it was computed against the link speed then)."""
-    bits = _mean(sw, nic_value(direction, "bits_per_second"))
+    bits = _mean(sw, _NIC_BITS[direction])
     if bits is not None and capacity is not None:
         return bits / capacity.bits_per_second
-    return _mean(sw, nic_value(direction, "utilization_ratio"))
+    return _mean(sw, _NIC_UTILIZATION[direction])
+
+
+_NIC_BITS, _NIC_UTILIZATION, _NIC_DROPS = (
+    {d: nic_value(d, what) for d in ("rx", "tx")}
+    for what in ("bits_per_second", "utilization_ratio", "drops_per_second"))
 
 
 def _nic_readings(window: Window) -> tuple[list[NicReading], TcpReading | None]:
@@ -185,15 +190,15 @@ def _nic_readings(window: Window) -> tuple[list[NicReading], TcpReading | None]:
         if name is None:
             continue
         link = sw.last(LINK_SPEED)
-        drops = [v for v in (_mean(sw, nic_value("rx", "drops_per_second")),
-                             _mean(sw, nic_value("tx", "drops_per_second"))) if v is not None]
+        drops = [v for v in (_mean(sw, _NIC_DROPS["rx"]), _mean(sw, _NIC_DROPS["tx"]))
+                 if v is not None]
         rx_cap, tx_cap = tightest_capacity(sw, "rx"), tightest_capacity(sw, "tx")
         # The throughput statistics first: the means below then read them, not the samples.
         rx_stats, tx_stats = sw.stats("rx_bits_per_second"), sw.stats("tx_bits_per_second")
         nics.append(NicReading(
             name=name, samples=sw.count,
-            rx_bits_per_second=_mean(sw, nic_value("rx", "bits_per_second")),
-            tx_bits_per_second=_mean(sw, nic_value("tx", "bits_per_second")),
+            rx_bits_per_second=_mean(sw, _NIC_BITS["rx"]),
+            tx_bits_per_second=_mean(sw, _NIC_BITS["tx"]),
             link_bits_per_second=link,
             rx_utilization=_utilization(sw, "rx", rx_cap),
             tx_utilization=_utilization(sw, "tx", tx_cap),
