@@ -5,6 +5,7 @@ Pure: no I/O, no clock. See docs/classifier.md.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ai_bottleneck.capacity import Measured, Saturation, saturations
@@ -309,8 +310,15 @@ class Facts:
 
 def memory_text(g: GpuReading) -> str:
     assert g.memory_used_ratio is not None
-    return (f"{g.title} memory {pct(g.memory_used_ratio)} used "
-            f"({size(g.memory_used_bytes or 0)} of {size(g.memory_total_bytes or 0)})")
+    return _memory_text(g.title, g.memory_used_ratio, g.memory_used_bytes or 0,
+                        g.memory_total_bytes or 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _memory_text(title: str, ratio: float, used: float, total: float) -> str:
+    # Kept: a GPU's memory often stays the same for hours (servers reserve it up front),
+    # and every window's warnings or evidence say it for every GPU.
+    return f"{title} memory {pct(ratio)} used ({size(used)} of {size(total)})"
 
 
 # -- bandwidth arithmetic ------------------------------------------------------------
