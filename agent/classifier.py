@@ -56,9 +56,11 @@ def no_data(f: Facts) -> Finding | None:
 
 def memory_full_and_failing(f: Facts) -> Finding | None:
     th = f.thresholds
-    full = [g for g in f.gpus if (m := g.memory_used_ratio) is not None and m >= th.vram_high_ratio]
     failing = [h for h in f.readings.http if h.server_errors]
-    if not full or not failing:
+    if not failing:
+        return None
+    full = [g for g in f.gpus if (m := g.memory_used_ratio) is not None and m >= th.vram_high_ratio]
+    if not full:
         return None
     g, h = full[0], failing[0]
     assert g.memory_used_ratio is not None
