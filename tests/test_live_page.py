@@ -5,6 +5,7 @@ label, the last hour's timeline and the charts, behind the same basic auth as
 from __future__ import annotations
 
 import base64
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_a_window_equal_in_part_to_the_one_before_shares_that_part() -> None:
     results = _windows(6)  # the same scene throughout: GPU, host and NIC readings repeat
     assert results[1].readings is not None and results[1].readings.status
     copies = _copies(results)
-    for before, after in zip(copies, copies[1:], strict=False):
+    for before, after in itertools.pairwise(copies):
         assert after.readings is not None and before.readings is not None
         assert after.readings.status is before.readings.status
         assert after.probes is before.probes and after.warnings is before.warnings
