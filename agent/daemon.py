@@ -25,6 +25,7 @@ from ai_bottleneck.diagnose import FLAG_OPTIONS, service_override
 from ai_bottleneck.endpoint import MetricsServer
 from ai_bottleneck.gpu_presence import count_nvidia_gpus
 from ai_bottleneck.live_page import LivePage
+from ai_bottleneck.malloc_arenas import limit_arenas
 from ai_bottleneck.pipeline import WindowResult
 from ai_bottleneck.record import RecordError
 from ai_bottleneck.sdnotify import Notifier
@@ -184,6 +185,7 @@ class Agent:
 
     def start(self) -> None:
         """Bind the endpoint and start sampling; raises ConfigError/ListenError."""
+        limit_arenas()  # before the sampler's and the endpoint's threads
         run = self._build(self.config)
         try:
             self.server.start()
