@@ -46,9 +46,9 @@ class EndpointOptions:
         min=0.01, max=86400, doc="the longest wait between a client's password checks"))
 
     page_history_seconds: float = field(default=3600.0, metadata=option_info(
-        min=60, max=86400, doc="how far back the live page at / goes; the agent keeps that "
-                               "many windows in memory (about 20 KB each with 8 GPUs: an "
-                               "hour of 10 s windows is some 7 MB)"))
+        min=60, max=86400, doc="how far back the live page at / goes; the agent keeps a "
+                               "compact copy of each window in memory (2-6 KB each with 8 "
+                               "GPUs: an hour of 10 s windows is 0.6-2.1 MB; docs/report.md)"))
 
     def __post_init__(self) -> None:
         if self.max_connections_per_client > self.max_connections:

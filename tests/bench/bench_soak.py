@@ -21,10 +21,11 @@ work is told from the agent's own latency.
 
 Targets (issue 12): every scrape answered, each in under 100 ms; RSS growth under
 2 MB after the first 5 minutes (after the first report on shorter runs); fds
-and threads flat. The live page keeps an hour of windows by default, so RSS
-grows through the first hour by design (docs/report.md); ``--page-history 120``
-keeps two minutes of them, to see whether anything else grows. The machine may
-be busy with other work: run it more than once and compare.
+and threads flat. The live page keeps a compact copy of an hour of windows by
+default, filling through the first hour (docs/report.md: the fake GPUs' readings
+stay the same, so the copies here are small); ``--page-history 120`` keeps two
+minutes of them, to see whether anything else grows. The machine may be busy
+with other work: run it more than once and compare.
 """
 
 from __future__ import annotations
