@@ -152,16 +152,7 @@ class SeriesWindow:
         st = self._stats.get(name)
         if st is not None:
             return st.mean
-        # self.values(name), inline: the rules read a few dozen means a window. No sort
-        # is needed for a mean alone.
-        rows = self._rows
-        if rows and name in rows[0] and name in rows[-1]:
-            try:
-                vals = [v[name] for v in rows]
-            except KeyError:
-                vals = [v[name] for v in rows if name in v]
-        else:
-            vals = [v[name] for v in rows if name in v]
+        vals = self.values(name)  # no sort needed for a mean alone
         return _fsum(vals) / len(vals) if vals else None
 
     def peak(self, name: str) -> float | None:
@@ -169,14 +160,7 @@ class SeriesWindow:
         st = self._stats.get(name)
         if st is not None:
             return st.max
-        rows = self._rows  # self.values(name), inline as in mean
-        if rows and name in rows[0] and name in rows[-1]:
-            try:
-                vals = [v[name] for v in rows]
-            except KeyError:
-                vals = [v[name] for v in rows if name in v]
-        else:
-            vals = [v[name] for v in rows if name in v]
+        vals = self.values(name)
         # The last of equal largest values, as the sorted statistics pick it (-0.0, 0.0).
         return max(reversed(vals)) if vals else None
 
