@@ -15,11 +15,11 @@ import logging
 import math
 import os
 import socket
+import socketserver
 import threading
 import time
 import typing
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from ai_bottleneck import __version__
 from ai_bottleneck.config import DEFAULT_LISTEN, parse_listen
 from ai_bottleneck.endpoint_guard import Connection, Connections, LoginThrottle
 from ai_bottleneck.exporter import Exposition
+from ai_bottleneck.http_handler import HTTPHandler
 from ai_bottleneck.state import AgentState
 from ai_bottleneck.webguard import WebGuard, peer_sans
 
@@ -51,14 +52,11 @@ _LANDING = """<!doctype html>
 """
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
-    # Unbuffered: a 64 KiB write buffer per connection, idle ones included, cost
-    # 17 MB with 264 connections open and fragmented the heap as they came and
-    # went. _send joins status line, headers and body into one send instead.
-    wbufsize = 0
+class _Handler(HTTPHandler):
+    # Keep-alive (Prometheus reuses its connection); unbuffered writes (HTTPHandler):
+    # a 64 KiB write buffer per connection, idle ones included, cost 17 MB with 264
+    # connections open and fragmented the heap as they came and went.
     server_version = f"ai-bottleneck/{__version__}"
-    sys_version = ""
     server: _HTTPServer
 
     def handle_one_request(self) -> None:
@@ -108,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Retry-After"] = str(math.ceil(wait))
                 self._send(429, b"too many failed logins; wait\n", headers, head)
                 return
-            credentials = self.headers.get("Authorization")
+            credentials = self.headers.get("authorization")
             if loaded.auth.check(credentials) is None:
                 if credentials:  # a guess (it cost a bcrypt check), not a bare request
                     server.logins.failed(client)
@@ -119,8 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
         if loaded.limiter is not None and not loaded.limiter.allow(client):
             self._send(429, b"too many requests\n", headers, head)
         elif path == "/metrics":
-            body, content_type = server.exposition.render(self.headers.get("Accept", ""))
-            if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
+            body, content_type = server.exposition.render(self.headers.get("accept", ""))
+            if _accepts_gzip(self.headers.get("accept-encoding", "")):
                 body = gzip.compress(body, compresslevel=1)
                 headers["Content-Encoding"] = "gzip"
             headers["Vary"] = "Accept-Encoding"
@@ -136,20 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool,
               content_type: str = "text/plain; charset=utf-8") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        # end_headers() would send the headers on their own; one send for all of it.
-        pending: list[bytes] = getattr(self, "_headers_buffer", [])
-        data = b"".join([*pending, b"\r\n"])
-        pending.clear()
-        self.wfile.write(data if head else data + body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if log.isEnabledFor(logging.DEBUG):  # called for every request: format only if kept
-            log.debug("%s %s", self.address_string(), format % args)
+        self.send(status, body, headers, head=head, content_type=content_type)
 
 
 def _accepts_gzip(header: str) -> bool:
@@ -169,7 +154,7 @@ def _accepts_gzip(header: str) -> bool:
     return False
 
 
-class _HTTPServer(ThreadingHTTPServer):
+class _HTTPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     block_on_close = False
 

@@ -13,20 +13,25 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from typing import Any
-
-from prometheus_client import ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector as CollectorBase
-from prometheus_client.registry import CollectorRegistry
+from typing import TYPE_CHECKING, Any, cast
 
 from ai_bottleneck import exporter_metrics as m
 from ai_bottleneck.labels import LABEL_NAMES
 from ai_bottleneck.probes.base import Clock, SkipKind
 from ai_bottleneck.probes.sample import one_line
 from ai_bottleneck.probes.vocabulary import is_process_sample, mig_instance
+from ai_bottleneck.process_metrics import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    ProcessMetrics,
+    wants_openmetrics,
+)
 from ai_bottleneck.state import ERROR_REASONS, AgentState, Series, Snapshot
+
+if TYPE_CHECKING:  # the scrape path never imports prometheus_client (process_metrics.py)
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector as CollectorBase
+    from prometheus_client.registry import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +185,6 @@ def _probe_points(points: _Points, snap: Snapshot) -> None:
 Families = list[tuple[m.Metric, list[tuple[tuple[str, ...], float]]]]
 
 
-def _family(metric: m.Metric) -> GaugeMetricFamily | CounterMetricFamily:
-    if metric.kind == "counter":
-        return CounterMetricFamily(metric.name, metric.help, labels=metric.labels)
-    return GaugeMetricFamily(metric.name, metric.help, labels=metric.labels)
-
-
 # One series' sample lines: (metric name, label values, sample time, line).
 _SeriesLines = tuple[tuple[str, tuple[str, ...], float, str], ...]
 # Lines by metric name, then label values -> (sample time, line).
@@ -226,11 +225,12 @@ def _merge(lines: _Lines, name: str, labelvalues: tuple[str, ...], t: float, lin
         bucket[labelvalues] = (t, line)
 
 
-class Collector(CollectorBase):
+class Collector:
     """Builds every ai_bottleneck_* family from ``state.snapshot()`` at each scrape.
 
     ``collect()`` gives prometheus_client families (registries, tests,
-    ``get_sample_value``); ``render()`` writes the same points straight to
+    ``get_sample_value``; it is a prometheus_client collector by its methods, and
+    imports that package only when called); ``render()`` writes the same points straight to
     the exposition formats, several times faster than the generic encoder,
     which is what keeps a scrape of an 8-GPU host cheap. ``prepare()``, called
     by the writer after it records samples, renders the series' lines and joins
@@ -284,8 +284,11 @@ class Collector(CollectorBase):
         return out
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         for metric, samples in self.families():
-            family = _family(metric)
+            kind = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
+            family = kind(metric.name, metric.help, labels=metric.labels)
             for labelvalues, value in samples:
                 family.add_metric(labelvalues, value)
             yield family
@@ -351,26 +354,29 @@ _OM_HEADERS = {
 
 
 def build_registry(state: AgentState, *, process_metrics: bool = True) -> CollectorRegistry:
-    """A registry of its own (never the global one) with the agent's collector and,
-    as every exporter has, the process_* metrics of the agent itself."""
+    """A prometheus_client registry of its own (never the global one) with the
+    agent's collector and, as every exporter has, the process_* metrics of the agent
+    itself: for code that works with registries; the endpoint does not use one."""
+    from prometheus_client import ProcessCollector
+    from prometheus_client.registry import CollectorRegistry
+
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(state))
+    # The registry reads only describe() and collect(), which Collector has.
+    registry.register(cast("CollectorBase", Collector(state)))
     if process_metrics:
         ProcessCollector(registry=registry)
     return registry
 
 
 class Exposition:
-    """What /metrics serves: the agent's families, rendered directly, then the
-    process_* families through prometheus_client, in the format the scraper asks
-    for (Prometheus asks for OpenMetrics; text 0.0.4 otherwise)."""
+    """What /metrics serves: the agent's families, rendered directly, then its
+    process_* families, in the format the scraper asks for (Prometheus asks for
+    OpenMetrics; text 0.0.4 otherwise)."""
 
     def __init__(self, state: AgentState, *, process_metrics: bool = True):
         self._state = state
         self.collector = Collector(state)
-        self._process = CollectorRegistry(auto_describe=False)
-        if process_metrics:
-            ProcessCollector(registry=self._process)
+        self._process = ProcessMetrics() if process_metrics else None
 
     def prepare(self) -> None:
         """See Collector.prepare: call after recording samples."""
@@ -381,10 +387,13 @@ class Exposition:
         return self._state.snapshot().problems(self._state.clock())
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
-        encoder, content_type = choose_encoder(accept)
-        openmetrics = content_type.startswith("application/openmetrics-text")
-        # The process part ends an OpenMetrics exposition with its "# EOF" line.
+        openmetrics = wants_openmetrics(accept)
+        text = self.collector.render(openmetrics)
+        if self._process is not None:
+            text += self._process.render(openmetrics)
+        if openmetrics:
+            text += "# EOF\n"
         # "replace": a label read with surrogateescape (a process name in bad UTF-8)
         # must not fail the whole scrape.
-        body = self.collector.render(openmetrics).encode("utf-8", "replace")
-        return body + encoder(self._process), content_type
+        return (text.encode("utf-8", "replace"),
+                OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE)

@@ -31,22 +31,25 @@ from __future__ import annotations
 
 import logging
 import re
-import ssl
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ai_bottleneck.probes.options import OptionError, option_info, parse_options
 from ai_bottleneck.probes.sample import one_line
+
+if TYPE_CHECKING:  # ssl (and with it OpenSSL, 4 MB) is loaded only for TLS
+    import ssl
 
 log = logging.getLogger(__name__)
 
 ClientAuth = Literal["NoClientCert", "RequestClientCert", "RequireAnyClientCert",
                      "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
 TLSVersionName = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
-_TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+# The versions served, oldest first, as ssl.TLSVersion's member names.
+_TLS_VERSIONS = {"TLS12": "TLSv1_2", "TLS13": "TLSv1_3"}
+_TLS_ORDER = tuple(_TLS_VERSIONS)
 _HEADERS = ("Content-Security-Policy", "X-Frame-Options", "X-Content-Type-Options",
             "X-XSS-Protection", "Strict-Transport-Security")
 _BCRYPT = re.compile(r"^\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}$")
@@ -100,7 +103,7 @@ class TLSServerConfig:
             if getattr(self, name) not in _TLS_VERSIONS:
                 raise ValueError(f"{name}: {getattr(self, name)} is not supported (TLS 1.0 and "
                                  "1.1 are deprecated); use TLS12 or TLS13")
-        if _TLS_VERSIONS[self.min_version] > _TLS_VERSIONS[self.max_version]:
+        if _TLS_ORDER.index(self.min_version) > _TLS_ORDER.index(self.max_version):
             raise ValueError("min_version: higher than max_version")
         if self.cipher_suites:
             raise ValueError("cipher_suites: not supported by this agent (it uses OpenSSL's "
@@ -175,9 +178,12 @@ def _resolve(base: Path, name: str) -> Path:
 
 
 def _ssl_context(tls: TLSServerConfig, base: Path, source: str) -> ssl.SSLContext:
+    import ssl
+    import tempfile
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
-    ctx.maximum_version = _TLS_VERSIONS[tls.max_version]
+    ctx.minimum_version = ssl.TLSVersion[_TLS_VERSIONS[tls.min_version]]
+    ctx.maximum_version = ssl.TLSVersion[_TLS_VERSIONS[tls.max_version]]
     if tls.prefer_server_cipher_suites:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     key_name = "tls_server_config.cert_file" if tls.cert_file else "tls_server_config.cert"

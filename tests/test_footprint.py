@@ -1,6 +1,8 @@
 """What the agent of bench_agent carries (host, nic and GPU probes; the engine probe on
 without targets; http and download off): the heavy libraries of the probes and endpoint
-features it does not use stay unimported. The RSS figure itself is bench_agent's."""
+features it does not use stay unimported, and so do prometheus_client and OpenSSL
+(``ssl``, ``hashlib``), which the endpoint serves without unless TLS or basic auth is
+configured. The RSS figure itself is bench_agent's."""
 
 from __future__ import annotations
 
@@ -9,19 +11,33 @@ import subprocess
 import sys
 from pathlib import Path
 
-_SCRIPT = """
+_SCRIPT = r"""
 import json, sys
 from ai_bottleneck.assembly import build_probes
 from ai_bottleneck.config import load_config
 import ai_bottleneck.daemon  # the endpoint, exporter and sampler of `run`
+from ai_bottleneck.endpoint import MetricsServer
+from ai_bottleneck.state import AgentState
+import socket
 probes = build_probes(load_config(sys.argv[1]))
 for probe in probes.probes:
     probe.sample()
 probes.close()
+with MetricsServer(AgentState(), "127.0.0.1:0") as server:
+    # A scrape in each format, with gzip: every path of a plain scrape (a raw socket:
+    # a client library would import what is looked for).
+    for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n"
+                         "Accept-Encoding: gzip\r\nConnection: close\r\n\r\n".encode())
+            reply = b"".join(iter(lambda: sock.recv(65536), b""))
+            assert reply.startswith(b"HTTP/1.1 200 OK"), reply[:100]
 print(json.dumps({name: name in sys.modules for name in sys.argv[2:]}))
 """
 
-_HEAVY = ["httpx", "httpcore", "bcrypt", "yaml", "msgspec", "re2"]
+_HEAVY = ["httpx", "httpcore", "bcrypt", "yaml", "msgspec", "re2",
+          "prometheus_client", "ssl", "_ssl", "hashlib", "_hashlib", "http.client",
+          "http.server"]
 
 
 def test_the_passive_agent_leaves_the_heavy_libraries_unimported(tmp_path: Path) -> None:
