@@ -74,8 +74,9 @@ class HTTPHandler(socketserver.StreamRequestHandler):
             self._parse(line)
         except BadRequest as exc:
             self.close_connection = True
-            self.send(exc.status, f"{exc.status.value} {exc.status.phrase}: {exc}\n".encode(),
-                      {"Connection": "close"})
+            if self.answerable():
+                self.send(exc.status, f"{exc.status.value} {exc.status.phrase}: {exc}\n"
+                          .encode(), {"Connection": "close"})
             return
         except OSError:
             return
@@ -138,6 +139,11 @@ class HTTPHandler(socketserver.StreamRequestHandler):
         if log.isEnabledFor(logging.DEBUG):  # every request: format only if kept
             log.debug("%s %r %d %d", self.client_address[0],
                       f"{self.command} {self.path} {self.request_version}", status.value, len(body))
+
+    def answerable(self) -> bool:
+        """Whether a bad request still gets its answer; False for a connection the
+        server has cut off (its partial request is what the cut left)."""
+        return True
 
     def do_GET(self) -> None:
         raise NotImplementedError

@@ -9,13 +9,14 @@ import logging
 import re
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ai_bottleneck.endpoint import MetricsServer
-from ai_bottleneck.http_handler import MAX_HEADERS, MAX_LINE, http_date
+from ai_bottleneck.http_handler import MAX_HEADERS, MAX_LINE, HTTPHandler, http_date
 from tests.test_webconfig import populated_state
 
 
@@ -142,3 +143,27 @@ def test_any_bytes_get_an_answer_or_a_close_and_never_a_traceback(
         reply = b"".join(iter(lambda: sock.recv(65536), b""))
     assert reply == b"" or reply.startswith(b"HTTP/1.1 "), reply[:100]
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+
+
+def test_a_request_cut_off_at_its_deadline_is_not_answered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Half a request line is what the cut leaves. The socket is shut, so no answer
+    # could arrive anyway; building one (64 slow clients cut at one deadline: 64
+    # threads at once) held scrapes up: bench_soak's p99 went from 2.8 to 6.1 ms.
+    built: list[int] = []
+    real_send = HTTPHandler.send
+
+    def send(self: HTTPHandler, status: int, *args: Any, **kwargs: Any) -> None:
+        built.append(int(status))
+        real_send(self, status, *args, **kwargs)
+
+    monkeypatch.setattr(HTTPHandler, "send", send)
+    with MetricsServer(populated_state(), "127.0.0.1:0", process_metrics=False,
+                       request_timeout=0.5) as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+            sock.sendall(b"GET /metrics HTT")
+            reply = b"".join(iter(lambda: sock.recv(65536), b""))  # until the server closes
+        assert reply == b""
+        assert built == []
+        assert _healthy(srv.port)
+        assert built == [200]
