@@ -58,6 +58,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _log_end(log: Path, lines: int = 4) -> str:
+    """The log's last lines, newest first: an error cut short still shows where it stopped."""
+    return " | ".join(reversed(log.read_text(errors="replace").splitlines()[-lines:]))
+
+
 @contextmanager
 def llama_server(tmp: Path, *, slots: int = 2, context: int = 8192,
                  ready_seconds: float = 60.0, link: Link | None = None) -> Iterator[LlamaServer]:
@@ -79,18 +84,21 @@ def llama_server(tmp: Path, *, slots: int = 2, context: int = 8192,
     base = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + ready_seconds
+        last = "no answer yet"
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {proc.returncode}: "
-                                   + log.read_text(errors="replace")[-2000:])
+                raise RuntimeError(f"llama-server exited with {proc.returncode}; its log ends: "
+                                   + _log_end(log))
             try:
-                if httpx.get(base + "/health", timeout=1.0).status_code == 200:
+                answer = httpx.get(base + "/health", timeout=1.0)
+                if answer.status_code == 200:
                     break
-            except httpx.HTTPError:
-                pass
+                last = f"/health answered {answer.status_code}"
+            except httpx.HTTPError as exc:
+                last = f"/health: {type(exc).__name__}: {exc}"
             if time.monotonic() > deadline:
-                raise RuntimeError(f"llama-server not ready within {ready_seconds:g} s: "
-                                   + log.read_text(errors="replace")[-2000:])
+                raise RuntimeError(f"llama-server not ready within {ready_seconds:g} s at {base} "
+                                   f"({last}); its log ends: " + _log_end(log))
             time.sleep(0.2)
         yield LlamaServer(base, slots, log, proc.pid)
     finally:

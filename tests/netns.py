@@ -123,6 +123,18 @@ def _kill_namespace_processes(ns: str) -> None:
             return
 
 
+def _free_subnet(first: int) -> int:
+    """The first 198.18.N.0/30 from ``first`` on that no address here is in: a veth left
+    over by another process, or one the kernel has not torn down yet, would take the route."""
+    shown = _ip("-o", "-4", "addr", "show", check=False).stdout
+    taken = {int(word.split(".")[2]) for word in shown.split() if word.startswith("198.18.")}
+    for k in range(250):
+        subnet = (first - 1 + k) % 250 + 1
+        if subnet not in taken:
+            return subnet
+    raise RuntimeError("every 198.18.N.0/30 test subnet is in use on this host")
+
+
 @contextmanager
 def netns_link(rate_in_bits_per_second: float | None = None,
                rate_out_bits_per_second: float | None = None) -> Iterator[Link]:
@@ -131,7 +143,7 @@ def netns_link(rate_in_bits_per_second: float | None = None,
     tag = f"{os.getpid() % 100000}x{n}"
     ns = f"abt{tag}"
     host_dev, ns_dev = f"abh{tag}", f"abn{tag}"
-    subnet = (os.getpid() + n) % 250 + 1
+    subnet = _free_subnet((os.getpid() + n) % 250 + 1)
     host_addr, ns_addr = f"198.18.{subnet}.1", f"198.18.{subnet}.2"
     link = Link(ns, host_dev, ns_dev, host_addr, ns_addr, None, None)
     try:
