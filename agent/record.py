@@ -96,8 +96,8 @@ class RecordReader:
     """Iterate the samples of a recording.
 
     ``header`` is available after construction; ``stats`` fills in as the
-    samples are read. By default a line is decoded straight into a Sample where
-    msgspec is installed (sample_decoder); a line that decoder refuses, or every line
+    samples are read. By default a line is decoded straight into a Sample by
+    msgspec (sample_decoder); a line that decoder refuses, or every line
     when ``loads`` is given, is decoded by ``loads`` (default: ``default_loads()``)
     and checked by Sample.from_json; a line ``loads`` refuses is decoded again by the
     standard library, which also reads what a strict decoder rejects (NaN, Infinity,

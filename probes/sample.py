@@ -8,30 +8,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from math import isfinite
 from typing import Any
+
+import msgspec
 
 
 class SampleError(ValueError):
     """A JSON object does not describe a valid sample."""
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(msgspec.Struct, frozen=True):
     """One observation by one probe at one time.
 
     ``values`` holds finite numbers only, with the unit in the name
     (``memory_used_bytes``, ``total_seconds``). A value the source could not
     give is absent from ``values``, never zero. A failed observation has
     ``error`` set (one line) and usually no values.
+
+    A frozen ``msgspec.Struct``: built and compared like a frozen dataclass
+    (``Sample(t=..., probe=..., ...)``; a changed copy is ``msgspec.structs.replace``),
+    and a recording line decodes straight into one in C (sample_decoder). Replaying a
+    day is about a million of them: a Struct decodes a third faster than a dataclass.
     """
 
     t: float
     probe: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    values: Mapping[str, float] = field(default_factory=dict)
+    labels: Mapping[str, str] = msgspec.field(default_factory=dict)
+    values: Mapping[str, float] = msgspec.field(default_factory=dict)
     error: str | None = None
 
     @property
@@ -78,7 +84,7 @@ class Sample:
                 # A sum of finite floats is finite unless it overflows (then the checked
                 # path decides); one NaN or infinity makes it non-finite.
                 if values is not None and isfinite(t + sum(values.values())):
-                    return _validated(cls, t, probe, labels, values)
+                    return cls(t, probe, labels, values)
         return cls._from_json_checked(obj)
 
     @classmethod
@@ -107,24 +113,6 @@ class Sample:
         return cls(t=t, probe=probe, labels=labels, values=values, error=error)
 
 
-def _validated(cls: type[Sample], t: float, probe: str, labels: dict[str, str],
-               values: dict[str, float]) -> Sample:
-    """A Sample from fields already checked, without the frozen dataclass's __init__
-    (an object.__setattr__ per field): half the cost, and this runs once per line
-    of a recording."""
-    sample = _new_object(cls)
-    _set_t(sample, t)
-    _set_probe(sample, probe)
-    _set_labels(sample, labels)
-    _set_values(sample, values)
-    _set_error(sample, None)
-    return sample
-
-
-_new_object = object.__new__
-# The slot descriptors of Sample's fields; setting through them is what __init__ does.
-_set_t, _set_probe, _set_labels, _set_values, _set_error = (
-    Sample.__dict__[name].__set__ for name in ("t", "probe", "labels", "values", "error"))
 _ONLY_STR = frozenset({str})
 _ONLY_FLOAT = frozenset({float})
 _INT_OR_FLOAT = frozenset({int, float})

@@ -35,7 +35,8 @@ with MetricsServer(AgentState(), "127.0.0.1:0") as server:
 print(json.dumps({name: name in sys.modules for name in sys.argv[2:]}))
 """
 
-_HEAVY = ["httpx", "httpcore", "bcrypt", "yaml", "msgspec", "re2",
+# msgspec is not among them: Sample is a msgspec Struct, so every agent imports it.
+_HEAVY = ["httpx", "httpcore", "bcrypt", "yaml", "re2",
           "prometheus_client", "ssl", "_ssl", "hashlib", "_hashlib", "http.client",
           "http.server"]
 

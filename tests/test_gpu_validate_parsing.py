@@ -111,8 +111,8 @@ def test_cpu_seconds_come_from_proc_and_stop_with_the_process() -> None:
     # the figure is final. /proc counts whole clock ticks for user and system apart, so up to
     # two ticks fall off each of the process's own sum.
     proc = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
-                             "while time.process_time() - t < 0.5: pass\nprint('done', flush=True)\n"
-                             "input()"],
+                             "while time.process_time() - t < 0.5: pass\n"
+                             "print('done', flush=True)\ninput()"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

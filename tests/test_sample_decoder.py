@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from ai_bottleneck.probes.sample import Sample
 from ai_bottleneck.record import FORMAT_NAME, RecordReader, default_loads
-from ai_bottleneck.sample_decoder import typed_decoder
 
 HEADER = json.dumps({"format": FORMAT_NAME, "version": 1}).encode()
 
@@ -56,12 +55,6 @@ def _read(path: Path, *, general: bool) -> tuple[list[Sample], tuple[int, ...]]:
 def _write(path: Path, lines: list[bytes]) -> Path:
     path.write_bytes(b"\n".join([HEADER, *lines]) + b"\n")
     return path
-
-
-@pytest.fixture(autouse=True)
-def _needs_msgspec() -> None:
-    if typed_decoder() is None:
-        pytest.skip("msgspec not installed: the reader uses the general path only")
 
 
 def test_odd_lines_read_the_same_through_either_path(tmp_path: Path,

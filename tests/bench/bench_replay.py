@@ -23,7 +23,6 @@ from pathlib import Path
 
 from ai_bottleneck.assembly import assemble_replay as replay
 from ai_bottleneck.record import RecordReader, default_loads
-from ai_bottleneck.sample_decoder import typed_decoder
 from tests.synth import write_day
 
 TARGET_SECONDS_PER_DAY = 5.0
@@ -57,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
         loads = default_loads()
         general = f"{getattr(loads, '__module__', '?')}.{loads.__name__}"
-        print(f"decoder: msgspec, straight to Samples (general path: {general})"
-              if typed_decoder() is not None else f"decoder: {general} (no msgspec)")
+        print(f"decoder: msgspec, straight to Samples (general path: {general})")
         read_runs = []
         general_runs = []
         stdlib_runs = []
@@ -66,9 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         labels: Counter[str] = Counter()
         for _ in range(args.repeat):
             read_runs.append(_timed(lambda: sum(1 for _ in RecordReader(path)))[:2])
-            if typed_decoder() is not None:
-                general_runs.append(_timed(
-                    lambda: sum(1 for _ in RecordReader(path, loads=loads)))[:2])
+            general_runs.append(_timed(
+                lambda: sum(1 for _ in RecordReader(path, loads=loads)))[:2])
             if loads is not json.loads:
                 stdlib_runs.append(_timed(
                     lambda: sum(1 for _ in RecordReader(path, loads=json.loads)))[:2])
