@@ -394,6 +394,5 @@ def run_cmd(ctx: click.Context, config_path: Path | None, listen: str | None,
         _fail(str(exc), code=1)
 
 
-
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -65,7 +65,9 @@ class ProcessMetrics:
     """
 
     def __init__(self, proc: str | Path = "/proc", pid: int | str = "self"):
-        self._dir = Path(proc) / str(pid)
+        base = Path(proc) / str(pid)
+        # The three files read at each scrape, as strings made once.
+        self._stat, self._fd, self._limits = (str(base / name) for name in ("stat", "fd", "limits"))
         self._ticks = float(os.sysconf("SC_CLK_TCK"))
         self._pagesize = os.sysconf("SC_PAGESIZE")
         self._boot = _boot_time(Path(proc) / "stat")
@@ -77,15 +79,16 @@ class ProcessMetrics:
             return out
         # Each read on its own: what one cannot read leaves only its families out.
         with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (self._dir / "stat").read_bytes().rsplit(b")", 1)[-1].split()
+            with open(self._stat, "rb") as f:
+                fields = f.read().rsplit(b")", 1)[-1].split()
             out["process_virtual_memory_bytes"] = float(fields[20])
             out["process_resident_memory_bytes"] = float(fields[21]) * self._pagesize
             out["process_start_time_seconds"] = float(fields[19]) / self._ticks + self._boot
             out["process_cpu_seconds_total"] = (float(fields[11]) + float(fields[12])) / self._ticks
         with contextlib.suppress(OSError):
-            out["process_open_fds"] = float(len(os.listdir(self._dir / "fd")))
+            out["process_open_fds"] = float(len(os.listdir(self._fd)))
         with contextlib.suppress(OSError, IndexError, ValueError):  # "unlimited": no figure
-            out["process_max_fds"] = _max_fds(self._dir / "limits")
+            out["process_max_fds"] = _max_fds(self._limits)
         return out
 
     def render(self, openmetrics: bool = False) -> str:
@@ -112,8 +115,10 @@ def _boot_time(stat: Path) -> float | None:
     return None
 
 
-def _max_fds(limits: Path) -> float:
-    for line in limits.read_bytes().splitlines():
+def _max_fds(limits: str) -> float:
+    with open(limits, "rb") as f:
+        text = f.read()
+    for line in text.splitlines():
         if line.startswith(b"Max open files"):
             return float(line.split()[3])
     raise ValueError("no open-files limit")
