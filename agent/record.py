@@ -204,7 +204,10 @@ class RecordReader:
                         sample = typed(line)
                     except REFUSED:
                         sample = None
-                    # sample_decoder.plain, inline: this runs for every line
+                    # msgspec refuses what the general path would change or drop (a
+                    # number out of range, a boolean or null for a number, a label that
+                    # is not a string); an empty probe name, which msgspec takes, goes
+                    # to the general path too, which refuses it.
                     if sample is None or not sample.probe:
                         sample = self._general(line, lineno)
                         if sample is None:

@@ -28,11 +28,3 @@ def typed_decoder() -> TypedDecoder:
     type hints)."""
     return msgspec.json.Decoder(Sample).decode
 
-
-def plain(sample: Sample) -> bool:
-    """Whether a typed decode is the sample the general path would give. msgspec
-    refuses a number out of a float's range (so every time and value it gives is
-    finite), a boolean or null where a number belongs, a label that is not a string and
-    an error that is not text; it accepts an empty probe name, which the general path
-    refuses."""
-    return bool(sample.probe)

@@ -78,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     read_wall, read_cpu = min(read_runs)
     full_wall, full_cpu = min(full_runs)
     label_wall = max(0.0, full_wall - read_wall)
-    rows = [("reader only", read_wall)]
-    if general_runs:
-        rows.append((f"reader only, {general.split('.', maxsplit=1)[0]}", min(general_runs)[0]))
+    rows = [("reader only", read_wall),
+            (f"reader only, {general.split('.', maxsplit=1)[0]}", min(general_runs)[0])]
     if stdlib_runs:
         rows.append(("reader only, stdlib json", min(stdlib_runs)[0]))
     rows += [("labelling (replay - reader)", label_wall), ("replay: reader + labelling", full_wall)]
