@@ -40,12 +40,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _iperf3_children(pid: int) -> list[psutil.Process]:
+def _iperf3_servers(pid: int) -> list[psutil.Process]:
+    """The agent's ``iperf3 --server`` children (its iperf3 probe's own client runs
+    at start too, and a process can end between listing and reading it)."""
+    servers = []
     try:
-        return [p for p in psutil.Process(pid).children(recursive=True)
-                if p.name() == "iperf3"]
+        children = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+            if child.name() == "iperf3" and "--server" in child.cmdline():
+                servers.append(child)
+    return servers
 
 
 def _wait(what: str, done: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -65,8 +72,8 @@ def test_the_peer_iperf3_server_dies_with_a_killed_agent_and_the_next_one_binds(
               f"port = {port}\n")
     first = start(config, env_for(nvml_state))
     first.wait_log("sampling every")
-    _wait("the first agent's iperf3 server", lambda: bool(_iperf3_children(first.proc.pid)))
-    [server] = _iperf3_children(first.proc.pid)
+    _wait("the first agent's iperf3 server", lambda: bool(_iperf3_servers(first.proc.pid)))
+    [server] = _iperf3_servers(first.proc.pid)
     listening = [c.laddr for c in server.net_connections(kind="tcp")
                  if c.status == psutil.CONN_LISTEN]
     assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", port)]  # the bound address
@@ -76,9 +83,9 @@ def test_the_peer_iperf3_server_dies_with_a_killed_agent_and_the_next_one_binds(
           or server.status() == psutil.STATUS_ZOMBIE)
     second = start(config, env_for(nvml_state))
     second.wait_log("sampling every")
-    _wait("the second agent's iperf3 server", lambda: bool(_iperf3_children(second.proc.pid)))
+    _wait("the second agent's iperf3 server", lambda: bool(_iperf3_servers(second.proc.pid)))
     time.sleep(1.5)  # a server that cannot bind exits at once; this one stays
-    assert _iperf3_children(second.proc.pid), second.log()
+    assert _iperf3_servers(second.proc.pid), second.log()
     assert "Address already in use" not in second.log()
     assert second.stop() == 0
 
