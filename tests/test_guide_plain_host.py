@@ -202,30 +202,34 @@ def test_plain_host_walkthrough(box: HostSandbox, tmp_path: Path) -> None:
                             f"--web.listen-address=127.0.0.1:{prom_port}"],
                            tmp_path / "prometheus.log", env=env)
     client = httpx.Client(base_url=f"http://127.0.0.1:{prom_port}", timeout=5)
+    try:  # closed also when a wait fails (an open socket left to the GC warns later)
+        def query(expr: str) -> list[Any]:
+            assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+            try:  # a Prometheus still starting answers 503 "Service Unavailable", not JSON
+                body = client.get("/api/v1/query", params={"query": expr}).json()
+            except (httpx.HTTPError, ValueError):
+                return []
+            return list(body["data"]["result"]) if body.get("status") == "success" else []
 
-    def query(expr: str) -> list[Any]:
-        assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
-        try:
-            body = client.get("/api/v1/query", params={"query": expr}).json()
-        except httpx.HTTPError:
-            return []
-        return list(body["data"]["result"]) if body.get("status") == "success" else []
+        # The OOM line comes once Prometheus holds the counter at 0, so increase() sees it.
+        wait_for("the OOM counter at 0 in Prometheus",
+                 lambda: query('ai_bottleneck_oom_events_total{host="127.0.0.1"} == 0'))
+        with open(oom_log, "a", encoding="utf-8") as f:
+            f.write(OOM_LINE)
+        wait_for("AiBottleneckGpuOutOfMemory firing", lambda: query(
+            'ALERTS{alertname="AiBottleneckGpuOutOfMemory",alertstate="firing"}'))
 
-    # The OOM line comes once Prometheus holds the counter at 0, so increase() sees it.
-    wait_for("the OOM counter at 0 in Prometheus",
-             lambda: query('ai_bottleneck_oom_events_total{host="127.0.0.1"} == 0'))
-    with open(oom_log, "a", encoding="utf-8") as f:
-        f.write(OOM_LINE)
-    wait_for("AiBottleneckGpuOutOfMemory firing", lambda: query(
-        'ALERTS{alertname="AiBottleneckGpuOutOfMemory",alertstate="firing"}'))
+        def rules_evaluated() -> bool:
+            try:
+                groups = client.get("/api/v1/rules").json()["data"]["groups"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                return False
+            return all(not r.get("lastEvaluation", "0001").startswith("0001")
+                       for g in groups for r in g["rules"])
 
-    def rules() -> list[dict[str, Any]]:
-        return [r for g in client.get("/api/v1/rules").json()["data"]["groups"]
-                for r in g["rules"]]
-
-    wait_for("every rule evaluated", lambda: all(
-        not r.get("lastEvaluation", "0001").startswith("0001") for r in rules()))
-    client.close()
+        wait_for("every rule evaluated", rules_evaluated)
+    finally:
+        client.close()
 
     # 6. The guide's checks against this Prometheus.
     out, _ = run(box, "prom-check", env, **{"localhost:9090": f"127.0.0.1:{prom_port}"})
