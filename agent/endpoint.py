@@ -1,7 +1,8 @@
 """The HTTP endpoint for the exporter: ``/metrics``, ``/``, ``/healthz`` and ``/-/healthy``.
 
-``MetricsServer`` serves over HTTP/1.1 with keep-alive, one thread per
-connection, with TLS and basic auth from an exporter web config file
+``MetricsServer`` serves over HTTP/1.1 with keep-alive, a thread per request being
+served (between requests a connection waits in ai_bottleneck.endpoint_lobby's one
+selector), with TLS and basic auth from an exporter web config file
 (ai_bottleneck.webconfig). What it serves comes from ai_bottleneck.exporter.Exposition.
 """
 
@@ -26,8 +27,9 @@ from typing import Any
 from ai_bottleneck import __version__
 from ai_bottleneck.config import DEFAULT_LISTEN, parse_listen
 from ai_bottleneck.endpoint_guard import Connection, Connections, LoginThrottle
+from ai_bottleneck.endpoint_lobby import Lobby
 from ai_bottleneck.exporter import Exposition
-from ai_bottleneck.http_handler import HTTPHandler
+from ai_bottleneck.http_handler import HTTPHandler, accepts_gzip
 from ai_bottleneck.state import AgentState
 from ai_bottleneck.webguard import WebGuard, peer_sans
 
@@ -59,11 +61,45 @@ class _Handler(HTTPHandler):
     server_version = f"ai-bottleneck/{__version__}"
     server: _HTTPServer
 
+    def __init__(self, request: Any, client_address: Any, server: _HTTPServer) -> None:
+        # Set up only: the server calls serve_ready() each time the connection's
+        # next request has begun to arrive, with a new handler.
+        self.request, self.client_address, self.server = request, client_address, server
+        self.setup()
+
+    def serve_ready(self, begun: bool = True) -> bool:
+        """Serve the requests whose bytes have begun to arrive (``begun``: the lobby
+        saw some; else, after a TLS handshake, those already here); True when the
+        connection stays open for a next one, none of whose bytes are buffered here
+        (so the handler can go, and the connection wait in the lobby)."""
+        conn = self.server.current.conn
+        if not begun:
+            if not self._buffered():
+                return True
+            self.server.connections.reading(conn)  # sent with the handshake: its deadline
+        while True:
+            self.handle_one_request()
+            if self.close_connection or conn.shut_down:
+                return False
+            if not self._buffered():
+                return True
+            self.server.connections.reading(conn)  # a pipelined request: its own deadline
+
+    def _buffered(self) -> bool:
+        """Whether the next request's bytes are already here, without waiting."""
+        try:
+            self.request.settimeout(0)
+            return bool(typing.cast(io.BufferedReader, self.rfile).peek(1))
+        except (OSError, ValueError):  # nothing yet (ssl.SSLWantReadError too), or gone
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                self.request.settimeout(self.server.connections.request_timeout)
+
     def handle_one_request(self) -> None:
-        # Idle until the first byte of a request (keep-alive), then the whole request
-        # within the request deadline, however slowly its bytes come (endpoint_guard).
-        conns, conn = self.server.connections, self.server.current.conn
-        conns.waiting(conn)
+        # The request has begun (the lobby saw its first byte, or it was buffered):
+        # all of it within the request deadline, however slowly its bytes come
+        # (endpoint_guard). A read of nothing is the client closing.
         try:
             first = typing.cast(io.BufferedReader, self.rfile).peek(1)
         except (OSError, ValueError):
@@ -71,7 +107,6 @@ class _Handler(HTTPHandler):
         if not first:
             self.close_connection = True
             return
-        conns.reading(conn)
         super().handle_one_request()
 
     def answerable(self) -> bool:
@@ -123,7 +158,7 @@ class _Handler(HTTPHandler):
             self._send(429, b"too many requests\n", headers, head)
         elif path == "/metrics":
             body, content_type = server.exposition.render(self.headers.get("accept", ""))
-            if _accepts_gzip(self.headers.get("accept-encoding", "")):
+            if accepts_gzip(self.headers.get("accept-encoding", "")):
                 body = gzip.compress(body, compresslevel=1)
                 headers["Content-Encoding"] = "gzip"
             headers["Vary"] = "Accept-Encoding"
@@ -142,26 +177,9 @@ class _Handler(HTTPHandler):
         self.send(status, body, headers, head=head, content_type=content_type)
 
 
-def _accepts_gzip(header: str) -> bool:
-    """Whether Accept-Encoding takes gzip (or *) with a weight above zero."""
-    for item in header.split(","):
-        name, _, params = item.partition(";")
-        if name.strip().lower() not in ("gzip", "*"):
-            continue
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key.lower() == "q":
-                try:
-                    return float(value) > 0
-                except ValueError:
-                    return False
-        return True
-    return False
-
-
-class _HTTPServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    block_on_close = False
+class _HTTPServer(socketserver.TCPServer):
+    """Accepts on its own thread; a connection waits in the lobby between requests
+    and gets a thread while it has one to serve (ai_bottleneck.endpoint_lobby)."""
 
     def __init__(self, sock: socket.socket, guard: WebGuard, exposition: Exposition, *,
                  connections: Connections, logins: LoginThrottle, page: Page | None = None):
@@ -173,6 +191,7 @@ class _HTTPServer(socketserver.ThreadingTCPServer):
         self.connections = connections
         self.logins = logins
         self.current = threading.local()  # .conn: the Connection this thread serves
+        self.lobby = Lobby(self._dispatch, self._close)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         conn = self.connections.admit(request, client_address[0])
@@ -181,53 +200,83 @@ class _HTTPServer(socketserver.ThreadingTCPServer):
                         client_address[0], self.connections.count())
             self.shutdown_request(request)
             return
-        conn.thread = threading.Thread(target=self.process_request_thread,
-                                       args=(request, client_address, conn), daemon=True,
-                                       name=f"scrape-{client_address[0]}")
-        conn.thread.start()
-
-    def process_request_thread(self, request: Any, client_address: Any,  # type: ignore[override]
-                               conn: Connection) -> None:
-        self.current.conn = conn
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.connections.release(request)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
         # Headers and body leave in separate writes; without this, Nagle's algorithm
         # holds the body until the client's delayed ACK (~40 ms per scrape).
         with contextlib.suppress(OSError):
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conns = self.connections
-        ctx = self.guard.current().config.ssl_context
-        if ctx is None:
-            request.settimeout(conns.idle_timeout)
-            _Handler(request, client_address, self)
-            return
-        request.settimeout(conns.handshake_timeout)  # the watchdog holds the whole of it
+        if self.guard.current().config.ssl_context is None:
+            conn.opened = True
+            self.connections.waiting(conn)  # idle until its first request byte
+        # (TLS: the handshake deadline that admit() set holds until it is done)
+        self.lobby.add(conn)
+
+    def _dispatch(self, conn: Connection) -> None:
+        """The lobby saw bytes (or the close) of ``conn``: a thread serves it."""
+        if conn.opened:
+            self.connections.reading(conn)
+        conn.thread = threading.Thread(target=self._serve_connection, args=(conn,),
+                                       daemon=True, name=f"scrape-{conn.client}")
         try:
-            tls = ctx.wrap_socket(request, server_side=True)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
-            return
-        self.current.conn.sock = tls
+            conn.thread.start()
+        except RuntimeError:  # no thread to be had: the client tries again
+            log.warning("closing a connection of %s: cannot start a thread", conn.client)
+            self._close(conn)
+
+    def _serve_connection(self, conn: Connection) -> None:
+        self.current.conn = conn
+        keep = False
         try:
-            allowed = self.guard.current().config.allowed_sans
-            if allowed and not (peer_sans(tls.getpeercert()) & allowed):
-                log.info("refusing %s: client certificate names none of client_allowed_sans",
-                         client_address[0])
+            handshaken = not conn.opened
+            if handshaken and not self._open(conn):
                 return
-            tls.settimeout(conns.idle_timeout)
-            _Handler(tls, client_address, self)
+            conn.sock.settimeout(self.connections.request_timeout)
+            handler = _Handler(conn.sock, (conn.client, 0), self)
+            try:
+                keep = handler.serve_ready(begun=not handshaken)
+            finally:
+                handler.finish()
+        except Exception:
+            self.handle_error(conn.sock, (conn.client, 0))
         finally:
-            tls.close()
+            if keep and not conn.shut_down:
+                self.connections.waiting(conn)
+                self.lobby.add(conn)
+            else:
+                self._close(conn)
+
+    def _open(self, conn: Connection) -> bool:
+        """The TLS handshake (and client certificate check); False: close it."""
+        conn.opened = True
+        ctx = self.guard.current().config.ssl_context
+        if ctx is None:  # TLS was turned off since the connection came
+            return True
+        conn.key.settimeout(self.connections.handshake_timeout)  # the watchdog holds it all
+        try:
+            conn.sock = ctx.wrap_socket(conn.key, server_side=True)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.debug("TLS handshake with %s failed: %s", conn.client, exc)
+            return False
+        allowed = self.guard.current().config.allowed_sans
+        if allowed and not (peer_sans(conn.sock.getpeercert()) & allowed):
+            log.info("refusing %s: client certificate names none of client_allowed_sans",
+                     conn.client)
+            return False
+        return True
+
+    def _close(self, conn: Connection) -> None:
+        for sock in dict.fromkeys((conn.sock, conn.key)):  # the TLS socket, then the raw
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)  # the client reads the answer, then the end
+            with contextlib.suppress(OSError):
+                sock.close()
+        self.connections.release(conn.key)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that goes away mid-request is normal; never a traceback on stderr.
         log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
 
     def close_connections(self, timeout: float) -> None:
+        self.lobby.stop(timeout)  # closes the waiting ones; any added later too
         live = self.connections.all()
         for conn in live:
             conn.shut()
@@ -309,6 +358,7 @@ class MetricsServer:
                                    logins=LoginThrottle(free=self._logins[0],
                                                         base=self._logins[1],
                                                         longest=self._logins[2]))
+        self._server.lobby.start()
         self._thread = threading.Thread(target=self._server.serve_forever,
                                          kwargs={"poll_interval": 0.2},
                                          name="metrics-server", daemon=True)

@@ -1,8 +1,9 @@
 """What keeps the endpoint answering under abuse: connection bookkeeping with
 deadlines and eviction, per-client rate limits and a throttle on wrong passwords.
 
-The endpoint serves one thread per connection. Before this, 64 idle TCP
-connections (a global cap, and a timeout per read) shut every new scrape out
+A connection has a thread while a request of it is being served, and waits
+in one selector between requests (ai_bottleneck.endpoint_lobby). Before this
+module, 64 idle TCP connections (a global cap, and a timeout per read) shut every new scrape out
 for minutes, and 64 clients dripping a header byte a second for ever. Now:
 
 - **Deadlines per phase, not per read.** A connection waiting for its first
@@ -126,6 +127,7 @@ class Connection:
     accepted: float
     deadline: float
     busy: bool = False  # a request is being handled: never evicted
+    opened: bool = False  # ready for requests (its TLS handshake done, where there is one)
     thread: threading.Thread | None = field(default=None, repr=False)
     # Shut by the agent (deadline passed, evicted, stopping): whatever part of a
     # request its thread has read is not answered. A header block cut short by the

@@ -152,6 +152,23 @@ class HTTPHandler(socketserver.StreamRequestHandler):
         raise NotImplementedError
 
 
+def accepts_gzip(header: str) -> bool:
+    """Whether Accept-Encoding takes gzip (or *) with a weight above zero."""
+    for item in header.split(","):
+        name, _, params = item.partition(";")
+        if name.strip().lower() not in ("gzip", "*"):
+            continue
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
 def _version(text: str) -> tuple[int, int]:
     name, _, number = text.partition("/")
     major, dot, minor = number.partition(".")

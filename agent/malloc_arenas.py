@@ -2,7 +2,7 @@
 
 glibc gives threads that allocate at the same time arenas of their own, up to
 eight per core, and an arena's heap gives memory back to the system only from
-its top. The endpoint serves each connection on a thread of its own, so a
+its top. The endpoint serves each request on a thread of its own, so a
 stream of short connections (scrapers without keep-alive, clients the endpoint
 cuts off at the request deadline) spreads short-lived buffers over many arenas
 and leaves each a little more fragmented. Two arenas hold about 3 MB less under
