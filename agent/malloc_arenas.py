@@ -7,7 +7,7 @@ stream of short connections (scrapers without keep-alive, clients the endpoint
 cuts off at the request deadline) spreads short-lived buffers over many arenas
 and leaves each a little more fragmented. Two arenas hold about 3 MB less under
 `python -m tests.bench.bench_soak` (200 idle and 64 dripping connections) and
-its hour grew 0.84 MB (docs/deployment.md quotes the run); the agent's threads
+its hour grew 0.73 MB (docs/deployment.md quotes the run); the agent's threads
 mostly wait on sockets and timers, so they rarely contend for an arena.
 
 An operator's own MALLOC_ARENA_MAX wins; elsewhere than glibc this does nothing.
