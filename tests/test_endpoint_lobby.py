@@ -9,23 +9,13 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from ai_bottleneck.endpoint import MetricsServer
 from tests.test_endpoint_abuse import _connect, _held
+from tests.test_probe_honesty import _wait
 from tests.test_webconfig import client_context, populated_state, write
 from tests.tlsfiles import Pki, make_pki
-
-
-def _until(what: str, done: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout:g}s: {what}")
-        time.sleep(0.02)
 
 
 def _scrape_threads() -> int:
@@ -57,7 +47,7 @@ def test_idle_connections_hold_no_thread_and_a_keep_alive_one_frees_its_own() ->
         assert server.connections is not None
         conns = server.connections
         with _held(server.port, 100, "127.0.0.2"):
-            _until("100 connections accepted", lambda: conns.count() == 100)
+            _wait("100 connections accepted", lambda: conns.count() == 100)
             assert _scrape_threads() == 0  # before: one thread each, 100 of them
             client = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
             try:
@@ -66,12 +56,12 @@ def test_idle_connections_hold_no_thread_and_a_keep_alive_one_frees_its_own() ->
                     response = client.getresponse()
                     assert response.status == 200 and response.read()
                 assert conns.count() == 101  # still open...
-                _until("the scrape's thread to end", lambda: _scrape_threads() == 0)
+                _wait("the scrape's thread to end", lambda: _scrape_threads() == 0)
                 client.request("GET", "/healthz")  # ...and served again from the lobby
                 assert client.getresponse().read() == b"ok\n"
             finally:
                 client.close()
-        _until("the closed connections to be let go", lambda: conns.count() == 0)
+        _wait("the closed connections to be let go", lambda: conns.count() == 0)
 
 
 def test_requests_sent_together_on_one_connection_are_all_answered_in_order() -> None:
@@ -95,10 +85,10 @@ def test_over_tls_keep_alive_and_requests_sent_together_are_served(tmp_path: Pat
         with _held(server.port, 20, "127.0.0.2"):  # no ClientHello: they wait, threadless
             raw = _connect(server.port)
             with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-                _until("the handshake's thread to end", lambda: _scrape_threads() == 0)
+                _wait("the handshake's thread to end", lambda: _scrape_threads() == 0)
                 tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
                 assert _responses(tls, 2) == [b"HTTP/1.1 200 OK ok\n"] * 2
-                _until("the TLS connection's thread to end", lambda: _scrape_threads() == 0)
+                _wait("the TLS connection's thread to end", lambda: _scrape_threads() == 0)
                 tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # from the lobby
                 assert _responses(tls, 1) == [b"HTTP/1.1 200 OK ok\n"]
 
