@@ -73,17 +73,15 @@ class _Handler(HTTPHandler):
         connection stays open for a next one, none of whose bytes are buffered here
         (so the handler can go, and the connection wait in the lobby)."""
         conn = self.server.current.conn
-        if not begun:
-            if not self._buffered():
-                return True
-            self.server.connections.reading(conn)  # sent with the handshake: its deadline
         while True:
+            if not begun:  # after the handshake, or after an answer
+                if not self._buffered():
+                    return True
+                self.server.connections.reading(conn)  # its own request deadline
             self.handle_one_request()
             if self.close_connection or conn.shut_down:
                 return False
-            if not self._buffered():
-                return True
-            self.server.connections.reading(conn)  # a pipelined request: its own deadline
+            begun = False
 
     def _buffered(self) -> bool:
         """Whether the next request's bytes are already here, without waiting."""

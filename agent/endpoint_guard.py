@@ -1,10 +1,11 @@
 """What keeps the endpoint answering under abuse: connection bookkeeping with
 deadlines and eviction, per-client rate limits and a throttle on wrong passwords.
 
-A connection has a thread while a request of it is being served, and waits
-in one selector between requests (ai_bottleneck.endpoint_lobby). Before this
-module, 64 idle TCP connections (a global cap, and a timeout per read) shut every new scrape out
-for minutes, and 64 clients dripping a header byte a second for ever. Now:
+A connection has a thread while a request of it is being served, and waits in
+one selector between requests (ai_bottleneck.endpoint_lobby). Before this
+module, 64 idle TCP connections (a global cap, and a timeout per read) shut
+every new scrape out for minutes, and 64 clients dripping a header byte a
+second for ever. Now:
 
 - **Deadlines per phase, not per read.** A connection waiting for its first
   request byte may idle ``idle_timeout`` (keep-alive); once a request starts,

@@ -42,11 +42,12 @@ def http_date(t: float) -> str:
 
 
 class HTTPHandler(socketserver.StreamRequestHandler):
-    """Serves the requests of one connection in turn (keep-alive) until either side
-    closes; subclasses implement ``do_GET`` and ``do_HEAD`` and answer through
-    ``send``. After parsing, ``command``, ``path`` (the request target as sent),
-    ``request_version`` and ``headers`` (lower-case names, the first of repeated
-    ones) describe the request."""
+    """Reads and answers one request of a connection per ``handle_one_request``
+    (``close_connection`` then says whether the connection stays open for another;
+    the endpoint decides when to call it again). Subclasses implement ``do_GET``
+    and ``do_HEAD`` and answer through ``send``. After parsing, ``command``,
+    ``path`` (the request target as sent), ``request_version`` and ``headers``
+    (lower-case names, the first of repeated ones) describe the request."""
 
     wbufsize = 0  # unbuffered: send() writes status line, headers and body at once
     server_version = "ai-bottleneck"
@@ -56,11 +57,6 @@ class HTTPHandler(socketserver.StreamRequestHandler):
         self.close_connection = True
         self.command = self.path = self.request_version = ""
         self.headers: dict[str, str] = {}
-
-    def handle(self) -> None:
-        self.handle_one_request()
-        while not self.close_connection:
-            self.handle_one_request()
 
     def handle_one_request(self) -> None:
         self.close_connection = True
