@@ -1,6 +1,7 @@
 """How fast `replay` labels a day: a synthetic 24-hour recording at 1 Hz.
 
     python -m tests.bench.bench_replay [--hours 24] [--gpus 4] [--no-processes]
+                                       [--python OTHER_INTERPRETER ...]
 
 Writes the recording with the real RecordWriter (not timed), then times the
 real reader alone and the whole replay (reader + windows + classifier +
@@ -9,20 +10,29 @@ seconds per day next to the target: the whole day in under 5 s. The reader
 decodes lines straight into Samples with msgspec where installed (its general
 path, orjson or the standard library's decoder plus checks in Python, reads the
 lines msgspec refuses); the general path alone is timed too, for comparison.
+
+The same code runs at different speeds under different builds of one Python
+version (a distribution's build against one compiled with a version manager's
+defaults: no profile-guided optimization, libpython shared), so the interpreter
+is printed with the figures, and ``--python`` times the same replay of the same
+recording under other interpreters in the same run (each needs ai_bottleneck
+installed, e.g. a venv made with it), alternating with this one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 from ai_bottleneck.assembly import assemble_replay as replay
-from ai_bottleneck.record import RecordReader, default_loads
+from ai_bottleneck.record import RecordReader, default_loads, make_header
 from tests.synth import write_day
 
 TARGET_SECONDS_PER_DAY = 5.0
@@ -34,6 +44,44 @@ def _timed(fn: object) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
+def interpreter() -> str:
+    """Which Python runs this, and how it was built (what decides its speed)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            shared = "libpython" in maps.read()
+    except OSError:
+        shared = bool(sysconfig.get_config_var("Py_ENABLE_SHARED"))
+    optimized = "--enable-optimizations" in (sysconfig.get_config_var("CONFIG_ARGS") or "")
+    return (f"Python {sys.version.split()[0]} {sys.executable} (base {sys.base_prefix}; "
+            f"{'libpython a shared library' if shared else 'libpython in the executable'}"
+            f"{', configured --enable-optimizations' if optimized else ''})")
+
+
+def _replay_seconds(path: Path) -> float:
+    wall, _, _ = _timed(lambda: Counter(r.label for r in replay(path).results))
+    return wall
+
+
+def _other(python: str, path: Path) -> tuple[str, float]:
+    """One timed replay of ``path`` under another interpreter: (its description, seconds)."""
+    code = ("import json, sys; from pathlib import Path; "
+            "from tests.bench.bench_replay import _replay_seconds, interpreter; "
+            "print(json.dumps([interpreter(), _replay_seconds(Path(sys.argv[1]))]))")
+    try:
+        done = subprocess.run([python, "-c", code, str(path)], capture_output=True, text=True,
+                              timeout=600, check=False, cwd=Path(__file__).parents[2])
+    except OSError as exc:
+        raise SystemExit(f"--python {python}: cannot run it: {exc}") from None
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"--python {python}: no answer within 600 s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"--python {python}: failed (is ai_bottleneck installed for it?): "
+                         f"{last}")
+    described, seconds = json.loads(done.stdout)
+    return str(described), float(seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hours", type=float, default=24.0)
@@ -42,7 +90,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave out the per-process GPU samples (one per GPU per second)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs; the best is reported")
     ap.add_argument("--keep", type=Path, help="write the recording here and keep it")
+    ap.add_argument("--python", action="append", default=[], metavar="INTERPRETER",
+                    help="also time the whole replay under this interpreter (repeatable)")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
+    with tempfile.TemporaryDirectory() as tmp:  # before writing a day: can they replay?
+        empty = Path(tmp) / "empty.jsonl"
+        empty.write_text(json.dumps(make_header(window_seconds=10.0, probes=[])) + "\n")
+        for python in args.python:
+            _other(python, empty)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = args.keep or Path(tmp) / "day.jsonl"
@@ -54,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
               f"1 HTTP call/s: {n:,} samples ({per_second:.0f}/s), "
               f"{path.stat().st_size / 1e6:.0f} MB, written in {time.perf_counter() - t0:.1f} s")
 
+        print(f"interpreter: {interpreter()}")
         loads = default_loads()
         general = f"{getattr(loads, '__module__', '?')}.{loads.__name__}"
         print(f"decoder: msgspec, straight to Samples (general path: {general})")
@@ -61,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         general_runs = []
         stdlib_runs = []
         full_runs = []
+        others: dict[str, list[float]] = {python: [] for python in args.python}
+        described: dict[str, str] = {}
         labels: Counter[str] = Counter()
         for _ in range(args.repeat):
             read_runs.append(_timed(lambda: sum(1 for _ in RecordReader(path)))[:2])
@@ -73,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             wall, cpu, counted = _timed(lambda: Counter(r.label for r in replay(path).results))
             full_runs.append((wall, cpu))
             labels = counted  # type: ignore[assignment]
+            for python, runs in others.items():
+                described[python], seconds = _other(python, path)
+                runs.append(seconds)
 
     scale = 24.0 / args.hours
     read_wall, read_cpu = min(read_runs)
@@ -90,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "met" if full_wall * scale < TARGET_SECONDS_PER_DAY else "NOT met"
     print(f"whole day: {full_wall * scale:.2f} s (cpu {full_cpu * scale:.2f} s; reader "
           f"cpu {read_cpu * scale:.2f} s) vs target < {TARGET_SECONDS_PER_DAY:.0f} s: {verdict}")
+    for python, runs in others.items():
+        best = min(runs) * scale
+        verdict = "met" if best < TARGET_SECONDS_PER_DAY else "NOT met"
+        print(f"whole day under {described[python]}: {best:.2f} s vs target < "
+              f"{TARGET_SECONDS_PER_DAY:.0f} s: {verdict}")
     print(f"best of {args.repeat}; windows by label: {dict(sorted(labels.items()))}")
     return 0
 
