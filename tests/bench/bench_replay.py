@@ -57,16 +57,18 @@ def interpreter() -> str:
             f"{', configured --enable-optimizations' if optimized else ''})")
 
 
-def _replay_seconds(path: Path) -> float:
-    wall, _, _ = _timed(lambda: Counter(r.label for r in replay(path).results))
-    return wall
+def _replay(path: Path) -> tuple[float, float, Counter[str]]:
+    """One whole replay, streamed as `replay --json` prints each window and lets it go:
+    (wall seconds, CPU seconds, windows by label)."""
+    wall, cpu, labels = _timed(lambda: Counter(r.label for r in replay(path).results))
+    return wall, cpu, labels  # type: ignore[return-value]
 
 
 def _other(python: str, path: Path) -> tuple[str, float]:
     """One timed replay of ``path`` under another interpreter: (its description, seconds)."""
     code = ("import json, sys; from pathlib import Path; "
-            "from tests.bench.bench_replay import _replay_seconds, interpreter; "
-            "print(json.dumps([interpreter(), _replay_seconds(Path(sys.argv[1]))]))")
+            "from tests.bench.bench_replay import _replay, interpreter; "
+            "print(json.dumps([interpreter(), _replay(Path(sys.argv[1]))[0]]))")
     try:
         done = subprocess.run([python, "-c", code, str(path)], capture_output=True, text=True,
                               timeout=600, check=False, cwd=Path(__file__).parents[2])
@@ -121,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         full_runs = []
         others: dict[str, list[float]] = {python: [] for python in args.python}
         described: dict[str, str] = {}
-        labels: Counter[str] = Counter()
         for _ in range(args.repeat):
             read_runs.append(_timed(lambda: sum(1 for _ in RecordReader(path)))[:2])
             general_runs.append(_timed(
@@ -129,10 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             if loads is not json.loads:
                 stdlib_runs.append(_timed(
                     lambda: sum(1 for _ in RecordReader(path, loads=json.loads)))[:2])
-            # Streamed, as `replay --json` prints each window and lets it go.
-            wall, cpu, counted = _timed(lambda: Counter(r.label for r in replay(path).results))
+            wall, cpu, labels = _replay(path)
             full_runs.append((wall, cpu))
-            labels = counted  # type: ignore[assignment]
             for python, runs in others.items():
                 described[python], seconds = _other(python, path)
                 runs.append(seconds)
